@@ -1,0 +1,19 @@
+"""dlmath's symbolic layer: tensor symbols over symbolic dimensions, the primitive table, models as
+programs of named equations, reverse and forward mode over programs, and LaTeX in the book's notation.
+
+This package never imports NumPy or PyTorch.
+"""
+
+from __future__ import annotations
+
+from . import functions, models, nn
+from .autodiff import backprop, clear_caches, count_nodes, grad, hessian, tangents
+from .latex import latex
+from .program import Builder, Equation, Model, ModelError
+from .tensor import PRIMITIVES, Node, ShapeError, UnsupportedError, Var
+
+__all__ = [
+    "models", "nn", "functions", "backprop", "grad", "hessian", "tangents", "latex", "clear_caches",
+    "count_nodes", "Builder", "Equation", "Model", "ModelError", "ShapeError", "UnsupportedError", "Node",
+    "Var", "PRIMITIVES",
+]

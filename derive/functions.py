@@ -1,0 +1,223 @@
+"""Scalar functions of the book that SymPy lacks, each defined in one place.
+
+Every function here carries, through SymPy's own hooks, its derivative (``fdiff``), its LaTeX in the
+book's notation (``_latex``) and its NumPy and PyTorch lowering (``_numpycode`` / ``_torchcode``, used by
+:mod:`numeric`). Elementwise primitives are built from these and from SymPy's ``exp``, ``log``, ``tanh``,
+``sin``, ... ; the derivative of an elementwise map is always ``sympy.diff`` of its scalar definition.
+
+Non-smooth points follow PyTorch: ``relu'(0) = 0``, ``leaky_relu'(0) = slope``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sympy as sp
+
+__all__ = [
+    "sigmoid",
+    "softplus",
+    "relu",
+    "leaky_relu",
+    "step",
+    "leaky_step",
+    "SCALAR_FUNCTIONS",
+    "ACTIVATIONS",
+]
+
+
+def _arg(printer: Any, e: sp.Expr) -> str:
+    return str(printer._print(e))
+
+
+class sigmoid(sp.Function):
+    r"""sigma(x) = 1 / (1 + e^{-x}), the logistic function; sigma' = sigma (1 - sigma)."""
+
+    nargs = 1
+
+    def fdiff(self, argindex: int = 1) -> sp.Expr:
+        s = sigmoid(self.args[0])
+        return s * (1 - s)
+
+    @classmethod
+    def eval(cls, x: sp.Expr) -> sp.Expr | None:
+        if x.is_zero:
+            return sp.Rational(1, 2)
+        return None
+
+    def _eval_rewrite_as_exp(self, x: sp.Expr, **kwargs: Any) -> sp.Expr:
+        return 1 / (1 + sp.exp(-x))
+
+    def _latex(self, printer: Any) -> str:
+        return rf"\sigma\left({_arg(printer, self.args[0])}\right)"
+
+    def _numpycode(self, printer: Any) -> str:
+        return f"ops.sigmoid({_arg(printer, self.args[0])})"
+
+    def _torchcode(self, printer: Any) -> str:
+        return f"torch.sigmoid({_arg(printer, self.args[0])})"
+
+
+class softplus(sp.Function):
+    r"""softplus(x) = log(1 + e^{x}), computed stably; softplus' = sigma."""
+
+    nargs = 1
+
+    def fdiff(self, argindex: int = 1) -> sp.Expr:
+        return sigmoid(self.args[0])
+
+    def _eval_rewrite_as_exp(self, x: sp.Expr, **kwargs: Any) -> sp.Expr:
+        return sp.log(1 + sp.exp(x))
+
+    def _latex(self, printer: Any) -> str:
+        return rf"\operatorname{{softplus}}\left({_arg(printer, self.args[0])}\right)"
+
+    def _numpycode(self, printer: Any) -> str:
+        return f"ops.softplus({_arg(printer, self.args[0])})"
+
+    def _torchcode(self, printer: Any) -> str:
+        # logaddexp(x, 0) is exact and stable everywhere (F.softplus switches to x above a threshold).
+        x = _arg(printer, self.args[0])
+        return f"ops.softplus({x})"
+
+
+class step(sp.Function):
+    r"""step(x) = 1 if x > 0 else 0: the derivative of ReLU with PyTorch's convention step(0) = 0."""
+
+    nargs = 1
+
+    def fdiff(self, argindex: int = 1) -> sp.Expr:
+        return sp.S.Zero
+
+    def _latex(self, printer: Any) -> str:
+        return rf"\mathbb{{1}}\left\{{{_arg(printer, self.args[0])} > 0\right\}}"
+
+    def _numpycode(self, printer: Any) -> str:
+        x = _arg(printer, self.args[0])
+        return f"ops.step({x})"
+
+    def _torchcode(self, printer: Any) -> str:
+        return f"ops.step({_arg(printer, self.args[0])})"
+
+
+class relu(sp.Function):
+    r"""ReLU(x) = max(0, x); ReLU'(x) = 1{x > 0} (PyTorch: 0 at the kink)."""
+
+    nargs = 1
+
+    def fdiff(self, argindex: int = 1) -> sp.Expr:
+        return step(self.args[0])
+
+    def _latex(self, printer: Any) -> str:
+        return rf"\operatorname{{ReLU}}\left({_arg(printer, self.args[0])}\right)"
+
+    def _numpycode(self, printer: Any) -> str:
+        return f"ops.relu({_arg(printer, self.args[0])})"
+
+    def _torchcode(self, printer: Any) -> str:
+        return f"torch.relu({_arg(printer, self.args[0])})"
+
+
+class leaky_step(sp.Function):
+    r"""leaky_step(x, s) = 1 if x > 0 else s: the derivative of leaky ReLU (PyTorch: s at the kink)."""
+
+    nargs = 2
+
+    def fdiff(self, argindex: int = 1) -> sp.Expr:
+        return sp.S.Zero
+
+    def _latex(self, printer: Any) -> str:
+        x, s = (_arg(printer, a) for a in self.args)
+        return rf"\left(\mathbb{{1}}\left\{{{x} > 0\right\}} + {s}\,\mathbb{{1}}\left\{{{x} \le 0\right\}}\right)"
+
+    def _numpycode(self, printer: Any) -> str:
+        x, s = (_arg(printer, a) for a in self.args)
+        return f"ops.leaky_step({x}, {s})"
+
+    def _torchcode(self, printer: Any) -> str:
+        x, s = (_arg(printer, a) for a in self.args)
+        return f"ops.leaky_step({x}, {s})"
+
+
+class leaky_relu(sp.Function):
+    r"""LeakyReLU(x; s) = max(s x, x) for 0 <= s < 1; its derivative is 1 for x > 0 and s otherwise."""
+
+    nargs = 2
+
+    def fdiff(self, argindex: int = 1) -> sp.Expr:
+        if argindex != 1:
+            raise sp.ArgumentIndexError(self, argindex)
+        return leaky_step(*self.args)
+
+    def _latex(self, printer: Any) -> str:
+        x, s = (_arg(printer, a) for a in self.args)
+        return rf"\operatorname{{LeakyReLU}}_{{{s}}}\left({x}\right)"
+
+    def _numpycode(self, printer: Any) -> str:
+        x, s = (_arg(printer, a) for a in self.args)
+        return f"ops.leaky_relu({x}, {s})"
+
+    def _torchcode(self, printer: Any) -> str:
+        x, s = (_arg(printer, a) for a in self.args)
+        return f"ops.leaky_relu({x}, {s})"
+
+
+#: Scalar functions allowed inside elementwise maps: SymPy class -> (numpy name, torch name).
+#: Anything else in an equation is rejected with a message naming it (see ``derive.tensor.check_scalar``).
+SCALAR_FUNCTIONS: dict[type, tuple[str, str]] = {
+    sp.exp: ("np.exp", "torch.exp"),
+    sp.log: ("np.log", "torch.log"),
+    sp.tanh: ("np.tanh", "torch.tanh"),
+    sp.sin: ("np.sin", "torch.sin"),
+    sp.cos: ("np.cos", "torch.cos"),
+    sp.sqrt: ("np.sqrt", "torch.sqrt"),
+    sigmoid: ("ops.sigmoid", "torch.sigmoid"),
+    softplus: ("ops.softplus", "ops.softplus"),
+    relu: ("ops.relu", "torch.relu"),
+    step: ("ops.step", "ops.step"),
+    leaky_relu: ("ops.leaky_relu", "ops.leaky_relu"),
+    leaky_step: ("ops.leaky_step", "ops.leaky_step"),
+}
+
+_x = sp.Symbol("x", real=True)
+
+
+def _activation_table() -> dict[str, sp.Lambda]:
+    table = {
+        "sigmoid": sp.Lambda(_x, sigmoid(_x)),
+        "tanh": sp.Lambda(_x, sp.tanh(_x)),
+        "relu": sp.Lambda(_x, relu(_x)),
+        "softplus": sp.Lambda(_x, softplus(_x)),
+        "identity": sp.Lambda(_x, _x),
+        "exp": sp.Lambda(_x, sp.exp(_x)),
+        "square": sp.Lambda(_x, _x**2),
+    }
+    # Invariant (asserted at import, as the table is the single source of activations): every entry is
+    # built only from functions the code generators know.
+    for name, lam in table.items():
+        for f in lam.expr.atoms(sp.Function):
+            assert type(f) in SCALAR_FUNCTIONS, (name, f)
+    return table
+
+
+#: Named scalar activations (one-argument); ``leaky_relu`` takes its slope and is built on demand.
+ACTIVATIONS: dict[str, sp.Lambda] = _activation_table()
+
+
+def activation(name: str, slope: float | sp.Expr = sp.Rational(1, 100)) -> sp.Lambda:
+    """The scalar activation called ``name`` as a SymPy ``Lambda``.
+
+    Args:
+        name: one of ``sorted(ACTIVATIONS) + ["leaky_relu"]``.
+        slope: the negative-side slope of ``leaky_relu``.
+
+    Raises:
+        ValueError: for an unknown name, listing the known ones.
+    """
+    if name == "leaky_relu":
+        return sp.Lambda(_x, leaky_relu(_x, sp.nsimplify(slope)))
+    try:
+        return ACTIVATIONS[name]
+    except KeyError:
+        known = ", ".join(sorted([*ACTIVATIONS, "leaky_relu"]))
+        raise ValueError(f"unknown activation {name!r}; known activations: {known}") from None

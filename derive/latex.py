@@ -1,0 +1,411 @@
+r"""LaTeX in the book's notation.
+
+Per-sample equations print with column vectors (``z = W x + b``), ``\odot`` for Hadamard products,
+``^\top`` transposes (``W^{[\ell]\top}``), ``\sigma`` and ``S_{\mathrm{softmax}}``. Contractions print as
+matrix products when their indices form a chain (found by a small search over operand orders and
+orientations), and in index notation otherwise. With ``batch=True`` a gradient or Hessian that averages
+per-sample quantities prints in batch form: per-sample vectors become the matrices of the batch
+(``x -> X``) and per-sample scalars become diagonal matrices, e.g. ``H_w = \frac{1}{n} X^\top D X``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import sympy as sp
+from sympy.printing.latex import LatexPrinter
+
+from .program import Equation, Model
+from .tensor import ARG, Const, Einsum, Map, Node, Var, walk
+
+__all__ = ["latex", "BookPrinter"]
+
+ATOM, MUL, ADD = 0, 1, 2
+
+_GREEK_CAPS = {r"\delta": r"\Delta", r"\zeta": r"\Zeta", r"\theta": r"\Theta", r"\sigma": r"\Sigma"}
+
+
+def transpose(tex: str, prec: int = ATOM) -> str:
+    r"""``A^\top``; ``W^{[2]}`` becomes ``W^{[2]\top}`` as in the book."""
+    if prec != ATOM:
+        return rf"\left({tex}\right)^\top"
+    m = re.fullmatch(r"(.*)\^\{(.*)\}", tex)
+    if m and m.group(1).count("{") == m.group(1).count("}"):
+        return rf"{m.group(1)}^{{{m.group(2)}\top}}"
+    if "^" in tex:
+        return rf"\left({tex}\right)^\top"
+    return tex + r"^\top"
+
+
+def capital(tex: str) -> str:
+    r"""The batch matrix of a per-sample vector: ``x -> X``, ``\hat{y} -> \hat{Y}``, ``\delta -> \Delta``."""
+    for g, G in _GREEK_CAPS.items():
+        if tex.startswith(g) and G != r"\Zeta":
+            return G + tex[len(g):]
+    m = re.match(r"^(\\[a-z]+\{)([a-z])(\}.*)$", tex)
+    if m:
+        return m.group(1) + m.group(2).upper() + m.group(3)
+    if tex[:1].isalpha() and tex[:1].islower():
+        return tex[0].upper() + tex[1:]
+    return tex
+
+
+class _ScalarPrinter(LatexPrinter):
+    """SymPy's LaTeX printer with tensor arguments: products of tensors print with ``\\odot``."""
+
+    def __init__(self, names: dict[sp.Symbol, str], tensors: set[sp.Symbol]):
+        super().__init__({"mul_symbol": None, "fold_short_frac": False})
+        self.names, self.tensors = names, tensors
+
+    def _print_Symbol(self, expr: sp.Symbol, style: str = "plain") -> str:
+        if expr in self.names:
+            return self.names[expr]
+        return super()._print_Symbol(expr)
+
+    def _is_tensor(self, e: sp.Expr) -> bool:
+        return bool(e.free_symbols & self.tensors)
+
+    def _print_Add(self, expr: sp.Add, order: str | None = None) -> str:
+        terms = list(sp.Add.make_args(expr))
+        terms.sort(key=lambda t: (t.could_extract_minus_sign(), t.is_Number))
+        out = ""
+        for i, t in enumerate(terms):
+            neg = t.could_extract_minus_sign()
+            s = self._print(-t if neg else t)
+            if (-t if neg else t).is_Add:
+                s = rf"\left({s}\right)"
+            out += (" - " if neg else (" + " if i else "")) + s if i or neg else s
+        return out.strip()
+
+    def _print_Pow(self, expr: sp.Pow) -> str:
+        b, e = expr.args
+        if self._is_tensor(b) and e == 2 and b.is_Symbol:
+            s = self._print(b)
+            return rf"{s} \odot {s}"
+        return str(super()._print_Pow(expr))
+
+    def _print_Mul(self, expr: sp.Mul) -> str:
+        c, rest = expr.as_coeff_Mul()
+        factors = sp.Mul.make_args(rest)
+        tens = [f for f in factors if self._is_tensor(f) and not (f.is_Pow and f.exp.is_negative)]
+        if len(tens) < 2 or any(f.is_Pow and f.exp.is_negative for f in factors):
+            return str(super()._print_Mul(expr))
+        parts = []
+        for f in factors:
+            s = self._print(f)
+            if f.is_Add:
+                s = rf"\left({s}\right)"
+            parts.append(s)
+        body = r" \odot ".join(parts)
+        if c == 1:
+            return body
+        if c == -1:
+            return "- " + body
+        return self._print(c) + " " + body
+
+
+class BookPrinter:
+    """Prints nodes, equations and models; ``batch=True`` prints batch-averaged outputs in matrix form."""
+
+    def __init__(self, batch: bool = False, sample: sp.Symbol | None = None):
+        self.batch = batch
+        self.sample = sample
+        self.where: list[str] = []
+
+    # -- nodes ------------------------------------------------------------------------------------
+    def node(self, n: Node) -> tuple[str, int]:
+        memo: dict[int, tuple[str, int]] = {}
+        for m in walk([n], stop=lambda x: isinstance(x, Var)):
+            memo[id(m)] = self._one(m, [memo[id(c)] for c in m.children()])
+        return memo[id(n)]
+
+    def _one(self, n: Node, kids: Sequence[tuple[str, int]]) -> tuple[str, int]:
+        if isinstance(n, Var):
+            tex = capital(n.tex) if (self.batch and n.batched and n.ndim == 1) else n.tex
+            return tex, ATOM
+        if isinstance(n, Einsum):
+            return self.einsum(n, kids)
+        if isinstance(n, Map):
+            return self.map(n, kids)
+        if isinstance(n, Const):
+            tex = n.latex([], self)
+            return tex, (ATOM if (n.value.is_Atom and n.value >= 0) or n.shape else ADD)
+        args = [k[0] for k in kids]
+        return n.latex(args, self), ATOM
+
+    def map(self, n: Map, kids: Sequence[tuple[str, int]]) -> tuple[str, int]:
+        stacked = self._stack(n, kids)
+        if stacked:
+            return stacked, ATOM
+        names = {}
+        tensors = set()
+        bases = {b for p in n.fn.atoms(sp.Pow) for b in p.base.free_symbols}
+        hadamard = n.fn.is_Mul and sum(1 for a in n.args if a.shape != ()) >= 2
+        for i, ((tex, prec), a) in enumerate(zip(kids, n.args)):
+            wrap = prec == ADD or (prec == MUL and (ARG[i] in bases or (hadamard and a.shape != ())))
+            names[ARG[i]] = rf"\left({tex}\right)" if wrap else tex
+            if a.shape != () or (self.batch and _batched(a)):
+                tensors.add(ARG[i])
+        tex = _ScalarPrinter(names, tensors).doprint(n.fn)
+        fn = n.fn
+        if fn.is_Add or fn.could_extract_minus_sign():
+            prec = ADD
+        elif fn.is_Mul or (fn.is_Pow and bool(fn.base.free_symbols & tensors)):
+            prec = MUL
+        else:
+            prec = ATOM
+        return tex, prec
+
+    def _stack(self, n: Map, kids: Sequence[tuple[str, int]]) -> str | None:
+        """``e_1(a) + e_2(b)`` prints as the vector ``(a, b)^T``."""
+        from .tensor import Embed
+
+        if n.ndim != 1 or not n.fn.is_Add or not n.shape[0].is_Integer:
+            return None
+        entries: dict[int, str] = {}
+        for t in sp.Add.make_args(n.fn):
+            if not t.is_Symbol:
+                return None
+            i = ARG.index(t)
+            a = n.args[i]
+            if not isinstance(a, Embed) or a.index in entries:
+                return None
+            entries[a.index] = self.node(a.x)[0]
+        size = int(n.shape[0])
+        return r"\left(" + r",\; ".join(entries.get(i, "0") for i in range(size)) + r"\right)^\top"
+
+    def einsum_latex(self, e: Einsum, args: Sequence[str]) -> str:
+        return self.einsum(e, [(a, MUL) for a in args])[0]
+
+    def map_latex(self, m: Map, args: Sequence[str]) -> str:
+        return self.map(m, [(a, MUL) for a in args])[0]
+
+    def einsum(self, e: Einsum, kids: Sequence[tuple[str, int]]) -> tuple[str, int]:
+        ins = list(e.ins)
+        texs = [k[0] for k in kids]
+        precs = [k[1] for k in kids]
+        ranks = [len(l) for l in ins]
+        out = e.out
+        coef = e.coef
+        scalars: list[str] = []
+        ops: list[tuple[str, int, tuple[int, ...], str]] = []  # tex, prec, labels, kind(m|v|d)
+        batch_label = -1
+        norm = self._norm2(e, kids)
+        if norm:
+            return norm
+        present = {x for l in ins for x in l}
+        spread = [x for x in out if x not in present]
+        if spread and not self.batch:
+            from .tensor import einsum as _einsum
+
+            inner = _einsum(e.ins, tuple(x for x in out if x in present), e.operands,
+                            dims=e.index_dims(), coef=e.coef)
+            itex, iprec = self.node(inner)
+            if inner.ndim == 0:
+                return rf"\left({itex}\right) \mathbf{{1}}", MUL
+        n_batched = sum(1 for o in e.operands if _batched(o)) if self.batch else 0
+        for tex, prec, l, o in zip(texs, precs, ins, e.operands):
+            if self.batch and _batched(o):
+                if len(l) == 0 and n_batched < 3:
+                    ops.append((tex if prec == ATOM else rf"\left({tex}\right)", ATOM, (batch_label,), "m"))
+                    continue
+                if len(l) == 0:
+                    name = f"D_{{{len(self.where) + 1}}}" if self.where else "D"
+                    self.where.append(rf"{name} = \operatorname{{diag}}\left({tex}\right)")
+                    ops.append((name, ATOM, (batch_label, batch_label), "d"))
+                    continue
+                if len(l) == 1:
+                    t = capital(tex) if prec == ATOM else tex
+                    ops.append((t, prec, (batch_label, *l), "m"))
+                    continue
+            if len(l) == 0:
+                scalars.append(tex if prec != ADD else rf"\left({tex}\right)")
+            else:
+                ops.append((tex, prec, l, "m"))
+        del ranks
+        chain = _chain(ops, out) if ops else ""
+        if chain is None:
+            return self._index_form(e, texs, precs), ADD
+        parts = [*scalars, chain] if chain else scalars
+        body = " ".join(p for p in parts if p)
+        c_tex, neg = _coef(coef)
+        if not body:
+            return sp.latex(coef), ATOM
+        tex = f"{c_tex}{body}"
+        return ("- " + tex if neg else tex), (ADD if neg else MUL)
+
+    def _norm2(self, e: Einsum, kids: Sequence[tuple[str, int]]) -> tuple[str, int] | None:
+        """``sum(x ** 2)`` prints as ``\\|x\\|^2``."""
+        op = e.operands[0]
+        if (len(e.operands) == 1 and not e.out and isinstance(op, Map) and op.fn.is_Pow
+                and op.fn.exp == 2 and not self.batch):
+            from .tensor import map_
+
+            inner, _ = self.node(map_(op.fn.base, op.args, op.shape))
+            c_tex, neg = _coef(e.coef)
+            return f"{'- ' if neg else ''}{c_tex}" + rf"\left\|{inner}\right\|^{{2}}", (ADD if neg else MUL)
+        return None
+
+    def _index_form(self, e: Einsum, texs: Sequence[str], precs: Sequence[int]) -> str:
+        letters = "ijklmnopqrstuvwabcdefgh"
+        summed = sorted({l for ls in e.ins for l in ls} - set(e.out))
+        factors = []
+        for tex, prec, l in zip(texs, precs, e.ins):
+            t = tex if prec == ATOM else rf"\left({tex}\right)"
+            factors.append(f"{t}_{{{''.join(letters[i % len(letters)] for i in l)}}}" if l else t)
+        c_tex, neg = _coef(e.coef)
+        s = (r"\sum_{" + ",".join(letters[i % len(letters)] for i in summed) + "} ") if summed else ""
+        body = f"{'- ' if neg else ''}{c_tex}{s}{' '.join(factors)}"
+        if e.out:
+            body = rf"\left[{body}\right]_{{{''.join(letters[i % len(letters)] for i in e.out)}}}"
+        return body
+
+    # -- equations and models ---------------------------------------------------------------------
+    def equation(self, eq: Equation) -> str:
+        self.where = []
+        rhs, _ = self.node(eq.rhs)
+        lhs = eq.lhs.tex
+        if self.batch and eq.kind in ("grad", "hessian") and eq.lhs.role in ("grad", "hessian"):
+            pass
+        s = f"{lhs} = {rhs}"
+        if self.where:
+            s += r",\quad " + r",\quad ".join(self.where)
+        if eq.note:
+            s += rf"\qquad {eq.note}"
+        return s
+
+
+def _batched(n: Node) -> bool:
+    return any(isinstance(v, Var) and v.batched for v in walk([n]))
+
+
+def _coef(c: sp.Expr) -> tuple[str, bool]:
+    """LaTeX prefix for a scalar coefficient, and whether it is negative."""
+    if c == 1:
+        return "", False
+    if c == -1:
+        return "", True
+    neg = bool(c.could_extract_minus_sign())
+    a = -c if neg else c
+    return sp.latex(a) + " ", neg
+
+
+def _chain(ops: list[tuple[str, int, tuple[int, ...], str]], out: tuple[int, ...]) -> str | None:
+    """Print a contraction of vectors and matrices as a matrix product, if its indices form a chain.
+
+    Each operand becomes a matrix (row label, column label), vectors as columns or rows (``None`` for a
+    unit dimension), diagonal factors as (l, l). A chain is valid when adjacent labels agree, the ends
+    are the output labels, and every summed label is used exactly once between neighbours.
+    """
+    if len(ops) > 5 or any(len(l) > 2 for _, _, l, _ in ops) or len(out) > 2:
+        return None
+    counts: dict[int, int] = {}
+    for _, _, l, k in ops:
+        for x in set(l):
+            counts[x] = counts.get(x, 0) + 1
+    extra: list[tuple[str, int, tuple[int, ...], str]] = []
+    for x, c in counts.items():
+        if c == 1 and x not in out:
+            extra.append((r"\mathbf{1}", ATOM, (x,), "m"))  # a pure sum: contract with a ones vector
+    for x in out:
+        if x not in counts:
+            extra.append((r"\mathbf{1}", ATOM, (x,), "m"))  # a broadcast axis: an outer product with ones
+    allops = ops + extra
+    r0 = out[0] if out else None
+    c0 = out[1] if len(out) == 2 else None
+    best: tuple[int, str] | None = None
+    for perm in itertools.permutations(range(len(allops))):
+        for orient in itertools.product((0, 1), repeat=len(allops)):
+            mats = []
+            for i, o in zip(perm, orient):
+                tex, prec, l, kind = allops[i]
+                if kind == "d":
+                    mats.append((l[0], l[0], tex, 0))
+                elif len(l) == 2:
+                    mats.append((l[0], l[1], tex, 0) if o == 0 else (l[1], l[0], transpose(tex, prec), 1))
+                    if o == 0 and prec != ATOM:
+                        mats[-1] = (l[0], l[1], rf"\left({tex}\right)", 0)
+                elif len(l) == 1:
+                    t = tex if prec == ATOM else rf"\left({tex}\right)"
+                    mats.append((l[0], None, t, 0) if o == 0 else (None, l[0], transpose(tex, prec), 1))
+                else:
+                    return None
+            if mats[0][0] != r0 or mats[-1][1] != c0:
+                continue
+            used: dict[int, int] = {}
+            ok = True
+            for a, b in zip(mats, mats[1:]):
+                if a[1] != b[0]:
+                    ok = False
+                    break
+                if a[1] is not None:
+                    used[a[1]] = used.get(a[1], 0) + 1
+            if not ok:
+                continue
+            summed = {x for x in counts if x not in out}
+            if set(used) != summed or any(v != (2 if _is_diag_label(allops, x) else 1) for x, v in used.items()):
+                continue
+            score = sum(m[3] for m in mats) * 10 + sum(abs(p - i) for i, p in enumerate(perm))
+            if best is None or score < best[0]:
+                best = (score, " ".join(m[2] for m in mats))
+    return best[1] if best else None
+
+
+def _is_diag_label(ops: list[tuple[str, int, tuple[int, ...], str]], x: int) -> bool:
+    return any(k == "d" and l[0] == x for _, _, l, k in ops)
+
+
+def latex(obj: Any, batch: bool = False) -> str:
+    r"""LaTeX of a model (forward program and backprop, aligned), an equation, a list of equations, or
+    an expression, in the book's notation.
+
+    Args:
+        obj: a :class:`Model`, :class:`Equation`, list of equations, or tensor expression.
+        batch: print batch-averaged gradients and Hessians in matrix form (``\frac{1}{n} X^\top D X``).
+
+    Example:
+        >>> import derive
+        >>> m = derive.models.get("softmax_regression")
+        >>> derive.latex(derive.grad(m, "b"))
+        'g_{b} = \\delta'
+    """
+    if isinstance(obj, Model):
+        from .autodiff import backprop
+
+        fwd = aligned(obj.equations, obj)
+        bwd = aligned(backprop(obj), obj)
+        return (r"\begin{aligned}&\textbf{forward}\\" + fwd + r"\\[4pt]&\textbf{backward}\\" + bwd
+                + r"\end{aligned}")
+    if isinstance(obj, Equation):
+        return _eq_tex(obj, batch)
+    if isinstance(obj, (list, tuple)) and all(isinstance(e, Equation) for e in obj):
+        return r"\begin{aligned}" + aligned(list(obj), None, batch) + r"\end{aligned}"
+    if isinstance(obj, Node):
+        return BookPrinter(batch).node(obj)[0]
+    raise TypeError(f"derive.latex takes a Model, an Equation, a list of equations or an expression, "
+                    f"not {type(obj).__name__}")
+
+
+def _eq_tex(eq: Equation, batch: bool = False) -> str:
+    return BookPrinter(batch and eq.kind in ("grad", "hessian")).equation(eq)
+
+
+def equations_tex(eqs: Sequence[Equation], batch: bool = False) -> list[str]:
+    """One LaTeX string per equation (each renders on its own, e.g. in matplotlib's mathtext)."""
+    return [_eq_tex(e, batch) for e in eqs]
+
+
+def aligned(eqs: Sequence[Equation], model: Model | None, batch: bool = False) -> str:
+    rows = []
+    for e in eqs:
+        s = _eq_tex(e, batch)
+        lhs, rhs = s.split(" = ", 1)
+        rows.append(f"{lhs} &= {rhs}")
+    if model is not None and model.sample is not None and eqs and eqs[-1].kind == "forward":
+        n = sp.latex(model.sample)
+        red = r"\frac{1}{%s}\sum_{i=1}^{%s}" % (n, n) if model.reduction == "mean" else r"\sum_{i=1}^{%s}" % n
+        rows.append(r"\mathcal{C} &= " + red + " C^{(i)}")
+    return r"\\".join(rows)

@@ -1,0 +1,83 @@
+"""The model zoo: every entry of the book that has a gradient, an update rule or a closed form.
+
+``names()`` lists the entries; ``get(name, **options)`` builds one. Each entry is a small function that
+returns a :class:`~derive.program.Model`; entries live in one module per book chapter.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+from ..program import Model, ModelError
+
+__all__ = ["names", "get", "register", "entry"]
+
+_REGISTRY: dict[str, Callable[..., Model]] = {}
+_CACHE: dict[tuple[str, tuple[tuple[str, Any], ...]], Model] = {}
+
+
+def register(name: str) -> Callable[[Callable[..., Model]], Callable[..., Model]]:
+    """Decorator: add a model-building function to the zoo under ``name``."""
+
+    def deco(fn: Callable[..., Model]) -> Callable[..., Model]:
+        if name in _REGISTRY:
+            raise ValueError(f"zoo entry {name!r} is registered twice")
+        _REGISTRY[name] = fn
+        return fn
+
+    return deco
+
+
+def names() -> list[str]:
+    """The names of all zoo entries, in book order."""
+    return list(_REGISTRY)
+
+
+def entry(name: str) -> Callable[..., Model]:
+    """The builder function of a zoo entry (its signature lists the options and their defaults)."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        close = difflib.get_close_matches(name, _REGISTRY, n=3)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise ModelError(f"unknown model {name!r}.{hint} Known models: {', '.join(_REGISTRY)}") from None
+
+
+def options(name: str) -> dict[str, Any]:
+    """The options of an entry with their defaults."""
+    sig = inspect.signature(entry(name))
+    return {k: p.default for k, p in sig.parameters.items()}
+
+
+def get(name: str, **opts: Any) -> Model:
+    """Build the zoo entry ``name`` with ``opts`` (e.g. ``get("leaky_relu", slope=0.1)``).
+
+    Raises:
+        ModelError: for an unknown name (listing the known ones) or an unknown option (listing the
+            entry's options).
+    """
+    fn = entry(name)
+    known = options(name)
+    bad = set(opts) - set(known)
+    if bad:
+        listed = ", ".join(f"{k}={v!r}" for k, v in known.items()) or "(none)"
+        raise ModelError(f"{name} has no option {', '.join(sorted(bad))}; its options are: {listed}")
+    key = (name, tuple(sorted((k, _hashable(v)) for k, v in opts.items())))
+    if key not in _CACHE:
+        _CACHE[key] = fn(**opts)
+    return _CACHE[key]
+
+
+def _hashable(v: Any) -> Any:
+    if isinstance(v, list):
+        return tuple(_hashable(x) for x in v)
+    if isinstance(v, dict):
+        return tuple(sorted((k, _hashable(x)) for k, x in v.items()))
+    return v
+
+
+# the chapters register their entries on import, in book order
+from . import ch2, ch3, ch4, ch5  # noqa: E402,F401

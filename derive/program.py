@@ -1,0 +1,231 @@
+"""Models as programs of named tensor equations, in the book's notation.
+
+A model is built by a small function with a :class:`Builder`: it declares dimensions, parameters and
+inputs, then writes the equations one per line, as the book does (``z = W x + b``, ``\\hat y =
+S_softmax(z)``, ``C = ...``). Equations are written *per sample* (column vectors, as in the book); inputs
+marked ``batched`` get a leading sample axis in the arrays and in the generated code, and the loss is
+``C = 1/n sum_i C_i`` (``reduction="mean"``) or ``sum_i C_i`` (``reduction="sum"``, layer entries).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import sympy as sp
+
+from .tensor import Node, ShapeError, Var, fmt_shape, walk
+
+__all__ = ["Equation", "Model", "Builder", "ModelError"]
+
+
+class ModelError(ValueError):
+    """A model is used with wrong names, sizes or options; the message says what to fix."""
+
+
+@dataclass(frozen=True)
+class Equation:
+    """``lhs = rhs``; ``kind`` is forward, adjoint, grad, hessian, tangent or update."""
+
+    lhs: Var
+    rhs: Node
+    kind: str = "forward"
+    note: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.lhs.name
+
+    def _repr_latex_(self) -> str:
+        from .latex import latex
+
+        return "$" + latex(self) + "$"
+
+    def __repr__(self) -> str:
+        return f"<Equation {self.lhs.name} = ... {fmt_shape(self.lhs.shape)} [{self.kind}]>"
+
+
+@dataclass
+class Model:
+    """A zoo entry: named dimensions, parameters, inputs and the forward program.
+
+    Attributes:
+        name: the zoo name.
+        title: a one-line description.
+        section: the book section.
+        dims: dimension name -> SymPy symbol.
+        defaults: default sizes of the dimensions (small, so verification is fast).
+        params: parameter name -> tensor symbol.
+        inputs: input name -> tensor symbol (per-sample shape when ``batched``).
+        equations: the forward program, in order; the last defines the loss.
+        reduction: ``mean`` or ``sum`` over the sample axis, for per-sample models.
+        sample: the sample dimension (``n``) of per-sample models, else ``None``.
+        options: the options the entry was built with.
+        diff_inputs: inputs whose gradient is reported too (layer entries).
+        hessian_wrt: parameters whose Hessian is meaningful for this entry.
+        newton: whether compiled kernels also return one Newton step.
+        ranges: per dimension, the (min, max) sizes the verifier draws.
+    """
+
+    name: str
+    title: str
+    section: str
+    dims: dict[str, sp.Symbol]
+    defaults: dict[str, int]
+    params: dict[str, Var]
+    inputs: dict[str, Var]
+    equations: list[Equation]
+    reduction: str = "mean"
+    sample: sp.Symbol | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    diff_inputs: tuple[str, ...] = ()
+    hessian_wrt: tuple[str, ...] = ()
+    newton: bool = False
+    ranges: dict[str, tuple[int, int]] = field(default_factory=dict)
+    adjoint_names: dict[str, tuple[str, str]] = field(default_factory=dict)
+    kinks: bool = False
+
+    @property
+    def loss_var(self) -> Var:
+        return self.equations[-1].lhs
+
+    @property
+    def loss(self) -> Node:
+        """The loss: the right-hand side of the last equation (per sample for per-sample models)."""
+        return self.equations[-1].rhs
+
+    @property
+    def grad_names(self) -> list[str]:
+        """Names of the gradient entries: every parameter, then the differentiable inputs."""
+        return list(self.params) + list(self.diff_inputs)
+
+    def tensor(self, name: str) -> Var:
+        """The parameter or input called ``name``."""
+        if name in self.params:
+            return self.params[name]
+        if name in self.inputs:
+            return self.inputs[name]
+        known = ", ".join([*self.params, *self.inputs]) or "(none)"
+        raise ModelError(f"{self.name} has no parameter or input {name!r}; it has: {known}")
+
+    def sizes(self, **sizes: int) -> dict[sp.Symbol, int]:
+        """Dimension symbol -> size, from the defaults overridden by ``sizes``."""
+        unknown = set(sizes) - set(self.dims)
+        if unknown:
+            raise ModelError(f"{self.name} has no dimension {', '.join(sorted(unknown))}; "
+                             f"its dimensions are: {', '.join(self.dims) or '(none)'}")
+        out: dict[sp.Symbol, int] = {}
+        for k, sym in self.dims.items():
+            v = sizes.get(k, self.defaults.get(k))
+            if v is None:
+                raise ModelError(f"{self.name} needs the size of dimension {k!r}: pass {k}=...")
+            if not isinstance(v, (int,)) or isinstance(v, bool) or v < 1:
+                raise ModelError(f"dimension {k} of {self.name} must be a positive integer, got {v!r}")
+            out[sym] = int(v)
+        return out
+
+    def array_shape(self, var: Var, sizes: Mapping[sp.Symbol, int]) -> tuple[int, ...]:
+        """Concrete array shape of a tensor symbol (with the leading sample axis if batched)."""
+        shape = tuple(int(sp.sympify(d).subs(sizes)) for d in var.shape)
+        if var.batched:
+            assert self.sample is not None
+            shape = (sizes[self.sample], *shape)
+        return shape
+
+    def shapes(self, **sizes: int) -> dict[str, tuple[int, ...]]:
+        """Array shape of every parameter and input, e.g. ``m.shapes(n=8, p=3, K=4)``."""
+        sz = self.sizes(**sizes)
+        return {name: self.array_shape(v, sz) for name, v in {**self.params, **self.inputs}.items()}
+
+    def _repr_latex_(self) -> str:
+        from .latex import latex
+
+        return "$$" + latex(self) + "$$"
+
+    def __repr__(self) -> str:
+        return (f"<Model {self.name} ({self.section}): params {list(self.params)}, "
+                f"inputs {list(self.inputs)}>")
+
+
+class Builder:
+    """Writes a model: declare dimensions, parameters and inputs, then equations in order."""
+
+    def __init__(self, name: str, title: str, section: str, options: Mapping[str, Any] | None = None):
+        self.name, self.title, self.section = name, title, section
+        self.options = dict(options or {})
+        self.dims: dict[str, sp.Symbol] = {}
+        self.defaults: dict[str, int] = {}
+        self.ranges: dict[str, tuple[int, int]] = {}
+        self.params: dict[str, Var] = {}
+        self.inputs: dict[str, Var] = {}
+        self.equations: list[Equation] = []
+        self.adjoints: dict[str, tuple[str, str]] = {}
+        self.sample: sp.Symbol | None = None
+        self._names: set[str] = set()
+
+    def dim(self, name: str, default: int, lo: int = 1, hi: int = 5, tex: str | None = None) -> sp.Symbol:
+        """Declare a dimension with its default size and the range the verifier draws from."""
+        sym = sp.Symbol(tex or name, integer=True, positive=True)
+        self.dims[name] = sym
+        self.defaults[name] = default
+        self.ranges[name] = (lo, hi)
+        return sym
+
+    def samples(self, name: str = "n", default: int = 5, lo: int = 1, hi: int = 6) -> sp.Symbol:
+        """Declare the sample dimension: batched inputs carry it as their leading array axis."""
+        self.sample = self.dim(name, default, lo, hi)
+        return self.sample
+
+    def _claim(self, name: str) -> None:
+        if name in self._names:
+            raise ModelError(f"{self.name}: the name {name!r} is used twice")
+        self._names.add(name)
+
+    def param(self, name: str, shape: Sequence[Any], tex: str | None = None, grad_tex: str | None = None) -> Var:
+        """A parameter; its gradient is reported as ``g_<name>``."""
+        self._claim(name)
+        v = Var(name, tuple(shape), "param", tex)
+        self.params[name] = v
+        if grad_tex:
+            self.adjoints[name] = ("g_" + name, grad_tex)
+        return v
+
+    def input(self, name: str, shape: Sequence[Any], tex: str | None = None, batched: bool = False,
+              domain: str = "real", adjoint: tuple[str, str] | None = None) -> Var:
+        """An input; ``batched`` inputs are per-sample tensors with a leading sample axis in arrays."""
+        if batched and self.sample is None:
+            raise ModelError(f"{self.name}: declare the sample dimension before batched input {name!r}")
+        self._claim(name)
+        v = Var(name, tuple(shape), "input", tex, batched=batched, domain=domain)
+        self.inputs[name] = v
+        if adjoint:
+            self.adjoints[name] = adjoint
+        return v
+
+    def eq(self, name: str, rhs: Node, tex: str | None = None, adjoint: tuple[str, str] | None = None,
+           note: str = "") -> Var:
+        """Append the equation ``name = rhs``; ``adjoint`` names its adjoint as (identifier, LaTeX)."""
+        self._claim(name)
+        batched = any(isinstance(n, Var) and n.batched for n in walk([rhs]))
+        v = Var(name, rhs.shape, "var", tex, batched=batched)
+        self.equations.append(Equation(v, rhs, "forward", note))
+        if adjoint:
+            self.adjoints[name] = adjoint
+        return v
+
+    def model(self, reduction: str = "mean", diff_inputs: Sequence[str] = (), hessian: Sequence[str] = (),
+              newton: bool = False, kinks: bool = False) -> Model:
+        if not self.equations:
+            raise ModelError(f"{self.name} has no equations")
+        loss = self.equations[-1].lhs
+        if loss.shape != ():
+            raise ShapeError(f"{self.name}: the last equation must be a scalar loss, "
+                             f"got shape {fmt_shape(loss.shape)}")
+        return Model(
+            name=self.name, title=self.title, section=self.section, dims=self.dims, defaults=self.defaults,
+            params=self.params, inputs=self.inputs, equations=self.equations, reduction=reduction,
+            sample=self.sample, options=self.options, diff_inputs=tuple(diff_inputs),
+            hessian_wrt=tuple(hessian), newton=newton, ranges=self.ranges, adjoint_names=self.adjoints,
+            kinks=kinks,
+        )

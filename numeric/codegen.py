@@ -1,0 +1,542 @@
+"""Code generation: a model's forward, adjoint (and Hessian) programs as a readable Python module.
+
+The generated module has one function, ``kernel(<params>, <inputs>)``, with one line per equation,
+named as in the book, and the equation's LaTeX as a comment above it. Per-sample equations are
+lowered to batch form by adding a leading sample axis to batched tensors: contractions gain the sample
+index, and gradients (and Hessians) average over it, which folds into the last contraction
+(``g_W = delta.T @ X / n``). Subexpressions used more than once are computed once. Logarithms of
+sigmoids and softmaxes are rewritten into their stable forms (softplus, log-softmax).
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import sympy as sp
+from sympy.printing.numpy import NumPyPrinter
+from sympy.printing.pytorch import TorchPrinter
+
+import derive
+from derive.latex import equations_tex
+from derive.program import Equation, Model
+from derive.tensor import (
+    ARG,
+    Const,
+    Einsum,
+    Embed,
+    Eye,
+    LogSoftmax,
+    Map,
+    Node,
+    Softmax,
+    Var,
+    map_,
+    walk,
+)
+
+__all__ = ["Program", "build_program", "generate"]
+
+BACKENDS = ("numpy", "torch")
+BATCH = "Z"
+
+
+@dataclass
+class Program:
+    """What a kernel computes: the model, and which extra outputs were asked for."""
+
+    model: Model
+    hessian: tuple[str, ...] = ()
+    forward: list[Equation] = field(default_factory=list)
+    adjoint: list[Equation] = field(default_factory=list)
+    hessians: dict[tuple[str, str], Equation] = field(default_factory=dict)
+
+
+def build_program(m: Model, hessian: Sequence[str] = ()) -> Program:
+    for h in hessian:
+        if h not in m.params:
+            raise ValueError(f"{m.name} has no parameter {h!r} to take a Hessian in; "
+                             f"its parameters are: {', '.join(m.params)}")
+    prog = Program(m, tuple(hessian), list(m.equations), list(derive.backprop(m)))
+    for a in hessian:
+        for b in hessian:
+            prog.hessians[(a, b)] = derive.hessian(m, a, b)[0]
+    return prog
+
+
+# --------------------------------------------------------------------------------------------------
+# Stable rewrites
+# --------------------------------------------------------------------------------------------------
+
+
+def stabilize(eqs: Sequence[Equation]) -> list[Equation]:
+    """Rewrite ``log(sigma(u))``, ``log(1 - sigma(u))`` and ``log(S_softmax(z))`` into stable forms.
+
+    The book writes the loss through the named output (``C = -y log yhat``); evaluated literally it
+    overflows at logits of a few hundred. Here ``log yhat`` becomes ``-softplus(-z)`` or
+    ``log_softmax(z)``, computed from the logits.
+    """
+    defs = {eq.lhs: eq.rhs for eq in eqs}
+    out = []
+    for eq in eqs:
+        out.append(Equation(eq.lhs, _stable_node(eq.rhs, defs), eq.kind, eq.note))
+    return out
+
+
+def _stable_node(root: Node, defs: dict[Var, Node]) -> Node:
+    from derive.functions import sigmoid, softplus
+    from derive.tensor import substitute
+
+    mapping: dict[Node, Node] = {}
+    for n in walk([root], stop=lambda x: isinstance(x, Var)):
+        if not isinstance(n, Map) or not n.fn.has(sp.log):
+            continue
+        fn = n.fn
+        args = list(n.args)
+        for i, a in enumerate(n.args):
+            d = defs.get(a) if isinstance(a, Var) else None
+            if isinstance(d, Map) and d.fn == sigmoid(ARG[0]) and len(d.args) == 1:
+                u = ARG[len(args)]
+                args.append(d.args[0])
+                fn = fn.replace(sp.log(1 - ARG[i]), -softplus(u)).replace(sp.log(ARG[i]), -softplus(-u))
+            elif isinstance(d, Softmax):
+                ls = ARG[len(args)]
+                args.append(LogSoftmax(d.x, d.axis))
+                fn = fn.replace(sp.log(ARG[i]), ls)
+        if fn != n.fn:
+            mapping[n] = map_(fn, args, n.shape)
+    return substitute(root, mapping) if mapping else root
+
+
+# --------------------------------------------------------------------------------------------------
+# Printing scalar expressions
+# --------------------------------------------------------------------------------------------------
+
+
+class _NumpyScalar(NumPyPrinter):
+    def __init__(self, names: dict[sp.Symbol, str]):
+        super().__init__({"fully_qualified_modules": False, "allow_unknown_functions": False})
+        self._module = "np"
+        self.names = names
+
+    def _print_Symbol(self, expr: sp.Symbol) -> str:
+        return self.names.get(expr, str(expr))
+
+    def _module_format(self, fqn: str, register: bool = True) -> str:
+        return fqn.replace("numpy.", "np.")
+
+
+class _TorchScalar(TorchPrinter):
+    def __init__(self, names: dict[sp.Symbol, str]):
+        super().__init__({"fully_qualified_modules": True})
+        self.names = names
+
+    def _print_Symbol(self, expr: sp.Symbol) -> str:
+        return self.names.get(expr, str(expr))
+
+
+def scalar_code(expr: sp.Expr, names: dict[sp.Symbol, str], backend: str) -> str:
+    printer: Any = _NumpyScalar(names) if backend == "numpy" else _TorchScalar(names)
+    return str(printer.doprint(expr))
+
+
+def dim_code(expr: Any) -> str:
+    """Python code of a dimension expression (dimension symbols are local variables)."""
+    e = sp.sympify(expr)
+    if e.is_Integer:
+        return str(int(e))
+    return str(sp.pycode(e)).replace("math.", "")
+
+
+# --------------------------------------------------------------------------------------------------
+# The generator
+# --------------------------------------------------------------------------------------------------
+
+
+class Lowering:
+    """Lowers per-sample nodes to batch code for one backend (the ``ctx`` of ``Node.lower``)."""
+
+    def __init__(self, backend: str, model: Model, ref: str):
+        self.backend = backend
+        self.model = model
+        self.ref = ref
+        self._batched: dict[int, bool] = {}
+        self.sample = dim_code(model.sample) if model.sample is not None else None
+
+    def batched(self, n: Node) -> bool:
+        key = id(n)
+        if key not in self._batched:
+            if isinstance(n, Var):
+                self._batched[key] = n.batched
+            else:
+                self._batched[key] = any(self.batched(c) for c in n.children())
+        return self._batched[key]
+
+    def shape_code(self, n: Node) -> str:
+        dims = [dim_code(d) for d in n.shape]
+        if self.batched(n):
+            assert self.sample is not None
+            dims = [self.sample, *dims]
+        return "(" + ", ".join(dims) + ("," if len(dims) == 1 else "") + ")"
+
+    # -- primitives that need the context ---------------------------------------------------------
+    def const(self, c: Const) -> str:
+        v = scalar_code(c.value, {}, "numpy")
+        if not c.shape:
+            return v
+        return f"ops.full({self.shape_code(c)}, {v}, {self.ref})"
+
+    def eye(self, e: Eye) -> str:
+        return f"ops.eye({dim_code(e.shape[0])}, {self.ref})"
+
+    def embed_code(self, e: Embed, x: str) -> str:
+        ax = e.axis - e.ndim
+        if self.backend == "torch":
+            return f"ops.embed({x}, {ax}, {e.index}, {dim_code(e.size)}, {self.ref})"
+        return f"ops.embed({x}, {ax}, {e.index}, {dim_code(e.size)})"
+
+    def map_code(self, m: Map, args: Sequence[str]) -> str:
+        names = {}
+        mb = self.batched(m)
+        for i, (a, code) in enumerate(zip(m.args, args)):
+            if mb and self.batched(a) and a.ndim < m.ndim:
+                code = f"{args[i]}[:, {', '.join(['None'] * (m.ndim - a.ndim))}]"
+            names[ARG[i]] = code
+        return scalar_code(m.fn, names, self.backend)
+
+    def einsum_code(self, e: Einsum, args: Sequence[str], reduce: str | None = None) -> str:
+        """Code of a contraction; ``reduce`` (mean/sum) contracts the sample axis too."""
+        letters = string.ascii_lowercase
+        batched = [self.batched(o) for o in e.operands]
+        ins = [("Z" if b else "") + "".join(letters[i] for i in l) for l, b in zip(e.ins, batched)]
+        out_b = any(batched) and reduce is None
+        out = ("Z" if out_b else "") + "".join(letters[i] for i in e.out)
+        coef = e.coef
+        if reduce == "mean" and any(batched):
+            assert self.model.sample is not None
+            coef = coef / self.model.sample
+        ops = list(args)
+        present = set("".join(ins))
+        spread = [c for c in out if c not in present]
+        if spread:
+            # broadcast axes: contract what is there, then expand
+            inner_out = "".join(c for c in out if c in present)
+            inner = self._contract(ins, inner_out, ops)
+            idx = ", ".join("None" if c in spread else ":" for c in out)
+            shape = [self._letter_dim(e, c) for c in out]
+            tup = "(" + ", ".join(shape) + ("," if len(shape) == 1 else "") + ")"
+            if self.backend == "torch":
+                code = f"{_paren(inner)}[{idx}].expand({tup})"
+            else:
+                code = f"np.broadcast_to({_paren(inner)}[{idx}], {tup})"
+        else:
+            code = self._contract(ins, out, ops)
+        return _scaled(code, coef)
+
+    def _letter_dim(self, e: Einsum, c: str) -> str:
+        if c == "Z":
+            assert self.sample is not None
+            return self.sample
+        return dim_code(e.dims[string.ascii_lowercase.index(c)])
+
+    def _contract(self, ins: list[str], out: str, ops: list[str]) -> str:
+        ins, ops = list(ins), list(ops)
+        # fold operands whose indices are a subsequence of another's (scalings) by broadcasting
+        changed = True
+        while changed and len(ops) > 2:
+            changed = False
+            for i, li in enumerate(ins):
+                for j, lj in enumerate(ins):
+                    if i != j and set(li) < set(lj) and _subseq(li, lj) and len(ops) > 2:
+                        idx = ", ".join(":" if c in li else "None" for c in lj)
+                        scaled = f"{_paren(ops[i])}[{idx}] * {_paren(ops[j])}" if li else f"{ops[i]} * {ops[j]}"
+                        ops[j] = scaled
+                        del ins[i], ops[i]
+                        changed = True
+                        break
+                if changed:
+                    break
+        if len(ops) == 1:
+            return self._single(ins[0], out, ops[0])
+        if len(ops) == 2:
+            mm = self._matmul(ins[0], ins[1], out, ops[0], ops[1])
+            if mm is not None:
+                return mm
+        spec = ",".join(ins) + "->" + out
+        if self.backend == "torch":
+            return f"torch.einsum('{spec}', {', '.join(ops)})"
+        return f"np.einsum('{spec}', {', '.join(ops)}, optimize=True)"
+
+    def _single(self, li: str, out: str, op: str) -> str:
+        summed = [i for i, c in enumerate(li) if c not in out]
+        kept = "".join(c for c in li if c in out)
+        code = op
+        if summed:
+            ax = tuple(summed)
+            axs = str(ax[0]) if len(ax) == 1 else str(ax)
+            if len(summed) == len(li):
+                code = f"{_paren(op)}.sum()"
+            else:
+                code = f"{_paren(op)}.sum({'dim' if self.backend == 'torch' else 'axis'}={axs})"
+        if kept == out:
+            return code
+        if len(out) == 2:
+            return f"{_paren(code)}.T"
+        perm = tuple(kept.index(c) for c in out)
+        if self.backend == "torch":
+            return f"{_paren(code)}.permute{perm}"
+        return f"np.transpose({code}, {perm})"
+
+    def _matmul(self, la: str, lb: str, out: str, a: str, b: str) -> str | None:
+        if len(la) > 2 or len(lb) > 2 or len(out) > 2:
+            return None
+        sa, sb, so = set(la), set(lb), set(out)
+        if len(sa) != len(la) or len(sb) != len(lb):
+            return None
+        shared = sa & sb
+        if shared & so or (sa | sb) != (so | shared):
+            if not shared and not la:
+                return None
+            return None
+        if len(shared) > 1:
+            return None
+        if not shared:
+            if not la or not lb:  # scalar times tensor
+                if (la + lb) != out and len(out) == 2:
+                    return None
+                if (la + lb) != out:
+                    return None
+                return f"{_paren(a)} * {_paren(b)}"
+            if len(la) == 1 and len(lb) == 1:
+                x, y = (a, b) if out == la + lb else (b, a)
+                fn = "torch.outer" if self.backend == "torch" else "np.outer"
+                return f"{fn}({x}, {y})"
+            return None
+        (k,) = shared
+        # orient a as (rest_a, k) and b as (k, rest_b)
+        ra = la.replace(k, "")
+        rb = lb.replace(k, "")
+        cands = []
+        if out == ra + rb:
+            a_c = a if (len(la) == 1 or la[-1] == k) else f"{_paren(a)}.T"
+            b_c = b if (len(lb) == 1 or lb[0] == k) else f"{_paren(b)}.T"
+            cands.append(f"{_paren(a_c)} @ {_paren(b_c)}")
+        if out == rb + ra:
+            a_t = a if (len(la) == 1 or la[0] == k) else f"{_paren(a)}.T"
+            b_t = b if (len(lb) == 1 or lb[-1] == k) else f"{_paren(b)}.T"
+            cands.append(f"{_paren(b_t)} @ {_paren(a_t)}")
+        if not cands:
+            return None
+        return min(cands, key=lambda c: c.count(".T"))
+
+
+def _subseq(a: str, b: str) -> bool:
+    it = iter(b)
+    return all(c in it for c in a)
+
+
+def _paren(code: str) -> str:
+    if re.fullmatch(r"[A-Za-z_][\w.]*", code) or _balanced_call(code):
+        return code
+    return f"({code})"
+
+
+def _balanced_call(code: str) -> bool:
+    """True for ``f(...)``/``x[...]``/``(...)`` forms that need no extra parentheses."""
+    if not code or code[-1] not in ")]":
+        return False
+    depth = 0
+    for i, ch in enumerate(code):
+        if ch in "([":
+            depth += 1
+        elif ch in ")]":
+            depth -= 1
+            if depth == 0 and i != len(code) - 1:
+                return False
+        elif depth == 0 and not (ch.isalnum() or ch in "._"):
+            return False
+    return True
+
+
+def _scaled(code: str, coef: sp.Expr) -> str:
+    if coef == 1:
+        return code
+    if coef == -1:
+        return f"-{_paren(code)}"
+    num, den = sp.fraction(sp.sympify(coef))
+    if num == 1:
+        return f"{_paren(code)} / {_paren(dim_code(den))}"
+    if num == -1:
+        return f"-{_paren(code)} / {_paren(dim_code(den))}"
+    return f"{_paren(dim_code(coef))} * {_paren(code)}"
+
+
+@dataclass
+class _Line:
+    target: str
+    code: str
+    comment: str = ""
+
+
+def generate(prog: Program, backend: str) -> str:
+    """The generated module's source text."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
+    m = prog.model
+    names = list(m.params) + list(m.inputs)
+    ref = names[0]
+    low = Lowering(backend, m, ref)
+    forward = stabilize(prog.forward)
+    all_eqs = forward + prog.adjoint + list(prog.hessians.values())
+    fwd_tex = equations_tex(prog.forward)
+    adj_tex = equations_tex(prog.adjoint)
+    hes_tex = equations_tex(list(prog.hessians.values()))
+    tex = dict(zip([id(e) for e in all_eqs], fwd_tex + adj_tex + hes_tex))
+
+    # which results are needed: gradients need everything; reduced outputs reduce
+    parents: dict[int, int] = {}
+    for eq in all_eqs:
+        for n in walk([eq.rhs], stop=lambda x: isinstance(x, Var)):
+            for c in n.children():
+                parents[id(c)] = parents.get(id(c), 0) + 1
+        parents[id(eq.rhs)] = parents.get(id(eq.rhs), 0) + 1
+    temps: dict[int, str] = {}
+    lines: list[_Line | str] = []
+    counter = [0]
+
+    def code_of(n: Node, top: bool = False) -> str:
+        if isinstance(n, Var):
+            return n.name
+        if id(n) in temps:
+            return temps[id(n)]
+        args = [code_of(c) for c in n.children()]
+        code = n.lower(args, backend, low)
+        if not top and parents.get(id(n), 0) > 1 and not isinstance(n, Const):
+            counter[0] += 1
+            t = f"t{counter[0]}"
+            lines.append(_Line(t, code))
+            temps[id(n)] = t
+            return t
+        return code
+
+    def reduced(n: Node) -> str:
+        """Batch mean (or sum) of a per-sample gradient, folded into its last contraction."""
+        how = m.reduction
+        if not low.batched(n):
+            return code_of(n) if how == "mean" else f"{low.sample} * {_paren(code_of(n))}"
+        if isinstance(n, Einsum):
+            args = [code_of(c) for c in n.children()]
+            return low.einsum_code(n, args, reduce=how)
+        if isinstance(n, Map) and n.fn.is_Add:
+            parts = [reduced(map_(t, n.args, n.shape)) for t in sp.Add.make_args(n.fn)]
+            return " + ".join(_paren(p) for p in parts)
+        code = code_of(n)
+        op = "mean" if how == "mean" else "sum"
+        return f"{_paren(code)}.{op}(0)"
+
+
+    for eq in forward + prog.adjoint:
+        lines.append(f"# {tex[id(eq)]}")
+        if eq.kind == "grad":
+            leaf = m.tensor(next(k for k in m.grad_names if _grad_of(m, k) == eq.lhs.name))
+            if m.sample is None:
+                code = code_of(eq.rhs, True)
+            elif leaf.batched:  # a per-sample input: its gradient stays per sample
+                code = code_of(eq.rhs, True)
+                if m.reduction == "mean":
+                    code = f"{_paren(code)} / {low.sample}"
+            else:
+                code = reduced(eq.rhs)
+            lines.append(_Line(eq.lhs.name, code))
+        else:
+            lines.append(_Line(eq.lhs.name, code_of(eq.rhs, True)))
+        if eq is forward[-1]:
+            loss = eq.lhs.name
+            if m.sample is not None and low.batched(eq.lhs):
+                op = "mean" if m.reduction == "mean" else "sum"
+                lines.append(f"# \\mathcal{{C}} = {'mean' if op == 'mean' else 'sum'} over the batch")
+                lines.append(_Line("loss", f"{loss}.{op}()"))
+            else:
+                lines.append(_Line("loss", loss))
+    for (a, b), eq in prog.hessians.items():
+        lines.append(f"# {tex[id(eq)]}")
+        lines.append(_Line(eq.lhs.name, reduced(eq.rhs) if m.sample is not None else code_of(eq.rhs, True)))
+
+    grads = {g: eq.lhs.name for g, eq in zip(m.grad_names, [e for e in prog.adjoint if e.kind == "grad"])}
+    ret = ["\"loss\": loss", "\"grad\": {" + ", ".join(f'"{k}": {v}' for k, v in grads.items()) + "}"]
+    if prog.hessians:
+        hs = ", ".join((f'"{a}": {eq.lhs.name}' if a == b else f'("{a}", "{b}"): {eq.lhs.name}')
+                       for (a, b), eq in prog.hessians.items())
+        ret.append("\"hessian\": {" + hs + "}")
+
+    imp = ("import numpy as np\nfrom numeric import ops_numpy as ops" if backend == "numpy"
+           else "import torch\nfrom numeric import ops_torch as ops")
+    body: list[str] = []
+    for ln in lines:
+        if isinstance(ln, str):
+            body.append("    " + ln.replace("\n", " "))
+        else:
+            body.append(f"    {ln.target} = {ln.code}")
+    dims_needed = _dims_needed(all_eqs, m)
+    text = "\n".join(body)
+    header: list[str] = []
+    for d, code in _dim_sources(m, dims_needed).items():
+        if re.search(rf"\b{re.escape(d)}\b", text):
+            header.append(f"    {d} = {code}")
+    src = [
+        f'"""dlmath kernel for {m.name} ({m.section}), {backend} backend. Generated by dlmath; do not edit.',
+        "",
+        "Arrays are batch-first; per-sample equations (the comments) gain a leading sample axis.",
+        '"""',
+        "",
+        imp,
+        "",
+        "",
+        f"def kernel({', '.join(names)}):",
+        *header,
+        *body,
+        "    return {" + ", ".join(ret) + "}",
+        "",
+    ]
+    return "\n".join(src)
+
+
+def _grad_of(m: Model, name: str) -> str:
+    from derive.autodiff import _adjoint_name
+
+    return _adjoint_name(m, m.tensor(name))[0]
+
+
+def _dims_needed(eqs: Sequence[Equation], m: Model) -> set[sp.Symbol]:
+    syms: set[sp.Symbol] = set()
+    if m.sample is not None:
+        syms.add(m.sample)
+    for eq in eqs:
+        for n in walk([eq.rhs], stop=lambda x: isinstance(x, Var)):
+            if isinstance(n, (Einsum, Const, Eye, Embed)):
+                for d in n.shape:
+                    syms |= sp.sympify(d).free_symbols
+            if isinstance(n, Einsum):
+                syms |= n.coef.free_symbols
+                for d in n.dims:
+                    syms |= sp.sympify(d).free_symbols
+            if isinstance(n, Map):
+                syms |= {s for s in n.fn.free_symbols if s in m.dims.values()}
+    return {s for s in syms if s in set(m.dims.values())}
+
+
+def _dim_sources(m: Model, needed: set[sp.Symbol]) -> dict[str, str]:
+    """``dim = array.shape[k]`` lines for the dimensions the code refers to."""
+    out: dict[str, str] = {}
+    for d in sorted(needed, key=str):
+        for name, v in {**m.params, **m.inputs}.items():
+            shape = ((m.sample,) if v.batched else ()) + tuple(v.shape)
+            if d in shape:
+                out[dim_code(d)] = f"{name}.shape[{shape.index(d)}]"
+                break
+        else:
+            raise ValueError(f"{m.name}: dimension {d} cannot be read off any array shape")
+    return out

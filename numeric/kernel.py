@@ -1,0 +1,227 @@
+"""Compiled kernels: generated source, executed once, cached, with checked inputs."""
+
+from __future__ import annotations
+
+import builtins
+import linecache
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import sympy as sp
+
+from derive.program import Model
+
+from .codegen import BACKENDS, build_program, generate
+
+__all__ = ["Kernel", "compile", "source", "InputError", "clear_cache"]
+
+
+class InputError(ValueError):
+    """Arrays given to a kernel do not fit the model: the message names what was expected and given."""
+
+
+_CACHE: dict[tuple[Any, ...], tuple[Model, Kernel]] = {}
+_SOURCES: dict[tuple[Any, ...], tuple[Model, str]] = {}
+
+
+def clear_cache() -> None:
+    _CACHE.clear()
+    _SOURCES.clear()
+
+
+def source(m: Model, backend: str = "numpy", hessian: Sequence[str] = ()) -> str:
+    """The generated module for ``m`` as readable Python text (one line per equation)."""
+    if not isinstance(m, Model):
+        raise TypeError(f"numeric.source takes a model (derive.models.get(...)), not {type(m).__name__}")
+    key = (id(m), backend, tuple(hessian))
+    hit = _SOURCES.get(key)
+    if hit is not None and hit[0] is m:
+        return hit[1]
+    src = generate(build_program(m, hessian), backend)
+    _SOURCES[key] = (m, src)
+    return src
+
+
+class Kernel:
+    """A compiled model: ``f(**arrays) -> {"loss": float, "grad": {...}[, "hessian", "newton"]}``.
+
+    Arrays are checked (names, shapes against the model's dimensions, dtypes, finiteness) unless the
+    kernel was compiled with ``check=False``; ``f.raw`` is the generated function itself.
+    """
+
+    def __init__(self, m: Model, backend: str, device: str | None, hessian: tuple[str, ...], check: bool):
+        self.model = m
+        self.backend = backend
+        self.device = device
+        self.hessian = hessian
+        self.check = check
+        self.source = source(m, backend, hessian)
+        filename = f"<dlmath:{m.name}:{backend}>"
+        linecache.cache[filename] = (len(self.source), None, self.source.splitlines(True), filename)
+        ns: dict[str, Any] = {}
+        exec(builtins.compile(self.source, filename, "exec"), ns)  # our own generated code, identifiers validated
+        self.raw = ns["kernel"]
+        self.names = list(m.params) + list(m.inputs)
+
+    def __repr__(self) -> str:
+        return f"<dlmath kernel {self.model.name} [{self.backend}]>"
+
+    def __call__(self, **arrays: Any) -> dict[str, Any]:
+        args = self._prepare(arrays) if self.check else self._convert(arrays)
+        out = self.raw(**args)
+        out["loss"] = float(out["loss"])
+        if self.model.newton and self.hessian:
+            out["newton"] = self._newton(args, out)
+        return out
+
+    # -- checks -----------------------------------------------------------------------------------
+    def _convert(self, arrays: dict[str, Any]) -> dict[str, Any]:
+        if self.backend == "numpy":
+            return {k: np.asarray(v) for k, v in arrays.items()}
+        import torch
+
+        out = {}
+        for k, v in arrays.items():
+            t = v if isinstance(v, torch.Tensor) else torch.as_tensor(np.asarray(v))
+            out[k] = t.to(self.device) if self.device is not None else t
+        return out
+
+    def _prepare(self, arrays: dict[str, Any]) -> dict[str, Any]:
+        m = self.model
+        missing = [n for n in self.names if n not in arrays]
+        extra = [n for n in arrays if n not in self.names]
+        if missing or extra:
+            parts = []
+            if missing:
+                parts.append(f"missing {', '.join(missing)}")
+            if extra:
+                parts.append(f"unexpected {', '.join(extra)}")
+            raise InputError(f"{m.name} takes arrays {', '.join(self.names)}: {'; '.join(parts)}")
+        conv = self._convert(arrays)
+        dtypes = {k: _dtype_name(v) for k, v in conv.items()}
+        floats = {d for d in dtypes.values() if d in ("float32", "float64")}
+        if len(floats) > 1:
+            listing = ", ".join(f"{k} {d}" for k, d in dtypes.items())
+            raise InputError(f"{m.name}: arrays must share one float dtype (float32 or float64); got {listing}")
+        target = floats.pop() if floats else "float64"
+        for k, d in dtypes.items():
+            if d not in ("float32", "float64", "int64", "int32", "bool", "int16", "int8", "uint8"):
+                raise InputError(f"{m.name}: array {k} has dtype {d}; give float32 or float64")
+        conv = {k: _cast(v, target) for k, v in conv.items()}
+        sizes: dict[sp.Symbol, tuple[int, str]] = {}
+        for name in self.names:
+            var = m.tensor(name)
+            want = ((m.sample,) if var.batched else ()) + tuple(var.shape)
+            got = tuple(conv[name].shape)
+            if len(got) != len(want):
+                raise InputError(f"{m.name}: {name} should have shape {_fmt(want)} ({len(want)} axes), "
+                                 f"got shape {got}")
+            for d, g in zip(want, got):
+                d = sp.sympify(d)
+                if d.is_Integer:
+                    if int(d) != g:
+                        raise InputError(f"{m.name}: {name} should have shape {_fmt(want)}, got {got}")
+                elif d.is_Symbol:
+                    if d in sizes and sizes[d][0] != g:
+                        other = sizes[d][1]
+                        raise InputError(f"{m.name}: dimension {d} is {sizes[d][0]} in {other} but {g} in "
+                                         f"{name} (shape {got}, expected {_fmt(want)})")
+                    sizes.setdefault(d, (g, name))
+        for name, v in conv.items():
+            if not _all_finite(v):
+                raise InputError(f"{m.name}: array {name} contains NaN or infinity; pass finite values")
+        return conv
+
+    def _newton(self, args: dict[str, Any], out: dict[str, Any]) -> dict[str, Any]:
+        """One Newton step ``theta - H^{-1} g`` over all parameters jointly (flattened in order)."""
+        names = list(self.hessian)
+        xp: Any
+        if self.backend == "numpy":
+            xp = np
+            cat, solve = np.concatenate, np.linalg.solve
+        else:
+            import torch
+
+            xp = torch
+            cat, solve = torch.cat, torch.linalg.solve
+        sizes = [int(math.prod(tuple(args[n].shape))) for n in names]
+        rows = []
+        for a, sa in zip(names, sizes):
+            row = []
+            for b, sb in zip(names, sizes):
+                h = out["hessian"][a] if a == b else out["hessian"][(a, b)]
+                row.append(xp.reshape(h, (sa, sb)))
+            rows.append(cat(row, 1))
+        H = cat(rows, 0)
+        g = cat([xp.reshape(out["grad"][n], (s,)) for n, s in zip(names, sizes)])
+        step = solve(H, g)
+        res, k = {}, 0
+        for n, s in zip(names, sizes):
+            res[n] = args[n] - xp.reshape(step[k : k + s], tuple(args[n].shape))
+            k += s
+        return res
+
+
+def _fmt(shape: tuple[Any, ...]) -> str:
+    return "(" + ", ".join(str(d) for d in shape) + ("," if len(shape) == 1 else "") + ")"
+
+
+def _dtype_name(v: Any) -> str:
+    return str(v.dtype).replace("torch.", "")
+
+
+def _cast(v: Any, target: str) -> Any:
+    if _dtype_name(v) == target:
+        return v
+    if isinstance(v, np.ndarray) or np.isscalar(v):
+        return np.asarray(v, dtype=target)
+    import torch
+
+    return v.to(getattr(torch, target))
+
+
+def _all_finite(v: Any) -> bool:
+    if isinstance(v, np.ndarray):
+        s = v.sum()
+        return bool(np.isfinite(s)) or bool(np.isfinite(v).all())
+    import torch
+
+    s = v.sum()
+    return bool(torch.isfinite(s)) or bool(torch.isfinite(v).all())
+
+
+def compile(m: Model, backend: str = "numpy", device: str | None = None, hessian: Sequence[str] | None = None,
+            check: bool = True) -> Kernel:
+    """Compile ``m`` into a kernel ``f(**arrays) -> {"loss", "grad"[, "hessian"][, "newton"]}``.
+
+    Args:
+        m: a zoo model (``derive.models.get(name)``).
+        backend: ``"numpy"`` or ``"torch"``.
+        device: torch device (``"cpu"``, ``"cuda"``); arrays are moved there.
+        hessian: parameters whose Hessian blocks to return (``out["hessian"]["w"]``; cross blocks keyed by
+            pairs). Defaults to none; models with a Newton step default to all their Hessian parameters.
+        check: check names, shapes, dtypes and finiteness of the arrays on every call.
+
+    Compiled kernels are cached per model, backend, device and Hessian request.
+    """
+    if not isinstance(m, Model):
+        raise TypeError(f"numeric.compile takes a model (derive.models.get(...)), not {type(m).__name__}")
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
+    if device is not None and backend != "torch":
+        raise ValueError("device= is for the torch backend; pass backend='torch'")
+    if device is not None and device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ValueError("device='cuda' was asked for but torch sees no CUDA device; use device='cpu'")
+    hs = tuple(hessian) if hessian is not None else (m.hessian_wrt if m.newton else ())
+    key = (id(m), backend, device, hs, check)
+    hit = _CACHE.get(key)
+    if hit is not None and hit[0] is m:
+        return hit[1]
+    k = Kernel(m, backend, device, hs, check)
+    _CACHE[key] = (m, k)
+    return k

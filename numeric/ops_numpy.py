@@ -1,0 +1,84 @@
+"""NumPy runtime helpers used by generated kernels: numerically stable forms of the book's functions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+Array = Any
+
+
+def sigmoid(x: Array) -> Array:
+    """sigma(x) = 1/(1 + e^{-x}) without overflow: exp is only taken of -|x|."""
+    e = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+
+
+def softplus(x: Array) -> Array:
+    """log(1 + e^x), exact and stable for every x."""
+    return np.logaddexp(0.0, x)
+
+
+def relu(x: Array) -> Array:
+    return np.maximum(x, 0.0)
+
+
+def step(x: Array) -> Array:
+    """1{x > 0}: ReLU's derivative with PyTorch's convention at 0."""
+    return (x > 0).astype(np.result_type(x, np.float32))
+
+
+def leaky_relu(x: Array, slope: float) -> Array:
+    return np.where(x > 0, x, slope * x)
+
+
+def leaky_step(x: Array, slope: float) -> Array:
+    return np.where(x > 0, 1.0, slope).astype(np.result_type(x, np.float32))
+
+
+def softmax(x: Array, axis: int = -1) -> Array:
+    e = np.exp(x - x.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def log_softmax(x: Array, axis: int = -1) -> Array:
+    s = x - x.max(axis=axis, keepdims=True)
+    return s - np.log(np.exp(s).sum(axis=axis, keepdims=True))
+
+
+def logsumexp(x: Array, axis: int = -1) -> Array:
+    m = x.max(axis=axis, keepdims=True)
+    return np.squeeze(m, axis) + np.log(np.exp(x - m).sum(axis=axis))
+
+
+def argmax_mask(x: Array, axis: int) -> Array:
+    """One-hot of the first maximum along ``axis`` (where PyTorch routes max's gradient)."""
+    idx = np.expand_dims(np.argmax(x, axis=axis), axis)
+    out = np.zeros_like(x)
+    np.put_along_axis(out, idx, 1.0, axis=axis)
+    return out
+
+
+def embed(x: Array, axis: int, index: int, size: int) -> Array:
+    """Zeros with ``x`` placed at ``index`` of a new axis ``axis`` (counted from the end)."""
+    x = np.asarray(x)
+    ax = axis % (x.ndim + 1)
+    shape = x.shape[:ax] + (size,) + x.shape[ax:]
+    out = np.zeros(shape, dtype=np.result_type(x, np.float32))
+    sl = [slice(None)] * len(shape)
+    sl[ax] = index
+    out[tuple(sl)] = x
+    return out
+
+
+def eye(d: int, like: Array) -> Array:
+    return np.eye(d, dtype=like.dtype)
+
+
+def full(shape: tuple[int, ...], value: float, like: Array) -> Array:
+    return np.full(shape, value, dtype=like.dtype)
+
+
+def solve(a: Array, b: Array) -> Array:
+    return np.linalg.solve(a, b)

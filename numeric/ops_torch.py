@@ -1,0 +1,54 @@
+"""PyTorch runtime helpers used by generated kernels: numerically stable forms of the book's functions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+Tensor = torch.Tensor
+
+
+def softplus(x: Tensor) -> Tensor:
+    """log(1 + e^x), exact for every x (F.softplus switches to x above a threshold)."""
+    return torch.logaddexp(x, torch.zeros((), dtype=x.dtype, device=x.device))
+
+
+def step(x: Tensor) -> Tensor:
+    return (x > 0).to(x.dtype)
+
+
+def leaky_relu(x: Tensor, slope: float) -> Tensor:
+    return torch.where(x > 0, x, slope * x)
+
+
+def leaky_step(x: Tensor, slope: float) -> Tensor:
+    one = torch.ones((), dtype=x.dtype, device=x.device)
+    return torch.where(x > 0, one, one * slope)
+
+
+def argmax_mask(x: Tensor, axis: int) -> Tensor:
+    """One-hot of the first maximum along ``axis`` (PyTorch routes max's gradient there)."""
+    idx = torch.argmax(x, dim=axis, keepdim=True)
+    return torch.zeros_like(x).scatter_(axis, idx, 1.0)
+
+
+def embed(x: Any, axis: int, index: int, size: int, like: Tensor) -> Tensor:
+    x = torch.as_tensor(x, dtype=like.dtype, device=like.device)
+    ax = axis % (x.ndim + 1)
+    shape = x.shape[:ax] + (size,) + x.shape[ax:]
+    out = torch.zeros(shape, dtype=like.dtype, device=like.device)
+    out.select(ax, index).copy_(x)
+    return out
+
+
+def eye(d: int, like: Tensor) -> Tensor:
+    return torch.eye(d, dtype=like.dtype, device=like.device)
+
+
+def full(shape: tuple[int, ...], value: float, like: Tensor) -> Tensor:
+    return torch.full(shape, value, dtype=like.dtype, device=like.device)
+
+
+def solve(a: Tensor, b: Tensor) -> Tensor:
+    return torch.linalg.solve(a, b)
