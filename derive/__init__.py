@@ -7,13 +7,13 @@ This package never imports NumPy or PyTorch.
 from __future__ import annotations
 
 from . import functions, models, nn
-from .autodiff import backprop, clear_caches, count_nodes, grad, hessian, tangents
+from .autodiff import backprop, clear_caches, count_nodes, forward_mode, grad, hessian, tangents
 from .latex import latex
 from .program import Builder, Equation, Model, ModelError
 from .tensor import PRIMITIVES, Node, ShapeError, UnsupportedError, Var
 
 __all__ = [
-    "models", "nn", "functions", "backprop", "grad", "hessian", "tangents", "latex", "clear_caches",
+    "models", "nn", "forward_mode", "functions", "backprop", "grad", "hessian", "tangents", "latex", "clear_caches",
     "count_nodes", "Builder", "Equation", "Model", "ModelError", "ShapeError", "UnsupportedError", "Node",
     "Var", "PRIMITIVES",
 ]

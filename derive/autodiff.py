@@ -13,7 +13,7 @@ import sympy as sp
 from .program import Equation, Model, ModelError
 from .tensor import Const, Node, Var, add_all, einsum, is_zero, walk
 
-__all__ = ["backprop", "grad", "hessian", "tangents", "clear_caches"]
+__all__ = ["backprop", "grad", "hessian", "tangents", "forward_mode", "clear_caches"]
 
 _BACKPROP: dict[int, tuple[Model, list[Equation]]] = {}
 _HESSIAN: dict[tuple[int, str, str], tuple[Model, list[Equation]]] = {}
@@ -94,6 +94,9 @@ def backprop(m: Model) -> list[Equation]:
         if g is None or v not in targets:
             continue
         users = [n for n in walk([eq.rhs]) if isinstance(n, Var) and n in targets]
+        if v is m.loss_var and v.name in m.adjoint_names:  # the seed, where the model names it
+            name, tex = _adjoint_name(m, v)
+            out.append(Equation(Var(name, v.shape, "adjoint", tex), g, "adjoint"))
         if v is not m.loss_var and (v.name in m.adjoint_names or len(users) > 1) and not isinstance(g, Var):
             name, tex = _adjoint_name(m, v)
             gv = Var(name, v.shape, "adjoint", tex, batched=_batched(g, v))
@@ -105,7 +108,9 @@ def backprop(m: Model) -> list[Equation]:
         g = add_all(adj.get(leaf, []), leaf.shape)
         name, tex = _adjoint_name(m, leaf)
         rhs = g if g is not None else Const(0, leaf.shape)
-        out.append(Equation(Var(name, leaf.shape, "grad", tex, batched=_batched(rhs, leaf)), rhs, "grad"))
+        lhs = Var(name, leaf.shape, "grad", tex, batched=_batched(rhs, leaf))
+        reduces = m.sample if (lhs.batched and not leaf.batched) else None
+        out.append(Equation(lhs, rhs, "grad", batch_dim=reduces, reduction=m.reduction))
     _BACKPROP[id(m)] = (m, out)
     return out
 
@@ -164,6 +169,35 @@ def tangents(program: Sequence[Equation], wrt: Var, only: set[Var] | None = None
     return tan
 
 
+def forward_mode(m: Model, wrt: str) -> list[Equation]:
+    """Forward-mode trace: one tangent equation ``\\dot v = dv/d(wrt)`` per equation of ``m``.
+
+    Each tangent is written through the tangents of the variables it uses (the book's
+    ``\\dot a_k = sum_j (da_k/da_j) \\dot a_j``); the column ``i`` of every tangent is the sweep seeded
+    with ``e_i``. Equations that do not depend on ``wrt`` get no tangent.
+    """
+    if wrt not in m.params:
+        raise ModelError(f"{m.name} has no parameter {wrt!r}; its parameters are: {', '.join(m.params)}")
+    v0 = m.params[wrt]
+    tan: dict[Var, Node] = {v0: _identity(v0)}
+    out: list[Equation] = []
+    for eq in m.equations:
+        t = _expr_jvp(eq.rhs, tan, v0.shape, eq.lhs)
+        if t is None:
+            continue
+        name = f"{eq.lhs.name}_dot"
+        tex = _dot_tex(eq.lhs.tex)
+        tv = Var(name, eq.lhs.shape + v0.shape, "tangent", tex, batched=_batched(t, eq.lhs))
+        out.append(Equation(tv, t, "tangent"))
+        tan[eq.lhs] = tv
+    return out
+
+
+def _dot_tex(tex: str) -> str:
+    base, _, sub = tex.partition("_")
+    return rf"\dot{{{base}}}" + (f"_{sub}" if sub else "")
+
+
 def _expr_jvp(root: Node, tan: dict[Var, Node], tshape: tuple[sp.Expr, ...], out: Var) -> Node | None:
     memo: dict[int, Node | None] = {}
     for n in walk([root], stop=lambda x: isinstance(x, Var)):
@@ -202,7 +236,7 @@ def hessian(m: Model, name: str, name2: str | None = None) -> list[Equation]:
     base = m.params[name].tex if name == name2 else f"{m.params[name].tex}{m.params[name2].tex}"
     hname = f"H_{name}" if name == name2 else f"H_{name}_{name2}"
     lhs = Var(hname, shape, "hessian", f"H_{{{base}}}", batched=_batched(rhs, g_eq.lhs))
-    res = [Equation(lhs, rhs, "hessian")]
+    res = [Equation(lhs, rhs, "hessian", batch_dim=m.sample if lhs.batched else None, reduction=m.reduction)]
     _HESSIAN[key] = (m, res)
     return res
 

@@ -128,7 +128,7 @@ class leaky_step(sp.Function):
 
     def _latex(self, printer: Any) -> str:
         x, s = (_arg(printer, a) for a in self.args)
-        return rf"\left(\mathbb{{1}}\left\{{{x} > 0\right\}} + {s}\,\mathbb{{1}}\left\{{{x} \le 0\right\}}\right)"
+        return rf"\left(\mathbb{{1}}\left\{{{x} > 0\right\}} + {s}\,\mathbb{{1}}\left\{{{x} \leq 0\right\}}\right)"
 
     def _numpycode(self, printer: Any) -> str:
         x, s = (_arg(printer, a) for a in self.args)

@@ -266,16 +266,33 @@ class BookPrinter:
     # -- equations and models ---------------------------------------------------------------------
     def equation(self, eq: Equation) -> str:
         self.where = []
-        rhs, _ = self.node(eq.rhs)
         lhs = eq.lhs.tex
-        if self.batch and eq.kind in ("grad", "hessian") and eq.lhs.role in ("grad", "hessian"):
-            pass
+        if self.batch and eq.batch_dim is not None:
+            rhs = self.batch_form(eq)
+        else:
+            self.batch = False
+            rhs, _ = self.node(eq.rhs)
         s = f"{lhs} = {rhs}"
         if self.where:
             s += r",\quad " + r",\quad ".join(self.where)
         if eq.note:
             s += rf"\qquad {eq.note}"
         return s
+
+
+    def batch_form(self, eq: Equation) -> str:
+        """The batch form of a per-sample gradient or Hessian: its (scaled) sum over the samples."""
+        n = sp.latex(eq.batch_dim)
+        pre = rf"\frac{{1}}{{{n}}} " if eq.reduction == "mean" else ""
+        r = eq.rhs
+        if isinstance(r, Einsum):
+            tex, prec = self.node(r)
+            return pre + (rf"\left({tex}\right)" if prec == ADD and pre else tex)
+        if isinstance(r, Var) and r.ndim <= 1:
+            return pre + (transpose(capital(r.tex)) + r" \mathbf{1}" if r.ndim == 1 else rf"\mathbf{{1}}^\top {r.tex}")
+        self.batch = False
+        tex, _ = self.node(r)
+        return pre + rf"\sum_{{i=1}}^{{{n}}} \left({tex}\right)^{{(i)}}"
 
 
 def _batched(n: Node) -> bool:
@@ -390,7 +407,7 @@ def latex(obj: Any, batch: bool = False) -> str:
 
 
 def _eq_tex(eq: Equation, batch: bool = False) -> str:
-    return BookPrinter(batch and eq.kind in ("grad", "hessian")).equation(eq)
+    return BookPrinter(batch and eq.batch_dim is not None).equation(eq)
 
 
 def equations_tex(eqs: Sequence[Equation], batch: bool = False) -> list[str]:

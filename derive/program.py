@@ -32,6 +32,10 @@ class Equation:
     rhs: Node
     kind: str = "forward"
     note: str = ""
+    #: for gradients and Hessians of per-sample models: the sample dimension their batch form reduces
+    #: over, and how (``mean`` or ``sum``)
+    batch_dim: Any = None
+    reduction: str = "mean"
 
     @property
     def name(self) -> str:

@@ -5,6 +5,6 @@ This package never imports hypothesis or pytest.
 
 from __future__ import annotations
 
-from .kernel import InputError, Kernel, clear_cache, compile, source
+from .kernel import InputError, Kernel, clear_cache, compile, source, trace
 
-__all__ = ["compile", "source", "Kernel", "InputError", "clear_cache"]
+__all__ = ["compile", "source", "Kernel", "InputError", "clear_cache", "trace"]

@@ -13,9 +13,9 @@ import sympy as sp
 
 from derive.program import Model
 
-from .codegen import BACKENDS, build_program, generate
+from .codegen import BACKENDS, build_program, generate, generate_values
 
-__all__ = ["Kernel", "compile", "source", "InputError", "clear_cache"]
+__all__ = ["Kernel", "compile", "source", "InputError", "clear_cache", "trace"]
 
 
 class InputError(ValueError):
@@ -225,3 +225,26 @@ def compile(m: Model, backend: str = "numpy", device: str | None = None, hessian
     k = Kernel(m, backend, device, hs, check)
     _CACHE[key] = (m, k)
     return k
+
+
+def trace(m: Model, mode: str = "reverse", wrt: str | None = None, **arrays: Any) -> dict[str, Any]:
+    """Every intermediate value of the forward program and of one mode of differentiation.
+
+    ``mode="reverse"``: the adjoints of the backprop program (``a_bar``); ``mode="forward"``: the tangents
+    ``\\dot a = da/d(wrt)`` of every equation (column ``i`` is the sweep seeded with ``e_i``). Values are
+    NumPy arrays, per sample for per-sample models.
+    """
+    import derive
+
+    if mode == "reverse":
+        extra = derive.backprop(m)
+    elif mode == "forward":
+        extra = derive.forward_mode(m, wrt or next(iter(m.params)))
+    else:
+        raise ValueError(f"mode must be 'forward' or 'reverse', got {mode!r}")
+    src = generate_values(m, extra, "numpy")
+    ns: dict[str, Any] = {}
+    exec(builtins.compile(src, f"<dlmath:{m.name}:trace>", "exec"), ns)
+    k = compile(m, "numpy")
+    args = k._prepare(arrays)
+    return {name: np.asarray(v) for name, v in ns["kernel"](**args).items()}

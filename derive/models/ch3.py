@@ -11,8 +11,9 @@ from . import register
 
 def _logistic(name: str, title: str, section: str, newton: bool) -> Model:
     b = Builder(name, title, section)
-    b.samples("n", 6, 1, 8)
-    p = b.dim("p", 3, 1, 5)
+    # Newton needs a nonsingular Hessian X~^T D X~: more samples than parameters
+    b.samples("n", 10, 8, 14) if newton else b.samples("n", 6, 1, 8)
+    p = b.dim("p", 3, 1, 4 if newton else 5)
     w = b.param("w", (p,), "w")
     bias = b.param("b", (), "b")
     x = b.input("X", (p,), "x", batched=True)

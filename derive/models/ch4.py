@@ -31,7 +31,7 @@ def autodiff_example() -> Model:
     a3 = b.eq("a3", -2 * t3, "a_{3}", adjoint=bar["a3"])
     a4 = b.eq("a4", sin(a1), "a_{4}", adjoint=bar["a4"])
     a5 = b.eq("a5", exp(a2), "a_{5}", adjoint=bar["a5"])
-    b.eq("a6", a4 + a5 + a3, "a_{6}")
+    b.eq("a6", a4 + a5 + a3, "a_{6}", adjoint=bar["a6"])
     return b.model(hessian=("theta",))
 
 

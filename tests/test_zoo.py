@@ -1,0 +1,165 @@
+"""One case table drives every zoo entry through derive -> numeric -> verify.
+
+Each entry's generated NumPy and torch kernels are checked by ``verify.check`` against torch autograd on
+an independent reference forward, against each other and against a finite difference, in float64 on
+hypothesis-drawn shapes and values (Hessians and Newton steps too where the entry declares them).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import sympy as sp
+import torch
+from hypothesis import settings
+
+import derive
+import numeric
+import verify
+from derive.tensor import Einsum, Map, Var, walk
+
+ZOO = derive.models.names()
+ISSUE_2 = ["linear_regression", "ridge_regression", "logistic_regression", "softmax_regression",
+           "shallow_autoencoder", "rosenbrock", "autodiff_example", "newton_logistic", "sigmoid", "tanh",
+           "relu", "leaky_relu", "softplus", "softmax", "log_softmax"]
+
+
+def test_zoo_has_the_issue_entries() -> None:
+    assert set(ISSUE_2) <= set(ZOO)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+@pytest.mark.parametrize("name", ZOO)
+def test_entry_verifies(name: str, backend: str) -> None:
+    m = derive.models.get(name)
+    report = verify.check(m, backend=backend, examples=settings().max_examples)
+    assert report.examples == settings().max_examples
+    assert report.checks["torch kernel: gradients" if m.grad_names else "torch kernel: loss"] <= 1e-10
+    if m.hessian_wrt:
+        assert "torch kernel: Hessian" in report.checks
+
+
+@pytest.mark.parametrize("name", ZOO)
+def test_derivation_is_size_independent(name: str) -> None:
+    """Shapes stay symbolic: no equation of the adjoint program mentions a numeric size of a dimension."""
+    m = derive.models.get(name)
+    dims = set(m.dims.values())
+    for eq in derive.backprop(m):
+        for d in eq.lhs.shape:
+            assert sp.sympify(d).free_symbols <= dims
+        assert all(s in dims for d in eq.lhs.shape for s in sp.sympify(d).free_symbols)
+
+
+def test_cuda_kernels_when_a_gpu_is_present() -> None:
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device on this machine (CI has none); the same checks run on GPU machines")
+    for name in ISSUE_2:
+        verify.check(derive.models.get(name), device="cuda", examples=5)
+
+
+# -- closed forms that the simplifier must reach --------------------------------------------------
+
+
+def _eq(m: derive.Model, name: str) -> derive.Equation:
+    return next(e for e in derive.backprop(m) if e.lhs.name == name)
+
+
+def test_softmax_cross_entropy_simplifies_to_yhat_minus_y() -> None:
+    m = derive.models.get("softmax_regression")
+    delta = _eq(m, "delta")
+    assert isinstance(delta.rhs, Map)
+    assert [a.name for a in delta.rhs.args if isinstance(a, Var)] and len(delta.rhs.args) == 2
+    yhat, y = m.equations[1].lhs, m.inputs["Y"]
+    names = {derive.tensor.ARG[i]: a for i, a in enumerate(delta.rhs.args)}
+    inv = {v: k for k, v in names.items()}
+    assert sp.simplify(delta.rhs.fn - (inv[yhat] - inv[y])) == 0
+    assert derive.latex(delta) == r"\delta = \hat{y} - y"
+    assert derive.latex(derive.grad(m, "W")) == r"g_{W} = \delta x^\top"
+
+
+def test_logistic_delta_is_sigma_minus_y() -> None:
+    m = derive.models.get("logistic_regression")
+    assert derive.latex(_eq(m, "delta")) == r"\delta = \hat{y} - y"
+    # \hat y is sigma(z): the adjoint of z is sigma(z) - y
+    assert derive.latex(m.equations[1]) == r"\hat{y} = \sigma\left(z\right)"
+
+
+def test_logistic_hessian_is_a_diagonal_scaling() -> None:
+    """H_w = X^T D X / n with D = diag(yhat (1 - yhat)): one scalar weight per sample, never n x n."""
+    m = derive.models.get("logistic_regression")
+    (h,) = derive.hessian(m, "w")
+    assert isinstance(h.rhs, Einsum)
+    assert sorted(o.ndim for o in h.rhs.operands) == [0, 1, 1]
+    assert all(node.ndim <= 2 for node in walk([h.rhs]))
+    assert derive.latex(h, batch=True) == (
+        r"H_{w} = \frac{1}{n} X^\top D X,\quad D = \operatorname{diag}\left(\hat{y} \odot "
+        r"\left(1 - \hat{y}\right)\right)")
+    # and numerically: against torch.autograd.functional.hessian
+    rng = np.random.default_rng(0)
+    X, y, w, b = rng.normal(size=(40, 6)), rng.uniform(size=40), rng.normal(size=6), rng.normal(size=())
+    out = numeric.compile(m, "numpy", hessian=["w"])(X=X, y=y, w=w, b=b)
+    Xt, yt = torch.tensor(X), torch.tensor(y)
+    H = torch.autograd.functional.hessian(
+        lambda wt: torch.nn.functional.binary_cross_entropy_with_logits(Xt @ wt + float(b), yt), torch.tensor(w))
+    np.testing.assert_allclose(out["hessian"]["w"], H.numpy(), rtol=1e-10, atol=1e-12)
+    src = numeric.source(m, "numpy", hessian=["w"])
+    assert "@ X" in src and "diag" not in src  # a scaled matrix product, no dense n x n diagonal
+
+
+def test_autodiff_example_book_values() -> None:
+    """Fig 4.7 at theta = (1, 2, 0.5): values, forward-mode and reverse-mode traces."""
+    t1, t2, t3 = 1.0, 2.0, 0.5
+    m = derive.models.get("autodiff_example")
+    theta = np.array([t1, t2, t3])
+    want = [t2 * math.cos(t1 * t2), t1 * math.cos(t1 * t2) + math.exp(t2 + t3), math.exp(t2 + t3) - 2]
+    out = numeric.compile(m)(theta=theta)
+    assert out["loss"] == pytest.approx(math.sin(t1 * t2) + math.exp(t2 + t3) - 2 * t3, rel=1e-14)
+    np.testing.assert_allclose(out["grad"]["theta"], want, rtol=1e-14)
+    fwd = numeric.trace(m, "forward", theta=theta)
+    np.testing.assert_allclose(fwd["a1"], t1 * t2)
+    np.testing.assert_allclose(fwd["a5"], math.exp(t2 + t3))
+    np.testing.assert_allclose(fwd["a1_dot"], [t2, t1, 0.0])  # three sweeps, one per column
+    np.testing.assert_allclose(fwd["a6_dot"], want, rtol=1e-14)
+    rev = numeric.trace(m, "reverse", theta=theta)
+    np.testing.assert_allclose(rev["a6_bar"], 1.0)
+    np.testing.assert_allclose(rev["a1_bar"], math.cos(t1 * t2))
+    np.testing.assert_allclose(rev["a2_bar"], math.exp(t2 + t3))
+    np.testing.assert_allclose(rev["g_theta"], want, rtol=1e-14)
+
+
+def test_rosenbrock_closed_forms() -> None:
+    m = derive.models.get("rosenbrock")
+    f = numeric.compile(m, hessian=["theta"])
+    for t1, t2 in [(1.0, 1.0), (-1.2, 1.0), (0.3, -2.0)]:
+        out = f(theta=np.array([t1, t2]))
+        g = [-2 * (1 - t1) - 400 * t1 * (t2 - t1**2), 200 * (t2 - t1**2)]
+        H = [[2 - 400 * t2 + 1200 * t1**2, -400 * t1], [-400 * t1, 200]]
+        np.testing.assert_allclose(out["grad"]["theta"], g, rtol=1e-13, atol=1e-13)
+        np.testing.assert_allclose(out["hessian"]["theta"], H, rtol=1e-13)
+
+
+def test_linear_regression_normal_equations() -> None:
+    """At the least-squares solution the gradient vanishes, and the Hessian is 2/n X^T X."""
+    m = derive.models.get("linear_regression")
+    rng = np.random.default_rng(1)
+    X, y = rng.normal(size=(30, 4)), rng.normal(size=30)
+    theta = np.linalg.lstsq(X, y, rcond=None)[0]
+    out = numeric.compile(m, hessian=["theta"])(theta=theta, X=X, y=y)
+    np.testing.assert_allclose(out["grad"]["theta"], 0.0, atol=1e-13)
+    np.testing.assert_allclose(out["hessian"]["theta"], 2 / 30 * X.T @ X, rtol=1e-12)
+
+
+def test_newton_step_matches_closed_form() -> None:
+    m = derive.models.get("newton_logistic")
+    rng = np.random.default_rng(2)
+    n, p = 50, 3
+    X, y, w, b = rng.normal(size=(n, p)), (rng.uniform(size=n) < 0.5) * 1.0, rng.normal(size=p), np.array(0.1)
+    out = numeric.compile(m)(X=X, y=y, w=w, b=b)
+    Xt = np.hstack([X, np.ones((n, 1))])
+    s = 1 / (1 + np.exp(-(X @ w + b)))
+    H = Xt.T @ (Xt * (s * (1 - s))[:, None]) / n
+    step = np.linalg.solve(H, Xt.T @ (s - y) / n)
+    np.testing.assert_allclose(out["newton"]["w"], w - step[:p], rtol=1e-10)
+    np.testing.assert_allclose(out["newton"]["b"], b - step[p], rtol=1e-10)

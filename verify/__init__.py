@@ -1,0 +1,9 @@
+"""dlmath's verification layer: hypothesis strategies, independent PyTorch references, comparisons and
+reports, and the ``dlmath`` command line."""
+
+from __future__ import annotations
+
+from .check import Mismatch, Report, check, compare, example
+from .references import REFERENCES, reference
+
+__all__ = ["check", "Mismatch", "Report", "compare", "example", "reference", "REFERENCES"]

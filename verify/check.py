@@ -1,0 +1,310 @@
+"""``verify.check``: generated kernels and user implementations against PyTorch autograd.
+
+For each hypothesis-drawn example it compares, in float64:
+
+(a) the generated kernel of the chosen backend against ``torch.autograd`` on the independent reference
+    forward of :mod:`verify.references` (loss and every gradient);
+(b) the NumPy kernel against the torch kernel;
+(c) a central finite difference of the loss along a random direction against the gradient;
+(d) Hessian blocks against ``torch.autograd.functional.hessian``, and the Newton step, where the model
+    declares them;
+(e) the user's ``implementation``, if given, against the same reference.
+
+Agreement means ``|got - want| <= rtol * |want| + rtol * max(1, max|want|)`` elementwise (the second term
+is a normwise floor: entries that are zero up to rounding are compared at the tensor's scale).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
+
+import derive
+import numeric
+from derive.program import Model
+
+from .references import reference
+from .strategies import Example, examples
+
+__all__ = ["check", "Mismatch", "Report", "compare"]
+
+RTOL = 1e-10
+
+
+class Mismatch(AssertionError):
+    """A kernel or implementation disagrees with the reference; the message is a full report."""
+
+
+@dataclass
+class Report:
+    """What ``check`` verified, with the largest errors seen per comparison."""
+
+    model: str
+    backend: str
+    device: str
+    examples: int = 0
+    checks: dict[str, float] = field(default_factory=dict)
+    rtol: float = RTOL
+
+    def record(self, what: str, err: float) -> None:
+        self.checks[what] = max(self.checks.get(what, 0.0), err)
+
+    def __str__(self) -> str:
+        rows = [f"{self.model}: {self.examples} examples passed ({self.backend}, {self.device}, float64)"]
+        for k, v in self.checks.items():
+            rows.append(f"  {k:<44s} max scaled error {v:.1e}")
+        return "\n".join(rows)
+
+
+def _np(x: Any) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        return x.detach().cpu().double().numpy()
+    return np.asarray(x, dtype=np.float64)
+
+
+def compare(got: Any, want: Any, rtol: float = RTOL) -> tuple[float, tuple[int, ...] | None]:
+    """Largest ``|got - want| / (rtol |want| + rtol max(1, max|want|))`` * rtol, and where it occurs.
+
+    Returns ``(scaled_error, index)``; the comparison passes when ``scaled_error <= rtol``. Shape
+    mismatches raise ``ValueError``.
+    """
+    g, w = _np(got), _np(want)
+    if g.shape != w.shape:
+        raise ValueError(f"shape {g.shape} where {w.shape} is expected")
+    if g.size == 0:
+        return 0.0, None
+    scale = max(1.0, float(np.max(np.abs(w)))) if np.all(np.isfinite(w)) else 1.0
+    bad_nan = ~np.isfinite(g) & np.isfinite(w)
+    if bad_nan.any():
+        idx = tuple(int(i) for i in np.argwhere(bad_nan)[0])
+        return float("inf"), idx
+    err = np.abs(g - w) / (np.abs(w) + scale)
+    err = np.where(np.isfinite(w), err, 0.0)
+    k = int(np.argmax(err))
+    idx = tuple(int(i) for i in np.unravel_index(k, g.shape))
+    return float(err.flat[k]), idx
+
+
+def _fail(m: Model, who: str, what: str, got: Any, want: Any, err: float, idx: tuple[int, ...] | None,
+          ex: Example, rtol: float) -> Mismatch:
+    g, w = _np(got), _np(want)
+    at = f" at index {idx}" if idx else ""
+    gv = g[idx] if idx else g
+    wv = w[idx] if idx else w
+    scale = max(1.0, float(np.max(np.abs(w)))) if w.size else 1.0
+    return Mismatch(
+        f"{m.name}: {what} (shape {tuple(w.shape)}) from {who} disagrees with torch autograd{at}: "
+        f"got {float(gv):.17g}, expected {float(wv):.17g} "
+        f"(|diff| {abs(float(gv) - float(wv)):.3e} > rtol {rtol:g} * (|expected| + {scale:.3g})); "
+        f"{ex.describe()}. Reproduce: verify.example(derive.models.get({m.name!r}), seed={ex.seed}, "
+        f"sizes={ex.sizes}, mode={ex.mode!r})"
+    )
+
+
+def _reference(m: Model, arrays: dict[str, np.ndarray], device: str,
+               hessian: bool) -> tuple[float, dict[str, np.ndarray], dict[Any, np.ndarray], dict[str, np.ndarray]]:
+    ref = reference(m.name)
+    opts = {k: v for k, v in m.options.items()}
+    t = {k: torch.tensor(v, dtype=torch.float64, device=device) for k, v in arrays.items()}
+    leaves = {k: t[k].clone().requires_grad_(True) for k in m.grad_names}
+    loss = ref(**{**t, **leaves}, **opts)
+    grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
+    g = {k: (_np(v) if v is not None else np.zeros(arrays[k].shape)) for k, v in zip(leaves, grads)}
+    hess: dict[Any, np.ndarray] = {}
+    newton: dict[str, np.ndarray] = {}
+    if hessian and m.hessian_wrt:
+        names = list(m.hessian_wrt)
+
+        def f(*xs: torch.Tensor) -> torch.Tensor:
+            return ref(**{**t, **dict(zip(names, xs))}, **opts)
+
+        H = torch.autograd.functional.hessian(f, tuple(t[n] for n in names))
+        for i, a in enumerate(names):
+            for j, b in enumerate(names):
+                hess[a if a == b else (a, b)] = _np(H[i][j])
+        if m.newton:
+            sizes = [int(np.prod(arrays[n].shape)) for n in names]
+            full = np.block([[hess[a if a == b else (a, b)].reshape(sa, sb) for b, sb in zip(names, sizes)]
+                             for a, sa in zip(names, sizes)])
+            gv = np.concatenate([g[n].reshape(-1) for n in names])
+            step = np.linalg.solve(full, gv)
+            k = 0
+            for n, s in zip(names, sizes):
+                newton[n] = arrays[n] - step[k : k + s].reshape(arrays[n].shape)
+                k += s
+    return float(loss.detach()), g, hess, newton
+
+
+def _finite_difference(m: Model, f: Callable[..., dict[str, Any]], arrays: dict[str, np.ndarray],
+                       grads: dict[str, Any], ex: Example) -> float:
+    """Central difference of the loss along a random direction vs the gradient's directional derivative."""
+    rng = np.random.default_rng(ex.seed ^ 0x5EED)
+    d = {k: rng.normal(size=arrays[k].shape) for k in m.grad_names}
+    mags = [float(np.max(np.abs(v))) for v in arrays.values() if v.size]
+    scale = max(1e-6, max(mags, default=1.0))
+    h = 1e-6 * scale  # relative to the data, so a kink is crossed only with probability ~1e-6
+    plus = {**arrays, **{k: arrays[k] + h * d[k] for k in d}}
+    minus = {**arrays, **{k: arrays[k] - h * d[k] for k in d}}
+    fd = (f(**plus)["loss"] - f(**minus)["loss"]) / (2 * h)
+    an = sum(float(np.sum(_np(grads[k]) * d[k])) for k in d)
+    L = abs(f(**arrays)["loss"])
+    tol = 1e-5 * (abs(an) + abs(fd)) + 1e-7 * max(1.0, L) * scale
+    if abs(fd - an) > tol:
+        raise Mismatch(
+            f"{m.name}: the gradient disagrees with a central finite difference of the loss along a random "
+            f"direction: directional derivative {an:.12g}, finite difference {fd:.12g} (step {h:.1e}, "
+            f"tolerance {tol:.1e}); {ex.describe()}"
+        )
+    return abs(fd - an) / max(tol, 1e-300) * 1e-5
+
+
+def check(
+    m: Model | str,
+    implementation: Callable[..., dict[str, Any]] | None = None,
+    backend: str = "torch",
+    device: str = "cpu",
+    examples: int = 50,
+    rtol: float = RTOL,
+    fd: bool = True,
+    shrink: bool = False,
+    derandomize: bool = False,
+) -> Report:
+    """Verify a zoo model's generated kernels (and optionally a user implementation) against PyTorch.
+
+    Args:
+        m: a model from ``derive.models.get`` (or its name).
+        implementation: a callable ``f(**arrays) -> {"loss": ..., "grad": {...}}`` to check as well; it
+            receives NumPy arrays with ``backend="numpy"`` and torch tensors with ``backend="torch"``,
+            and may return either.
+        backend: which generated kernel (and which array type for ``implementation``).
+        device: torch device for the torch kernel and the reference (``"cuda"`` when available).
+        examples: number of hypothesis examples.
+        rtol: relative tolerance (float64).
+        fd: also check against a finite difference.
+        shrink: let hypothesis shrink a failing example to a minimal one (slower).
+        derandomize: draw the same examples every run.
+
+    Returns:
+        A :class:`Report` of the comparisons made and the largest errors.
+
+    Raises:
+        Mismatch: on any disagreement, naming the model, the quantity, its shape, the worst index, both
+            values, the tolerance and the reproducing seed.
+    """
+    if isinstance(m, str):
+        m = derive.models.get(m)
+    if not isinstance(m, Model):
+        raise TypeError(f"verify.check takes a model or a model name, not {type(m).__name__}")
+    if backend not in ("numpy", "torch"):
+        raise ValueError(f"unknown backend {backend!r}; choose numpy or torch")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("device='cuda' was asked for but torch sees no CUDA device; use device='cpu'")
+    if examples < 1:
+        raise ValueError(f"examples must be at least 1, got {examples}")
+    reference(m.name)  # fails early, naming the entries that have references
+    f_np = numeric.compile(m, "numpy", hessian=m.hessian_wrt)
+    f_t = numeric.compile(m, "torch", device=device, hessian=m.hessian_wrt)
+    f_main = f_np if backend == "numpy" else f_t
+    report = Report(m.name, backend, device, rtol=rtol)
+    model = m
+
+    def one(ex: Example) -> None:
+        arrays = ex.arrays(model)
+        loss, grads, hess, newton = _reference(model, arrays, device, hessian=True)
+        outs = {"numpy kernel": f_np(**arrays),
+                "torch kernel": f_t(**{k: torch.tensor(v, device=device) for k, v in arrays.items()})}
+        for who, out in outs.items():
+            _compare_out(model, who, out, loss, grads, hess, newton, ex, rtol, report)
+        for k in model.grad_names:
+            err, idx = compare(outs["numpy kernel"]["grad"][k], outs["torch kernel"]["grad"][k], rtol)
+            if err > rtol:
+                raise _fail(model, "the numpy kernel vs the torch kernel", f"gradient {k}",
+                            outs["numpy kernel"]["grad"][k], outs["torch kernel"]["grad"][k], err, idx, ex, rtol)
+            report.record("numpy kernel vs torch kernel", err)
+        if fd and ex.mode in ("normal", "small"):
+            report.record("finite difference (scaled)", _finite_difference(model, f_np, arrays, grads, ex))
+        if implementation is not None:
+            args: dict[str, Any] = (arrays if backend == "numpy" else
+                                    {k: torch.tensor(v, device=device) for k, v in arrays.items()})
+            try:
+                out = implementation(**args)
+            except Mismatch:
+                raise
+            except Exception as e:  # the user's code failed: report it as a mismatch with the example
+                raise Mismatch(f"{model.name}: the implementation raised {type(e).__name__}: {e}; "
+                               f"{ex.describe()}") from e
+            _compare_out(model, "the implementation", out, loss, grads, {}, {}, ex, rtol, report,
+                         require_all=True)
+        report.examples += 1
+
+    phases = [Phase.explicit, Phase.reuse, Phase.generate] + ([Phase.shrink] if shrink else [])
+
+    @settings(max_examples=examples, deadline=None, database=None, phases=phases, derandomize=derandomize,
+              suppress_health_check=list(HealthCheck), print_blob=False)
+    @given(st.data())
+    def run(data: st.DataObject) -> None:
+        one(data.draw(_examples(model), label="example"))
+
+    run()
+    return report
+
+
+def _examples(m: Model) -> st.SearchStrategy[Example]:
+    return examples(m)
+
+
+def _compare_out(m: Model, who: str, out: Any, loss: float, grads: dict[str, np.ndarray],
+                 hess: dict[Any, np.ndarray], newton: dict[str, np.ndarray], ex: Example, rtol: float,
+                 report: Report, require_all: bool = False) -> None:
+    if not isinstance(out, dict) or "loss" not in out or "grad" not in out:
+        raise Mismatch(f"{m.name}: {who} must return a dict with 'loss' and 'grad', got "
+                       f"{type(out).__name__}{' with keys ' + str(list(out)) if isinstance(out, dict) else ''}")
+    err, idx = compare(np.asarray(_np(out["loss"]), dtype=np.float64).reshape(()), np.array(loss), rtol)
+    if err > rtol:
+        raise _fail(m, who, "the loss", _np(out["loss"]).reshape(()), np.array(loss), err, idx, ex, rtol)
+    report.record(f"{who}: loss", err)
+    for k, want in grads.items():
+        if k not in out["grad"]:
+            raise Mismatch(f"{m.name}: {who} returned no gradient for {k!r} (it returned "
+                           f"{', '.join(map(str, out['grad'])) or 'none'}); gradients are expected for "
+                           f"{', '.join(m.grad_names)}")
+        got = out["grad"][k]
+        try:
+            err, idx = compare(got, want, rtol)
+        except ValueError as e:
+            raise Mismatch(f"{m.name}: {who} returned gradient {k!r} with {e}; {ex.describe()}") from None
+        if err > rtol:
+            raise _fail(m, who, f"gradient {k}", got, want, err, idx, ex, rtol)
+        report.record(f"{who}: gradients", err)
+    if require_all:
+        return
+    for key, want in hess.items():
+        got = out["hessian"][key]
+        err, idx = compare(got, want, rtol)
+        if err > rtol:
+            raise _fail(m, who, f"Hessian block {key}", got, want, err, idx, ex, rtol)
+        report.record(f"{who}: Hessian", err)
+    if newton:
+        H = np.block([[np.atleast_2d(_np(out["hessian"][a if a == b else (a, b)]).reshape(
+            int(np.prod(np.shape(newton[a]))), int(np.prod(np.shape(newton[b])))))
+            for b in newton] for a in newton])
+        cond = float(np.linalg.cond(H))
+        for k, want in newton.items():
+            got = out["newton"][k]
+            err, idx = compare(got, want, rtol * max(1.0, cond))
+            if err > rtol * max(1.0, cond):
+                raise _fail(m, who, f"Newton step {k}", got, want, err, idx, ex, rtol * max(1.0, cond))
+            report.record(f"{who}: Newton step (tol rtol*cond(H))", err / max(1.0, cond))
+
+
+def example(m: Model | str, seed: int, sizes: dict[str, int], mode: str = "normal") -> dict[str, np.ndarray]:
+    """The arrays of one example, to reproduce a reported mismatch."""
+    if isinstance(m, str):
+        m = derive.models.get(m)
+    return Example(sizes, seed, mode).arrays(m)

@@ -1,0 +1,254 @@
+"""The ``dlmath`` command line: list, derive, backprop, hessian, trace, codegen, verify, bench.
+
+Every command exits non-zero on bad input (2) or a verification mismatch (1), with a one-line message
+that says what to fix.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import importlib
+import re
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import derive
+import numeric
+
+from .check import Mismatch, check
+
+__all__ = ["main", "detex"]
+
+
+class UsageError(ValueError):
+    """Bad command-line input."""
+
+
+def _options(pairs: Sequence[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for p in pairs:
+        if "=" not in p:
+            raise UsageError(f"option {p!r} should look like key=value (e.g. -O slope=0.1)")
+        k, v = p.split("=", 1)
+        try:
+            out[k] = ast.literal_eval(v)  # literals only: numbers, strings, lists
+        except (ValueError, SyntaxError):
+            out[k] = v
+    return out
+
+
+def _model(args: argparse.Namespace) -> derive.Model:
+    return derive.models.get(args.model, **_options(args.option or []))
+
+
+_DETEX = [
+    (r"\\left|\\right", ""), (r"\\mathbf\{1\}", "1"), (r"\\odot", "⊙"), (r"\\oslash", "⊘"),
+    (r"\^\\top", "ᵀ"), (r"\\top", "ᵀ"), (r"\\hat\{(\w)\}", r"\1̂"), (r"\\tilde\{(\w)\}", r"\1̃"),
+    (r"\\bar\{(\w)\}", r"\1̄"), (r"\\dot\{(\w)\}", r"\1̇"), (r"\\mathrm\{softmax\}", "softmax"),
+    (r"\\operatorname\{(\w+)\}", r"\1"), (r"\\frac\{([^{}]*)\}\{([^{}]*)\}", r"(\1)/(\2)"),
+    (r"\\sigma", "σ"), (r"\\delta", "δ"), (r"\\zeta", "ζ"), (r"\\theta", "θ"), (r"\\lambda", "λ"),
+    (r"\\Delta", "Δ"), (r"\\ell", "ℓ"), (r"\\log", "log"), (r"\\exp", "exp"), (r"\\tanh", "tanh"),
+    (r"\\sin", "sin"), (r"\\cos", "cos"), (r"\\mathcal\{C\}", "𝒞"), (r"\\mathbb\{1\}", "1"),
+    (r"\\quad|\\qquad|\\;|\\,", " "), (r"\\sum", "Σ"), (r"\\le", "≤"), (r"\\\|", "‖"),
+]
+
+
+def detex(s: str) -> str:
+    """A plain-text rendering of the LaTeX this package prints (for terminals)."""
+    for pat, rep in _DETEX:
+        s = re.sub(pat, rep, s)
+    s = re.sub(r"\{([^{}]*)\}", r"\1", s)
+    s = re.sub(r"\{([^{}]*)\}", r"\1", s)
+    return re.sub(r"\s+", " ", s).strip()
+
+
+def _print_eqs(eqs: Sequence[derive.Equation], fmt: str, batch: bool = False) -> None:
+    from derive.latex import equations_tex
+
+    for tex in equations_tex(eqs, batch):
+        print(tex if fmt == "latex" else detex(tex))
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    rows = []
+    for name in derive.models.names():
+        m = derive.models.get(name)
+        opts = derive.models.options(name)
+        rows.append((name, m.section, ", ".join(m.params) or "-", ", ".join(m.inputs) or "-",
+                     ", ".join(f"{k}={v!r}" for k, v in opts.items()) or "-"))
+    widths = [max(len(r[i]) for r in rows + [("entry", "book", "params", "inputs", "options")]) for i in range(5)]
+    head = ("entry", "book", "params", "inputs", "options")
+    print("  ".join(h.ljust(w) for h, w in zip(head, widths)))
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)))
+    return 0
+
+
+def cmd_derive(args: argparse.Namespace) -> int:
+    m = _model(args)
+    print(f"% {m.name} ({m.section}): {m.title}" if args.format == "latex" else f"# {m.name} ({m.section}): {m.title}")
+    _print_eqs(m.equations, args.format)
+    if args.wrt:
+        eqs = [derive.grad(m, w) for w in args.wrt]
+        adj = [e for e in derive.backprop(m) if e.kind == "adjoint"]
+        _print_eqs(adj + eqs, args.format, args.batch)
+    else:
+        _print_eqs(derive.backprop(m), args.format, args.batch)
+    return 0
+
+
+def cmd_backprop(args: argparse.Namespace) -> int:
+    m = _model(args)
+    _print_eqs(derive.backprop(m), args.format, args.batch)
+    return 0
+
+
+def cmd_hessian(args: argparse.Namespace) -> int:
+    m = _model(args)
+    wrt = args.wrt or (list(m.hessian_wrt[:1]) or list(m.params)[:1])
+    eqs = derive.hessian(m, wrt[0], wrt[1] if len(wrt) > 1 else None)
+    _print_eqs(eqs, args.format, args.batch)
+    return 0
+
+
+def cmd_trace(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    m = _model(args)
+    arrays: dict[str, Any] = {}
+    for a in args.at or []:
+        k, _, v = a.partition("=")
+        try:
+            arrays[k] = np.array([float(x) for x in v.split(",")]) if "," in v else np.array(float(v))
+        except ValueError:
+            raise UsageError(f"--at {a!r}: give name=v1,v2,... with numbers") from None
+    if not arrays and m.name == "autodiff_example":
+        arrays = {"theta": np.array([1.0, 2.0, 0.5])}
+    for mode in ("forward", "reverse"):
+        print(f"{mode} mode:")
+        vals = numeric.trace(m, mode, **arrays)
+        for k, v in vals.items():
+            print(f"  {k:>10s} = {np.array2string(np.asarray(v), precision=6)}")
+    return 0
+
+
+def cmd_codegen(args: argparse.Namespace) -> int:
+    m = _model(args)
+    src = numeric.source(m, args.backend, hessian=args.hessian or ())
+    if args.output:
+        with open(args.output, "w", encoding="utf-8") as f:
+            f.write(src)
+        print(f"wrote {args.output}")
+    else:
+        print(src, end="")
+    return 0
+
+
+def _load_impl(spec: str) -> Callable[..., Any]:
+    mod, sep, fn = spec.partition(":")
+    if not sep or not mod or not fn.isidentifier():
+        raise UsageError(f"--impl {spec!r} should look like package.module:function")
+    try:
+        obj = getattr(importlib.import_module(mod), fn)
+    except (ImportError, AttributeError) as e:
+        raise UsageError(f"--impl {spec!r}: {e}") from None
+    if not callable(obj):
+        raise UsageError(f"--impl {spec!r} is not callable")
+    return obj  # type: ignore[no-any-return]
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    if args.all == bool(args.model):
+        raise UsageError("give one MODEL or --all")
+    names = derive.models.names() if args.all else [args.model]
+    impl = _load_impl(args.impl) if args.impl else None
+    failed = 0
+    for name in names:
+        m = derive.models.get(name, **(_options(args.option or []) if not args.all else {}))
+        try:
+            rep = check(m, implementation=impl, backend=args.backend, device=args.device, examples=args.examples)
+        except Mismatch as e:
+            failed += 1
+            print(f"FAIL {e}", file=sys.stderr)
+            continue
+        print(rep)
+    return 1 if failed else 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from numeric import bench
+
+    return int(bench.main(args.rest))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="dlmath", description="The mathematics of deep learning: derive, print, "
+                                "generate and verify (after Liquet, Moka & Nazarathy).")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def model_cmd(name: str, help: str) -> argparse.ArgumentParser:
+        s = sub.add_parser(name, help=help, description=help)
+        s.add_argument("model", help="zoo entry (see `dlmath list`)")
+        s.add_argument("-O", "--option", action="append", metavar="KEY=VALUE",
+                       help="model option, e.g. -O slope=0.1 (repeatable)")
+        return s
+
+    sub.add_parser("list", help="list the zoo entries", description="List the zoo entries.").set_defaults(
+        func=cmd_list)
+    s = model_cmd("derive", "print a model's equations and its gradients")
+    s.add_argument("--wrt", action="append", metavar="P", help="gradient with respect to P (repeatable)")
+    s.add_argument("--format", choices=("latex", "text"), default="latex")
+    s.add_argument("--batch", action="store_true", help="print gradients in batch (matrix) form")
+    s.set_defaults(func=cmd_derive)
+    s = model_cmd("backprop", "print the backpropagation (adjoint) equations")
+    s.add_argument("--format", choices=("latex", "text"), default="latex")
+    s.add_argument("--batch", action="store_true", help="print gradients in batch (matrix) form")
+    s.set_defaults(func=cmd_backprop)
+    s = model_cmd("hessian", "print a Hessian block, derived by forward mode over the adjoint program")
+    s.add_argument("--wrt", action="append", metavar="P", help="parameter (twice for a cross block)")
+    s.add_argument("--format", choices=("latex", "text"), default="latex")
+    s.add_argument("--batch", action="store_true", help="print in batch (matrix) form, e.g. X^T D X / n")
+    s.set_defaults(func=cmd_hessian)
+    s = model_cmd("trace", "evaluate the forward-mode and reverse-mode traces of a model")
+    s.add_argument("--at", action="append", metavar="NAME=V1,V2", help="array values (default for "
+                   "autodiff_example: theta=1,2,0.5)")
+    s.set_defaults(func=cmd_trace)
+    s = model_cmd("codegen", "print the generated kernel module")
+    s.add_argument("--backend", choices=("numpy", "torch"), default="numpy")
+    s.add_argument("--hessian", action="append", metavar="P", help="also compute the Hessian in P")
+    s.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of standard output")
+    s.set_defaults(func=cmd_codegen)
+    s = sub.add_parser("verify", help="verify generated kernels (and an implementation) against PyTorch",
+                       description="Verify generated kernels, and optionally your implementation, against "
+                       "torch autograd on hypothesis-drawn examples.")
+    s.add_argument("model", nargs="?", help="zoo entry")
+    s.add_argument("--all", action="store_true", help="every zoo entry")
+    s.add_argument("-O", "--option", action="append", metavar="KEY=VALUE", help="model option")
+    s.add_argument("--impl", metavar="MODULE:FUNCTION", help="your implementation f(**arrays) -> "
+                   "{'loss', 'grad'}")
+    s.add_argument("--backend", choices=("numpy", "torch"), default="torch")
+    s.add_argument("--device", default="cpu", help="cpu or cuda")
+    s.add_argument("--examples", type=int, default=50)
+    s.set_defaults(func=cmd_verify)
+    s = sub.add_parser("bench", help="run the benchmarks (ratios measured side by side)",
+                       description="Run the benchmarks; arguments are passed on (try --help after --).")
+    s.add_argument("rest", nargs=argparse.REMAINDER)
+    s.set_defaults(func=cmd_bench)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (UsageError, derive.ModelError, derive.ShapeError, derive.UnsupportedError, numeric.InputError,
+            ValueError, TypeError) as e:
+        print(f"dlmath {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

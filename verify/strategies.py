@@ -1,0 +1,98 @@
+"""Hypothesis strategies built from a model's declared dimensions and input domains.
+
+An example is (sizes, seed, mode): sizes are drawn from each dimension's range, values come from a NumPy
+generator seeded with ``seed`` (so a failure is reproduced from three small numbers), and ``mode``
+selects hard values: ``normal``, ``small`` (values near 0), ``large`` (inputs of a few hundred, so logits of
+order 1e3; parameters stay O(1)), ``kinks``
+(exact zeros where activations are non-smooth, and ties).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from hypothesis import strategies as st
+
+from derive.program import Model
+
+__all__ = ["Example", "examples", "make_arrays", "modes"]
+
+
+@dataclass(frozen=True)
+class Example:
+    """One drawn example; ``arrays(m)`` rebuilds its arrays exactly."""
+
+    sizes: dict[str, int]
+    seed: int
+    mode: str
+
+    def arrays(self, m: Model) -> dict[str, np.ndarray]:
+        return make_arrays(m, self.sizes, self.seed, self.mode)
+
+    def describe(self) -> str:
+        sz = " ".join(f"{k}={v}" for k, v in self.sizes.items()) or "(no dimensions)"
+        return f"sizes {sz}, values {self.mode!r}, seed {self.seed}"
+
+
+def modes(m: Model) -> list[str]:
+    """The value modes that make sense for ``m``."""
+    out = ["normal", "small"]
+    if m.options.get("hard", True) and m.sample is not None and not m.newton:
+        out.append("large")
+    if m.kinks:
+        out.append("kinks")
+    return out
+
+
+def examples(m: Model) -> st.SearchStrategy[Example]:
+    """Strategy of examples for model ``m``."""
+    dims = {
+        name: st.integers(*m.ranges.get(name, (1, 4)))
+        for name in m.dims
+    }
+    return st.builds(
+        Example,
+        sizes=st.fixed_dictionaries(dims),
+        seed=st.integers(0, 2**32 - 1),
+        mode=st.sampled_from(modes(m)),
+    )
+
+
+def make_arrays(m: Model, sizes: dict[str, int], seed: int, mode: str = "normal") -> dict[str, np.ndarray]:
+    """Float64 arrays for every parameter and input of ``m``, from each tensor's declared domain."""
+    rng = np.random.default_rng(seed)
+    shapes = m.shapes(**sizes)
+    out: dict[str, np.ndarray] = {}
+    for name, shape in shapes.items():
+        var = m.tensor(name)
+        out[name] = _draw(rng, var.domain, shape, mode, var.role == "param")
+    return out
+
+
+def _draw(rng: np.random.Generator, domain: str, shape: tuple[int, ...], mode: str, param: bool) -> Any:
+    if domain == "unit":
+        v = rng.uniform(0.0, 1.0, shape)
+        if mode in ("large", "kinks"):
+            v = np.where(rng.uniform(size=shape) < 0.5, np.round(v), v)  # hard 0/1 labels
+        return v
+    if domain == "simplex":
+        if rng.uniform() < 0.5:
+            k = shape[-1]
+            idx = rng.integers(0, k, shape[:-1])
+            return np.eye(k)[idx]
+        a = rng.gamma(0.7, size=shape) + 1e-12
+        return a / a.sum(-1, keepdims=True)
+    if domain == "mask":
+        return (rng.uniform(size=shape) < 0.7).astype(np.float64)
+    if domain == "positive":
+        return rng.uniform(0.5, 2.0, shape)
+    v = rng.normal(size=shape)
+    if mode == "small":
+        v = v * 1e-3
+    elif mode == "large" and not param:
+        v = v * 300.0  # inputs of a few hundred: logits of order 1e3
+    elif mode == "kinks":
+        v = np.where(rng.uniform(size=shape) < 0.3, 0.0, np.round(v, 1))
+    return v
