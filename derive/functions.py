@@ -204,7 +204,10 @@ def _activation_table() -> dict[str, sp.Lambda]:
 ACTIVATIONS: dict[str, sp.Lambda] = _activation_table()
 
 
-def activation(name: str, slope: float | sp.Expr = sp.Rational(1, 100)) -> sp.Lambda:
+DEFAULT_SLOPE = sp.Rational(1, 100)
+
+
+def activation(name: str, slope: float | sp.Expr = DEFAULT_SLOPE) -> sp.Lambda:
     """The scalar activation called ``name`` as a SymPy ``Lambda``.
 
     Args:

@@ -320,7 +320,7 @@ def _chain(ops: list[tuple[str, int, tuple[int, ...], str]], out: tuple[int, ...
     if len(ops) > 5 or any(len(l) > 2 for _, _, l, _ in ops) or len(out) > 2:
         return None
     counts: dict[int, int] = {}
-    for _, _, l, k in ops:
+    for _, _, l, _kind in ops:
         for x in set(l):
             counts[x] = counts.get(x, 0) + 1
     extra: list[tuple[str, int, tuple[int, ...], str]] = []
@@ -336,7 +336,7 @@ def _chain(ops: list[tuple[str, int, tuple[int, ...], str]], out: tuple[int, ...
     best: tuple[int, str] | None = None
     for perm in itertools.permutations(range(len(allops))):
         for orient in itertools.product((0, 1), repeat=len(allops)):
-            mats = []
+            mats: list[tuple[Any, Any, str, int]] = []
             for i, o in zip(perm, orient):
                 tex, prec, l, kind = allops[i]
                 if kind == "d":
@@ -423,6 +423,7 @@ def aligned(eqs: Sequence[Equation], model: Model | None, batch: bool = False) -
         rows.append(f"{lhs} &= {rhs}")
     if model is not None and model.sample is not None and eqs and eqs[-1].kind == "forward":
         n = sp.latex(model.sample)
-        red = r"\frac{1}{%s}\sum_{i=1}^{%s}" % (n, n) if model.reduction == "mean" else r"\sum_{i=1}^{%s}" % n
+        red = (rf"\frac{{1}}{{{n}}}\sum_{{i=1}}^{{{n}}}" if model.reduction == "mean"
+               else rf"\sum_{{i=1}}^{{{n}}}")
         rows.append(r"\mathcal{C} &= " + red + " C^{(i)}")
     return r"\\".join(rows)

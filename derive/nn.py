@@ -52,7 +52,7 @@ def relu(x: Node) -> Node:
     return map_(F.relu(ARG[0]), [x])
 
 
-def leaky_relu(x: Node, slope: Any = sp.Rational(1, 100)) -> Node:
+def leaky_relu(x: Node, slope: Any = F.DEFAULT_SLOPE) -> Node:
     r"""\max(s x, x) elementwise."""
     return map_(F.leaky_relu(ARG[0], sp.nsimplify(slope)), [x])
 
@@ -91,7 +91,7 @@ def norm2(x: Node) -> Node:
     return sum_(square(x))
 
 
-def activation(name: str, x: Node, slope: Any = sp.Rational(1, 100)) -> Node:
+def activation(name: str, x: Node, slope: Any = F.DEFAULT_SLOPE) -> Node:
     """The activation called ``name`` (see :data:`derive.functions.ACTIVATIONS`) applied to ``x``."""
     return apply(F.activation(name, slope), x)
 

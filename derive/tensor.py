@@ -28,15 +28,15 @@ from __future__ import annotations
 import functools
 import itertools
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeAlias
 
 import sympy as sp
 
 from .functions import SCALAR_FUNCTIONS
 
-Dim = sp.Expr
-Shape = tuple[sp.Expr, ...]
-Label = Any  # einsum index labels: ints after canonicalisation, any hashable while building
+Dim: TypeAlias = sp.Expr
+Shape: TypeAlias = tuple[sp.Expr, ...]
+Label: TypeAlias = Any  # einsum index labels: ints after canonicalisation, any hashable while building
 
 
 class ShapeError(ValueError):
@@ -148,7 +148,7 @@ class Node:
 
 def _intern(cls: type, key: tuple[Any, ...], init: Callable[[Any], None]) -> Any:
     full = (cls, *key)
-    node = _INTERN.get(full)
+    node: Any = _INTERN.get(full)
     if node is None:
         node = object.__new__(cls)
         init(node)
@@ -470,7 +470,7 @@ def apply(fn: sp.Lambda | Callable[[sp.Expr], sp.Expr], x: Node) -> Node:
 
 
 def add_all(terms: Iterable[Node | None], shape: Shape) -> Node | None:
-    ts = []
+    ts: list[Node] = []
     for t in terms:
         if is_zero(t):
             continue
@@ -548,7 +548,7 @@ class Einsum(Node):
             if is_zero(t):
                 continue
             ins = [l + tl if j == k else l for j, l in enumerate(self.ins)]
-            ops = [t if j == k else o for j, o in enumerate(self.operands)]
+            ops: list[Node] = [t if (j == k and t is not None) else o for j, o in enumerate(self.operands)]
             terms.append(einsum(ins, self.out + tl, ops, dims=dims, coef=self.coef))
         return add_all(terms, self.shape + tshape)
 

@@ -461,7 +461,7 @@ def generate(prog: Program, backend: str) -> str:
                 lines.append(_Line("loss", f"{loss}.{op}()"))
             else:
                 lines.append(_Line("loss", loss))
-    for (a, b), eq in prog.hessians.items():
+    for eq in prog.hessians.values():
         lines.append(f"# {tex[id(eq)]}")
         lines.append(_Line(eq.lhs.name, reduced(eq.rhs) if m.sample is not None else code_of(eq.rhs, True)))
 

@@ -118,8 +118,8 @@ class Kernel:
             if len(got) != len(want):
                 raise InputError(f"{m.name}: {name} should have shape {_fmt(want)} ({len(want)} axes), "
                                  f"got shape {got}")
-            for d, g in zip(want, got):
-                d = sp.sympify(d)
+            for d0, g in zip(want, got):
+                d = sp.sympify(d0)
                 if d.is_Integer:
                     if int(d) != g:
                         raise InputError(f"{m.name}: {name} should have shape {_fmt(want)}, got {got}")
@@ -138,6 +138,8 @@ class Kernel:
         """One Newton step ``theta - H^{-1} g`` over all parameters jointly (flattened in order)."""
         names = list(self.hessian)
         xp: Any
+        cat: Any
+        solve: Any
         if self.backend == "numpy":
             xp = np
             cat, solve = np.concatenate, np.linalg.solve

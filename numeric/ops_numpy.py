@@ -66,7 +66,7 @@ def embed(x: Array, axis: int, index: int, size: int) -> Array:
     ax = axis % (x.ndim + 1)
     shape = x.shape[:ax] + (size,) + x.shape[ax:]
     out = np.zeros(shape, dtype=np.result_type(x, np.float32))
-    sl = [slice(None)] * len(shape)
+    sl: list[Any] = [slice(None)] * len(shape)
     sl[ax] = index
     out[tuple(sl)] = x
     return out

@@ -210,7 +210,6 @@ def check(
     reference(m.name)  # fails early, naming the entries that have references
     f_np = numeric.compile(m, "numpy", hessian=m.hessian_wrt)
     f_t = numeric.compile(m, "torch", device=device, hessian=m.hessian_wrt)
-    f_main = f_np if backend == "numpy" else f_t
     report = Report(m.name, backend, device, rtol=rtol)
     model = m
 
