@@ -88,31 +88,49 @@ def backprop(m: Model) -> list[Equation]:
             targets.add(eq.lhs)
     adj: dict[Var, list[Node]] = {m.loss_var: [Const(1)]}
     out: list[Equation] = []
-    for eq in reversed(m.equations):
-        v = eq.lhs
-        g = add_all(adj.pop(v, []), v.shape)
-        if g is None or v not in targets:
-            continue
-        users = [n for n in walk([eq.rhs]) if isinstance(n, Var) and n in targets]
-        if v is m.loss_var and v.name in m.adjoint_names:  # the seed, where the model names it
-            name, tex = _adjoint_name(m, v)
-            out.append(Equation(Var(name, v.shape, "adjoint", tex), g, "adjoint"))
-        if v is not m.loss_var and (v.name in m.adjoint_names or len(users) > 1) and not isinstance(g, Var):
-            name, tex = _adjoint_name(m, v)
-            gv = Var(name, v.shape, "adjoint", tex, batched=_batched(g, v))
-            out.append(Equation(gv, g, "adjoint"))
-            g = gv
-        for leaf, cs in _expr_vjp(eq.rhs, g, v, targets).items():
-            adj.setdefault(leaf, []).extend(cs)
+    # a gradient is emitted as soon as the first equation using its leaf has been swept (book order:
+    # delta^{[l]}, g_W^{[l]}, g_b^{[l]}, zeta^{[l-1]}, ...)
+    first_use: dict[int, list[Var]] = {}
     for leaf in leaves:
-        g = add_all(adj.get(leaf, []), leaf.shape)
-        name, tex = _adjoint_name(m, leaf)
-        rhs = g if g is not None else Const(0, leaf.shape)
-        lhs = Var(name, leaf.shape, "grad", tex, batched=_batched(rhs, leaf))
-        reduces = m.sample if (lhs.batched and not leaf.batched) else None
-        out.append(Equation(lhs, rhs, "grad", batch_dim=reduces, reduction=m.reduction))
+        k = next((i for i, e in enumerate(m.equations) if any(n is leaf for n in walk([e.rhs]))), -1)
+        first_use.setdefault(k, []).append(leaf)
+    for leaf in first_use.pop(-1, []):
+        out.append(_grad_eq(m, leaf, []))
+    for i in range(len(m.equations) - 1, -1, -1):
+        eq = m.equations[i]
+        _sweep(m, eq, adj, targets, out)
+        for leaf in first_use.get(i, []):
+            out.append(_grad_eq(m, leaf, adj.get(leaf, [])))
     _BACKPROP[id(m)] = (m, out)
     return out
+
+
+def _grad_eq(m: Model, leaf: Var, contribs: list[Node]) -> Equation:
+    g = add_all(contribs, leaf.shape)
+    name, tex = _adjoint_name(m, leaf)
+    rhs = g if g is not None else Const(0, leaf.shape)
+    lhs = Var(name, leaf.shape, "grad", tex, batched=_batched(rhs, leaf))
+    reduces = m.sample if (lhs.batched and not leaf.batched) else None
+    return Equation(lhs, rhs, "grad", batch_dim=reduces, reduction=m.reduction)
+
+
+def _sweep(m: Model, eq: Equation, adj: dict[Var, list[Node]], targets: set[Var], out: list[Equation]) -> None:
+    """Reverse sweep through one equation: name its adjoint if needed, pass contributions to its leaves."""
+    v = eq.lhs
+    g = add_all(adj.pop(v, []), v.shape)
+    if g is None or v not in targets:
+        return
+    users = [n for n in walk([eq.rhs]) if isinstance(n, Var) and n in targets]
+    if v is m.loss_var and v.name in m.adjoint_names:  # the seed, where the model names it
+        name, tex = _adjoint_name(m, v)
+        out.append(Equation(Var(name, v.shape, "adjoint", tex), g, "adjoint"))
+    if v is not m.loss_var and (v.name in m.adjoint_names or len(users) > 1) and not isinstance(g, Var):
+        name, tex = _adjoint_name(m, v)
+        gv = Var(name, v.shape, "adjoint", tex, batched=_batched(g, v))
+        out.append(Equation(gv, g, "adjoint"))
+        g = gv
+    for leaf, cs in _expr_vjp(eq.rhs, g, v, targets).items():
+        adj.setdefault(leaf, []).extend(cs)
 
 
 def _batched(expr: Node, like: Var) -> bool:

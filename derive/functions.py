@@ -162,6 +162,60 @@ class leaky_relu(sp.Function):
         return f"ops.leaky_relu({x}, {s})"
 
 
+class ActivationBase(sp.Function):
+    """A named activation ``S`` printed as the book's generic ``S(z)``, with derivative ``\\dot S(z)``.
+
+    Subclasses (made by :func:`named_activation`) carry the concrete scalar definition in ``impl``; the
+    code generators lower ``S`` and ``\\dot S`` to that definition and its ``sympy.diff``.
+    """
+
+    nargs = 1
+    impl: Any = None
+    order: int = 0
+    symbol: str = "S"
+
+    def fdiff(self, argindex: int = 1) -> sp.Expr:
+        return named_activation(self.activation_name, self.slope, self.order + 1)(self.args[0])
+
+    activation_name: str = ""
+    slope: Any = None
+
+    def concrete(self) -> sp.Expr:
+        """The concrete scalar expression this stands for."""
+        return self.impl(self.args[0])  # type: ignore[no-any-return]
+
+    def _latex(self, printer: Any) -> str:
+        dots = {0: "", 1: r"\dot", 2: r"\ddot"}.get(self.order, "")
+        head = f"{dots}{{{self.symbol}}}" if dots else self.symbol
+        return rf"{head}\left({_arg(printer, self.args[0])}\right)"
+
+    def _numpycode(self, printer: Any) -> str:
+        return str(printer._print(self.concrete()))
+
+    def _torchcode(self, printer: Any) -> str:
+        return str(printer._print(self.concrete()))
+
+
+_NAMED: dict[tuple[str, Any, int], type] = {}
+
+
+def named_activation(name: str, slope: Any = None, order: int = 0) -> type:
+    """The SymPy function class of activation ``name`` printed generically (``S``, ``\\dot S``, ...).
+
+    ``order`` is the derivative order. Classes are cached, so equal activations are the same function.
+    """
+    key = (name, slope, order)
+    if key not in _NAMED:
+        base = activation(name, slope if slope is not None else DEFAULT_SLOPE)
+        x = base.variables[0]
+        impl = sp.Lambda(x, sp.diff(base.expr, x, order)) if order else base
+        cls_name = f"S_{name}" + ("_" + "d" * order if order else "")
+        _NAMED[key] = type(cls_name, (ActivationBase,), {
+            "impl": impl, "order": order, "activation_name": name, "slope": slope, "nargs": 1,
+        })
+    return _NAMED[key]
+
+
 #: Scalar functions allowed inside elementwise maps: SymPy class -> (numpy name, torch name).
 #: Anything else in an equation is rejected with a message naming it (see ``derive.tensor.check_scalar``).
 SCALAR_FUNCTIONS: dict[type, tuple[str, str]] = {
@@ -180,6 +234,7 @@ SCALAR_FUNCTIONS: dict[type, tuple[str, str]] = {
 }
 
 _x = sp.Symbol("x", real=True)
+DEFAULT_SLOPE = sp.Rational(1, 100)
 
 
 def _activation_table() -> dict[str, sp.Lambda]:
@@ -202,9 +257,6 @@ def _activation_table() -> dict[str, sp.Lambda]:
 
 #: Named scalar activations (one-argument); ``leaky_relu`` takes its slope and is built on demand.
 ACTIVATIONS: dict[str, sp.Lambda] = _activation_table()
-
-
-DEFAULT_SLOPE = sp.Rational(1, 100)
 
 
 def activation(name: str, slope: float | sp.Expr = DEFAULT_SLOPE) -> sp.Lambda:

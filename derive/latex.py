@@ -94,6 +94,8 @@ class _ScalarPrinter(LatexPrinter):
         if len(tens) < 2 or any(f.is_Pow and f.exp.is_negative for f in factors):
             return str(super()._print_Mul(expr))
         parts = []
+        # the book's order: derivative factors first (\dot S(z) \odot \zeta)
+        factors = sorted(factors, key=lambda f: not isinstance(f, sp.Function))
         for f in factors:
             s = self._print(f)
             if f.is_Add:
@@ -286,6 +288,12 @@ class BookPrinter:
         pre = rf"\frac{{1}}{{{n}}} " if eq.reduction == "mean" else ""
         r = eq.rhs
         if isinstance(r, Einsum):
+            if eq.reduction == "mean":
+                from .tensor import einsum
+
+                r2 = einsum(r.ins, r.out, r.operands, dims=r.index_dims(), coef=r.coef / eq.batch_dim)
+                if isinstance(r2, Einsum):
+                    return self.node(r2)[0]
             tex, prec = self.node(r)
             return pre + (rf"\left({tex}\right)" if prec == ADD and pre else tex)
         if isinstance(r, Var) and r.ndim <= 1:
@@ -392,8 +400,9 @@ def latex(obj: Any, batch: bool = False) -> str:
     if isinstance(obj, Model):
         from .autodiff import backprop
 
-        fwd = aligned(obj.equations, obj)
-        bwd = aligned(backprop(obj), obj)
+        L = obj.options.get("layers") if isinstance(obj.options.get("layers"), int) else None
+        fwd = aligned(obj.equations, obj, layers=L)
+        bwd = aligned(backprop(obj), obj, layers=L)
         return (r"\begin{aligned}&\textbf{forward}\\" + fwd + r"\\[4pt]&\textbf{backward}\\" + bwd
                 + r"\end{aligned}")
     if isinstance(obj, Equation):
@@ -410,15 +419,75 @@ def _eq_tex(eq: Equation, batch: bool = False) -> str:
     return BookPrinter(batch and eq.batch_dim is not None).equation(eq)
 
 
-def equations_tex(eqs: Sequence[Equation], batch: bool = False) -> list[str]:
-    """One LaTeX string per equation (each renders on its own, e.g. in matplotlib's mathtext)."""
-    return [_eq_tex(e, batch) for e in eqs]
+def equations_tex(eqs: Sequence[Equation], batch: bool = False, layers: int | None = None) -> list[str]:
+    """One LaTeX string per equation (each renders on its own, e.g. in matplotlib's mathtext).
+
+    With ``layers=L``, equations that differ only in their layer index ``[l]`` are printed once, with
+    the index symbolic (``\\delta^{[\\ell]} = \\dot S(z^{[\\ell]}) \\odot \\zeta^{[\\ell]}``, for
+    ``\\ell = L-1, \\dots, 1``), and the boundary cases with indices counted from ``L``.
+    """
+    texs = [_eq_tex(e, batch) for e in eqs]
+    return fold_layers(texs, layers) if layers else texs
 
 
-def aligned(eqs: Sequence[Equation], model: Model | None, batch: bool = False) -> str:
+_LAYER = re.compile(r"\[(\d+)\]")
+
+
+def _layer_label(k: int, L: int, var: str) -> str:
+    if var == "L":
+        d = k - L
+        return "L" if d == 0 else f"L{d:+d}"
+    return f"{var}" if k == 0 else f"{var}{k:+d}"
+
+
+def fold_layers(texs: Sequence[str], L: int) -> list[str]:
+    """Fold equations that repeat over the layer index into one equation with a symbolic ``\\ell``."""
+    templates: dict[str, list[int]] = {}
+    order: list[str] = []
+    plain: dict[str, str] = {}
+    for t in texs:
+        ks = [int(k) for k in _LAYER.findall(t)]
+        if not ks:
+            key = "\x00" + t
+            templates.setdefault(key, [])
+            order.append(key)
+            plain[key] = t
+            continue
+        top = max(ks)
+        tpl = _LAYER.sub(lambda mt, top=top: "[\x01" + str(int(mt.group(1)) - top) + "\x01]", t)
+        if tpl not in templates:
+            templates[tpl] = []
+            order.append(tpl)
+        templates[tpl].append(top)
+    out = []
+    for key in order:
+        if key in plain:
+            out.append(plain[key])
+            continue
+        tops = templates[key]
+
+        def render(var: str, top: int = 0, key: str = key) -> str:
+            return re.sub("\x01(-?\\d+)\x01", lambda mt: _layer_label(top + int(mt.group(1)), L, var)
+                          if var == "L" else _layer_label(int(mt.group(1)), L, var), key)
+
+        if len(tops) == 1:
+            out.append(render("L", tops[0]) if tops[0] == L else _LAYER_plain(key, tops[0]))
+            continue
+        hi, lo = max(tops), min(tops)
+        rng = rf"\ell = {_layer_label(hi, L, 'L') if hi >= L - 1 else hi}, \dots, {lo}"
+        if len(tops) == 2:
+            rng = rf"\ell = {_layer_label(hi, L, 'L') if hi >= L - 1 else hi}, {lo}"
+        out.append(render(r"\ell") + rf"\qquad {rng}")
+    return out
+
+
+def _LAYER_plain(tpl: str, top: int) -> str:
+    return re.sub("\x01(-?\\d+)\x01", lambda mt: str(top + int(mt.group(1))), tpl)
+
+
+def aligned(eqs: Sequence[Equation], model: Model | None, batch: bool = False, layers: int | None = None) -> str:
     rows = []
-    for e in eqs:
-        s = _eq_tex(e, batch)
+    for s in equations_tex(eqs, batch, layers):
         lhs, rhs = s.split(" = ", 1)
         rows.append(f"{lhs} &= {rhs}")
     if model is not None and model.sample is not None and eqs and eqs[-1].kind == "forward":

@@ -32,9 +32,9 @@ class Equation:
     rhs: Node
     kind: str = "forward"
     note: str = ""
-    #: for gradients and Hessians of per-sample models: the sample dimension their batch form reduces
-    #: over, and how (``mean`` or ``sum``)
+    #: The sample dimension that the batch form of a gradient or Hessian reduces over (else ``None``).
     batch_dim: Any = None
+    #: How the batch form reduces: ``mean`` or ``sum``.
     reduction: str = "mean"
 
     @property
@@ -96,12 +96,12 @@ class Model:
 
     @property
     def loss(self) -> Node:
-        """The loss: the right-hand side of the last equation (per sample for per-sample models)."""
+        """The right-hand side of the last equation, the loss (per sample for per-sample models)."""
         return self.equations[-1].rhs
 
     @property
     def grad_names(self) -> list[str]:
-        """Names of the gradient entries: every parameter, then the differentiable inputs."""
+        """Every parameter, then the differentiable inputs: the names of the gradient entries."""
         return list(self.params) + list(self.diff_inputs)
 
     def tensor(self, name: str) -> Var:
@@ -210,6 +210,13 @@ class Builder:
     def eq(self, name: str, rhs: Node, tex: str | None = None, adjoint: tuple[str, str] | None = None,
            note: str = "") -> Var:
         """Append the equation ``name = rhs``; ``adjoint`` names its adjoint as (identifier, LaTeX)."""
+        from .tensor import Map, check_scalar
+
+        if not isinstance(rhs, Node):
+            raise TypeError(f"{self.name}: equation {name!r} needs a tensor expression, got {type(rhs).__name__}")
+        for n in walk([rhs]):
+            if isinstance(n, Map):
+                check_scalar(n.fn, f"equation {name!r} of {self.name}")
         self._claim(name)
         batched = any(isinstance(n, Var) and n.batched for n in walk([rhs]))
         v = Var(name, rhs.shape, "var", tex, batched=batched)

@@ -294,8 +294,10 @@ _TMP = [sp.Symbol(f"_t{i}", real=True) for i in range(256)]
 
 def check_scalar(fn: sp.Expr, where: str = "an equation") -> None:
     """Raise :class:`UnsupportedError` if ``fn`` uses a function dlmath cannot differentiate and lower."""
+    from .functions import ActivationBase
+
     for f in fn.atoms(sp.Function):
-        if type(f) not in SCALAR_FUNCTIONS:
+        if type(f) not in SCALAR_FUNCTIONS and not isinstance(f, ActivationBase):
             known = ", ".join(sorted(c.__name__ for c in SCALAR_FUNCTIONS))
             raise UnsupportedError(
                 f"{where} uses {type(f).__name__}(), which dlmath cannot differentiate and lower; "

@@ -86,6 +86,44 @@ def stabilize(eqs: Sequence[Equation]) -> list[Equation]:
     return out
 
 
+def reuse_outputs(eqs: Sequence[Equation], defs: dict[Var, Node]) -> list[Equation]:
+    """Write ``\\dot S(z)`` through the named output ``a = S(z)`` where that is possible (sigma' =
+    a (1 - a), tanh' = 1 - a^2), as autograd does with saved outputs, instead of recomputing ``S(z)``."""
+    from derive.functions import ActivationBase
+    from derive.tensor import _derivative, substitute
+
+    outputs: dict[Var, tuple[Var, type]] = {}
+    for v, rhs in defs.items():
+        if (isinstance(rhs, Map) and len(rhs.args) == 1 and isinstance(rhs.args[0], Var)
+                and isinstance(rhs.fn, ActivationBase) and rhs.fn.args[0] == ARG[0]):
+            outputs[rhs.args[0]] = (v, type(rhs.fn))
+    res = []
+    for eq in eqs:
+        mapping: dict[Node, Node] = {}
+        for n in walk([eq.rhs], stop=lambda x: isinstance(x, Var)):
+            if not isinstance(n, Map):
+                continue
+            fn, args = n.fn, list(n.args)
+            for f in list(fn.atoms(ActivationBase)):
+                if f.order != 1 or f.args[0] not in ARG[: len(n.args)]:
+                    continue
+                z = n.args[ARG.index(f.args[0])]
+                if z not in outputs or outputs[z][0] is eq.lhs:
+                    continue
+                a, S = outputs[z]
+                d = _derivative(S.impl(ARG[0]), 0, 1, True)  # in x = ARG[0] and the output ARG[1]
+                if ARG[0] in d.free_symbols:
+                    continue
+                k = len(args)
+                args.append(a)
+                fn = fn.xreplace({f: d.xreplace({ARG[1]: ARG[k]})})
+            if fn != n.fn:
+                mapping[n] = map_(fn, args, n.shape)
+        res.append(Equation(eq.lhs, substitute(eq.rhs, mapping), eq.kind, eq.note, eq.batch_dim, eq.reduction)
+                   if mapping else eq)
+    return res
+
+
 def _stable_node(root: Node, defs: dict[Var, Node]) -> Node:
     from derive.functions import sigmoid, softplus
     from derive.tensor import substitute
@@ -390,7 +428,10 @@ def generate(prog: Program, backend: str) -> str:
     ref = names[0]
     low = Lowering(backend, m, ref)
     forward = stabilize(prog.forward)
-    all_eqs = forward + prog.adjoint + list(prog.hessians.values())
+    defs = {eq.lhs: eq.rhs for eq in prog.forward}
+    adjoint = reuse_outputs(prog.adjoint, defs)
+    hessians = dict(zip(prog.hessians, reuse_outputs(list(prog.hessians.values()), defs)))
+    all_eqs = forward + adjoint + list(hessians.values())
     fwd_tex = equations_tex(prog.forward)
     adj_tex = equations_tex(prog.adjoint)
     hes_tex = equations_tex(list(prog.hessians.values()))
@@ -438,7 +479,7 @@ def generate(prog: Program, backend: str) -> str:
         return f"{_paren(code)}.{op}(0)"
 
 
-    for eq in forward + prog.adjoint:
+    for eq in forward + adjoint:
         lines.append(f"# {tex[id(eq)]}")
         if eq.kind == "grad":
             leaf = m.tensor(next(k for k in m.grad_names if _grad_of(m, k) == eq.lhs.name))
@@ -461,15 +502,15 @@ def generate(prog: Program, backend: str) -> str:
                 lines.append(_Line("loss", f"{loss}.{op}()"))
             else:
                 lines.append(_Line("loss", loss))
-    for eq in prog.hessians.values():
+    for eq in hessians.values():
         lines.append(f"# {tex[id(eq)]}")
         lines.append(_Line(eq.lhs.name, reduced(eq.rhs) if m.sample is not None else code_of(eq.rhs, True)))
 
-    grads = {g: eq.lhs.name for g, eq in zip(m.grad_names, [e for e in prog.adjoint if e.kind == "grad"])}
+    grads = {g: _grad_of(m, g) for g in m.grad_names}
     ret = ["\"loss\": loss", "\"grad\": {" + ", ".join(f'"{k}": {v}' for k, v in grads.items()) + "}"]
-    if prog.hessians:
+    if hessians:
         hs = ", ".join((f'"{a}": {eq.lhs.name}' if a == b else f'("{a}", "{b}"): {eq.lhs.name}')
-                       for (a, b), eq in prog.hessians.items())
+                       for (a, b), eq in hessians.items())
         ret.append("\"hessian\": {" + hs + "}")
 
     imp = ("import numpy as np\nfrom numeric import ops_numpy as ops" if backend == "numpy"

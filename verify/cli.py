@@ -51,7 +51,7 @@ _DETEX = [
     (r"\\sigma", "σ"), (r"\\delta", "δ"), (r"\\zeta", "ζ"), (r"\\theta", "θ"), (r"\\lambda", "λ"),
     (r"\\Delta", "Δ"), (r"\\ell", "ℓ"), (r"\\log", "log"), (r"\\exp", "exp"), (r"\\tanh", "tanh"),
     (r"\\sin", "sin"), (r"\\cos", "cos"), (r"\\mathcal\{C\}", "𝒞"), (r"\\mathbb\{1\}", "1"),
-    (r"\\quad|\\qquad|\\;|\\,", " "), (r"\\sum", "Σ"), (r"\\le", "≤"), (r"\\\|", "‖"),
+    (r"\\qquad", "    "), (r"\\quad|\\;|\\,", " "), (r"\\dots", "…"), (r"\\sum", "Σ"), (r"\\le", "≤"), (r"\\\|", "‖"),
 ]
 
 
@@ -64,10 +64,15 @@ def detex(s: str) -> str:
     return re.sub(r"\s+", " ", s).strip()
 
 
-def _print_eqs(eqs: Sequence[derive.Equation], fmt: str, batch: bool = False) -> None:
+def _layers(m: derive.Model, args: argparse.Namespace) -> int | None:
+    L = m.options.get("layers")
+    return L if isinstance(L, int) and not getattr(args, "unfold", False) else None
+
+
+def _print_eqs(eqs: Sequence[derive.Equation], fmt: str, batch: bool = False, layers: int | None = None) -> None:
     from derive.latex import equations_tex
 
-    for tex in equations_tex(eqs, batch):
+    for tex in equations_tex(eqs, batch, layers):
         print(tex if fmt == "latex" else detex(tex))
 
 
@@ -89,19 +94,19 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_derive(args: argparse.Namespace) -> int:
     m = _model(args)
     print(f"% {m.name} ({m.section}): {m.title}" if args.format == "latex" else f"# {m.name} ({m.section}): {m.title}")
-    _print_eqs(m.equations, args.format)
+    _print_eqs(m.equations, args.format, layers=_layers(m, args))
     if args.wrt:
         eqs = [derive.grad(m, w) for w in args.wrt]
         adj = [e for e in derive.backprop(m) if e.kind == "adjoint"]
-        _print_eqs(adj + eqs, args.format, args.batch)
+        _print_eqs(adj + eqs, args.format, args.batch, _layers(m, args))
     else:
-        _print_eqs(derive.backprop(m), args.format, args.batch)
+        _print_eqs(derive.backprop(m), args.format, args.batch, _layers(m, args))
     return 0
 
 
 def cmd_backprop(args: argparse.Namespace) -> int:
     m = _model(args)
-    _print_eqs(derive.backprop(m), args.format, args.batch)
+    _print_eqs(derive.backprop(m), args.format, args.batch, _layers(m, args))
     return 0
 
 
@@ -199,10 +204,12 @@ def build_parser() -> argparse.ArgumentParser:
         func=cmd_list)
     s = model_cmd("derive", "print a model's equations and its gradients")
     s.add_argument("--wrt", action="append", metavar="P", help="gradient with respect to P (repeatable)")
+    s.add_argument("--unfold", action="store_true", help="print every layer's equations (no symbolic layer index)")
     s.add_argument("--format", choices=("latex", "text"), default="latex")
     s.add_argument("--batch", action="store_true", help="print gradients in batch (matrix) form")
     s.set_defaults(func=cmd_derive)
     s = model_cmd("backprop", "print the backpropagation (adjoint) equations")
+    s.add_argument("--unfold", action="store_true", help="print every layer's equations (no symbolic layer index)")
     s.add_argument("--format", choices=("latex", "text"), default="latex")
     s.add_argument("--batch", action="store_true", help="print gradients in batch (matrix) form")
     s.set_defaults(func=cmd_backprop)

@@ -36,3 +36,68 @@ def leaky_relu_layer(slope: float = 0.01) -> Model:
 def softplus_layer() -> Model:
     r"""Softplus layer a = log(1 + e^z); delta = zeta * sigma(z)."""
     return _layer("softplus", "softplus activation layer", "§5.3", "softplus")
+
+
+_OUTPUTS = ("softmax_ce", "sigmoid_bce", "identity_mse")
+
+
+@register("mlp")
+def mlp(layers: int = 3, widths: tuple[int, ...] | None = None, activation: str = "sigmoid",
+        output: str = "softmax_ce") -> Model:
+    r"""Feedforward network z^{[l]} = W^{[l]} a^{[l-1]} + b^{[l]}, a^{[l]} = S(z^{[l]}), with an output loss.
+
+    Args:
+        layers: L >= 1, the number of affine layers.
+        widths: default sizes N_0, ..., N_L (L + 1 numbers).
+        activation: S for the hidden layers: sigmoid, tanh, relu, leaky_relu, softplus.
+        output: softmax_ce (softmax and categorical cross entropy), sigmoid_bce (sigmoid and binary cross
+            entropy summed over outputs) or identity_mse (squared error ||yhat - y||^2).
+    """
+    from ..functions import named_activation
+    from ..nn import dot, log, norm2, sigmoid, softmax
+    from ..program import Builder, ModelError
+    from ..tensor import map_
+
+    if not isinstance(layers, int) or layers < 1:
+        raise ModelError(f"mlp needs layers >= 1, got {layers!r}")
+    if output not in _OUTPUTS:
+        raise ModelError(f"mlp output {output!r} is unknown; choose one of: {', '.join(_OUTPUTS)}")
+    acts = ("sigmoid", "tanh", "relu", "leaky_relu", "softplus")
+    if activation not in acts:
+        raise ModelError(f"mlp activation {activation!r} is unknown; choose one of: {', '.join(acts)}")
+    L = layers
+    if widths is None:
+        widths = tuple([3] + [4] * (L - 1) + [3])
+    widths = tuple(widths)
+    if len(widths) != L + 1 or any(not isinstance(w, int) or w < 1 for w in widths):
+        raise ModelError(f"mlp with layers={L} needs widths of L + 1 = {L + 1} positive integers, got {widths!r}")
+    b = Builder("mlp", f"feedforward network, {L} layers, {activation} hidden, {output} output", "§5.1-5.4",
+                {"layers": L, "widths": widths, "activation": activation, "output": output})
+    b.samples("n", 5, 1, 6)
+    N = [b.dim(f"N{l}", widths[l], 1, 4, tex=f"N_{l}") for l in range(L + 1)]
+    S = named_activation(activation)
+    a = b.input("X", (N[0],), "a^{[0]}", batched=True)
+    domain = {"softmax_ce": "simplex", "sigmoid_bce": "unit", "identity_mse": "real"}[output]
+    y = b.input("Y", (N[L],), "y", batched=True, domain=domain)
+    Ws = [b.param(f"W{l}", (N[l], N[l - 1]), f"W^{{[{l}]}}") for l in range(1, L + 1)]
+    bs = [b.param(f"b{l}", (N[l],), f"b^{{[{l}]}}") for l in range(1, L + 1)]
+    for l in range(1, L + 1):
+        z = b.eq(f"z{l}", Ws[l - 1] @ a + bs[l - 1], f"z^{{[{l}]}}", adjoint=(f"delta{l}", rf"\delta^{{[{l}]}}"))
+        if l < L:
+            a = b.eq(f"a{l}", map_(S(ARG0), [z]), f"a^{{[{l}]}}", adjoint=(f"zeta{l}", rf"\zeta^{{[{l}]}}"))
+    if output == "softmax_ce":
+        yhat = b.eq("yhat", softmax(z), r"\hat{y}")
+        b.eq("C", -dot(y, log(yhat)), "C")
+    elif output == "sigmoid_bce":
+        yhat = b.eq("yhat", sigmoid(z), r"\hat{y}")
+        from ..tensor import sum_
+
+        b.eq("C", -sum_(y * log(yhat) + (1 - y) * log(1 - yhat)), "C")
+    else:
+        b.eq("C", norm2(z - y), "C")
+    return b.model(kinks=activation in ("relu", "leaky_relu"))
+
+
+from ..tensor import ARG as _ARG  # noqa: E402
+
+ARG0 = _ARG[0]
