@@ -80,6 +80,9 @@ def backprop(m: Model) -> list[Equation]:
     hit = _BACKPROP.get(id(m))
     if hit is not None and hit[0] is m:
         return hit[1]
+    if m.is_update:
+        raise ModelError(f"{m.name} is an update program (state in, next state out) and has no loss to "
+                         f"differentiate; print it with derive.latex(m) and run it with numeric.compile(m)")
     leaves = [m.tensor(n) for n in m.grad_names]
     targets: set[Var] = set(leaves)
     # forward vars that depend on a differentiable leaf

@@ -91,7 +91,20 @@ class _ScalarPrinter(LatexPrinter):
         c, rest = expr.as_coeff_Mul()
         factors = sp.Mul.make_args(rest)
         tens = [f for f in factors if self._is_tensor(f) and not (f.is_Pow and f.exp.is_negative)]
-        if len(tens) < 2 or any(f.is_Pow and f.exp.is_negative for f in factors):
+        if any(f.is_Pow and f.exp.is_negative for f in factors):
+            return str(super()._print_Mul(expr))
+        if len(tens) == 1 and len(factors) > 1:
+            # scalars first, as the book writes beta v + (1 - beta) g
+            scal = [f for f in factors if f is not tens[0]]
+            body = " ".join(rf"\left({self._print(f)}\right)" if f.is_Add else self._print(f) for f in scal)
+            t = self._print(tens[0])
+            body += " " + (rf"\left({t}\right)" if tens[0].is_Add else t)
+            if c == 1:
+                return body
+            if c == -1:
+                return "- " + body
+            return self._print(c) + " " + body
+        if len(tens) < 2:
             return str(super()._print_Mul(expr))
         parts = []
         # the book's order: derivative factors first (\dot S(z) \odot \zeta)
@@ -401,6 +414,8 @@ def latex(obj: Any, batch: bool = False) -> str:
         from .autodiff import backprop
 
         L = obj.options.get("layers") if isinstance(obj.options.get("layers"), int) else None
+        if obj.is_update:
+            return r"\begin{aligned}" + aligned(obj.equations, None) + r"\end{aligned}"
         fwd = aligned(obj.equations, obj, layers=L)
         bwd = aligned(backprop(obj), obj, layers=L)
         return (r"\begin{aligned}&\textbf{forward}\\" + fwd + r"\\[4pt]&\textbf{backward}\\" + bwd
@@ -454,7 +469,7 @@ def fold_layers(texs: Sequence[str], L: int) -> list[str]:
             plain[key] = t
             continue
         top = max(ks)
-        tpl = _LAYER.sub(lambda mt, top=top: "[\x01" + str(int(mt.group(1)) - top) + "\x01]", t)
+        tpl = _LAYER.sub(_relative(top), t)
         if tpl not in templates:
             templates[tpl] = []
             order.append(tpl)
@@ -479,6 +494,13 @@ def fold_layers(texs: Sequence[str], L: int) -> list[str]:
             rng = rf"\ell = {_layer_label(hi, L, 'L') if hi >= L - 1 else hi}, {lo}"
         out.append(render(r"\ell") + rf"\qquad {rng}")
     return out
+
+
+def _relative(top: int) -> Any:
+    def sub(mt: re.Match[str]) -> str:
+        return "[\x01" + str(int(mt.group(1)) - top) + "\x01]"
+
+    return sub
 
 
 def _LAYER_plain(tpl: str, top: int) -> str:

@@ -89,6 +89,15 @@ class Model:
     ranges: dict[str, tuple[int, int]] = field(default_factory=dict)
     adjoint_names: dict[str, tuple[str, str]] = field(default_factory=dict)
     kinks: bool = False
+    #: numeric values of the named constants (hyperparameters) that the equations use as symbols
+    constants: dict[str, float] = field(default_factory=dict)
+    #: update programs: state name -> the equation giving its next value (empty for losses)
+    update: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def is_update(self) -> bool:
+        """Whether this is an update program (an optimizer): state in, next state out, no loss."""
+        return bool(self.update)
 
     @property
     def loss_var(self) -> Var:
@@ -102,6 +111,8 @@ class Model:
     @property
     def grad_names(self) -> list[str]:
         """Every parameter, then the differentiable inputs: the names of the gradient entries."""
+        if self.update:
+            return []
         return list(self.params) + list(self.diff_inputs)
 
     def tensor(self, name: str) -> Var:
@@ -166,6 +177,7 @@ class Builder:
         self.equations: list[Equation] = []
         self.adjoints: dict[str, tuple[str, str]] = {}
         self.sample: sp.Symbol | None = None
+        self.constants: dict[str, float] = {}
         self._names: set[str] = set()
 
     def dim(self, name: str, default: int, lo: int = 1, hi: int = 5, tex: str | None = None) -> sp.Symbol:
@@ -180,6 +192,19 @@ class Builder:
         """Declare the sample dimension: batched inputs carry it as their leading array axis."""
         self.sample = self.dim(name, default, lo, hi)
         return self.sample
+
+    def const(self, name: str, value: float) -> sp.Symbol:
+        """A named constant (a hyperparameter): a symbol in the equations, ``value`` in the kernels.
+
+        The LaTeX follows SymPy's names: ``alpha`` prints as ``\\alpha``, ``beta1`` as ``\\beta_{1}``.
+        """
+        if not name.isidentifier():
+            raise ModelError(f"constant name {name!r} is not a valid Python identifier")
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise ModelError(f"{self.name}: constant {name} must be a number, got {value!r}")
+        self._claim(name)
+        self.constants[name] = float(value)
+        return sp.Symbol(name, real=True)
 
     def _claim(self, name: str) -> None:
         if name in self._names:
@@ -238,5 +263,31 @@ class Builder:
             params=self.params, inputs=self.inputs, equations=self.equations, reduction=reduction,
             sample=self.sample, options=self.options, diff_inputs=tuple(diff_inputs),
             hessian_wrt=tuple(hessian), newton=newton, ranges=self.ranges, adjoint_names=self.adjoints,
-            kinks=kinks,
+            kinks=kinks, constants=self.constants,
+        )
+
+    def state(self, name: str, shape: Sequence[Any], tex: str | None = None) -> Var:
+        """A state variable of an update program (``theta``, ``v``, ``s``, ``t``)."""
+        self._claim(name)
+        v = Var(name, tuple(shape), "param", tex)
+        self.params[name] = v
+        return v
+
+    def update_model(self, next_state: Mapping[str, Var]) -> Model:
+        """Finish an update program: ``next_state`` maps each state name to the variable of its next value."""
+        missing = [k for k in self.params if k not in next_state]
+        if missing:
+            raise ModelError(f"{self.name}: no next value for state {', '.join(missing)}")
+        defined = {eq.lhs.name for eq in self.equations}
+        for k, v in next_state.items():
+            if v.name not in defined:
+                raise ModelError(f"{self.name}: the next value of {k} must be an equation, got {v.name!r}")
+            if v.shape != self.params[k].shape:
+                raise ShapeError(f"{self.name}: next {k} has shape {fmt_shape(v.shape)}, the state has "
+                                 f"{fmt_shape(self.params[k].shape)}")
+        return Model(
+            name=self.name, title=self.title, section=self.section, dims=self.dims, defaults=self.defaults,
+            params=self.params, inputs=self.inputs, equations=self.equations, sample=self.sample,
+            options=self.options, ranges=self.ranges, constants=self.constants,
+            update={k: v.name for k, v in next_state.items()},
         )

@@ -126,7 +126,12 @@ class Node:
         return map_(-ARG[0], [self])
 
     def __pow__(self, k: Any) -> Node:
+        if isinstance(k, Node):
+            return binary(lambda a, b: a**b, self, k)
         return map_(ARG[0] ** sp.sympify(k), [self])
+
+    def __rpow__(self, base: Any) -> Node:
+        return binary(lambda a, b: a**b, base, self)
 
     def __matmul__(self, other: Node) -> Node:
         return matmul(self, other)

@@ -71,6 +71,8 @@ class Kernel:
     def __call__(self, **arrays: Any) -> dict[str, Any]:
         args = self._prepare(arrays) if self.check else self._convert(arrays)
         out = self.raw(**args)
+        if self.model.is_update:
+            return dict(out)
         out["loss"] = float(out["loss"])
         if self.model.newton and self.hessian:
             out["newton"] = self._newton(args, out)

@@ -29,7 +29,7 @@ import derive
 import numeric
 from derive.program import Model
 
-from .references import reference
+from .references import OPTIMIZERS, optimizer_trajectory, reference
 from .strategies import Example, examples
 
 __all__ = ["check", "Mismatch", "Report", "compare"]
@@ -207,6 +207,8 @@ def check(
         raise ValueError("device='cuda' was asked for but torch sees no CUDA device; use device='cpu'")
     if examples < 1:
         raise ValueError(f"examples must be at least 1, got {examples}")
+    if m.is_update:
+        return _check_update(m, implementation, backend, device, examples, rtol, shrink, derandomize)
     reference(m.name)  # fails early, naming the entries that have references
     f_np = numeric.compile(m, "numpy", hessian=m.hessian_wrt)
     f_t = numeric.compile(m, "torch", device=device, hessian=m.hessian_wrt)
@@ -307,3 +309,64 @@ def example(m: Model | str, seed: int, sizes: dict[str, int], mode: str = "norma
     if isinstance(m, str):
         m = derive.models.get(m)
     return Example(sizes, seed, mode).arrays(m)
+
+
+def _check_update(m: Model, implementation: Callable[..., dict[str, Any]] | None, backend: str, device: str,
+                  examples: int, rtol: float, shrink: bool, derandomize: bool) -> Report:
+    """Update programs: several steps of the generated kernels (and the implementation) vs torch.optim."""
+    if m.name not in OPTIMIZERS:
+        raise ValueError(f"no torch.optim reference for update program {m.name!r}; known: {', '.join(OPTIMIZERS)}")
+    f_np = numeric.compile(m, "numpy")
+    f_t = numeric.compile(m, "torch", device=device)
+    report = Report(m.name, backend, device, rtol=rtol)
+    opts = dict(m.options)
+
+    def run_steps(f: Callable[..., dict[str, Any]], state: dict[str, np.ndarray], grads: list[np.ndarray],
+                  as_torch: bool) -> list[dict[str, np.ndarray]]:
+        cur: dict[str, Any] = ({k: torch.tensor(v, device=device) for k, v in state.items()} if as_torch
+                               else dict(state))
+        traj = []
+        for g in grads:
+            gg = torch.tensor(g, device=device) if as_torch else g
+            nxt = f(**cur, g=gg)
+            if not isinstance(nxt, dict) or set(nxt) != set(state):
+                raise Mismatch(f"{m.name}: an update must return the next state {sorted(state)}, got "
+                               f"{sorted(nxt) if isinstance(nxt, dict) else type(nxt).__name__}")
+            cur = dict(nxt)
+            traj.append({k: _np(v) for k, v in nxt.items()})
+        return traj
+
+    def one(ex: Example) -> None:
+        rng = np.random.default_rng(ex.seed)
+        p = ex.sizes.get("p", 3)
+        steps = 1 + ex.seed % 5
+        scale = {"small": 1e-3, "large": 1e3}.get(ex.mode, 1.0)
+        state = {k: np.zeros(tuple(int(d.subs({m.dims["p"]: p})) for d in v.shape)) for k, v in m.params.items()}
+        state["theta"] = rng.normal(size=(p,))
+        grads = [rng.normal(size=(p,)) * scale for _ in range(steps)]
+        ref = optimizer_trajectory(m.name, torch.tensor(state["theta"], device=device),
+                                   [torch.tensor(g, device=device) for g in grads], **opts)
+        runs = {"numpy kernel": run_steps(f_np, state, grads, False),
+                "torch kernel": run_steps(f_t, state, grads, True)}
+        if implementation is not None:
+            runs["the implementation"] = run_steps(implementation, state, grads, backend == "torch")
+        for who, traj in runs.items():
+            for step, (got, want) in enumerate(zip(traj, ref)):
+                for k, w in want.items():
+                    err, idx = compare(got[k], w, rtol)
+                    if err > rtol:
+                        raise _fail(m, who, f"state {k} after step {step + 1} of {steps}", got[k], w, err, idx,
+                                    ex, rtol)
+                    report.record(f"{who}: state vs torch.optim", err)
+        report.examples += 1
+
+    phases = [Phase.explicit, Phase.reuse, Phase.generate] + ([Phase.shrink] if shrink else [])
+
+    @settings(max_examples=examples, deadline=None, database=None, phases=phases, derandomize=derandomize,
+              suppress_health_check=list(HealthCheck), print_blob=False)
+    @given(st.data())
+    def run(data: st.DataObject) -> None:
+        one(data.draw(_examples(m), label="example"))
+
+    run()
+    return report

@@ -51,7 +51,7 @@ _DETEX = [
     (r"\\sigma", "σ"), (r"\\delta", "δ"), (r"\\zeta", "ζ"), (r"\\theta", "θ"), (r"\\lambda", "λ"),
     (r"\\Delta", "Δ"), (r"\\ell", "ℓ"), (r"\\log", "log"), (r"\\exp", "exp"), (r"\\tanh", "tanh"),
     (r"\\sin", "sin"), (r"\\cos", "cos"), (r"\\mathcal\{C\}", "𝒞"), (r"\\mathbb\{1\}", "1"),
-    (r"\\qquad", "    "), (r"\\quad|\\;|\\,", " "), (r"\\dots", "…"), (r"\\sum", "Σ"), (r"\\le", "≤"), (r"\\\|", "‖"),
+    (r"\\qquad", ", for "), (r"\\quad|\\;|\\,", " "), (r"\\dots", "…"), (r"\\sum", "Σ"), (r"\\le", "≤"), (r"\\\|", "‖"),
 ]
 
 

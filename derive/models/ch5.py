@@ -101,3 +101,73 @@ def mlp(layers: int = 3, widths: tuple[int, ...] | None = None, activation: str 
 from ..tensor import ARG as _ARG  # noqa: E402
 
 ARG0 = _ARG[0]
+
+
+@register("dropout")
+def dropout(p_keep: float = 0.8) -> Model:
+    r"""Inverted dropout with a given Bernoulli mask: a~ = m * a / p_keep; its backward is m * zeta / p_keep."""
+    from ..nn import dot
+    from ..program import Builder, ModelError
+
+    if not 0 < p_keep <= 1:
+        raise ModelError(f"dropout needs 0 < p_keep <= 1, got {p_keep!r}")
+    b = Builder("dropout", "inverted dropout with a given mask", "§5.7", {"p_keep": p_keep})
+    b.samples("n", 4, 1, 6)
+    N = b.dim("N", 4, 1, 6)
+    a = b.input("A", (N,), "a", batched=True, adjoint=("g_A", r"\bar{a}"))
+    mask = b.input("M", (N,), "m", batched=True, domain="mask")
+    G = b.input("G", (N,), r"\zeta", batched=True)
+    at = b.eq("a_tilde", mask * a / p_keep, r"\tilde{a}")
+    b.eq("C", dot(G, at), "C")
+    return b.model(reduction="sum", diff_inputs=("A",))
+
+
+@register("residual_block")
+def residual_block(activation: str = "relu") -> Model:
+    r"""Residual block a^{[l+2]} = a^{[l]} + S(W^{[2]} S(W^{[1]} a^{[l]} + b^{[1]}) + b^{[2]}) (Fig 6.14)."""
+    from ..functions import named_activation
+    from ..nn import dot
+    from ..program import Builder
+    from ..tensor import map_
+
+    b = Builder("residual_block", "residual (skip) connection around two dense layers", "§6.5",
+                {"activation": activation})
+    b.samples("n", 4, 1, 6)
+    N = b.dim("N", 3, 1, 5)
+    S = named_activation(activation)
+    W1 = b.param("W1", (N, N), "W^{[1]}")
+    b1 = b.param("b1", (N,), "b^{[1]}")
+    W2 = b.param("W2", (N, N), "W^{[2]}")
+    b2 = b.param("b2", (N,), "b^{[2]}")
+    a = b.input("A", (N,), "a", batched=True, adjoint=("g_A", r"\zeta"))
+    G = b.input("G", (N,), r"\zeta^{[+]}", batched=True)
+    z1 = b.eq("z1", W1 @ a + b1, "z^{[1]}", adjoint=("delta1", r"\delta^{[1]}"))
+    a1 = b.eq("a1", map_(S(ARG0), [z1]), "a^{[1]}", adjoint=("zeta1", r"\zeta^{[1]}"))
+    z2 = b.eq("z2", W2 @ a1 + b2, "z^{[2]}", adjoint=("delta2", r"\delta^{[2]}"))
+    out = b.eq("a_out", a + map_(S(ARG0), [z2]), "a^{[+]}")
+    b.eq("C", dot(G, out), "C")
+    return b.model(reduction="sum", diff_inputs=("A",), kinks=activation in ("relu", "leaky_relu"))
+
+
+@register("batch_norm")
+def batch_norm(eps: float = 1e-5) -> Model:
+    r"""Batch normalization in training mode: per neuron over the batch, zbar = (z - mu) / sqrt(sigma^2 + eps),
+    ztilde = gamma * zbar + beta; a layer entry with loss sum(G * ztilde)."""
+    from ..nn import mean, sqrt, sum_
+    from ..program import Builder
+
+    b = Builder("batch_norm", "batch normalization (training-mode statistics)", "§5.6", {"eps": eps})
+    n = b.dim("n", 5, 2, 6)
+    N = b.dim("N", 3, 1, 4)
+    ep = b.const("epsilon", eps)
+    gamma = b.param("gamma", (N,), r"\gamma")
+    beta = b.param("beta", (N,), r"\beta")
+    Z = b.input("Z", (n, N), "Z", adjoint=("g_Z", r"\bar{Z}"))
+    G = b.input("G", (n, N), "G")
+    mu = b.eq("mu", mean(Z, 0), r"\hat{\mu}")
+    zc = b.eq("zc", Z - mu, r"Z_{c}")
+    sd = b.eq("sigma", sqrt(mean(zc**2, 0) + ep), r"\hat{\sigma}")
+    zbar = b.eq("zbar", zc / sd, r"\bar{Z}", adjoint=("zbar_bar", r"\bar{G}"))
+    zt = b.eq("ztilde", gamma * zbar + beta, r"\tilde{Z}")
+    b.eq("C", sum_(G * zt), "C")
+    return b.model(reduction="sum", diff_inputs=("Z",))

@@ -1,0 +1,124 @@
+"""Chapter 4, optimization algorithms: the update rules of §4.2-4.5 as update programs.
+
+Each entry maps a state (``theta`` and the optimizer's moments ``v``, ``s``, the step count ``t``) and a
+gradient ``g`` to the next state. Hyperparameters are symbols in the equations (``\\alpha``, ``\\beta``)
+and numbers in the kernels. Each is verified over several steps against ``torch.optim``.
+"""
+
+from __future__ import annotations
+
+import sympy as sp
+
+from ..nn import sqrt
+from ..program import Builder, Model, ModelError
+from . import register
+
+
+def _start(name: str, title: str, section: str, options: dict[str, object]) -> tuple[Builder, sp.Symbol]:
+    b = Builder(name, title, section, options)
+    p = b.dim("p", 4, 1, 6)
+    return b, p
+
+
+def _theta(b: Builder, p: sp.Symbol) -> tuple[object, object]:
+    theta = b.state("theta", (p,), r"\theta^{(t)}")
+    g = b.input("g", (p,), r"g^{(t)}")
+    return theta, g
+
+
+@register("sgd")
+def sgd(lr: float = 0.01, weight_decay: float = 0.0) -> Model:
+    r"""Gradient descent theta^{(t+1)} = theta^{(t)} - alpha (g + lambda theta)."""
+    b, p = _start("sgd", "stochastic gradient descent", "§4.2", {"lr": lr, "weight_decay": weight_decay})
+    theta, g = _theta(b, p)
+    alpha, wd = b.const("alpha", lr), b.const("lambda_wd", weight_decay)
+    grad = g + wd * theta if weight_decay else g
+    nxt = b.eq("theta_next", theta - alpha * grad, r"\theta^{(t+1)}")
+    return b.update_model({"theta": nxt})
+
+
+@register("momentum")
+def momentum(lr: float = 0.01, beta: float = 0.9, form: str = "book") -> Model:
+    r"""Momentum. ``form="book"``: v = beta v + (1 - beta) g, theta = theta - alpha v (exponential smoothing);
+    ``form="torch"``: v = beta v + g, theta = theta - alpha v (PyTorch's SGD momentum)."""
+    if form not in ("book", "torch"):
+        raise ModelError(f"momentum form {form!r} is unknown; choose 'book' or 'torch'")
+    b, p = _start("momentum", f"momentum ({form} form)", "§4.3", {"lr": lr, "beta": beta, "form": form})
+    theta, g = _theta(b, p)
+    v = b.state("v", (p,), "v^{(t)}")
+    alpha, be = b.const("alpha", lr), b.const("beta", beta)
+    v1 = b.eq("v_next", be * v + (1 - be) * g if form == "book" else be * v + g, "v^{(t+1)}")
+    th = b.eq("theta_next", theta - alpha * v1, r"\theta^{(t+1)}")
+    return b.update_model({"theta": th, "v": v1})
+
+
+@register("nesterov")
+def nesterov(lr: float = 0.01, beta: float = 0.9) -> Model:
+    r"""Nesterov momentum in PyTorch's form: v = beta v + g, theta = theta - alpha (g + beta v)."""
+    b, p = _start("nesterov", "Nesterov accelerated gradient", "§4.3", {"lr": lr, "beta": beta})
+    theta, g = _theta(b, p)
+    v = b.state("v", (p,), "v^{(t)}")
+    alpha, be = b.const("alpha", lr), b.const("beta", beta)
+    v1 = b.eq("v_next", be * v + g, "v^{(t+1)}")
+    th = b.eq("theta_next", theta - alpha * (g + be * v1), r"\theta^{(t+1)}")
+    return b.update_model({"theta": th, "v": v1})
+
+
+@register("adagrad")
+def adagrad(lr: float = 0.01, eps: float = 1e-10) -> Model:
+    r"""Adagrad: s = s + g * g, theta = theta - alpha g / (sqrt(s) + epsilon)."""
+    b, p = _start("adagrad", "Adagrad", "§4.5", {"lr": lr, "eps": eps})
+    theta, g = _theta(b, p)
+    s = b.state("s", (p,), "s^{(t)}")
+    alpha, ep = b.const("alpha", lr), b.const("epsilon", eps)
+    s1 = b.eq("s_next", s + g * g, "s^{(t+1)}")
+    th = b.eq("theta_next", theta - alpha * g / (sqrt(s1) + ep), r"\theta^{(t+1)}")
+    return b.update_model({"theta": th, "s": s1})
+
+
+@register("rmsprop")
+def rmsprop(lr: float = 0.01, gamma: float = 0.99, eps: float = 1e-8) -> Model:
+    r"""RMSprop: s = gamma s + (1 - gamma) g * g, theta = theta - alpha g / (sqrt(s) + epsilon)."""
+    b, p = _start("rmsprop", "RMSprop", "§4.5", {"lr": lr, "gamma": gamma, "eps": eps})
+    theta, g = _theta(b, p)
+    s = b.state("s", (p,), "s^{(t)}")
+    alpha, ga, ep = b.const("alpha", lr), b.const("gamma", gamma), b.const("epsilon", eps)
+    s1 = b.eq("s_next", ga * s + (1 - ga) * g * g, "s^{(t+1)}")
+    th = b.eq("theta_next", theta - alpha * g / (sqrt(s1) + ep), r"\theta^{(t+1)}")
+    return b.update_model({"theta": th, "s": s1})
+
+
+def _adam(name: str, lr: float, beta1: float, beta2: float, eps: float, weight_decay: float,
+          decoupled: bool) -> Model:
+    b, p = _start(name, "Adam with bias correction" + (" and decoupled weight decay" if decoupled else ""),
+                  "§4.3", {"lr": lr, "beta1": beta1, "beta2": beta2, "eps": eps, "weight_decay": weight_decay})
+    theta, g = _theta(b, p)
+    v = b.state("v", (p,), "v^{(t)}")
+    s = b.state("s", (p,), "s^{(t)}")
+    t = b.state("t", (), "t")
+    alpha, b1, b2 = b.const("alpha", lr), b.const("beta1", beta1), b.const("beta2", beta2)
+    ep, wd = b.const("epsilon", eps), b.const("lambda_wd", weight_decay)
+    if weight_decay and not decoupled:
+        g = b.eq("g_wd", g + wd * theta, r"\tilde{g}^{(t)}")
+    t1 = b.eq("t_next", t + 1, r"t_{\mathrm{next}}")
+    v1 = b.eq("v_next", b1 * v + (1 - b1) * g, "v^{(t+1)}")
+    s1 = b.eq("s_next", b2 * s + (1 - b2) * g * g, "s^{(t+1)}")
+    vh = b.eq("v_hat", v1 / (1 - b1**t1), r"\hat{v}")
+    sh = b.eq("s_hat", s1 / (1 - b2**t1), r"\hat{s}")
+    base = theta * (1 - alpha * wd) if (weight_decay and decoupled) else theta
+    th = b.eq("theta_next", base - alpha * vh / (sqrt(sh) + ep), r"\theta^{(t+1)}")
+    return b.update_model({"theta": th, "v": v1, "s": s1, "t": t1})
+
+
+@register("adam")
+def adam(lr: float = 1e-3, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8,
+         weight_decay: float = 0.0) -> Model:
+    r"""Adam: moments v, s with bias correction v / (1 - beta_1^{t+1}), s / (1 - beta_2^{t+1})."""
+    return _adam("adam", lr, beta1, beta2, eps, weight_decay, decoupled=False)
+
+
+@register("adamw")
+def adamw(lr: float = 1e-3, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8,
+          weight_decay: float = 1e-2) -> Model:
+    r"""AdamW: Adam with decoupled weight decay theta (1 - alpha lambda)."""
+    return _adam("adamw", lr, beta1, beta2, eps, weight_decay, decoupled=True)

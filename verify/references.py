@@ -1,0 +1,503 @@
+"""Independent PyTorch reference forwards for the model zoo.
+
+Every entry of :data:`REFERENCES` is a plain function of keyword torch tensors (the model's params and
+inputs, batch-first, PyTorch layouts, named as in MODELS.md) and of the model's options (keyword, with
+the zoo's defaults) that returns the scalar loss. They are written with ``torch.nn.functional`` wherever
+torch has the op and never look at the symbolic derivation, so ``torch.autograd.grad`` on them is an
+independent oracle for the derived and generated gradients.
+
+Adding an entry: write a function ``name(*, <params>, <inputs>, <options>=default) -> torch.Tensor``
+whose docstring's first line is the formula, and register it with :func:`_register`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+Reference = Callable[..., torch.Tensor]
+
+REFERENCES: dict[str, Reference] = {}
+
+
+def _register(*names: str) -> Callable[[Reference], Reference]:
+    """Register a reference function under one or more zoo entry names.
+
+    Args:
+        *names: zoo entry names; the function's own name is used when none are given.
+
+    Returns:
+        A decorator that records the function in :data:`REFERENCES` and returns it unchanged.
+    """
+
+    def decorator(fn: Reference) -> Reference:
+        keys = names or (fn.__name__,)
+        for key in keys:
+            if key in REFERENCES:
+                raise ValueError(f"reference {key!r} registered twice")
+            REFERENCES[key] = fn
+        return fn
+
+    return decorator
+
+
+def reference(name: str) -> Reference:
+    """REFERENCES[name], with an error that lists the known entries.
+
+    Args:
+        name: a zoo entry name, e.g. ``"softmax_regression"``.
+
+    Returns:
+        The reference forward ``f(**tensors, **options) -> scalar loss``.
+
+    Raises:
+        ValueError: if no reference is registered under ``name``.
+    """
+    try:
+        return REFERENCES[name]
+    except KeyError:
+        known = ", ".join(sorted(REFERENCES))
+        raise ValueError(f"no PyTorch reference for model {name!r}; known: {known}") from None
+
+
+# ---------------------------------------------------------------------------------------------------
+# Activations (shared by layer entries and models that take an ``activation`` option)
+# ---------------------------------------------------------------------------------------------------
+
+_ACTIVATIONS: dict[str, Callable[..., torch.Tensor]] = {
+    "sigmoid": lambda z, **_: torch.sigmoid(z),
+    "tanh": lambda z, **_: torch.tanh(z),
+    "relu": lambda z, **_: F.relu(z),
+    "leaky_relu": lambda z, slope=0.01, **_: F.leaky_relu(z, negative_slope=slope),
+    "softplus": lambda z, **_: torch.logaddexp(z, torch.zeros((), dtype=z.dtype, device=z.device)),
+    "identity": lambda z, **_: z,
+}
+
+
+def _activation(name: str, z: torch.Tensor, **options: Any) -> torch.Tensor:
+    """S(z) for the named elementwise activation.
+
+    Args:
+        name: one of ``sigmoid``, ``tanh``, ``relu``, ``leaky_relu``, ``softplus``, ``identity``.
+        z: pre-activation tensor.
+        **options: activation options (``slope`` for ``leaky_relu``).
+
+    Returns:
+        The activation applied elementwise.
+
+    Raises:
+        ValueError: for an unknown activation name.
+    """
+    try:
+        fn = _ACTIVATIONS[name]
+    except KeyError:
+        raise ValueError(f"unknown activation {name!r}; known: {', '.join(sorted(_ACTIVATIONS))}") from None
+    return fn(z, **options)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Chapter 2: linear models
+# ---------------------------------------------------------------------------------------------------
+
+
+@_register()
+def linear_regression(*, theta: torch.Tensor, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """C = 1/n sum_i (y_i - x_i^T theta)^2.
+
+    Args:
+        theta: coefficients, shape (p,).
+        X: design matrix, shape (n, p).
+        y: responses, shape (n,).
+
+    Returns:
+        The mean squared error (scalar).
+    """
+    return F.mse_loss(X @ theta, y)
+
+
+@_register()
+def ridge_regression(
+    *, theta: torch.Tensor, X: torch.Tensor, y: torch.Tensor, lam: float = 0.1
+) -> torch.Tensor:
+    """C = 1/n sum_i (y_i - x_i^T theta)^2 + lam ||theta||^2.
+
+    Args:
+        theta: coefficients, shape (p,).
+        X: design matrix, shape (n, p).
+        y: responses, shape (n,).
+        lam: ridge penalty weight.
+
+    Returns:
+        The penalised mean squared error (scalar).
+    """
+    return F.mse_loss(X @ theta, y) + lam * torch.sum(theta * theta)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Chapter 3: logistic and softmax regression, autoencoder
+# ---------------------------------------------------------------------------------------------------
+
+
+@_register("logistic_regression", "newton_logistic")
+def logistic_regression(
+    *, w: torch.Tensor, b: torch.Tensor, X: torch.Tensor, y: torch.Tensor
+) -> torch.Tensor:
+    """C = -1/n sum_i [y_i log sigma(z_i) + (1 - y_i) log(1 - sigma(z_i))], z = X w + b.
+
+    Also the loss of ``newton_logistic``.
+
+    Args:
+        w: weights, shape (p,).
+        b: bias, shape ().
+        X: features, shape (n, p).
+        y: targets in [0, 1], shape (n,).
+
+    Returns:
+        The mean binary cross-entropy with logits (scalar).
+    """
+    return F.binary_cross_entropy_with_logits(X @ w + b, y)
+
+
+@_register()
+def softmax_regression(*, W: torch.Tensor, b: torch.Tensor, X: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
+    """C = -1/n sum_i sum_k Y_ik log S(W x_i + b)_k.
+
+    Args:
+        W: weights, shape (K, p).
+        b: biases, shape (K,).
+        X: features, shape (n, p).
+        Y: probability (or one-hot) targets, rows summing to 1, shape (n, K).
+
+    Returns:
+        The mean cross-entropy with probability targets (scalar).
+    """
+    return F.cross_entropy(F.linear(X, W, b), Y)
+
+
+@_register()
+def shallow_autoencoder(
+    *,
+    W_e: torch.Tensor,
+    b_e: torch.Tensor,
+    W_d: torch.Tensor,
+    b_d: torch.Tensor,
+    X: torch.Tensor,
+    activation: str = "tanh",
+    slope: float = 0.01,
+) -> torch.Tensor:
+    """C = 1/n sum_i ||x_i - (W_d S(W_e x_i + b_e) + b_d)||^2.
+
+    Args:
+        W_e: encoder weights, shape (m, p).
+        b_e: encoder biases, shape (m,).
+        W_d: decoder weights, shape (p, m).
+        b_d: decoder biases, shape (p,).
+        X: data, shape (n, p).
+        activation: encoder activation S (``tanh``, ``sigmoid``, ``relu``, ``leaky_relu``,
+            ``softplus``, ``identity``); the decoder is linear.
+        slope: negative slope when ``activation="leaky_relu"``.
+
+    Returns:
+        The squared reconstruction error, summed over features and averaged over samples (scalar).
+    """
+    code = _activation(activation, F.linear(X, W_e, b_e), slope=slope)
+    x_hat = F.linear(code, W_d, b_d)
+    return F.mse_loss(x_hat, X, reduction="sum") / X.shape[0]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Chapter 4: optimisation test functions
+# ---------------------------------------------------------------------------------------------------
+
+
+@_register()
+def rosenbrock(*, theta: torch.Tensor) -> torch.Tensor:
+    """C = (1 - theta_1)^2 + 100 (theta_2 - theta_1^2)^2.
+
+    Args:
+        theta: the point, shape (2,).
+
+    Returns:
+        The Rosenbrock function value (scalar).
+    """
+    t1, t2 = theta[0], theta[1]
+    return (1 - t1) ** 2 + 100 * (t2 - t1**2) ** 2
+
+
+@_register()
+def autodiff_example(*, theta: torch.Tensor) -> torch.Tensor:
+    """C = sin(theta_1 theta_2) + exp(theta_2 + theta_3) - 2 theta_3.
+
+    Args:
+        theta: the point, shape (3,).
+
+    Returns:
+        The function of the book's Figure 4.7 (scalar).
+    """
+    t1, t2, t3 = theta[0], theta[1], theta[2]
+    return torch.sin(t1 * t2) + torch.exp(t2 + t3) - 2 * t3
+
+
+# ---------------------------------------------------------------------------------------------------
+# Layer entries: C = sum(G * f(Z)), so the gradient in Z is the layer's vector-Jacobian product with G
+# ---------------------------------------------------------------------------------------------------
+
+
+def _layer_loss(out: torch.Tensor, G: torch.Tensor) -> torch.Tensor:
+    """C = sum(G * out).
+
+    Args:
+        out: the layer's output.
+        G: upstream gradient, same shape as ``out``.
+
+    Returns:
+        The scalar probe loss whose gradient is the vector-Jacobian product with ``G``.
+    """
+    return torch.sum(G * out)
+
+
+@_register()
+def sigmoid(*, Z: torch.Tensor, G: torch.Tensor) -> torch.Tensor:
+    """C = sum(G * sigma(Z)), sigma(z) = 1 / (1 + e^{-z}).
+
+    Args:
+        Z: pre-activations, shape (n, N).
+        G: upstream gradient, shape (n, N).
+
+    Returns:
+        The scalar probe loss.
+    """
+    return _layer_loss(torch.sigmoid(Z), G)
+
+
+@_register()
+def tanh(*, Z: torch.Tensor, G: torch.Tensor) -> torch.Tensor:
+    """C = sum(G * tanh(Z)).
+
+    Args:
+        Z: pre-activations, shape (n, N).
+        G: upstream gradient, shape (n, N).
+
+    Returns:
+        The scalar probe loss.
+    """
+    return _layer_loss(torch.tanh(Z), G)
+
+
+@_register()
+def relu(*, Z: torch.Tensor, G: torch.Tensor) -> torch.Tensor:
+    """C = sum(G * max(Z, 0)).
+
+    Args:
+        Z: pre-activations, shape (n, N).
+        G: upstream gradient, shape (n, N).
+
+    Returns:
+        The scalar probe loss (ReLU'(0) = 0, torch's convention).
+    """
+    return _layer_loss(F.relu(Z), G)
+
+
+@_register()
+def leaky_relu(*, Z: torch.Tensor, G: torch.Tensor, slope: float = 0.01) -> torch.Tensor:
+    """C = sum(G * where(Z > 0, Z, slope Z)).
+
+    Args:
+        Z: pre-activations, shape (n, N).
+        G: upstream gradient, shape (n, N).
+        slope: negative slope.
+
+    Returns:
+        The scalar probe loss.
+    """
+    return _layer_loss(F.leaky_relu(Z, negative_slope=slope), G)
+
+
+@_register()
+def softplus(*, Z: torch.Tensor, G: torch.Tensor) -> torch.Tensor:
+    """C = sum(G * log(1 + e^Z)).
+
+    Args:
+        Z: pre-activations, shape (n, N).
+        G: upstream gradient, shape (n, N).
+
+    Returns:
+        The scalar probe loss.
+    """
+    # exact log(1 + e^Z): F.softplus returns Z itself above its threshold (20), an approximation whose
+    # error (~2e-9) would mask real disagreements at the 1e-10 tolerance
+    return _layer_loss(torch.logaddexp(Z, torch.zeros((), dtype=Z.dtype, device=Z.device)), G)
+
+
+@_register()
+def softmax(*, Z: torch.Tensor, G: torch.Tensor) -> torch.Tensor:
+    """C = sum_i sum_k G_ik e^{Z_ik} / sum_j e^{Z_ij}.
+
+    Args:
+        Z: logits, shape (n, N); softmax over the last axis.
+        G: upstream gradient, shape (n, N).
+
+    Returns:
+        The scalar probe loss.
+    """
+    return _layer_loss(F.softmax(Z, dim=-1), G)
+
+
+@_register()
+def log_softmax(*, Z: torch.Tensor, G: torch.Tensor) -> torch.Tensor:
+    """C = sum_i sum_k G_ik (Z_ik - log sum_j e^{Z_ij}).
+
+    Args:
+        Z: logits, shape (n, N); log-softmax over the last axis.
+        G: upstream gradient, shape (n, N).
+
+    Returns:
+        The scalar probe loss.
+    """
+    return _layer_loss(F.log_softmax(Z, dim=-1), G)
+
+
+@_register()
+def mlp(*, X: torch.Tensor, Y: torch.Tensor, layers: int = 3, activation: str = "sigmoid",
+        output: str = "softmax_ce", widths: Any = None, **params: torch.Tensor) -> torch.Tensor:
+    """An ``nn.Linear``-style stack: a = S(a W^T + b) for the hidden layers, then the output loss.
+
+    Args:
+        X: inputs, shape (n, N_0).
+        Y: targets, shape (n, N_L): probability rows (softmax_ce), values in [0, 1] (sigmoid_bce), reals.
+        layers: L, the number of affine layers; params W1..WL (N_l, N_{l-1}) and b1..bL (N_l,).
+        activation: hidden activation (sigmoid, tanh, relu, leaky_relu, softplus).
+        output: softmax_ce (F.cross_entropy with probability targets), sigmoid_bce
+            (F.binary_cross_entropy_with_logits summed over outputs), identity_mse (||z - y||^2).
+        widths: unused (sizes come from the arrays).
+        **params: W1, b1, ..., WL, bL.
+
+    Returns:
+        The mean loss over the batch.
+    """
+    a = X
+    for l in range(1, layers + 1):
+        z = F.linear(a, params[f"W{l}"], params[f"b{l}"])
+        a = _activation(activation, z) if l < layers else z
+    if output == "softmax_ce":
+        return F.cross_entropy(a, Y)
+    if output == "sigmoid_bce":
+        return F.binary_cross_entropy_with_logits(a, Y, reduction="sum") / a.shape[0]
+    return ((a - Y) ** 2).sum(dim=1).mean()
+
+
+@_register()
+def dropout(*, A: torch.Tensor, M: torch.Tensor, G: torch.Tensor, p_keep: float = 0.8) -> torch.Tensor:
+    """C = sum(G * M * A / p_keep): inverted dropout with the given mask.
+
+    Args:
+        A: activations, shape (n, N).
+        M: the 0/1 keep mask, shape (n, N).
+        G: upstream gradient, shape (n, N).
+        p_keep: keep probability.
+
+    Returns:
+        The scalar probe loss.
+    """
+    return _layer_loss(A * M / p_keep, G)
+
+
+@_register()
+def residual_block(*, W1: torch.Tensor, b1: torch.Tensor, W2: torch.Tensor, b2: torch.Tensor, A: torch.Tensor,
+                   G: torch.Tensor, activation: str = "relu") -> torch.Tensor:
+    """C = sum(G * (A + S(F.linear(S(F.linear(A, W1, b1)), W2, b2)))), the block of Fig 6.14.
+
+    Args:
+        W1, b1, W2, b2: the two dense layers (nn.Linear layout).
+        A: block input, shape (n, N).
+        G: upstream gradient, shape (n, N).
+        activation: S.
+
+    Returns:
+        The scalar probe loss.
+    """
+    h = _activation(activation, F.linear(A, W1, b1))
+    return _layer_loss(A + _activation(activation, F.linear(h, W2, b2)), G)
+
+
+# --------------------------------------------------------------------------------------------------
+# Optimizers: torch.optim trajectories
+# --------------------------------------------------------------------------------------------------
+
+
+def optimizer_trajectory(name: str, theta: torch.Tensor, grads: list[torch.Tensor],
+                         **options: Any) -> list[dict[str, torch.Tensor]]:
+    """Run ``torch.optim`` for ``len(grads)`` steps from ``theta`` (zero optimizer state).
+
+    Returns the state after each step in dlmath's names (``theta``, ``v``, ``s``, ``t``), mapped from
+    torch's (``momentum_buffer``, ``exp_avg``, ``exp_avg_sq``, ``square_avg``, ``sum``, ``step``). The book's
+    momentum (``v = beta v + (1 - beta) g``, ``theta -= alpha v``) is torch's SGD momentum with
+    ``lr = alpha (1 - beta)``, and ``v_book = (1 - beta) v_torch``.
+    """
+    p = theta.clone().detach().requires_grad_(True)
+    o = options
+    opt: torch.optim.Optimizer
+    scale_v = 1.0
+    if name == "sgd":
+        opt = torch.optim.SGD([p], lr=o.get("lr", 0.01), weight_decay=o.get("weight_decay", 0.0))
+    elif name == "momentum":
+        beta, lr = o.get("beta", 0.9), o.get("lr", 0.01)
+        if o.get("form", "book") == "book":
+            opt = torch.optim.SGD([p], lr=lr * (1 - beta), momentum=beta)
+            scale_v = 1 - beta
+        else:
+            opt = torch.optim.SGD([p], lr=lr, momentum=beta)
+    elif name == "nesterov":
+        opt = torch.optim.SGD([p], lr=o.get("lr", 0.01), momentum=o.get("beta", 0.9), nesterov=True)
+    elif name == "adagrad":
+        opt = torch.optim.Adagrad([p], lr=o.get("lr", 0.01), eps=o.get("eps", 1e-10), foreach=False)
+    elif name == "rmsprop":
+        opt = torch.optim.RMSprop([p], lr=o.get("lr", 0.01), alpha=o.get("gamma", 0.99), eps=o.get("eps", 1e-8),
+                                  foreach=False)
+    elif name in ("adam", "adamw"):
+        cls = torch.optim.Adam if name == "adam" else torch.optim.AdamW
+        opt = cls([p], lr=o.get("lr", 1e-3), betas=(o.get("beta1", 0.9), o.get("beta2", 0.999)),
+                  eps=o.get("eps", 1e-8), weight_decay=o.get("weight_decay", 0.0 if name == "adam" else 1e-2),
+                  foreach=False)
+    else:
+        raise ValueError(f"no torch.optim reference for {name!r}; known: {', '.join(OPTIMIZERS)}")
+    out = []
+    for g in grads:
+        p.grad = g.clone()
+        opt.step()
+        st = opt.state[p]
+        d: dict[str, torch.Tensor] = {"theta": p.detach().clone()}
+        if "momentum_buffer" in st:
+            d["v"] = st["momentum_buffer"].clone() * scale_v
+        for k_t, k in (("exp_avg", "v"), ("exp_avg_sq", "s"), ("square_avg", "s"), ("sum", "s")):
+            if k_t in st:
+                d[k] = st[k_t].clone()
+        if "step" in st and name in ("adam", "adamw"):
+            d["t"] = torch.as_tensor(st["step"], dtype=theta.dtype).clone()
+        out.append(d)
+    return out
+
+
+#: Zoo entries that are update programs, verified with :func:`optimizer_trajectory`.
+OPTIMIZERS = ("sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw")
+
+
+@_register()
+def batch_norm(*, gamma: torch.Tensor, beta: torch.Tensor, Z: torch.Tensor, G: torch.Tensor,
+               eps: float = 1e-5) -> torch.Tensor:
+    """C = sum(G * F.batch_norm(Z, training=True)): batch statistics, biased variance.
+
+    Args:
+        gamma, beta: scale and shift, shape (N,).
+        Z: pre-activations, shape (n, N).
+        G: upstream gradient, shape (n, N).
+        eps: added to the variance.
+
+    Returns:
+        The scalar probe loss.
+    """
+    out = F.batch_norm(Z, None, None, weight=gamma, bias=beta, training=True, eps=eps)
+    return _layer_loss(out, G)
