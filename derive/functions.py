@@ -30,6 +30,11 @@ def _arg(printer: Any, e: sp.Expr) -> str:
     return str(printer._print(e))
 
 
+def _power(tex: str, exp: Any) -> str:
+    """``f(x)^{k}``: SymPy's printer passes the exponent of a power of a function."""
+    return tex if exp is None else rf"\left({tex}\right)^{{{exp}}}"
+
+
 class sigmoid(sp.Function):
     r"""sigma(x) = 1 / (1 + e^{-x}), the logistic function; sigma' = sigma (1 - sigma)."""
 
@@ -48,7 +53,10 @@ class sigmoid(sp.Function):
     def _eval_rewrite_as_exp(self, x: sp.Expr, **kwargs: Any) -> sp.Expr:
         return 1 / (1 + sp.exp(-x))
 
-    def _latex(self, printer: Any) -> str:
+    def _latex(self, printer: Any, exp: Any = None) -> str:
+        return _power(self._latex_body(printer), exp)
+
+    def _latex_body(self, printer: Any) -> str:
         return rf"\sigma\left({_arg(printer, self.args[0])}\right)"
 
     def _numpycode(self, printer: Any) -> str:
@@ -69,7 +77,10 @@ class softplus(sp.Function):
     def _eval_rewrite_as_exp(self, x: sp.Expr, **kwargs: Any) -> sp.Expr:
         return sp.log(1 + sp.exp(x))
 
-    def _latex(self, printer: Any) -> str:
+    def _latex(self, printer: Any, exp: Any = None) -> str:
+        return _power(self._latex_body(printer), exp)
+
+    def _latex_body(self, printer: Any) -> str:
         return rf"\operatorname{{softplus}}\left({_arg(printer, self.args[0])}\right)"
 
     def _numpycode(self, printer: Any) -> str:
@@ -89,7 +100,10 @@ class step(sp.Function):
     def fdiff(self, argindex: int = 1) -> sp.Expr:
         return sp.S.Zero
 
-    def _latex(self, printer: Any) -> str:
+    def _latex(self, printer: Any, exp: Any = None) -> str:
+        return _power(self._latex_body(printer), exp)
+
+    def _latex_body(self, printer: Any) -> str:
         return rf"\mathbb{{1}}\left\{{{_arg(printer, self.args[0])} > 0\right\}}"
 
     def _numpycode(self, printer: Any) -> str:
@@ -108,7 +122,10 @@ class relu(sp.Function):
     def fdiff(self, argindex: int = 1) -> sp.Expr:
         return step(self.args[0])
 
-    def _latex(self, printer: Any) -> str:
+    def _latex(self, printer: Any, exp: Any = None) -> str:
+        return _power(self._latex_body(printer), exp)
+
+    def _latex_body(self, printer: Any) -> str:
         return rf"\operatorname{{ReLU}}\left({_arg(printer, self.args[0])}\right)"
 
     def _numpycode(self, printer: Any) -> str:
@@ -126,7 +143,10 @@ class leaky_step(sp.Function):
     def fdiff(self, argindex: int = 1) -> sp.Expr:
         return sp.S.Zero
 
-    def _latex(self, printer: Any) -> str:
+    def _latex(self, printer: Any, exp: Any = None) -> str:
+        return _power(self._latex_body(printer), exp)
+
+    def _latex_body(self, printer: Any) -> str:
         x, s = (_arg(printer, a) for a in self.args)
         return rf"\left(\mathbb{{1}}\left\{{{x} > 0\right\}} + {s}\,\mathbb{{1}}\left\{{{x} \leq 0\right\}}\right)"
 
@@ -149,7 +169,10 @@ class leaky_relu(sp.Function):
             raise sp.ArgumentIndexError(self, argindex)
         return leaky_step(*self.args)
 
-    def _latex(self, printer: Any) -> str:
+    def _latex(self, printer: Any, exp: Any = None) -> str:
+        return _power(self._latex_body(printer), exp)
+
+    def _latex_body(self, printer: Any) -> str:
         x, s = (_arg(printer, a) for a in self.args)
         return rf"\operatorname{{LeakyReLU}}_{{{s}}}\left({x}\right)"
 
@@ -184,7 +207,10 @@ class ActivationBase(sp.Function):
         """The concrete scalar expression this stands for."""
         return self.impl(self.args[0])  # type: ignore[no-any-return]
 
-    def _latex(self, printer: Any) -> str:
+    def _latex(self, printer: Any, exp: Any = None) -> str:
+        return _power(self._latex_body(printer), exp)
+
+    def _latex_body(self, printer: Any) -> str:
         dots = {0: "", 1: r"\dot", 2: r"\ddot"}.get(self.order, "")
         head = f"{dots}{{{self.symbol}}}" if dots else self.symbol
         return rf"{head}\left({_arg(printer, self.args[0])}\right)"

@@ -338,7 +338,7 @@ def _chain(ops: list[tuple[str, int, tuple[int, ...], str]], out: tuple[int, ...
     unit dimension), diagonal factors as (l, l). A chain is valid when adjacent labels agree, the ends
     are the output labels, and every summed label is used exactly once between neighbours.
     """
-    if len(ops) > 5 or any(len(l) > 2 for _, _, l, _ in ops) or len(out) > 2:
+    if len(ops) > 5 or any(len(l) > 2 or (len(set(l)) != len(l) and k != "d") for _, _, l, k in ops) or len(out) > 2:
         return None
     counts: dict[int, int] = {}
     for _, _, l, _kind in ops:

@@ -89,6 +89,9 @@ class Model:
     ranges: dict[str, tuple[int, int]] = field(default_factory=dict)
     adjoint_names: dict[str, tuple[str, str]] = field(default_factory=dict)
     kinks: bool = False
+    #: the hard value modes the verifier draws besides normal and small values ("large": inputs of a few
+    #: hundred, i.e. logits of order 1e3, where stable forms matter)
+    hard: tuple[str, ...] = ("large",)
     #: numeric values of the named constants (hyperparameters) that the equations use as symbols
     constants: dict[str, float] = field(default_factory=dict)
     #: update programs: state name -> the equation giving its next value (empty for losses)
@@ -251,7 +254,7 @@ class Builder:
         return v
 
     def model(self, reduction: str = "mean", diff_inputs: Sequence[str] = (), hessian: Sequence[str] = (),
-              newton: bool = False, kinks: bool = False) -> Model:
+              newton: bool = False, kinks: bool = False, hard: Sequence[str] = ("large",)) -> Model:
         if not self.equations:
             raise ModelError(f"{self.name} has no equations")
         loss = self.equations[-1].lhs
@@ -263,7 +266,7 @@ class Builder:
             params=self.params, inputs=self.inputs, equations=self.equations, reduction=reduction,
             sample=self.sample, options=self.options, diff_inputs=tuple(diff_inputs),
             hessian_wrt=tuple(hessian), newton=newton, ranges=self.ranges, adjoint_names=self.adjoints,
-            kinks=kinks, constants=self.constants,
+            kinks=kinks, constants=self.constants, hard=tuple(hard),
         )
 
     def state(self, name: str, shape: Sequence[Any], tex: str | None = None) -> Var:

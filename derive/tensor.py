@@ -301,7 +301,9 @@ def check_scalar(fn: sp.Expr, where: str = "an equation") -> None:
     """Raise :class:`UnsupportedError` if ``fn`` uses a function dlmath cannot differentiate and lower."""
     from .functions import ActivationBase
 
-    for f in fn.atoms(sp.Function):
+    for f in sp.preorder_traversal(fn):
+        if not (isinstance(f, (sp.Function, sp.Max, sp.Min)) or f.is_Function):
+            continue
         if type(f) not in SCALAR_FUNCTIONS and not isinstance(f, ActivationBase):
             known = ", ".join(sorted(c.__name__ for c in SCALAR_FUNCTIONS))
             raise UnsupportedError(
@@ -544,7 +546,18 @@ class Einsum(Node):
         for k in range(len(self.operands)):
             ins = [l for j, l in enumerate(self.ins) if j != k] + [self.out]
             ops = [o for j, o in enumerate(self.operands) if j != k] + [g]
-            res.append(einsum(ins, self.ins[k], ops, dims=self.index_dims(), coef=self.coef))
+            dims = self.index_dims()
+            target: list[Any] = []
+            for pos, lab in enumerate(self.ins[k]):
+                if lab in target:  # a repeated index (a diagonal, a trace): the adjoint is diagonal there
+                    fresh = ("_diag", k, pos)
+                    dims[fresh] = dims[lab]
+                    ins.append((lab, fresh))  # type: ignore[arg-type]
+                    ops.append(Eye(dims[lab]))
+                    target.append(fresh)
+                else:
+                    target.append(lab)
+            res.append(einsum(ins, tuple(target), ops, dims=dims, coef=self.coef))
         return res
 
     def jvp(self, tangents: Sequence[Node | None], tshape: Shape, out: Node) -> Node | None:

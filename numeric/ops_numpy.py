@@ -60,12 +60,12 @@ def argmax_mask(x: Array, axis: int) -> Array:
     return out
 
 
-def embed(x: Array, axis: int, index: int, size: int) -> Array:
-    """Zeros with ``x`` placed at ``index`` of a new axis ``axis`` (counted from the end)."""
+def embed(x: Array, axis: int, index: int, size: int, like: Array) -> Array:
+    """Zeros with ``x`` placed at ``index`` of a new axis ``axis`` (counted from the end), in ``like``'s dtype."""
     x = np.asarray(x)
     ax = axis % (x.ndim + 1)
     shape = x.shape[:ax] + (size,) + x.shape[ax:]
-    out = np.zeros(shape, dtype=np.result_type(x, np.float32))
+    out = np.zeros(shape, dtype=np.asarray(like).dtype)
     sl: list[Any] = [slice(None)] * len(shape)
     sl[ax] = index
     out[tuple(sl)] = x

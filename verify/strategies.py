@@ -39,8 +39,8 @@ class Example:
 def modes(m: Model) -> list[str]:
     """The value modes that make sense for ``m``."""
     out = ["normal", "small"]
-    if m.options.get("hard", True) and m.sample is not None and not m.newton:
-        out.append("large")
+    if m.sample is not None and not m.newton:
+        out += [h for h in m.hard if h not in out]
     if m.kinks:
         out.append("kinks")
     return out

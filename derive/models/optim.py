@@ -11,6 +11,7 @@ import sympy as sp
 
 from ..nn import sqrt
 from ..program import Builder, Model, ModelError
+from ..tensor import Node
 from . import register
 
 
@@ -20,7 +21,7 @@ def _start(name: str, title: str, section: str, options: dict[str, object]) -> t
     return b, p
 
 
-def _theta(b: Builder, p: sp.Symbol) -> tuple[object, object]:
+def _theta(b: Builder, p: sp.Symbol) -> tuple[Node, Node]:
     theta = b.state("theta", (p,), r"\theta^{(t)}")
     g = b.input("g", (p,), r"g^{(t)}")
     return theta, g
