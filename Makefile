@@ -11,9 +11,15 @@ setup: $(STAMP)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	@# Take a local CPU build of torch where this machine has one (fast, no CUDA download);
-	@# elsewhere this fails at once and the next line gets torch from the package index.
-	-$(PY) -m pip install -q --no-index torch==2.13.0 2>/dev/null
+	@# Where this machine's pip finds a local CPU build of torch (its find-links), install that file first:
+	@# fast, and no multi-GB CUDA build. Elsewhere nothing is found and the next step takes torch from the
+	@# package index as usual.
+	@rm -rf $(VENV)/.torch-wheel
+	@if $(PY) -m pip download -q --no-index --no-deps --only-binary=:all: -d $(VENV)/.torch-wheel \
+	      "torch==2.13.0" >/dev/null 2>&1 && ls $(VENV)/.torch-wheel/torch-*+cpu-*.whl >/dev/null 2>&1; then \
+	    echo "installing the local CPU build of torch"; \
+	    $(PY) -m pip install -q $(VENV)/.torch-wheel/torch-*.whl; \
+	fi
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $(STAMP)
 
