@@ -108,8 +108,37 @@ def backprop(m: Model) -> list[Equation]:
     return out
 
 
+def recognize(g: Node, m: Model) -> Node:
+    """Write named forward quantities back into an adjoint: where an elementwise map contains the
+    defining expression of a named variable (``z_c / sigma`` for ``\\bar z``), use the name."""
+    from .tensor import ARG, Map, map_, substitute
+
+    defs = [(eq.lhs, eq.rhs) for eq in m.equations
+            if isinstance(eq.rhs, Map) and eq.rhs.fn.is_Mul and len(eq.rhs.args) >= 2]
+    if not defs:
+        return g
+    mapping: dict[Node, Node] = {}
+    for n in walk([g], stop=lambda x: isinstance(x, Var)):
+        if not isinstance(n, Map):
+            continue
+        fn, args = n.fn, list(n.args)
+        for v, d in defs:
+            assert isinstance(d, Map)
+            if v in args or not all(a in args for a in d.args):
+                continue
+            pattern = d.fn.xreplace({ARG[j]: ARG[args.index(a)] for j, a in enumerate(d.args)})
+            new = fn.subs(pattern, ARG[len(args)])
+            if new != fn:
+                fn = new
+                args.append(v)
+        if fn != n.fn:
+            mapping[n] = map_(fn, args, n.shape)
+    return substitute(g, mapping) if mapping else g
+
+
 def _grad_eq(m: Model, leaf: Var, contribs: list[Node]) -> Equation:
     g = add_all(contribs, leaf.shape)
+    g = recognize(g, m) if g is not None else None
     name, tex = _adjoint_name(m, leaf)
     rhs = g if g is not None else Const(0, leaf.shape)
     lhs = Var(name, leaf.shape, "grad", tex, batched=_batched(rhs, leaf))
@@ -127,7 +156,9 @@ def _sweep(m: Model, eq: Equation, adj: dict[Var, list[Node]], targets: set[Var]
     if v is m.loss_var and v.name in m.adjoint_names:  # the seed, where the model names it
         name, tex = _adjoint_name(m, v)
         out.append(Equation(Var(name, v.shape, "adjoint", tex), g, "adjoint"))
-    if v is not m.loss_var and (v.name in m.adjoint_names or len(users) > 1) and not isinstance(g, Var):
+    g = recognize(g, m)
+    if (v is not m.loss_var and (v.name in m.adjoint_names or len(users) > 1) and not isinstance(g, Var)
+            and v.name not in m.inline_adjoints):
         name, tex = _adjoint_name(m, v)
         gv = Var(name, v.shape, "adjoint", tex, batched=_batched(g, v))
         out.append(Equation(gv, g, "adjoint"))

@@ -88,38 +88,26 @@ class _ScalarPrinter(LatexPrinter):
         return str(super()._print_Pow(expr))
 
     def _print_Mul(self, expr: sp.Mul) -> str:
-        c, rest = expr.as_coeff_Mul()
-        factors = sp.Mul.make_args(rest)
-        tens = [f for f in factors if self._is_tensor(f) and not (f.is_Pow and f.exp.is_negative)]
-        if any(f.is_Pow and f.exp.is_negative for f in factors):
+        factors = sp.Mul.make_args(expr)
+        tens = [f for f in factors if self._is_tensor(f)]
+        if not tens or any(f.is_Pow and f.exp.is_negative for f in tens):
             return str(super()._print_Mul(expr))
-        if len(tens) == 1 and len(factors) > 1:
-            # scalars first, as the book writes beta v + (1 - beta) g
-            scal = [f for f in factors if f is not tens[0]]
-            body = " ".join(rf"\left({self._print(f)}\right)" if f.is_Add else self._print(f) for f in scal)
-            t = self._print(tens[0])
-            body += " " + (rf"\left({t}\right)" if tens[0].is_Add else t)
-            if c == 1:
-                return body
-            if c == -1:
-                return "- " + body
-            return self._print(c) + " " + body
-        if len(tens) < 2:
-            return str(super()._print_Mul(expr))
+        scal = sp.Mul(*[f for f in factors if not self._is_tensor(f)])
+        if len(tens) == 1 and any(f.is_Pow and f.exp.is_negative for f in sp.Mul.make_args(scal)):
+            return str(super()._print_Mul(expr))  # v / (1 - beta^t) as a fraction
+        neg = scal.as_coeff_Mul()[0] < 0
+        if neg:
+            scal = -scal
         parts = []
-        # the book's order: derivative factors first (\dot S(z) \odot \zeta)
-        factors = sorted(factors, key=lambda f: not isinstance(f, sp.Function))
-        for f in factors:
-            s = self._print(f)
-            if f.is_Add:
-                s = rf"\left({s}\right)"
-            parts.append(s)
+        # the book's order: scalars, then derivative factors (\dot S(z) \odot \zeta), then tensors
+        for f in sorted(tens, key=lambda f: not isinstance(f, sp.Function)):
+            t = self._print(f)
+            parts.append(rf"\left({t}\right)" if f.is_Add else t)
         body = r" \odot ".join(parts)
-        if c == 1:
-            return body
-        if c == -1:
-            return "- " + body
-        return self._print(c) + " " + body
+        if scal != 1:
+            st = self._print(scal)
+            body = (rf"\left({st}\right)" if scal.is_Add else st) + " " + body
+        return ("- " if neg else "") + body
 
 
 class BookPrinter:
@@ -221,6 +209,14 @@ class BookPrinter:
             itex, iprec = self.node(inner)
             if inner.ndim == 0:
                 return rf"\left({itex}\right) \mathbf{{1}}", MUL
+            if inner.ndim == 1 and len(out) == 2:
+                t = itex if iprec == ATOM else rf"\left({itex}\right)"
+                if out[0] in spread:
+                    return rf"\mathbf{{1}} {transpose(itex, iprec)}", MUL
+                return rf"{t} \mathbf{{1}}^\top", MUL
+        scaled = self._hadamard_scaling(e)
+        if scaled is not None:
+            return scaled
         n_batched = sum(1 for o in e.operands if _batched(o)) if self.batch else 0
         for tex, prec, l, o in zip(texs, precs, ins, e.operands):
             if self.batch and _batched(o):
@@ -251,6 +247,31 @@ class BookPrinter:
             return sp.latex(coef), ATOM
         tex = f"{c_tex}{body}"
         return ("- " + tex if neg else tex), (ADD if neg else MUL)
+
+    def _hadamard_scaling(self, e: Einsum) -> tuple[str, int] | None:
+        """``sum_i A_ij s_j`` prints as ``s \\odot (A^T 1)``: an operand indexed only by output indices
+        that another operand also carries scales the result elementwise."""
+        from .tensor import einsum as _einsum
+
+        if len(e.operands) < 2 or self.batch:
+            return None
+        for k, (l, o) in enumerate(zip(e.ins, e.operands)):
+            if not l or not set(l) <= set(e.out) or len(set(l)) != len(l):
+                continue
+            rest_ins = [m for j, m in enumerate(e.ins) if j != k]
+            if not all(any(x in m for m in rest_ins) for x in l):
+                continue
+            rest = _einsum(rest_ins, e.out, [p for j, p in enumerate(e.operands) if j != k],
+                           dims=e.index_dims())
+            if l != tuple(x for x in e.out if x in l):
+                continue
+            rtex, rprec = self.node(rest)
+            otex, oprec = self.node(o)
+            wrap = lambda t, p: t if p == ATOM else rf"\left({t}\right)"  # noqa: E731
+            c_tex, neg = _coef(e.coef)
+            tex = f"{c_tex}{wrap(otex, oprec)} \\odot {wrap(rtex, rprec)}"
+            return ("- " + tex, ADD) if neg else (tex, MUL)
+        return None
 
     def _norm2(self, e: Einsum, kids: Sequence[tuple[str, int]]) -> tuple[str, int] | None:
         """``sum(x ** 2)`` prints as ``\\|x\\|^2``."""

@@ -88,6 +88,7 @@ class Model:
     newton: bool = False
     ranges: dict[str, tuple[int, int]] = field(default_factory=dict)
     adjoint_names: dict[str, tuple[str, str]] = field(default_factory=dict)
+    inline_adjoints: frozenset[str] = frozenset()
     kinks: bool = False
     #: the hard value modes the verifier draws besides normal and small values ("large": inputs of a few
     #: hundred, i.e. logits of order 1e3, where stable forms matter)
@@ -179,6 +180,7 @@ class Builder:
         self.inputs: dict[str, Var] = {}
         self.equations: list[Equation] = []
         self.adjoints: dict[str, tuple[str, str]] = {}
+        self.inline: set[str] = set()
         self.sample: sp.Symbol | None = None
         self.constants: dict[str, float] = {}
         self._names: set[str] = set()
@@ -235,9 +237,10 @@ class Builder:
             self.adjoints[name] = adjoint
         return v
 
-    def eq(self, name: str, rhs: Node, tex: str | None = None, adjoint: tuple[str, str] | None = None,
+    def eq(self, name: str, rhs: Node, tex: str | None = None, adjoint: tuple[str, str] | str | None = None,
            note: str = "") -> Var:
-        """Append the equation ``name = rhs``; ``adjoint`` names its adjoint as (identifier, LaTeX)."""
+        """Append the equation ``name = rhs``; ``adjoint`` names its adjoint as (identifier, LaTeX), or is
+        ``"inline"`` to keep its adjoint inside the equations that use it."""
         from .tensor import Map, check_scalar
 
         if not isinstance(rhs, Node):
@@ -247,11 +250,49 @@ class Builder:
                 check_scalar(n.fn, f"equation {name!r} of {self.name}")
         self._claim(name)
         batched = any(isinstance(n, Var) and n.batched for n in walk([rhs]))
-        v = Var(name, rhs.shape, "var", tex, batched=batched)
+        axis = self._centered_axis(rhs)
+        v = Var(name, rhs.shape, "var", tex, batched=batched,
+                domain=f"centered:{axis}" if axis is not None else "real")
         self.equations.append(Equation(v, rhs, "forward", note))
-        if adjoint:
+        if adjoint == "inline":
+            self.inline.add(name)
+        elif adjoint:
             self.adjoints[name] = adjoint
         return v
+
+    def _centered_axis(self, rhs: Node) -> int | None:
+        """The axis along which ``rhs`` sums to zero, when that follows from its form: ``x - mean(x)``
+        broadcast back along the axis, or a centered tensor scaled by something constant along it."""
+        from .tensor import ARG, Einsum, Map, _constant_along, _centered
+
+        if not isinstance(rhs, Map) or rhs.ndim == 0:
+            return None
+        defs = {eq.lhs: eq.rhs for eq in self.equations}
+        fn, args = rhs.fn, rhs.args
+        if fn.is_Add and len(fn.args) == 2 and len(args) == 2:
+            for i, j in ((0, 1), (1, 0)):
+                if fn != ARG[i] - ARG[j]:
+                    continue
+                b = args[j]
+                if not (isinstance(b, Einsum) and len(b.operands) == 1):
+                    continue
+                spread = [p for p, lab in enumerate(b.out) if all(lab not in l for l in b.ins)]
+                if len(spread) != 1:
+                    continue
+                src = b.operands[0]
+                src = defs.get(src, src) if isinstance(src, Var) else src
+                if (isinstance(src, Einsum) and len(src.operands) == 1 and src.operands[0] is args[i]
+                        and src.coef == 1 / args[i].shape[spread[0]]
+                        and len(src.out) == args[i].ndim - 1):
+                    return spread[0]
+        if fn.is_Mul:
+            for i, a in enumerate(args):
+                for p in range(rhs.ndim):
+                    if (_centered(a, p) and sp.Mul.make_args(fn).count(ARG[i]) == 1
+                            and all(_constant_along(b, p) is not None for j, b in enumerate(args) if j != i)
+                            and not any(ARG[i] in f.free_symbols and f != ARG[i] for f in sp.Mul.make_args(fn))):
+                        return p
+        return None
 
     def model(self, reduction: str = "mean", diff_inputs: Sequence[str] = (), hessian: Sequence[str] = (),
               newton: bool = False, kinks: bool = False, hard: Sequence[str] = ("large",)) -> Model:
@@ -266,7 +307,7 @@ class Builder:
             params=self.params, inputs=self.inputs, equations=self.equations, reduction=reduction,
             sample=self.sample, options=self.options, diff_inputs=tuple(diff_inputs),
             hessian_wrt=tuple(hessian), newton=newton, ranges=self.ranges, adjoint_names=self.adjoints,
-            kinks=kinks, constants=self.constants, hard=tuple(hard),
+            kinks=kinks, constants=self.constants, hard=tuple(hard), inline_adjoints=frozenset(self.inline),
         )
 
     def state(self, name: str, shape: Sequence[Any], tex: str | None = None) -> Var:

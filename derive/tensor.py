@@ -428,6 +428,18 @@ def map_(fn: sp.Expr, args: Sequence[Node], shape: Shape | None = None) -> Node:
             subs[ARG[i]] = a.value
         elif isinstance(a, Map):
             subs[ARG[i]] = a.fn.xreplace({ARG[j]: leaf(b) for j, b in enumerate(a.args)})
+        elif _is_broadcast_of_map(a):
+            # B(f(x, y)) = f(B(x), B(y)): broadcasts move onto the leaves, so that relations between
+            # named quantities (zbar = z_c / sigma) stay visible to the simplifier
+            assert isinstance(a, Einsum)
+            inner = a.operands[0]
+            assert isinstance(inner, Map)
+            bl = {ARG[j]: (leaf(_rebroadcast(a, b)) if b.shape else leaf(b)) for j, b in enumerate(inner.args)}
+            subs[ARG[i]] = a.coef * inner.fn.xreplace(bl)
+        elif isinstance(a, Einsum) and a.coef != 1:
+            # the scalar of a contraction moves into the map, where it simplifies and prints with its sign
+            unit = einsum(a.ins, a.out, a.operands, dims=a.index_dims())
+            subs[ARG[i]] = a.coef * leaf(unit)
         else:
             subs[ARG[i]] = leaf(a)
     body = fn.xreplace(subs)
@@ -452,6 +464,19 @@ def map_(fn: sp.Expr, args: Sequence[Node], shape: Shape | None = None) -> Node:
         n.fn, n.args, n.shape = body, args_t, shape
 
     return _intern(Map, (body, _key(args_t), shape), init)
+
+
+def _is_broadcast_of_map(a: Node) -> bool:
+    """A single-operand contraction that only adds (broadcast) axes to an elementwise map."""
+    if not (isinstance(a, Einsum) and len(a.operands) == 1 and isinstance(a.operands[0], Map)):
+        return False
+    (l,) = a.ins
+    return len(set(l)) == len(l) and set(l) <= set(a.out) and len(a.out) > len(l)
+
+
+def _rebroadcast(e: Einsum, leaf: Node) -> Node:
+    """``leaf`` (shaped like ``e``'s operand) broadcast the way ``e`` broadcasts its operand."""
+    return einsum([e.ins[0]], e.out, [leaf], dims=e.index_dims())
 
 
 def binary(op: Callable[[Any, Any], Any], a: Any, b: Any) -> Node:
@@ -686,6 +711,9 @@ def einsum(
                     changed = True
                     break
             seen[l] = k
+    split = _split_sums(ins_l, out_t, ops, size, coef)
+    if split is not None:
+        return split
     coef = sp.simplify(coef) if coef.free_symbols else coef
     out_shape = tuple(size[l] for l in out_t)
     if coef == 0:
@@ -707,6 +735,73 @@ def einsum(
         n.ins, n.out, n.operands, n.dims, n.coef, n.shape = c_ins, c_out, ops_t, c_dims, coef, out_shape
 
     return _intern(Einsum, (c_ins, c_out, _key(ops_t), c_dims, coef), init)
+
+
+def _constant_along(a: Node, pos: int) -> Node | None:
+    """If elementwise operand ``a`` is constant along its axis ``pos`` (a broadcast there, or a scalar),
+    the operand without that axis; else ``None``."""
+    if a.ndim == 0:
+        return a
+    if isinstance(a, Const):
+        return Const(a.value, a.shape[:pos] + a.shape[pos + 1 :])
+    if isinstance(a, Einsum):
+        lab = a.out[pos]
+        if all(lab not in l for l in a.ins):
+            return einsum(a.ins, a.out[:pos] + a.out[pos + 1 :], a.operands, dims=a.index_dims(), coef=a.coef)
+    return None
+
+
+def _centered(n: Node, pos: int) -> bool:
+    """Whether ``n`` sums to zero along its axis ``pos`` (declared through its domain)."""
+    return isinstance(n, Var) and n.domain == f"centered:{pos}"
+
+
+def _split_sums(ins_l: list[tuple[Label, ...]], out_t: tuple[Label, ...], ops: list[Node],
+                size: dict[Label, Dim], coef: sp.Expr) -> Node | None:
+    """Sums of elementwise products: pull factors that are constant along the summed index out of the
+    sum, split sums of sums (linearity) where that lets a term vanish, and drop sums of centered tensors.
+    Returns the rewritten contraction, or ``None`` when nothing applies."""
+    for k, (l, o) in enumerate(zip(ins_l, ops)):
+        others = set(out_t).union(*(set(m) for j, m in enumerate(ins_l) if j != k))
+        summed = [p for p, lab in enumerate(l) if lab not in others and l.count(lab) == 1]
+        if not summed:
+            continue
+        for p in summed:
+            if _centered(o, p):
+                return zeros(tuple(size[x] for x in out_t))
+        if not isinstance(o, Map):
+            continue
+        terms = sp.Add.make_args(sp.expand(o.fn)) if o.fn.is_Add else None
+        if terms is not None and len(terms) > 1:
+            parts = [einsum(ins_l, out_t, ops[:k] + [map_(t, o.args, o.shape)] + ops[k + 1 :], dims=size, coef=coef)
+                     for t in terms]
+            if any(is_zero(x) for x in parts) or any(_pulled(x, ops) for x in parts):
+                return add_all(parts, tuple(size[x] for x in out_t)) or zeros(tuple(size[x] for x in out_t))
+            continue
+        for p in summed:
+            const_args = {i: _constant_along(a, p) for i, a in enumerate(o.args)}
+            factors = sp.Mul.make_args(o.fn)
+            inside, outside = [], []
+            for f in factors:
+                syms = [i for i in range(len(o.args)) if ARG[i] in f.free_symbols]
+                (outside if syms and all(const_args[i] is not None for i in syms) else inside).append(f)
+            if not outside or not inside:
+                continue
+            out_fn = sp.Mul(*outside)
+            used = sorted({i for i in range(len(o.args)) if ARG[i] in out_fn.free_symbols})
+            reduced = [const_args[i] for i in used]
+            out_fn = out_fn.xreplace({ARG[i]: ARG[j] for j, i in enumerate(used)})
+            lab_out = l[:p] + l[p + 1 :]
+            shape_out = tuple(size[x] for x in lab_out)
+            outer_op = map_(out_fn, [r for r in reduced if r is not None], shape_out)
+            inner_op = map_(sp.Mul(*inside), o.args, o.shape)
+            return einsum(ins_l[:k] + [l, lab_out] + ins_l[k + 1 :], out_t,
+                          ops[:k] + [inner_op, outer_op] + ops[k + 1 :], dims=size, coef=coef)
+    return None
+
+
+def _pulled(x: Node | None, before: list[Node]) -> bool:
+    return isinstance(x, Einsum) and len(x.operands) > len(before)
 
 
 def _leaves(n: Node) -> int:

@@ -405,19 +405,21 @@ def bench_derive(settings: Settings) -> int:
     for name in chosen:
         def get_and_backprop(name: str = name) -> tuple[Any, Any]:
             m = derive.models.get(name)
-            return m, derive.backprop(m)
+            # an update program (an optimizer) maps state to next state: it has no loss to backprop
+            return m, None if getattr(m, "is_update", False) else derive.backprop(m)
 
         try:
             t_derive, (m, adjoint) = _cold_seconds(get_and_backprop, settings.derive_rounds)
-            equations = str(len(adjoint))
         except Exception as exc:  # report and go on: one broken entry must not hide the others
             errors += 1
             rows.append([name, "error", "", "", _short_error(exc)])
             continue
+        equations, note = ("-", "update program: get only, no backprop") if adjoint is None else \
+            (str(len(adjoint)), "")
         try:
             t_source, _ = _cold_seconds(functools.partial(numeric.source, m, backend="torch"),
                                         settings.derive_rounds)
-            source_ms, note = _ms(t_source), ""
+            source_ms = _ms(t_source)
         except Exception as exc:
             errors += 1
             source_ms, note = "error", _short_error(exc)
@@ -569,6 +571,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true",
                         help="small sizes, few rounds, two zoo entries: a smoke run of a few seconds")
     parser.add_argument("--only", choices=sorted(SECTIONS), help="run one section only")
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["--"]:  # ``dlmath bench -- --quick`` hands the separator on
+        argv = argv[1:]
     args = parser.parse_args(argv)
     settings = QUICK if args.quick else FULL
 

@@ -53,9 +53,12 @@ def _assert_safe_module(src: str) -> None:
     assert isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)  # docstring
     for node in body[1:]:
         if isinstance(node, ast.Import):
-            assert all(a.name in ("numpy", "torch") for a in node.names), ast.unparse(node)
+            assert all(a.name in ("numpy", "torch", "math") for a in node.names), ast.unparse(node)
         elif isinstance(node, ast.ImportFrom):
             assert node.module == "numeric" and all(a.name in ("ops_numpy", "ops_torch") for a in node.names)
+        elif isinstance(node, ast.Assign):  # a named constant (hyperparameter): NAME = number
+            assert len(node.targets) == 1 and isinstance(node.targets[0], ast.Name), ast.unparse(node)
+            assert isinstance(node.value, ast.Constant) and isinstance(node.value.value, float), ast.unparse(node)
         else:
             assert isinstance(node, ast.FunctionDef) and node.name == "kernel", ast.unparse(node)
     fn = _kernel_def(src)

@@ -165,3 +165,27 @@ def test_newton_step_matches_closed_form() -> None:
     step = np.linalg.solve(H, Xt.T @ (s - y) / n)
     np.testing.assert_allclose(out["newton"]["w"], w - step[:p], rtol=1e-10)
     np.testing.assert_allclose(out["newton"]["b"], b - step[p], rtol=1e-10)
+
+
+def test_batch_norm_backward_is_the_three_term_form() -> None:
+    r"""From the generic rules: \bar Z = (1/sigma) [\bar G - (1/n) sum_i \bar G - (1/n) \bar Z sum_i \bar G \bar Z]
+    with \bar G = G gamma, in terms of the named \bar Z (normalized input) and sigma only."""
+    m = derive.models.get("batch_norm")
+    eq = derive.grad(m, "Z")
+    assert isinstance(eq.rhs, Map)
+    assert len(sp.Add.make_args(eq.rhs.fn)) == 3
+    leaves = {v.name for v in walk([eq.rhs]) if isinstance(v, Var)}
+    assert leaves == {"zbar_bar", "sigma", "zbar"}  # no z - mu, no mu: the centered sums vanished
+    assert derive.latex(eq) == (
+        r"\bar{Z} = \frac{\bar{G}}{\left(\mathbf{1} \hat{\sigma}^\top\right)} - \frac{\mathbf{1} \left(\left("
+        r"\frac{1}{\hat{\sigma}}\right) \odot \left(\bar{G}^\top \mathbf{1}\right)\right)^\top}{n} - \frac{1}{n} "
+        r"\mathbf{1} \left(\left(\frac{1}{\hat{\sigma}}\right) \odot \left(\left(\bar{G} \odot \bar{Z}\right)^\top "
+        r"\mathbf{1}\right)\right)^\top \odot \bar{Z}")
+    # and the numbers: against the textbook three-term formula
+    rng = np.random.default_rng(3)
+    Z, G, gamma, beta = rng.normal(size=(7, 3)), rng.normal(size=(7, 3)), rng.normal(size=3), rng.normal(size=3)
+    out = numeric.compile(m)(Z=Z, G=G, gamma=gamma, beta=beta)
+    sd = np.sqrt(Z.var(0) + 1e-5)
+    zbar, g = (Z - Z.mean(0)) / sd, G * gamma
+    want = (7 * g - g.sum(0) - zbar * (g * zbar).sum(0)) / (7 * sd)
+    np.testing.assert_allclose(out["grad"]["Z"], want, rtol=1e-10, atol=1e-12)

@@ -165,7 +165,7 @@ def batch_norm(eps: float = 1e-5) -> Model:
     Z = b.input("Z", (n, N), "Z", adjoint=("g_Z", r"\bar{Z}"))
     G = b.input("G", (n, N), "G")
     mu = b.eq("mu", mean(Z, 0), r"\hat{\mu}")
-    zc = b.eq("zc", Z - mu, r"Z_{c}")
+    zc = b.eq("zc", Z - mu, r"Z_{c}", adjoint="inline")
     sd = b.eq("sigma", sqrt(mean(zc**2, 0) + ep), r"\hat{\sigma}")
     zbar = b.eq("zbar", zc / sd, r"\bar{Z}", adjoint=("zbar_bar", r"\bar{G}"))
     zt = b.eq("ztilde", gamma * zbar + beta, r"\tilde{Z}")
