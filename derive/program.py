@@ -254,7 +254,9 @@ class Builder:
         v = Var(name, rhs.shape, "var", tex, batched=batched,
                 domain=f"centered:{axis}" if axis is not None else "real")
         self.equations.append(Equation(v, rhs, "forward", note))
-        if adjoint == "inline":
+        if isinstance(adjoint, str):
+            if adjoint != "inline":
+                raise ModelError(f"{self.name}: adjoint of {name!r} must be (identifier, LaTeX) or 'inline'")
             self.inline.add(name)
         elif adjoint:
             self.adjoints[name] = adjoint
@@ -263,7 +265,7 @@ class Builder:
     def _centered_axis(self, rhs: Node) -> int | None:
         """The axis along which ``rhs`` sums to zero, when that follows from its form: ``x - mean(x)``
         broadcast back along the axis, or a centered tensor scaled by something constant along it."""
-        from .tensor import ARG, Einsum, Map, _constant_along, _centered
+        from .tensor import ARG, Einsum, Map, _centered, _constant_along
 
         if not isinstance(rhs, Map) or rhs.ndim == 0:
             return None

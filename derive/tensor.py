@@ -781,7 +781,8 @@ def _split_sums(ins_l: list[tuple[Label, ...]], out_t: tuple[Label, ...], ops: l
         for p in summed:
             const_args = {i: _constant_along(a, p) for i, a in enumerate(o.args)}
             factors = sp.Mul.make_args(o.fn)
-            inside, outside = [], []
+            inside: list[sp.Expr] = []
+            outside: list[sp.Expr] = []
             for f in factors:
                 syms = [i for i in range(len(o.args)) if ARG[i] in f.free_symbols]
                 (outside if syms and all(const_args[i] is not None for i in syms) else inside).append(f)
