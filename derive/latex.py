@@ -291,7 +291,7 @@ class BookPrinter:
         factors = []
         for tex, prec, l in zip(texs, precs, e.ins):
             t = tex if prec == ATOM else rf"\left({tex}\right)"
-            factors.append(f"{t}_{{{''.join(letters[i % len(letters)] for i in l)}}}" if l else t)
+            factors.append(f"{{{t}}}_{{{''.join(letters[i % len(letters)] for i in l)}}}" if l else t)
         c_tex, neg = _coef(e.coef)
         s = (r"\sum_{" + ",".join(letters[i % len(letters)] for i in summed) + "} ") if summed else ""
         body = f"{'- ' if neg else ''}{c_tex}{s}{' '.join(factors)}"

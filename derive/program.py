@@ -276,6 +276,11 @@ class Builder:
                 if fn != ARG[i] - ARG[j]:
                     continue
                 b = args[j]
+                if b.ndim == 0 and args[i].ndim == 1:  # a vector minus its own mean (a scalar)
+                    src0 = defs.get(b, b) if isinstance(b, Var) else b
+                    if (isinstance(src0, Einsum) and len(src0.operands) == 1 and src0.operands[0] is args[i]
+                            and src0.coef == 1 / args[i].shape[0]):
+                        return 0
                 if not (isinstance(b, Einsum) and len(b.operands) == 1):
                     continue
                 spread = [p for p, lab in enumerate(b.out) if all(lab not in l for l in b.ins)]

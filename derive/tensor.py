@@ -281,6 +281,33 @@ class Eye(Node):
         return ctx.eye(self)
 
 
+class CausalMask(Node):
+    """The additive causal mask M of shape (T_q, T_k): 0 where key k <= query q, -infinity above (the
+    scores of future steps are set to -infinity before the softmax, §7.5)."""
+
+    kind = "causal_mask"
+
+    def __new__(cls, tq: Dim, tk: Dim) -> CausalMask:
+        shape = (sp.sympify(tq), sp.sympify(tk))
+
+        def init(n: Any) -> None:
+            n.shape = shape
+
+        return _intern(cls, shape, init)
+
+    def vjp(self, g: Node, out: Node) -> list[Node | None]:
+        return []
+
+    def jvp(self, tangents: Sequence[Node | None], tshape: Shape, out: Node) -> Node | None:
+        return None
+
+    def latex(self, args: Sequence[str], printer: Any) -> str:
+        return r"M_{\mathrm{causal}}"
+
+    def lower(self, args: Sequence[str], backend: str, ctx: Any) -> str:
+        return ctx.causal_mask(self)
+
+
 def zeros(shape: Shape) -> Const:
     return Const(0, shape)
 
@@ -650,7 +677,13 @@ def einsum(
                 del ins_l[k], ops[k]
                 changed = True
                 break
-            if isinstance(o, Einsum):
+            if isinstance(o, Einsum) and not _flattens(o) and o.coef != 1:
+                # a nested contraction stays a node, but its scalar moves out to the parent
+                coef *= o.coef
+                ops[k] = einsum(o.ins, o.out, o.operands, dims=o.index_dims())
+                changed = True
+                break
+            if isinstance(o, Einsum) and _flattens(o):
                 ren: dict[int, Label] = {}
                 for pos, lab in enumerate(o.out):
                     ren[lab] = l[pos]
@@ -735,6 +768,14 @@ def einsum(
         n.ins, n.out, n.operands, n.dims, n.coef, n.shape = c_ins, c_out, ops_t, c_dims, coef, out_shape
 
     return _intern(Einsum, (c_ins, c_out, _key(ops_t), c_dims, coef), init)
+
+
+def _flattens(o: Einsum) -> bool:
+    """Whether a nested contraction is merged into its parent: when it only multiplies and broadcasts (no
+    sum of its own), or holds an identity to contract away. A nested product with its own sum (U V^T) stays
+    a node, so that it is computed once and shared."""
+    inner_sums = {l for ls in o.ins for l in ls} - set(o.out)
+    return not inner_sums or any(isinstance(x, (Eye, Const)) for x in o.operands)
 
 
 def _constant_along(a: Node, pos: int) -> Node | None:
@@ -1218,7 +1259,7 @@ def stop_gradient(x: Node) -> Node:
 
 #: The primitive table: every node type with its rules. A test checks each defines vjp, jvp, latex, lower.
 PRIMITIVES: tuple[type[Node], ...] = (
-    Var, Const, Eye, Map, Einsum, Softmax, LogSoftmax, LogSumExp, Max, ArgMaxMask, StopGrad, Take, Embed,
+    Var, Const, Eye, CausalMask, Map, Einsum, Softmax, LogSoftmax, LogSumExp, Max, ArgMaxMask, StopGrad, Take, Embed,
 )
 
 

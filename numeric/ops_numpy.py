@@ -82,3 +82,10 @@ def full(shape: tuple[int, ...], value: float, like: Array) -> Array:
 
 def solve(a: Array, b: Array) -> Array:
     return np.linalg.solve(a, b)
+
+
+def causal_mask(tq: int, tk: int, like: Array) -> Array:
+    """0 where key k <= query q, -inf above the diagonal (top-left aligned, as torch's is_causal)."""
+    m = np.zeros((tq, tk), dtype=np.asarray(like).dtype)
+    m[np.triu_indices(tq, 1, tk)] = -np.inf
+    return m

@@ -52,3 +52,10 @@ def full(shape: tuple[int, ...], value: float, like: Tensor) -> Tensor:
 
 def solve(a: Tensor, b: Tensor) -> Tensor:
     return torch.linalg.solve(a, b)
+
+
+def causal_mask(tq: int, tk: int, like: Tensor) -> Tensor:
+    """0 where key k <= query q, -inf above the diagonal (top-left aligned, as is_causal=True)."""
+    ones = torch.ones(tq, tk, dtype=torch.bool, device=like.device)
+    zero = torch.zeros(tq, tk, dtype=like.dtype, device=like.device)
+    return zero.masked_fill(torch.triu(ones, 1), float("-inf"))

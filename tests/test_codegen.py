@@ -185,13 +185,22 @@ def _repeated_subexpressions(src: str) -> dict[str, set[int]]:
     """Array subexpressions (calls, operators, indexing that involve a name) found in two statements."""
     fn = _kernel_def(src)
     seen: dict[str, set[int]] = collections.defaultdict(set)
+    sizes = {st.targets[0].id for st in fn.body  # dimensions read off shapes: scalar arithmetic on them is free
+             if isinstance(st, ast.Assign) and isinstance(st.targets[0], ast.Name) and node_is_shape(st.value)}
     for i, st in enumerate(fn.body):
         for node in ast.walk(st):
             if isinstance(node, (ast.Call, ast.BinOp, ast.Subscript, ast.UnaryOp)):
-                names = {n.id for n in ast.walk(node) if isinstance(n, ast.Name)} - {"np", "torch", "ops"}
-                if names and not node_is_shape(node):
+                names = {n.id for n in ast.walk(node) if isinstance(n, ast.Name)} - {"np", "torch", "ops", "math"}
+                if names and not names <= sizes and not node_is_shape(node) and not _is_view(node):
                     seen[ast.unparse(node)].add(i)
     return {k: v for k, v in seen.items() if len(v) > 1}
+
+
+def _is_view(node: ast.AST) -> bool:
+    """``x[:, None]``: a broadcasting view of a name, which costs nothing to form again."""
+    return (isinstance(node, ast.Subscript) and isinstance(node.value, ast.Name)
+            and all(isinstance(e, ast.Slice) or (isinstance(e, ast.Constant) and e.value is None)
+                    for e in (node.slice.elts if isinstance(node.slice, ast.Tuple) else [node.slice])))
 
 
 def node_is_shape(node: ast.AST) -> bool:

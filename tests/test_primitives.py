@@ -30,6 +30,7 @@ from derive import nn
 from derive.tensor import (
     ARG,
     PRIMITIVES,
+    CausalMask,
     Node,
     einsum,
     log_softmax,
@@ -124,6 +125,9 @@ LAYER_CASES: list[Case] = [
     Case("mean_axis-1", ("R", "S"), lambda Z: mean(nn.sin(Z), -1), lambda Z: torch.sin(Z).mean(2)),
     Case("mean_all", ("R", "S"), lambda Z: mean(Z), lambda Z: Z.mean((1, 2))),
     # axis primitives
+    Case("causal_masked_softmax", ("R", "S"), lambda Z: softmax(Z + CausalMask(Z.shape[0], Z.shape[1]), -1),
+         lambda Z: torch.softmax(Z.masked_fill(torch.triu(torch.ones(Z.shape[1:], dtype=torch.bool), 1),
+                                               float("-inf")), 2)),
     Case("softmax_axis0", ("R", "S"), lambda Z: softmax(Z, 0), lambda Z: torch.softmax(Z, 1)),
     Case("softmax_axis-1", ("R", "S"), lambda Z: softmax(Z, -1), lambda Z: torch.softmax(Z, 2)),
     Case("log_softmax_axis0", ("R", "S"), lambda Z: log_softmax(Z, 0), lambda Z: torch.log_softmax(Z, 1)),

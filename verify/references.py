@@ -501,3 +501,106 @@ def batch_norm(*, gamma: torch.Tensor, beta: torch.Tensor, Z: torch.Tensor, G: t
     """
     out = F.batch_norm(Z, None, None, weight=gamma, bias=beta, training=True, eps=eps)
     return _layer_loss(out, G)
+
+
+@_register()
+def layer_norm(*, gamma: torch.Tensor, beta: torch.Tensor, Z: torch.Tensor, G: torch.Tensor,
+               eps: float = 1e-5) -> torch.Tensor:
+    """C = sum(G * F.layer_norm(Z, (p,), gamma, beta, eps)).
+
+    Args:
+        gamma, beta: shape (p,).
+        Z: inputs, shape (n, p).
+        G: upstream gradient, shape (n, p).
+        eps: added to the variance.
+
+    Returns:
+        The scalar probe loss.
+    """
+    return _layer_loss(F.layer_norm(Z, (Z.shape[-1],), gamma, beta, eps), G)
+
+
+@_register()
+def attention(*, Q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, G: torch.Tensor,
+              causal: bool = False) -> torch.Tensor:
+    """C = sum(G * F.scaled_dot_product_attention(Q, K, V, is_causal=causal)).
+
+    Args:
+        Q: queries (n, T_q, d); K: keys (n, T_k, d); V: values (n, T_k, d_v).
+        G: upstream gradient (n, T_q, d_v).
+        causal: mask keys after the query's position (top-left aligned).
+
+    Returns:
+        The scalar probe loss.
+    """
+    return _layer_loss(F.scaled_dot_product_attention(Q, K, V, is_causal=causal), G)
+
+
+def _mha_module(W_q: torch.Tensor, W_k: torch.Tensor, W_v: torch.Tensor, W_o: torch.Tensor,
+                heads: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """nn.MultiheadAttention's packed weights from per-head ones: in_proj (3p, p), out_proj (p, p)."""
+    H, m, p = W_q.shape
+    in_proj = torch.cat([W_q.reshape(H * m, p), W_k.reshape(H * m, p), W_v.reshape(H * m, p)], 0)
+    return in_proj, W_o.reshape(p, H * m)
+
+
+def _mha(X: torch.Tensor, W_q: torch.Tensor, W_k: torch.Tensor, W_v: torch.Tensor, W_o: torch.Tensor,
+         heads: int, causal: bool) -> torch.Tensor:
+    in_proj, out_w = _mha_module(W_q, W_k, W_v, W_o, heads)
+    p = X.shape[-1]
+    T = X.shape[-2]
+    mask = torch.triu(torch.ones(T, T, dtype=torch.bool, device=X.device), 1) if causal else None
+    out, _ = F.multi_head_attention_forward(
+        X.transpose(0, 1), X.transpose(0, 1), X.transpose(0, 1), p, heads, in_proj, None, None, None, False,
+        0.0, out_w, None, training=False, need_weights=False, attn_mask=mask)
+    return out.transpose(0, 1)
+
+
+@_register()
+def multihead_attention(*, W_q: torch.Tensor, W_k: torch.Tensor, W_v: torch.Tensor, W_o: torch.Tensor,
+                        X: torch.Tensor, G: torch.Tensor, heads: int = 2, causal: bool = False) -> torch.Tensor:
+    """C = sum(G * MHA(X, X, X)): torch's nn.MultiheadAttention computation (bias-free), weights mapped.
+
+    Args:
+        W_q, W_k, W_v: per-head projections (H, m, p); packed as in_proj_weight (3p, p), head-major.
+        W_o: output projection (p, H, m); out_proj.weight is its (p, H m) reshape.
+        X: inputs (n, T, p); G: upstream gradient (n, T, p).
+        heads: H; causal: mask future steps.
+
+    Returns:
+        The scalar probe loss.
+    """
+    return _layer_loss(_mha(X, W_q, W_k, W_v, W_o, heads, causal), G)
+
+
+@_register()
+def transformer_block(*, X: torch.Tensor, G: torch.Tensor, heads: int = 2, eps: float = 1e-5,
+                      **params: torch.Tensor) -> torch.Tensor:
+    """C = sum(G * nn.TransformerEncoderLayer(norm_first=False, activation="relu", dropout=0)(X)),
+    with the layer's weights set from ours (attention bias-free, as the block of (7.31)).
+
+    Args:
+        X: inputs (n, T, p); G: upstream gradient (n, T, p).
+        heads: H; eps: layer-norm epsilon.
+        **params: W_q, W_k, W_v, W_o, gamma1, beta1, W1, b1, W2, b2, gamma2, beta2.
+
+    Returns:
+        The scalar probe loss.
+    """
+    P = params
+    p = X.shape[-1]
+    layer = torch.nn.TransformerEncoderLayer(p, heads, dim_feedforward=P["W1"].shape[0], dropout=0.0,
+                                             activation="relu", batch_first=True, norm_first=False,
+                                             layer_norm_eps=eps, bias=True, dtype=X.dtype, device=X.device)
+    in_proj, out_w = _mha_module(P["W_q"], P["W_k"], P["W_v"], P["W_o"], heads)
+    zero_p = torch.zeros(p, dtype=X.dtype, device=X.device)
+    # functional call: our tensors (which carry autograd) replace the module's parameters
+    state = {
+        "self_attn.in_proj_weight": in_proj, "self_attn.in_proj_bias": torch.zeros(3 * p, dtype=X.dtype,
+                                                                                     device=X.device),
+        "self_attn.out_proj.weight": out_w, "self_attn.out_proj.bias": zero_p,
+        "linear1.weight": P["W1"], "linear1.bias": P["b1"], "linear2.weight": P["W2"], "linear2.bias": P["b2"],
+        "norm1.weight": P["gamma1"], "norm1.bias": P["beta1"], "norm2.weight": P["gamma2"], "norm2.bias": P["beta2"],
+    }
+    out = torch.func.functional_call(layer, state, (X,))
+    return _layer_loss(out, G)
