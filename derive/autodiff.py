@@ -23,9 +23,12 @@ def clear_caches() -> None:
     """Forget cached derivations (benchmarks time derivations from scratch)."""
     _BACKPROP.clear()
     _HESSIAN.clear()
-    from .tensor import simplify_scalar
+    from . import models
+    from .tensor import _derivative, simplify_scalar
 
     simplify_scalar.cache_clear()
+    _derivative.cache_clear()
+    models._CACHE.clear()
 
 
 def _adjoint_name(m: Model, v: Var) -> tuple[str, str]:

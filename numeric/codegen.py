@@ -141,7 +141,9 @@ def _stable_node(root: Node, defs: dict[Var, Node]) -> Node:
             if isinstance(d, Map) and d.fn == sigmoid(ARG[0]) and len(d.args) == 1:
                 u = ARG[len(args)]
                 args.append(d.args[0])
-                fn = fn.replace(sp.log(1 - ARG[i]), -softplus(u)).replace(sp.log(ARG[i]), -softplus(-u))
+                # log sigma(u) = -softplus(-u) = u - softplus(u); log(1 - sigma(u)) = -softplus(u): one pass
+                fn = fn.replace(sp.log(1 - ARG[i]), -softplus(u)).replace(sp.log(ARG[i]), u - softplus(u))
+                fn = sp.expand(fn)
             elif isinstance(d, Softmax):
                 ls = ARG[len(args)]
                 args.append(LogSoftmax(d.x, d.axis))
@@ -156,11 +158,27 @@ def _stable_node(root: Node, defs: dict[Var, Node]) -> Node:
 # --------------------------------------------------------------------------------------------------
 
 
+def _print_add(printer: Any, expr: sp.Add) -> str:
+    """``a - b`` rather than ``-b + a``: positive terms first, no negation to compute."""
+    terms = sorted(sp.Add.make_args(expr), key=lambda t: t.could_extract_minus_sign())
+    out = ""
+    for i, t in enumerate(terms):
+        neg = t.could_extract_minus_sign()
+        body = printer._print(-t if neg else t)
+        if (-t if neg else t).is_Add:
+            body = f"({body})"
+        out += (" - " if neg else " + ") + body if i else ("-" if neg else "") + body
+    return out
+
+
 class _NumpyScalar(NumPyPrinter):
     def __init__(self, names: dict[sp.Symbol, str]):
         super().__init__({"fully_qualified_modules": False, "allow_unknown_functions": False})
         self._module = "np"
         self.names = names
+
+    def _print_Add(self, expr: sp.Add, order: Any = None) -> str:
+        return _print_add(self, expr)
 
     def _print_Symbol(self, expr: sp.Symbol) -> str:
         return self.names.get(expr, str(expr))
@@ -173,6 +191,9 @@ class _TorchScalar(TorchPrinter):
     def __init__(self, names: dict[sp.Symbol, str]):
         super().__init__({"fully_qualified_modules": True})
         self.names = names
+
+    def _print_Add(self, expr: sp.Add, order: Any = None) -> str:
+        return _print_add(self, expr)
 
     def _print_Symbol(self, expr: sp.Symbol) -> str:
         return self.names.get(expr, str(expr))
@@ -313,10 +334,13 @@ class Lowering:
             mm = self._matmul(ins[0], ins[1], out, ops[0], ops[1])
             if mm is not None:
                 return mm
+            if ins[0] == ins[1] and set(out) <= set(ins[0]):  # a Hadamard product, then sums
+                return self._single(ins[0], out, f"{_paren(ops[0])} * {_paren(ops[1])}")
         spec = ",".join(ins) + "->" + out
         if self.backend == "torch":
             return f"torch.einsum('{spec}', {', '.join(ops)})"
-        return f"np.einsum('{spec}', {', '.join(ops)}, optimize=True)"
+        opt = ", optimize=True" if len(ops) > 2 else ""  # planning pays only for three or more operands
+        return f"np.einsum('{spec}', {', '.join(ops)}{opt})"
 
     def _single(self, li: str, out: str, op: str) -> str:
         summed = [i for i, c in enumerate(li) if c not in out]

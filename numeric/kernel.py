@@ -47,8 +47,9 @@ def source(m: Model, backend: str = "numpy", hessian: Sequence[str] = ()) -> str
 class Kernel:
     """A compiled model: ``f(**arrays) -> {"loss": float, "grad": {...}[, "hessian", "newton"]}``.
 
-    Arrays are checked (names, shapes against the model's dimensions, dtypes, finiteness) unless the
-    kernel was compiled with ``check=False``; ``f.raw`` is the generated function itself.
+    Arrays are checked (names, shapes against the model's dimensions, dtypes) unless the kernel was
+    compiled with ``check=False``; a NaN or infinity in an input is reported by name when it makes the
+    result non-finite (the inputs are scanned only then). ``f.raw`` is the generated function itself.
     """
 
     def __init__(self, m: Model, backend: str, device: str | None, hessian: tuple[str, ...], check: bool):
@@ -64,6 +65,7 @@ class Kernel:
         exec(builtins.compile(self.source, filename, "exec"), ns)  # our own generated code, identifiers validated
         self.raw = ns["kernel"]
         self.names = list(m.params) + list(m.inputs)
+        self._shape_plan = self._plan()
 
     def __repr__(self) -> str:
         return f"<dlmath kernel {self.model.name} [{self.backend}]>"
@@ -72,8 +74,12 @@ class Kernel:
         args = self._prepare(arrays) if self.check else self._convert(arrays)
         out = self.raw(**args)
         if self.model.is_update:
+            if self.check:
+                self._check_finite(args, out)
             return dict(out)
         out["loss"] = float(out["loss"])
+        if self.check:
+            self._check_finite(args, out)
         if self.model.newton and self.hessian:
             out["newton"] = self._newton(args, out)
         return out
@@ -90,11 +96,25 @@ class Kernel:
             out[k] = t.to(self.device) if self.device is not None else t
         return out
 
+    def _plan(self) -> list[tuple[str, tuple[Any, ...], str]]:
+        """Per array: its expected shape as (int | dimension name | expression) entries, computed once."""
+        m = self.model
+        plan = []
+        for name in self.names:
+            var = m.tensor(name)
+            want = ((m.sample,) if var.batched else ()) + tuple(var.shape)
+            entries: list[Any] = []
+            for d0 in want:
+                d = sp.sympify(d0)
+                entries.append(int(d) if d.is_Integer else (str(d) if d.is_Symbol else d))
+            plan.append((name, tuple(entries), _fmt(want)))
+        return plan
+
     def _prepare(self, arrays: dict[str, Any]) -> dict[str, Any]:
         m = self.model
-        missing = [n for n in self.names if n not in arrays]
-        extra = [n for n in arrays if n not in self.names]
-        if missing or extra:
+        if len(arrays) != len(self.names) or any(n not in arrays for n in self.names):
+            missing = [n for n in self.names if n not in arrays]
+            extra = [n for n in arrays if n not in self.names]
             parts = []
             if missing:
                 parts.append(f"missing {', '.join(missing)}")
@@ -111,30 +131,43 @@ class Kernel:
         for k, d in dtypes.items():
             if d not in ("float32", "float64", "int64", "int32", "bool", "int16", "int8", "uint8"):
                 raise InputError(f"{m.name}: array {k} has dtype {d}; give float32 or float64")
-        conv = {k: _cast(v, target) for k, v in conv.items()}
-        sizes: dict[sp.Symbol, tuple[int, str]] = {}
-        for name in self.names:
-            var = m.tensor(name)
-            want = ((m.sample,) if var.batched else ()) + tuple(var.shape)
+            if d != target:
+                conv[k] = _cast(conv[k], target)
+        sizes: dict[str, tuple[int, str]] = {}
+        later: list[tuple[str, Any, int, tuple[int, ...], str]] = []
+        for name, want, text in self._shape_plan:
             got = tuple(conv[name].shape)
             if len(got) != len(want):
-                raise InputError(f"{m.name}: {name} should have shape {_fmt(want)} ({len(want)} axes), "
-                                 f"got shape {got}")
-            for d0, g in zip(want, got):
-                d = sp.sympify(d0)
-                if d.is_Integer:
-                    if int(d) != g:
-                        raise InputError(f"{m.name}: {name} should have shape {_fmt(want)}, got {got}")
-                elif d.is_Symbol:
-                    if d in sizes and sizes[d][0] != g:
-                        other = sizes[d][1]
-                        raise InputError(f"{m.name}: dimension {d} is {sizes[d][0]} in {other} but {g} in "
-                                         f"{name} (shape {got}, expected {_fmt(want)})")
-                    sizes.setdefault(d, (g, name))
-        for name, v in conv.items():
-            if not _all_finite(v):
-                raise InputError(f"{m.name}: array {name} contains NaN or infinity; pass finite values")
+                raise InputError(f"{m.name}: {name} should have shape {text} ({len(want)} axes), got shape {got}")
+            for d, g in zip(want, got):
+                if isinstance(d, int):
+                    if d != g:
+                        raise InputError(f"{m.name}: {name} should have shape {text}, got {got}")
+                elif isinstance(d, str):
+                    seen = sizes.get(d)
+                    if seen is None:
+                        sizes[d] = (g, name)
+                    elif seen[0] != g:
+                        raise InputError(f"{m.name}: dimension {d} is {seen[0]} in {seen[1]} but {g} in {name} "
+                                         f"(shape {got}, expected {text})")
+                else:
+                    later.append((name, d, g, got, text))
+        for name, d, g, got, text in later:  # dimensions that are expressions, e.g. p = H m
+            value = d.subs({sp.Symbol(k, integer=True, positive=True): v for k, (v, _) in sizes.items()})
+            if value.is_Integer and int(value) != g:
+                raise InputError(f"{m.name}: {name} should have shape {text} = {value} along that axis, got {got}")
         return conv
+
+    def _check_finite(self, args: dict[str, Any], out: dict[str, Any]) -> None:
+        """A NaN or infinity in an input shows in the outputs; only then are the inputs scanned, to name it."""
+        if self.model.is_update:
+            if all(_all_finite(v) for v in out.values()):
+                return
+        elif math.isfinite(out["loss"]):
+            return
+        for name, v in args.items():
+            if not _all_finite(v):
+                raise InputError(f"{self.model.name}: array {name} contains NaN or infinity; pass finite values")
 
     def _newton(self, args: dict[str, Any], out: dict[str, Any]) -> dict[str, Any]:
         """One Newton step ``theta - H^{-1} g`` over all parameters jointly (flattened in order)."""
@@ -187,6 +220,8 @@ def _cast(v: Any, target: str) -> Any:
 
 
 def _all_finite(v: Any) -> bool:
+    if not (isinstance(v, np.ndarray) or type(v).__module__.startswith("torch")):
+        v = np.asarray(v)
     if isinstance(v, np.ndarray):
         s = v.sum()
         return bool(np.isfinite(s)) or bool(np.isfinite(v).all())

@@ -248,6 +248,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"] and not ({"-h", "--help"} & set(argv[1:2])):
+        from numeric import bench  # its own options (--quick, --only ...) go to it unparsed
+
+        return int(bench.main(argv[1:]))
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))
