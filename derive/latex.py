@@ -130,7 +130,14 @@ class BookPrinter:
             tex = capital(n.tex) if (self.batch and n.batched and n.ndim == 1) else n.tex
             return tex, ATOM
         if isinstance(n, Einsum):
-            return self.einsum(n, kids)
+            conv = self._convolution(n)
+            return conv if conv is not None else self.einsum(n, kids)
+        from .tensor import Fold
+
+        if isinstance(n, Fold) and isinstance(n.x, Einsum) and not self.batch:
+            full = self._full_convolution(n)
+            if full is not None:
+                return full, MUL
         if isinstance(n, Map):
             return self.map(n, kids)
         if isinstance(n, Const):
@@ -214,6 +221,8 @@ class BookPrinter:
                 if out[0] in spread:
                     return rf"\mathbf{{1}} {transpose(itex, iprec)}", MUL
                 return rf"{t} \mathbf{{1}}^\top", MUL
+            if len(out) > 2 and inner.ndim >= 1:  # a bias over an image: broadcast left implicit
+                return itex, iprec
         scaled = self._hadamard_scaling(e)
         if scaled is not None:
             return scaled
@@ -247,6 +256,58 @@ class BookPrinter:
             return sp.latex(coef), ATOM
         tex = f"{c_tex}{body}"
         return ("- " + tex if neg else tex), (ADD if neg else MUL)
+
+    def _convolution(self, e: Einsum) -> tuple[str, int] | None:
+        r"""Contractions with image windows print as correlations: ``W \star x`` (a convolution layer) and
+        ``x \star \delta`` (its kernel gradient, the correlation of the input with delta)."""
+        from .tensor import Unfold
+
+        if len(e.operands) != 2 or self.batch:
+            return None
+        k = next((i for i, o in enumerate(e.operands) if isinstance(o, Unfold) and not o.flat), None)
+        if k is None:
+            return None
+        u = e.operands[k]
+        assert isinstance(u, Unfold)
+        other, lo, lu = e.operands[1 - k], e.ins[1 - k], e.ins[k]
+        c, i, j, p, q = lu
+        sub = self._window_sub(u)
+        xt, _ = self.node(u.x)
+        ot, oprec = self.node(other)
+        ot = ot if oprec == ATOM else rf"\left({ot}\right)"
+        c_tex, neg = _coef(e.coef)
+        if len(lo) == 4 and lo[1:] == (c, i, j) and e.out == (lo[0], p, q):
+            tex = f"{c_tex}{ot} \\star{sub} {xt}"
+        elif len(lo) == 3 and lo[1:] == (p, q) and e.out == (lo[0], c, i, j):
+            tex = f"{c_tex}{xt} \\star{sub} {ot}"
+        else:
+            return None
+        return ("- " + tex, ADD) if neg else (tex, MUL)
+
+    def _full_convolution(self, f: Any) -> str | None:
+        r"""The adjoint of the windows applied to ``W^T delta``: the full convolution of delta with the flipped
+        kernel, ``\operatorname{pad}(\delta) \star \operatorname{rot}_{180}(W)``."""
+        e = f.x
+        if len(e.operands) != 2:
+            return None
+        for kw_, kd in ((0, 1), (1, 0)):
+            lw, ld = e.ins[kw_], e.ins[kd]
+            if len(lw) == 4 and len(ld) == 3 and lw[0] == ld[0] and e.out == (lw[1], lw[2], lw[3], ld[1], ld[2]):
+                wt, _ = self.node(e.operands[kw_])
+                dt, _ = self.node(e.operands[kd])
+                c_tex, neg = _coef(e.coef)
+                sub = self._window_sub(f)
+                tex = (rf"{c_tex}\operatorname{{pad}}\left({dt}\right) \star{sub} "
+                       rf"\operatorname{{rot}}_{{180}}\left({wt}\right)")
+                return "- " + tex if neg else tex
+        return None
+
+    @staticmethod
+    def _window_sub(u: Any) -> str:
+        parts = [f"S={u.stride}" if u.stride != 1 else "", f"P={u.padding}" if u.padding else "",
+                 f"D={u.dilation}" if u.dilation != 1 else ""]
+        parts = [p for p in parts if p]
+        return f"_{{{','.join(parts)}}}" if parts else ""
 
     def _hadamard_scaling(self, e: Einsum) -> tuple[str, int] | None:
         """``sum_i A_ij s_j`` prints as ``s \\odot (A^T 1)``: an operand indexed only by output indices

@@ -188,6 +188,10 @@ class Builder:
     def dim(self, name: str, default: int, lo: int = 1, hi: int = 5, tex: str | None = None) -> sp.Symbol:
         """Declare a dimension with its default size and the range the verifier draws from."""
         sym = sp.Symbol(tex or name, integer=True, positive=True)
+        if not str(sym).isidentifier() or str(sym) in self._names:
+            raise ModelError(f"{self.name}: dimension {str(sym)!r} must be a Python identifier distinct from the "
+                             f"parameter and input names (generated code reads it off an array shape)")
+        self._claim(str(sym))
         self.dims[name] = sym
         self.defaults[name] = default
         self.ranges[name] = (lo, hi)

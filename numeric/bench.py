@@ -1,6 +1,6 @@
 """Benchmarks: derivation cost, generated kernels vs autograd and closed forms, Hessians.
 
-Run as ``python -m numeric.bench [--quick] [--only derive|kernels|hessian]`` or through
+Run as ``python -m numeric.bench [--quick] [--only derive|kernels|hessian|scaling|layers]`` or through
 ``dlmath bench``. Three plain-text tables are printed:
 
 1. **derive**: for every zoo entry, the cold time of ``derive.models.get`` + ``derive.backprop``,
@@ -556,10 +556,21 @@ def _load() -> str:
         return "n/a"
 
 
+def _deep(section: str) -> Callable[[Settings], int]:
+    def run(settings: Settings) -> int:
+        from . import bench_deep
+
+        return int(getattr(bench_deep, f"bench_{section}")(settings))
+
+    return run
+
+
 SECTIONS: dict[str, Callable[[Settings], int]] = {
     "derive": bench_derive,
     "kernels": bench_kernels,
     "hessian": bench_hessian,
+    "scaling": _deep("scaling"),
+    "layers": _deep("layers"),
 }
 
 

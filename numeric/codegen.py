@@ -259,6 +259,9 @@ class Lowering:
     def eye(self, e: Eye) -> str:
         return f"ops.eye({dim_code(e.shape[0])}, {self.ref})"
 
+    def dim(self, d: Any) -> str:
+        return dim_code(d)
+
     def causal_mask(self, c: Node) -> str:
         return f"ops.causal_mask({dim_code(c.shape[0])}, {dim_code(c.shape[1])}, {self.ref})"
 

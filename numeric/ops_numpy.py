@@ -89,3 +89,38 @@ def causal_mask(tq: int, tk: int, like: Array) -> Array:
     m = np.zeros((tq, tk), dtype=np.asarray(like).dtype)
     m[np.triu_indices(tq, 1, tk)] = -np.inf
     return m
+
+
+def unfold(x: Array, kernel: tuple[int, int], stride: int, padding: int, dilation: int, flat: bool,
+           fill: float = 0.0) -> Array:
+    """Windows of (..., C, H, W): (..., C, kh, kw, OH, OW), or (..., C, kh*kw, OH, OW) when ``flat``."""
+    kh, kw = kernel
+    H, W = x.shape[-2:]
+    oh = (H + 2 * padding - dilation * (kh - 1) - 1) // stride + 1
+    ow = (W + 2 * padding - dilation * (kw - 1) - 1) // stride + 1
+    pad = [(0, 0)] * (x.ndim - 2) + [(padding, padding), (padding, padding)]
+    xp = np.pad(x, pad, constant_values=fill)
+    out = np.empty(x.shape[:-2] + (kh, kw, oh, ow), dtype=x.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            r, c = i * dilation, j * dilation
+            out[..., i, j, :, :] = xp[..., r : r + stride * (oh - 1) + 1 : stride, c : c + stride * (ow - 1) + 1 : stride]
+    return out.reshape(x.shape[:-2] + (kh * kw, oh, ow)) if flat else out
+
+
+def fold(p: Array, image: tuple[int, int], kernel: tuple[int, int], stride: int, padding: int,
+         dilation: int, flat: bool) -> Array:
+    """The adjoint of :func:`unfold`: windows (..., C, kh, kw, OH, OW) or (..., C, kh*kw, OH, OW) summed
+    back onto (..., C, H, W)."""
+    kh, kw = kernel
+    H, W = image
+    if flat:
+        p = p.reshape(p.shape[:-3] + (kh, kw) + p.shape[-2:])
+    oh, ow = p.shape[-2:]
+    lead = p.shape[:-4]
+    xp = np.zeros(lead + (H + 2 * padding, W + 2 * padding), dtype=p.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            r, c = i * dilation, j * dilation
+            xp[..., r : r + stride * (oh - 1) + 1 : stride, c : c + stride * (ow - 1) + 1 : stride] += p[..., i, j, :, :]
+    return xp[..., padding : padding + H, padding : padding + W]

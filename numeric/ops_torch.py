@@ -59,3 +59,35 @@ def causal_mask(tq: int, tk: int, like: Tensor) -> Tensor:
     ones = torch.ones(tq, tk, dtype=torch.bool, device=like.device)
     zero = torch.zeros(tq, tk, dtype=like.dtype, device=like.device)
     return zero.masked_fill(torch.triu(ones, 1), float("-inf"))
+
+
+def unfold(x: Tensor, kernel: tuple[int, int], stride: int, padding: int, dilation: int, flat: bool,
+           fill: float = 0.0) -> Tensor:
+    """Windows of (..., C, H, W) by F.unfold: (..., C, kh, kw, OH, OW), or (..., C, kh*kw, OH, OW)."""
+    import torch.nn.functional as F
+
+    kh, kw = kernel
+    lead, (C, H, W) = x.shape[:-3], x.shape[-3:]
+    oh = (H + 2 * padding - dilation * (kh - 1) - 1) // stride + 1
+    ow = (W + 2 * padding - dilation * (kw - 1) - 1) // stride + 1
+    x4 = x.reshape(-1, C, H, W)
+    if fill != 0.0 and padding:
+        x4 = F.pad(x4, (padding, padding, padding, padding), value=fill)  # e.g. -inf for max pooling
+        padding = 0
+    cols = F.unfold(x4, (kh, kw), dilation=dilation, padding=padding, stride=stride)
+    win = (kh * kw,) if flat else (kh, kw)
+    return cols.reshape(*lead, C, *win, oh, ow)
+
+
+def fold(p: Tensor, image: tuple[int, int], kernel: tuple[int, int], stride: int, padding: int,
+         dilation: int, flat: bool) -> Tensor:
+    """The adjoint of :func:`unfold` by F.fold."""
+    import torch.nn.functional as F
+
+    kh, kw = kernel
+    oh, ow = p.shape[-2:]
+    lead = p.shape[:-3] if flat else p.shape[:-4]
+    C = lead[-1]
+    cols = p.reshape(-1, C * kh * kw, oh * ow)
+    out = F.fold(cols, image, (kh, kw), dilation=dilation, padding=padding, stride=stride)
+    return out.reshape(*lead, *image)

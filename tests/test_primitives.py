@@ -32,6 +32,7 @@ from derive.tensor import (
     PRIMITIVES,
     CausalMask,
     Node,
+    Unfold,
     einsum,
     log_softmax,
     logsumexp,
@@ -128,6 +129,13 @@ LAYER_CASES: list[Case] = [
     Case("causal_masked_softmax", ("R", "S"), lambda Z: softmax(Z + CausalMask(Z.shape[0], Z.shape[1]), -1),
          lambda Z: torch.softmax(Z.masked_fill(torch.triu(torch.ones(Z.shape[1:], dtype=torch.bool), 1),
                                                float("-inf")), 2)),
+    Case("unfold_avg_pool", ("R", "S", "S"), lambda Z: mean(Unfold(Z, (2, 2), 1, 0, 1, flat=True), 1),
+         lambda Z: torch.nn.functional.avg_pool2d(Z, 2, stride=1)),
+    Case("unfold_strided_dilated", ("R", "S", "S"),
+         lambda Z: nn.sum_(nn.square(Unfold(Z, (2, 1), 2, 1, 2)), (1, 2)),
+         lambda Z: (torch.nn.functional.unfold(Z, (2, 1), dilation=2, padding=1, stride=2) ** 2)
+         .reshape(Z.shape[0], Z.shape[1], 2, -1).sum(2)
+         .reshape(Z.shape[0], Z.shape[1], (Z.shape[2] + 2 - 2 - 1) // 2 + 1, (Z.shape[3] + 2 - 0 - 1) // 2 + 1)),
     Case("softmax_axis0", ("R", "S"), lambda Z: softmax(Z, 0), lambda Z: torch.softmax(Z, 1)),
     Case("softmax_axis-1", ("R", "S"), lambda Z: softmax(Z, -1), lambda Z: torch.softmax(Z, 2)),
     Case("log_softmax_axis0", ("R", "S"), lambda Z: log_softmax(Z, 0), lambda Z: torch.log_softmax(Z, 1)),

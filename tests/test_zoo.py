@@ -189,3 +189,38 @@ def test_batch_norm_backward_is_the_three_term_form() -> None:
     zbar, g = (Z - Z.mean(0)) / sd, G * gamma
     want = (7 * g - g.sum(0) - zbar * (g * zbar).sum(0)) / (7 * sd)
     np.testing.assert_allclose(out["grad"]["Z"], want, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("opts", [
+    {"kernel": (2, 2)}, {"kernel": (3, 2), "stride": 2}, {"kernel": (3, 3), "padding": 1},
+    {"kernel": (2, 3), "dilation": 2}, {"kernel": (3, 3), "stride": 2, "padding": 1, "dilation": 2},
+])
+def test_conv2d_options_verify(opts: dict[str, object]) -> None:
+    verify.check(derive.models.get("conv2d", **opts), examples=6, derandomize=True)
+
+
+@pytest.mark.parametrize("name,opts", [
+    ("max_pool2d", {"kernel": 2}), ("max_pool2d", {"kernel": 3, "stride": 2, "padding": 1}),
+    ("max_pool2d", {"kernel": 2, "stride": 1}), ("avg_pool2d", {"kernel": 3, "stride": 1, "padding": 1}),
+    ("attention", {"causal": True}), ("multihead_attention", {"heads": 3, "causal": True}),
+])
+def test_layer_options_verify(name: str, opts: dict[str, object]) -> None:
+    verify.check(derive.models.get(name, **opts), examples=6, derandomize=True)
+
+
+def test_convolution_gradients_come_out_as_correlations() -> None:
+    """Derived, not written: the kernel gradient is the correlation of the input with delta, the input
+    gradient the full convolution of delta with the flipped kernel."""
+    m = derive.models.get("conv2d", kernel=(3, 3), stride=2, padding=1)
+    got = {e.lhs.name: derive.latex(e) for e in [*m.equations, *derive.backprop(m)]}
+    assert got["z"] == r"z = W \star_{S=2,P=1} x + b"
+    assert got["g_W"] == r"g_{W} = x \star_{S=2,P=1} \delta"
+    assert got["g_X"] == (r"\bar{x} = \operatorname{pad}\left(\delta\right) \star_{S=2,P=1} "
+                          r"\operatorname{rot}_{180}\left(W\right)")
+
+
+def test_attention_backward_has_the_rank_one_term() -> None:
+    m = derive.models.get("attention")
+    got = {e.lhs.name: derive.latex(e) for e in derive.backprop(m)}
+    assert got["S_bar"].startswith(r"\bar{S} = A \odot \left(\left(\bar{U} V^\top\right) - ")
+    assert got["g_Q"] == r"\bar{Q} = \frac{1}{\sqrt{d}} \bar{S} K"

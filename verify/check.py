@@ -173,7 +173,7 @@ def _finite_difference(m: Model, f: Callable[..., dict[str, Any]], arrays: dict[
     """Central difference of the loss along a random direction vs the gradient's directional derivative."""
     rng = np.random.default_rng(ex.seed ^ 0x5EED)
     d = {k: rng.normal(size=arrays[k].shape) for k in m.grad_names}
-    mags = [float(np.max(np.abs(v))) for v in arrays.values() if v.size]
+    mags = [float(np.max(np.abs(arrays[k]))) for k in m.grad_names if arrays[k].size]  # what is moved
     scale = max(1e-6, max(mags, default=1.0))
     # the step is relative to the data: truncation stays ~1e-12 relative, and a kink is crossed only
     # with probability ~1e-6

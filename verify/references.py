@@ -604,3 +604,68 @@ def transformer_block(*, X: torch.Tensor, G: torch.Tensor, heads: int = 2, eps: 
     }
     out = torch.func.functional_call(layer, state, (X,))
     return _layer_loss(out, G)
+
+
+@_register()
+def conv2d(*, W: torch.Tensor, b: torch.Tensor, X: torch.Tensor, G: torch.Tensor, kernel: Any = (2, 2),
+           stride: int = 1, padding: int = 0, dilation: int = 1) -> torch.Tensor:
+    """C = sum(G * F.conv2d(X, W, b, stride, padding, dilation)) (cross-correlation, NCHW).
+
+    Args:
+        W: kernel (C_out, C_in, k_h, k_w); b: bias (C_out,).
+        X: images (n, C_in, H, W); G: upstream gradient (n, C_out, H', W').
+        kernel: (k_h, k_w), implied by W.
+        stride, padding, dilation: as F.conv2d.
+
+    Returns:
+        The scalar probe loss.
+    """
+    return _layer_loss(F.conv2d(X, W, b, stride=stride, padding=padding, dilation=dilation), G)
+
+
+@_register()
+def max_pool2d(*, X: torch.Tensor, G: torch.Tensor, kernel: int = 2, stride: int | None = None,
+               padding: int = 0) -> torch.Tensor:
+    """C = sum(G * F.max_pool2d(X, kernel, stride, padding)).
+
+    Args:
+        X: images (n, C, H, W); G: upstream gradient (n, C, H', W').
+        kernel, stride, padding: as F.max_pool2d.
+
+    Returns:
+        The scalar probe loss.
+    """
+    return _layer_loss(F.max_pool2d(X, kernel, stride or kernel, padding), G)
+
+
+@_register()
+def avg_pool2d(*, X: torch.Tensor, G: torch.Tensor, kernel: int = 2, stride: int | None = None,
+               padding: int = 0) -> torch.Tensor:
+    """C = sum(G * F.avg_pool2d(X, kernel, stride, padding)) (zero padding counted).
+
+    Args:
+        X: images (n, C, H, W); G: upstream gradient (n, C, H', W').
+        kernel, stride, padding: as F.avg_pool2d.
+
+    Returns:
+        The scalar probe loss.
+    """
+    return _layer_loss(F.avg_pool2d(X, kernel, stride or kernel, padding), G)
+
+
+@_register()
+def cnn(*, W1: torch.Tensor, b1: torch.Tensor, W2: torch.Tensor, b2: torch.Tensor, X: torch.Tensor,
+        Y: torch.Tensor, channels: int = 2, classes: int = 3) -> torch.Tensor:
+    """F.cross_entropy(Linear(flatten(max_pool2d(relu(conv2d(X, W1, b1, padding=1)), 2))), Y).
+
+    Args:
+        W1: conv kernel (C_1, C_in, 3, 3); b1: (C_1,).
+        W2: dense weight (K, C_1, H/2, W/2), flattened to nn.Linear's (K, C_1 H/2 W/2); b2: (K,).
+        X: images (n, C_in, H, W); Y: probability rows (n, K).
+        channels, classes: C_1 and K (implied by the weights).
+
+    Returns:
+        The mean loss.
+    """
+    h = F.max_pool2d(F.relu(F.conv2d(X, W1, b1, padding=1)), 2)
+    return F.cross_entropy(F.linear(h.flatten(1), W2.flatten(1), b2), Y)

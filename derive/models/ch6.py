@@ -1,0 +1,126 @@
+"""Chapter 6, convolutional networks: 2-D convolution (cross-correlation, NCHW) with stride, padding and
+dilation, max and average pooling, and a small CNN (§6.2-6.4).
+
+A convolution is a contraction of the kernel with the image's windows, ``z = W * U(x) + b``; the rules
+of the two primitives then give the kernel gradient as a correlation of the input with delta and the input
+gradient as the adjoint of the window map, i.e. the full convolution with the flipped kernel.
+"""
+
+from __future__ import annotations
+
+import math
+
+from ..functions import named_activation
+from ..nn import dot, einsum, log, softmax, sum_
+from ..program import Builder, Model, ModelError
+from ..tensor import ARG, Max, Node, Unfold, conv_out, map_, mean
+from . import register
+
+
+def _check(kernel: tuple[int, int], stride: int, padding: int, dilation: int) -> tuple[int, int]:
+    if (not isinstance(kernel, (tuple, list)) or len(kernel) != 2
+            or not all(isinstance(k, int) and k >= 1 for k in kernel)):
+        raise ModelError(f"kernel must be two positive integers (k_h, k_w), got {kernel!r}")
+    for name, v, lo in (("stride", stride, 1), ("padding", padding, 0), ("dilation", dilation, 1)):
+        if not isinstance(v, int) or v < lo:
+            raise ModelError(f"{name} must be an integer >= {lo}, got {v!r}")
+    return int(kernel[0]), int(kernel[1])
+
+
+def _image_range(k: int, padding: int, dilation: int) -> int:
+    """The smallest image size with at least one output position."""
+    return max(1, dilation * (k - 1) + 1 - 2 * padding)
+
+
+def conv(W: Node, b: Node, x: Node, kernel: tuple[int, int], stride: int, padding: int, dilation: int) -> Node:
+    """Cross-correlation of a (C_in, H, W) image with W (C_out, C_in, k_h, k_w), plus b."""
+    U = Unfold(x, kernel, stride, padding, dilation)
+    o, c, i, j, p, q = "o", "c", "i", "j", "p", "q"
+    dims = dict(zip((o, c, i, j, p, q), (W.shape[0], *U.shape)))
+    z = einsum([(o, c, i, j), (c, i, j, p, q)], (o, p, q), [W, U], dims=dims)
+    return z + einsum([(o,)], (o, p, q), [b], dims=dims)
+
+
+@register("conv2d")
+def conv2d(kernel: tuple[int, int] = (2, 2), stride: int = 1, padding: int = 0, dilation: int = 1) -> Model:
+    r"""2-D convolution (cross-correlation, NCHW): z = W \star x + b with stride S, padding P, dilation D."""
+    kh, kw = _check(kernel, stride, padding, dilation)
+    b = Builder("conv2d", "2-D convolution (cross-correlation)", "§6.2-6.3",
+                {"kernel": (kh, kw), "stride": stride, "padding": padding, "dilation": dilation})
+    b.samples("n", 2, 1, 3)
+    Ci = b.dim("C_in", 2, 1, 3)
+    Co = b.dim("C_out", 2, 1, 3)
+    H = b.dim("H_in", 5, _image_range(kh, padding, dilation), 7)
+    Wd = b.dim("W_in", 5, _image_range(kw, padding, dilation), 7)
+    W = b.param("W", (Co, Ci, kh, kw), "W")
+    bias = b.param("b", (Co,), "b")
+    x = b.input("X", (Ci, H, Wd), "x", batched=True, adjoint=("g_X", r"\bar{x}"))
+    oh, ow = conv_out(H, kh, stride, padding, dilation), conv_out(Wd, kw, stride, padding, dilation)
+    G = b.input("G", (Co, oh, ow), r"\delta", batched=True)
+    z = b.eq("z", conv(W, bias, x, (kh, kw), stride, padding, dilation), "z")
+    b.eq("C", sum_(G * z), "C")
+    return b.model(reduction="sum", diff_inputs=("X",))
+
+
+def _pool(name: str, kind: str, kernel: int, stride: int | None, padding: int) -> Model:
+    s = stride or kernel
+    if not isinstance(kernel, int) or kernel < 1:
+        raise ModelError(f"{name}: kernel must be a positive integer, got {kernel!r}")
+    _check((kernel, kernel), s, padding, 1)
+    b = Builder(name, f"{kind} pooling", "§6.4", {"kernel": kernel, "stride": s, "padding": padding})
+    b.samples("n", 2, 1, 3)
+    C = b.dim("C_in", 2, 1, 3)
+    H = b.dim("H_in", 4, _image_range(kernel, padding, 1), 7)
+    Wd = b.dim("W_in", 4, _image_range(kernel, padding, 1), 7)
+    x = b.input("X", (C, H, Wd), "x", batched=True, adjoint=("g_X", r"\bar{x}"))
+    oh, ow = conv_out(H, kernel, s, padding, 1), conv_out(Wd, kernel, s, padding, 1)
+    G = b.input("G", (C, oh, ow), r"\delta", batched=True)
+    # max pooling pads with -infinity (a padded entry never wins), average pooling with zeros
+    U = Unfold(x, (kernel, kernel), s, padding, 1, flat=True, fill=-math.inf if kind == "max" else 0.0)
+    out = Max(U, 1) if kind == "max" else mean(U, 1)
+    a = b.eq("a", out, "a")
+    b.eq("C", sum_(G * a), "C")
+    return b.model(reduction="sum", diff_inputs=("X",), kinks=kind == "max")
+
+
+@register("max_pool2d")
+def max_pool2d(kernel: int = 2, stride: int | None = None, padding: int = 0) -> Model:
+    r"""Max pooling over k x k windows; the gradient goes to the first maximum of each window (PyTorch)."""
+    return _pool("max_pool2d", "max", kernel, stride, padding)
+
+
+@register("avg_pool2d")
+def avg_pool2d(kernel: int = 2, stride: int | None = None, padding: int = 0) -> Model:
+    r"""Average pooling over k x k windows (zero padding counted, as F.avg_pool2d's default)."""
+    return _pool("avg_pool2d", "average", kernel, stride, padding)
+
+
+@register("cnn")
+def cnn(channels: int = 2, classes: int = 3) -> Model:
+    r"""conv(3x3, padding 1) - ReLU - max pool(2) - dense - softmax cross entropy."""
+    b = Builder("cnn", "conv-ReLU-pool-dense-softmax network", "§6.4", {"channels": channels, "classes": classes})
+    b.samples("n", 2, 1, 3)
+    Ci = b.dim("C_in", 1, 1, 2)
+    C1 = b.dim("C_1", channels, 1, 3)
+    H = b.dim("H_in", 4, 2, 6)
+    Wd = b.dim("W_in", 4, 2, 6)
+    K = b.dim("K", classes, 2, 4)
+    W1 = b.param("W1", (C1, Ci, 3, 3), "W^{[1]}")
+    b1 = b.param("b1", (C1,), "b^{[1]}")
+    ph, pw = conv_out(H, 2, 2, 0, 1), conv_out(Wd, 2, 2, 0, 1)
+    W2 = b.param("W2", (K, C1, ph, pw), "W^{[2]}")
+    b2 = b.param("b2", (K,), "b^{[2]}")
+    x = b.input("X", (Ci, H, Wd), "x", batched=True)
+    y = b.input("Y", (K,), "y", batched=True, domain="simplex")
+    z1 = b.eq("z1", conv(W1, b1, x, (3, 3), 1, 1, 1), "z^{[1]}", adjoint=("delta1", r"\delta^{[1]}"))
+    a1 = b.eq("a1", map_(named_activation("relu")(ARG[0]), [z1]), "a^{[1]}")
+    p1 = b.eq("p1", Max(Unfold(a1, (2, 2), 2, 0, 1, flat=True), 1), "p^{[1]}")
+    k, c, i, j = "k", "c", "i", "j"
+    dims = {k: K, c: C1, i: ph, j: pw}
+    z2 = b.eq("z2", einsum([(k, c, i, j), (c, i, j)], (k,), [W2, p1], dims=dims) + b2, "z^{[2]}",
+              adjoint=("delta2", r"\delta^{[2]}"))
+    yhat = b.eq("yhat", softmax(z2), r"\hat{y}")
+    b.eq("C", -dot(y, log(yhat)), "C")
+    return b.model(kinks=True)
+
+
