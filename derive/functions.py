@@ -216,10 +216,10 @@ class ActivationBase(sp.Function):
         return rf"{head}\left({_arg(printer, self.args[0])}\right)"
 
     def _numpycode(self, printer: Any) -> str:
-        return str(printer._print(self.concrete()))
+        return "(" + str(printer._print(self.concrete())) + ")"
 
     def _torchcode(self, printer: Any) -> str:
-        return str(printer._print(self.concrete()))
+        return "(" + str(printer._print(self.concrete())) + ")"
 
 
 _NAMED: dict[tuple[str, Any, int], type] = {}

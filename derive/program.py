@@ -50,6 +50,16 @@ class Equation:
         return f"<Equation {self.lhs.name} = ... {fmt_shape(self.lhs.shape)} [{self.kind}]>"
 
 
+@dataclass(frozen=True)
+class Scan:
+    """A recurrence over a symbolic number of steps (see :class:`Model`)."""
+
+    time: sp.Symbol
+    carries: tuple[tuple[str, str], ...]
+    sequences: tuple[str, ...]
+    weight: sp.Expr
+
+
 @dataclass
 class Model:
     """A zoo entry: named dimensions, parameters, inputs and the forward program.
@@ -97,6 +107,10 @@ class Model:
     constants: dict[str, float] = field(default_factory=dict)
     #: update programs: state name -> the equation giving its next value (empty for losses)
     update: dict[str, str] = field(default_factory=dict)
+    #: recurrences: the equations are one time step ``t``; ``scan`` holds the time dimension T, the carries
+    #: (previous-state input -> the equation of its next value), the inputs with a time axis (arrays
+    #: (T, n, ...)), and the weight of each step's loss (1/T)
+    scan: Scan | None = None
 
     @property
     def is_update(self) -> bool:
@@ -113,10 +127,17 @@ class Model:
         return self.equations[-1].rhs
 
     @property
+    def carries(self) -> list[str]:
+        """The previous-state inputs of a recurrence (empty otherwise)."""
+        return [k for k, _ in self.scan.carries] if self.scan else []
+
+    @property
     def grad_names(self) -> list[str]:
         """Every parameter, then the differentiable inputs: the names of the gradient entries."""
         if self.update:
             return []
+        if self.scan is not None:
+            return list(self.params)
         return list(self.params) + list(self.diff_inputs)
 
     def tensor(self, name: str) -> Var:
@@ -145,17 +166,28 @@ class Model:
         return out
 
     def array_shape(self, var: Var, sizes: Mapping[sp.Symbol, int]) -> tuple[int, ...]:
-        """Concrete array shape of a tensor symbol (with the leading sample axis if batched)."""
+        """Concrete array shape of a tensor symbol (with the leading sample axis if batched, and the time
+        axis before it for the sequences of a recurrence)."""
         shape = tuple(int(sp.sympify(d).subs(sizes)) for d in var.shape)
         if var.batched:
             assert self.sample is not None
             shape = (sizes[self.sample], *shape)
+        if self.scan is not None and var.name in self.scan.sequences:
+            shape = (sizes[self.scan.time], *shape)
         return shape
+
+    def array_dims(self, var: Var) -> tuple[Any, ...]:
+        """The symbolic shape of ``var``'s array (sample and time axes included)."""
+        dims = ((self.sample,) if var.batched else ()) + tuple(var.shape)
+        if self.scan is not None and var.name in self.scan.sequences:
+            dims = (self.scan.time, *dims)
+        return dims
 
     def shapes(self, **sizes: int) -> dict[str, tuple[int, ...]]:
         """Array shape of every parameter and input, e.g. ``m.shapes(n=8, p=3, K=4)``."""
         sz = self.sizes(**sizes)
-        return {name: self.array_shape(v, sz) for name, v in {**self.params, **self.inputs}.items()}
+        return {name: self.array_shape(v, sz) for name, v in {**self.params, **self.inputs}.items()
+                if name not in self.carries}
 
     def _repr_latex_(self) -> str:
         from .latex import latex
@@ -327,6 +359,18 @@ class Builder:
         v = Var(name, tuple(shape), "param", tex)
         self.params[name] = v
         return v
+
+    def scan_model(self, time: sp.Symbol, carries: Mapping[str, Var], sequences: Sequence[str],
+                   weight: Any, kinks: bool = False) -> Model:
+        """Finish a recurrence: the equations are one step; ``carries`` maps each previous-state input
+        (``h^{<t-1>}``, zero at t = 0) to the equation of its next value; ``sequences`` are the inputs with
+        a time axis; the loss is ``weight * sum_t`` of the last equation (per sample, then averaged)."""
+        model = self.model(kinks=kinks, hard=())
+        for k, v in carries.items():
+            if k not in self.inputs or v.shape != self.inputs[k].shape:
+                raise ModelError(f"{self.name}: carry {k!r} must be an input shaped like {v.name}")
+        model.scan = Scan(time, tuple((k, v.name) for k, v in carries.items()), tuple(sequences), sp.sympify(weight))
+        return model
 
     def update_model(self, next_state: Mapping[str, Var]) -> Model:
         """Finish an update program: ``next_state`` maps each state name to the variable of its next value."""

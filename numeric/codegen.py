@@ -60,7 +60,7 @@ def build_program(m: Model, hessian: Sequence[str] = ()) -> Program:
         if h not in m.params:
             raise ValueError(f"{m.name} has no parameter {h!r} to take a Hessian in; "
                              f"its parameters are: {', '.join(m.params)}")
-    if m.is_update:
+    if m.is_update or m.scan is not None:
         return Program(m, (), list(m.equations), [])
     prog = Program(m, tuple(hessian), list(m.equations), list(derive.backprop(m)))
     for a in hessian:
@@ -96,9 +96,10 @@ def reuse_outputs(eqs: Sequence[Equation], defs: dict[Var, Node]) -> list[Equati
 
     outputs: dict[Node, tuple[Var, Any]] = {}
     for v, rhs in defs.items():
-        if (isinstance(rhs, Map) and len(rhs.args) == 1 and isinstance(rhs.args[0], Var)
-                and isinstance(rhs.fn, ActivationBase) and rhs.fn.args[0] == ARG[0]):
-            outputs[rhs.args[0]] = (v, type(rhs.fn))
+        if isinstance(rhs, Map) and isinstance(rhs.fn, ActivationBase):
+            # key: the pre-activation as a node (interned, so the same expression is the same key)
+            pre = rhs.args[0] if rhs.fn.args[0] == ARG[0] else map_(rhs.fn.args[0], rhs.args)
+            outputs[pre] = (v, type(rhs.fn))
     res = []
     for eq in eqs:
         mapping: dict[Node, Node] = {}
@@ -107,9 +108,9 @@ def reuse_outputs(eqs: Sequence[Equation], defs: dict[Var, Node]) -> list[Equati
                 continue
             fn, args = n.fn, list(n.args)
             for f in list(fn.atoms(ActivationBase)):
-                if f.order != 1 or f.args[0] not in ARG[: len(n.args)]:
+                if f.order != 1:
                     continue
-                z = n.args[ARG.index(f.args[0])]
+                z = n.args[ARG.index(f.args[0])] if f.args[0] in ARG[: len(n.args)] else map_(f.args[0], n.args)
                 if z not in outputs or outputs[z][0] is eq.lhs:
                     continue
                 a, S = outputs[z]
@@ -486,6 +487,140 @@ def generate_update(m: Model, backend: str) -> str:
         f"def kernel({', '.join(names)}):", *header, *body, f"    return {{{ret}}}", ""])
 
 
+def generate_scan(m: Model, backend: str) -> str:
+    """The module of a recurrence: the step's forward equations in a loop over t = 1..T (saving what the
+    backward pass needs), then its adjoint equations in a loop over t = T..1 that carries the adjoint of the
+    state back and sums the parameter gradients."""
+    from derive.scan import scan_program
+
+    assert m.scan is not None
+    sp_ = scan_program(m)
+    step = sp_.step
+    names = [k for k in [*m.params, *m.inputs] if k not in m.carries]
+    low = Lowering(backend, step, names[0])
+    forward = stabilize(list(m.equations))
+    defs = {eq.lhs: eq.rhs for eq in m.equations}
+    adjoint = reuse_outputs([e for e in sp_.adjoint if e.kind != "grad"], defs)
+    grads = reuse_outputs([e for e in sp_.adjoint if e.kind == "grad"], defs)
+    texs = dict(zip([e.lhs.name for e in m.equations], equations_tex(list(m.equations))))
+    atexs = dict(zip([e.lhs.name for e in sp_.adjoint], equations_tex(sp_.adjoint)))
+    zeros = "np.zeros" if backend == "numpy" else "torch.zeros"
+    zeros_like = "np.zeros_like" if backend == "numpy" else "torch.zeros_like"
+    like = names[0]
+    T = dim_code(m.scan.time)
+    seqs = m.scan.sequences
+    carried = {prev: sp_.carry_in[prev].name for prev, _ in m.scan.carries}
+    saved = [*[m.inputs[c].name for c in m.carries], *[m.inputs[s].name for s in seqs],
+             *[e.lhs.name for e in forward]]
+    body: list[str] = []
+    for prev, _ in m.scan.carries:
+        shape = low.shape_code(m.inputs[prev])
+        kw = f"dtype={like}.dtype" + (f", device={like}.device" if backend == "torch" else "")
+        body.append(f"    {prev} = {zeros}({shape}, {kw})")
+        body.append(f"    {carried[prev]} = {zeros_like}({prev})")
+    body.append("    tape = []")
+    body.append("    loss = 0.0")
+    body.append(f"    for t in range({T}):")
+    seq_vars = {s: m.inputs[s].name for s in seqs}
+    for v in seq_vars.values():
+        body.append(f"        {v}_t = {v}[t]")
+    rename = {v: f"{v}_t" for v in seq_vars.values()}
+    fwd = _Emitter([e.rhs for e in forward], backend, low, "        ", "f")
+    for eq in forward:
+        code = fwd.code(eq.rhs)
+        body.extend(_rename(line, rename) for line in fwd.take())
+        body.append("        # " + texs[eq.lhs.name].replace("\n", " "))
+        body.append(f"        {eq.lhs.name} = {_rename(code, rename)}")
+    loss = m.equations[-1].lhs.name
+    body.append(f"        loss = loss + {loss}.mean() * {_paren(dim_code(m.scan.weight))}")
+    body.append("        tape.append((" + ", ".join(rename.get(v, v) for v in saved) + ",))")
+    for prev, nxt in m.scan.carries:
+        body.append(f"        {prev} = {nxt}")
+    for eq in sp_.params.values():
+        body.append(f"    {eq.lhs.name} = 0.0")
+    body.append(f"    for t in range({T} - 1, -1, -1):")
+    body.append("        (" + ", ".join(rename.get(v, v) for v in saved) + ",) = tape[t]")
+    bwd = _Emitter([e.rhs for e in adjoint + grads], backend, low, "        ", "b")
+    for eq in adjoint:
+        code = bwd.code(eq.rhs)
+        body.extend(_rename(line, rename) for line in bwd.take())
+        body.append("        # " + atexs[eq.lhs.name].replace("\n", " "))
+        body.append(f"        {eq.lhs.name} = {_rename(code, rename)}")
+    for eq in grads:
+        is_carry = any(eq.lhs.name == e.lhs.name for e in sp_.carry_out.values())
+        code = bwd.code(eq.rhs) if is_carry else bwd.reduced(eq.rhs)
+        body.extend(_rename(line, rename) for line in bwd.take())
+        body.append("        # " + atexs[eq.lhs.name].replace("\n", " "))
+        if is_carry:
+            prev = next(p for p, e in sp_.carry_out.items() if e.lhs.name == eq.lhs.name)
+            body.append(f"        {carried[prev]} = {_rename(code, rename)}")
+        else:
+            body.append(f"        {eq.lhs.name} = {eq.lhs.name} + {_rename(code, rename)}")
+    text = "\n".join(body)
+    header = [f"    {d} = {c}" for d, c in _dim_sources(m, _dims_needed(list(m.equations) + sp_.adjoint, m)).items()
+              if re.search(rf"\b{re.escape(d)}\b", text)]
+    imp = ("import math\n\nimport numpy as np\nfrom numeric import ops_numpy as ops" if backend == "numpy"
+           else "import math\n\nimport torch\nfrom numeric import ops_torch as ops")
+    ret = ", ".join(f'"{k}": {e.lhs.name}' for k, e in sp_.params.items())
+    return "\n".join([
+        f'"""dlmath kernel for the recurrence {_safe(m.name)} ({_safe(m.section)}), {backend} backend. Generated by '
+        f'dlmath; do not edit.',
+        "", "The step equations run in a loop over the T time steps; backpropagation through time runs them",
+        "backwards, carrying the adjoint of the state. Sequences are time-major: (T, n, ...).", '"""', "", imp,
+        "", *_constants(m), "", "", f"def kernel({', '.join(names)}):", *header, *body,
+        f'    return {{"loss": loss, "grad": {{{ret}}}}}', ""])
+
+
+class _Emitter:
+    """Code of expressions with shared subexpressions hoisted into temporaries (``t1 = ...``)."""
+
+    def __init__(self, roots: Sequence[Node], backend: str, low: Lowering, indent: str, prefix: str = "t"):
+        self.backend, self.low, self.indent, self.prefix = backend, low, indent, prefix
+        self.parents: dict[int, int] = {}
+        for r in roots:
+            for n in walk([r], stop=lambda x: isinstance(x, Var)):
+                for c in n.children():
+                    self.parents[id(c)] = self.parents.get(id(c), 0) + 1
+            self.parents[id(r)] = self.parents.get(id(r), 0) + 1
+        self.temps: dict[int, str] = {}
+        self.lines: list[str] = []
+        self.count = 0
+
+    def code(self, n: Node, top: bool = True) -> str:
+        if isinstance(n, Var):
+            return n.name
+        if id(n) in self.temps:
+            return self.temps[id(n)]
+        code = n.lower([self.code(c, False) for c in n.children()], self.backend, self.low)
+        if not top and self.parents.get(id(n), 0) > 1 and not isinstance(n, Const):
+            self.count += 1
+            t = f"{self.prefix}{self.count}"
+            self.lines.append(f"{self.indent}{t} = {code}")
+            self.temps[id(n)] = t
+            return t
+        return code
+
+    def reduced(self, n: Node) -> str:
+        """The batch mean of a per-sample gradient, folded into its last contraction."""
+        if not self.low.batched(n):
+            return self.code(n)
+        if isinstance(n, Einsum):
+            return self.low.einsum_code(n, [self.code(c, False) for c in n.children()], reduce="mean")
+        if isinstance(n, Map) and n.fn.is_Add:
+            return " + ".join(_paren(self.reduced(map_(t, n.args, n.shape))) for t in sp.Add.make_args(n.fn))
+        return f"{_paren(self.code(n))}.mean(0)"
+
+    def take(self) -> list[str]:
+        out, self.lines = self.lines, []
+        return out
+
+
+def _rename(code: str, names: dict[str, str]) -> str:
+    for a, b in names.items():
+        code = re.sub(rf"\b{re.escape(a)}\b", b, code)
+    return code
+
+
 def generate(prog: Program, backend: str) -> str:
     """The generated module's source text."""
     if backend not in BACKENDS:
@@ -493,6 +628,8 @@ def generate(prog: Program, backend: str) -> str:
     m = prog.model
     if m.is_update:
         return generate_update(m, backend)
+    if m.scan is not None:
+        return generate_scan(m, backend)
     names = list(m.params) + list(m.inputs)
     ref = names[0]
     low = Lowering(backend, m, ref)
@@ -673,7 +810,9 @@ def _dim_sources(m: Model, needed: set[sp.Symbol]) -> dict[str, str]:
     out: dict[str, str] = {}
     for d in sorted(needed, key=str):
         for name, v in {**m.params, **m.inputs}.items():
-            shape = ((m.sample,) if v.batched else ()) + tuple(v.shape)
+            if name in m.carries:
+                continue
+            shape = m.array_dims(v)
             if d in shape:
                 out[dim_code(d)] = f"{name}.shape[{shape.index(d)}]"
                 break

@@ -64,7 +64,7 @@ class Kernel:
         ns: dict[str, Any] = {}
         exec(builtins.compile(self.source, filename, "exec"), ns)  # our own generated code, identifiers validated
         self.raw = ns["kernel"]
-        self.names = list(m.params) + list(m.inputs)
+        self.names = [k for k in [*m.params, *m.inputs] if k not in m.carries]
         self._shape_plan = self._plan()
 
     def __repr__(self) -> str:
@@ -102,7 +102,7 @@ class Kernel:
         plan = []
         for name in self.names:
             var = m.tensor(name)
-            want = ((m.sample,) if var.batched else ()) + tuple(var.shape)
+            want = m.array_dims(var)
             entries: list[Any] = []
             for d0 in want:
                 d = sp.sympify(d0)

@@ -669,3 +669,83 @@ def cnn(*, W1: torch.Tensor, b1: torch.Tensor, W2: torch.Tensor, b2: torch.Tenso
     """
     h = F.max_pool2d(F.relu(F.conv2d(X, W1, b1, padding=1)), 2)
     return F.cross_entropy(F.linear(h.flatten(1), W2.flatten(1), b2), Y)
+
+
+def _seq_loss(logits: list[torch.Tensor], Y: torch.Tensor) -> torch.Tensor:
+    """1/T sum_t F.cross_entropy(head(h_t), Y_t) (probability targets, mean over samples)."""
+    return torch.stack([F.cross_entropy(o, Y[t]) for t, o in enumerate(logits)]).mean()
+
+
+@_register()
+def rnn(*, W_hh: torch.Tensor, W_hx: torch.Tensor, b_h: torch.Tensor, W_yh: torch.Tensor, b_y: torch.Tensor,
+        X: torch.Tensor, Y: torch.Tensor, activation: str = "tanh") -> torch.Tensor:
+    """nn.RNN (weight_ih = W_hx, weight_hh = W_hh, bias_ih = b_h, bias_hh = 0) + a linear softmax head.
+
+    Args:
+        W_hh (m, m), W_hx (m, p), b_h (m,): the recurrence; W_yh (q, m), b_y (q,): the head.
+        X: (T, n, p) time-major inputs; Y: (T, n, q) probability rows.
+        activation: tanh or relu (nn.RNN's nonlinearity).
+
+    Returns:
+        The loss 1/T sum_t CE, averaged over samples.
+    """
+    state = {"weight_ih_l0": W_hx, "weight_hh_l0": W_hh, "bias_ih_l0": b_h, "bias_hh_l0": torch.zeros_like(b_h)}
+    cell = torch.nn.RNN(W_hx.shape[1], W_hh.shape[0], nonlinearity=activation, dtype=X.dtype, device=X.device)
+    H, _ = torch.func.functional_call(cell, state, (X,))
+    return _seq_loss([F.linear(H[t], W_yh, b_y) for t in range(X.shape[0])], Y)
+
+
+@_register()
+def lstm(*, X: torch.Tensor, Y: torch.Tensor, **P: torch.Tensor) -> torch.Tensor:
+    """nn.LSTM with weights mapped (gate order i, f, g, o: weight_ih = [W_ix; W_fx; W_cx; W_ox]) + head.
+
+    Args:
+        X: (T, n, p); Y: (T, n, q).
+        **P: W_fh, W_fx, b_f, W_ih, W_ix, b_i, W_oh, W_ox, b_o, W_ch, W_cx, b_c, W_yh, b_y.
+
+    Returns:
+        The loss 1/T sum_t CE, averaged over samples.
+    """
+    m = P["W_fh"].shape[0]
+    state = {"weight_ih_l0": torch.cat([P["W_ix"], P["W_fx"], P["W_cx"], P["W_ox"]]),
+             "weight_hh_l0": torch.cat([P["W_ih"], P["W_fh"], P["W_ch"], P["W_oh"]]),
+             "bias_ih_l0": torch.cat([P["b_i"], P["b_f"], P["b_c"], P["b_o"]]),
+             "bias_hh_l0": torch.zeros(4 * m, dtype=X.dtype, device=X.device)}
+    cell = torch.nn.LSTM(X.shape[-1], m, dtype=X.dtype, device=X.device)
+    H, _ = torch.func.functional_call(cell, state, (X,))
+    return _seq_loss([F.linear(H[t], P["W_yh"], P["b_y"]) for t in range(X.shape[0])], Y)
+
+
+@_register()
+def gru(*, X: torch.Tensor, Y: torch.Tensor, variant: str = "book", **P: torch.Tensor) -> torch.Tensor:
+    """variant="torch": nn.GRU with weights mapped (gates r, z, n; bias_hh = 0) + head. variant="book": the
+    book's equations (7.18)-(7.19), written out step by step in torch.
+
+    Args:
+        X: (T, n, p); Y: (T, n, q).
+        variant: "book" or "torch".
+        **P: W_rh, W_rx, b_r, W_uh, W_ux, b_u, W_hh, W_hx, b_h, W_yh, b_y.
+
+    Returns:
+        The loss 1/T sum_t CE, averaged over samples.
+    """
+    m = P["W_rh"].shape[0]
+    T = X.shape[0]
+    if variant == "torch":
+        state = {"weight_ih_l0": torch.cat([P["W_rx"], P["W_ux"], P["W_hx"]]),
+                 "weight_hh_l0": torch.cat([P["W_rh"], P["W_uh"], P["W_hh"]]),
+                 "bias_ih_l0": torch.cat([P["b_r"], P["b_u"], P["b_h"]]),
+                 "bias_hh_l0": torch.zeros(3 * m, dtype=X.dtype, device=X.device)}
+        cell = torch.nn.GRU(X.shape[-1], m, dtype=X.dtype, device=X.device)
+        H, _ = torch.func.functional_call(cell, state, (X,))
+        hs = [H[t] for t in range(T)]
+    else:
+        h = torch.zeros(X.shape[1], m, dtype=X.dtype, device=X.device)
+        hs = []
+        for t in range(T):
+            r = torch.sigmoid(F.linear(h, P["W_rh"]) + F.linear(X[t], P["W_rx"], P["b_r"]))
+            u = torch.sigmoid(F.linear(h, P["W_uh"]) + F.linear(X[t], P["W_ux"], P["b_u"]))
+            cand = torch.tanh(F.linear(r * h, P["W_hh"]) + F.linear(X[t], P["W_hx"], P["b_h"]))
+            h = (1 - u) * h + u * cand
+            hs.append(h)
+    return _seq_loss([F.linear(h_t, P["W_yh"], P["b_y"]) for h_t in hs], Y)

@@ -145,3 +145,114 @@ def transformer_block(heads: int = 2, eps: float = 1e-5) -> Model:
     out = _layer_norm(b, u2 + u3, g2, be2, ep, "2", "v")
     b.eq("C", sum_(G * out), "C")
     return b.model(reduction="sum", diff_inputs=("X",), kinks=True)
+
+
+def _seq_builder(name: str, title: str, section: str, options: dict[str, object]) -> tuple[Builder, dict[str, sp.Symbol]]:
+    b = Builder(name, title, section, options)
+    T = b.dim("T", 4, 1, 12)
+    b.samples("n", 2, 1, 3)
+    dims = {"T": T, "p": b.dim("p", 3, 1, 3), "m": b.dim("m", 3, 1, 4), "q": b.dim("q", 3, 2, 3)}
+    return b, dims
+
+
+def _head(b: Builder, h: Node, q: sp.Symbol, m: sp.Symbol) -> None:
+    """yhat^{<t>} = S_softmax(W_yh h^{<t>} + b_y), C^{<t>} = CE(y^{<t>}, yhat^{<t>})."""
+    from ..nn import log
+
+    W_yh = b.param("W_yh", (q, m), "W_{yh}")
+    b_y = b.param("b_y", (q,), "b_{y}")
+    y = b.inputs["Y"]
+    o = b.eq("o", W_yh @ h + b_y, r"o^{\langle t\rangle}", adjoint=("delta_y", r"\delta_y^{\langle t\rangle}"))
+    yhat = b.eq("yhat", softmax(o), r"\hat{y}^{\langle t\rangle}")
+    b.eq("C", -dot(y, log(yhat)), r"C^{\langle t\rangle}")
+
+
+def _seq_inputs(b: Builder, d: dict[str, sp.Symbol], carries: tuple[str, ...]) -> dict[str, Var]:
+    out = {"X": b.input("X", (d["p"],), r"x^{\langle t\rangle}", batched=True),
+           "Y": b.input("Y", (d["q"],), r"y^{\langle t\rangle}", batched=True, domain="simplex")}
+    for c in carries:
+        out[c] = b.input(f"{c}_prev", (d["m"],), rf"{c}^{{\langle t-1\rangle}}", batched=True)
+    return out
+
+
+@register("rnn")
+def rnn(activation: str = "tanh") -> Model:
+    r"""Recurrent network (7.2), (7.4): h^{<t>} = S(W_hh h^{<t-1>} + W_hx x^{<t>} + b_h), softmax head,
+    C = 1/T sum_t CE; written for a general step t, with BPTT as a recurrence."""
+    b, d = _seq_builder("rnn", "recurrent neural network with a softmax head", "§7.2", {"activation": activation})
+    io = _seq_inputs(b, d, ("h",))
+    S = named_activation(activation)
+    W_hh = b.param("W_hh", (d["m"], d["m"]), "W_{hh}")
+    W_hx = b.param("W_hx", (d["m"], d["p"]), "W_{hx}")
+    b_h = b.param("b_h", (d["m"],), "b_{h}")
+    z = b.eq("z", W_hh @ io["h"] + W_hx @ io["X"] + b_h, r"z^{\langle t\rangle}",
+             adjoint=("delta", r"\delta^{\langle t\rangle}"))
+    h = b.eq("h", map_(S(ARG[0]), [z]), r"h^{\langle t\rangle}", adjoint=("zeta", r"\zeta^{\langle t\rangle}"))
+    _head(b, h, d["q"], d["m"])
+    return b.scan_model(d["T"], {"h_prev": h}, ("X", "Y"), 1 / d["T"], kinks=activation in ("relu", "leaky_relu"))
+
+
+def _gate(b: Builder, tag: str, h: Node, x: Node, d: dict[str, sp.Symbol], fn: str = "sigmoid",
+          tex: str | None = None, reset: Node | None = None) -> Var:
+    """g = S(W_{tag h} h + W_{tag x} x + b_tag), with h replaced by reset * h when given."""
+    Wh = b.param(f"W_{tag}h", (d["m"], d["m"]), f"W_{{{tag}h}}")
+    Wx = b.param(f"W_{tag}x", (d["m"], d["p"]), f"W_{{{tag}x}}")
+    bb = b.param(f"b_{tag}", (d["m"],), f"b_{{{tag}}}")
+    pre = Wh @ h + Wx @ x + bb
+    act = named_activation(fn) if fn != "sigmoid" else None
+    val = map_(act(ARG[0]), [pre]) if act else _sig(pre)
+    return b.eq(f"g_{tag}", val, tex or rf"g_{{{tag}}}^{{\langle t\rangle}}")
+
+
+def _sig(x: Node) -> Node:
+    from ..nn import sigmoid
+
+    return sigmoid(x)
+
+
+@register("lstm")
+def lstm() -> Model:
+    r"""LSTM (7.16)-(7.17): gates g_f, g_i, g_o = sigma(W h^{<t-1>} + W x^{<t>} + b), candidate
+    c~ = tanh(...), c^{<t>} = g_f * c^{<t-1>} + g_i * c~, h^{<t>} = g_o * tanh(c^{<t>}); softmax head."""
+    from ..nn import tanh
+
+    b, d = _seq_builder("lstm", "long short-term memory network with a softmax head", "§7.3", {})
+    io = _seq_inputs(b, d, ("h", "c"))
+    h0, c0, x = io["h"], io["c"], io["X"]
+    gf = _gate(b, "f", h0, x, d)
+    gi = _gate(b, "i", h0, x, d)
+    go = _gate(b, "o", h0, x, d)
+    ct = _gate(b, "c", h0, x, d, fn="tanh", tex=r"\tilde{c}^{\langle t\rangle}")
+    c = b.eq("c", gf * c0 + gi * ct, r"c^{\langle t\rangle}", adjoint=("zeta_c", r"\zeta_c^{\langle t\rangle}"))
+    h = b.eq("h", go * tanh(c), r"h^{\langle t\rangle}", adjoint=("zeta", r"\zeta^{\langle t\rangle}"))
+    _head(b, h, d["q"], d["m"])
+    return b.scan_model(d["T"], {"h_prev": h, "c_prev": c}, ("X", "Y"), 1 / d["T"])
+
+
+@register("gru")
+def gru(variant: str = "book") -> Model:
+    r"""GRU (7.18)-(7.19). ``variant="book"``: h = (1 - g_u) * h^{<t-1>} + g_u * tanh(W_hh (g_r * h^{<t-1>}) +
+    W_hx x + b_h); ``variant="torch"``: nn.GRU's form, h = (1 - g_u) * tanh(W_hx x + b_h + g_r * (W_hh h)) +
+    g_u * h^{<t-1>} (its update gate is 1 - the book's, and the reset gate acts after W_hh)."""
+    from ..nn import tanh
+    from ..program import ModelError
+
+    if variant not in ("book", "torch"):
+        raise ModelError(f"gru variant {variant!r} is unknown; choose 'book' or 'torch'")
+    b, d = _seq_builder("gru", f"gated recurrent unit ({variant} form) with a softmax head", "§7.3",
+                        {"variant": variant})
+    io = _seq_inputs(b, d, ("h",))
+    h0, x = io["h"], io["X"]
+    gr = _gate(b, "r", h0, x, d)
+    gu = _gate(b, "u", h0, x, d)
+    W_hh = b.param("W_hh", (d["m"], d["m"]), r"W_{\tilde{h}h}")
+    W_hx = b.param("W_hx", (d["m"], d["p"]), r"W_{\tilde{h}x}")
+    b_h = b.param("b_h", (d["m"],), r"b_{\tilde{h}}")
+    if variant == "book":
+        ht = b.eq("h_tilde", tanh(W_hh @ (gr * h0) + W_hx @ x + b_h), r"\tilde{h}^{\langle t\rangle}")
+        h = b.eq("h", (1 - gu) * h0 + gu * ht, r"h^{\langle t\rangle}", adjoint=("zeta", r"\zeta^{\langle t\rangle}"))
+    else:
+        ht = b.eq("h_tilde", tanh(W_hx @ x + b_h + gr * (W_hh @ h0)), r"\tilde{h}^{\langle t\rangle}")
+        h = b.eq("h", (1 - gu) * ht + gu * h0, r"h^{\langle t\rangle}", adjoint=("zeta", r"\zeta^{\langle t\rangle}"))
+    _head(b, h, d["q"], d["m"])
+    return b.scan_model(d["T"], {"h_prev": h}, ("X", "Y"), 1 / d["T"])
