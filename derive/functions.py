@@ -251,6 +251,7 @@ SCALAR_FUNCTIONS: dict[type, tuple[str, str]] = {
     sp.sin: ("np.sin", "torch.sin"),
     sp.cos: ("np.cos", "torch.cos"),
     sp.sqrt: ("np.sqrt", "torch.sqrt"),
+    sp.floor: ("np.floor", "torch.floor"),
     sigmoid: ("ops.sigmoid", "torch.sigmoid"),
     softplus: ("ops.softplus", "ops.softplus"),
     relu: ("ops.relu", "torch.relu"),

@@ -309,6 +309,36 @@ class CausalMask(Node):
         return ctx.causal_mask(self)
 
 
+class IndexGrid(Node):
+    """The tensor whose entries are their own index along ``axis`` (0, 1, 2, ...): positions and
+    frequencies in closed-form tables such as the positional encoding (7.29)."""
+
+    kind = "index_grid"
+    axis: int
+    letter: str
+
+    def __new__(cls, shape: Shape, axis: int, letter: str = "i") -> IndexGrid:
+        shape = tuple(sp.sympify(d) for d in shape)
+
+        def init(n: Any) -> None:
+            n.shape, n.axis, n.letter = shape, axis, letter
+
+        return _intern(cls, (shape, axis, letter), init)
+
+    def vjp(self, g: Node, out: Node) -> list[Node | None]:
+        return []
+
+    def jvp(self, tangents: Sequence[Node | None], tshape: Shape, out: Node) -> Node | None:
+        return None
+
+    def latex(self, args: Sequence[str], printer: Any) -> str:
+        return self.letter
+
+    def lower(self, args: Sequence[str], backend: str, ctx: Any) -> str:
+        shape = "(" + ", ".join(ctx.dim(d) for d in self.shape) + ("," if self.ndim == 1 else "") + ")"
+        return f"ops.index_grid({shape}, {self.axis}, {ctx.ref})"
+
+
 def zeros(shape: Shape) -> Const:
     return Const(0, shape)
 
@@ -1378,7 +1408,7 @@ def stop_gradient(x: Node) -> Node:
 #: The primitive table: every node type with its rules. A test checks each defines vjp, jvp, latex, lower.
 PRIMITIVES: tuple[type[Node], ...] = (
     Var, Const, Eye, CausalMask, Map, Einsum, Softmax, LogSoftmax, LogSumExp, Max, ArgMaxMask, StopGrad, Take, Embed,
-    Unfold, Fold,
+    Unfold, Fold, IndexGrid,
 )
 
 

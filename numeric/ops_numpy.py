@@ -124,3 +124,11 @@ def fold(p: Array, image: tuple[int, int], kernel: tuple[int, int], stride: int,
             r, c = i * dilation, j * dilation
             xp[..., r : r + stride * (oh - 1) + 1 : stride, c : c + stride * (ow - 1) + 1 : stride] += p[..., i, j, :, :]
     return xp[..., padding : padding + H, padding : padding + W]
+
+
+def index_grid(shape: tuple[int, ...], axis: int, like: Array) -> Array:
+    """Entries equal to their index along ``axis``."""
+    idx = np.arange(shape[axis], dtype=np.asarray(like).dtype)
+    view = [1] * len(shape)
+    view[axis] = shape[axis]
+    return np.broadcast_to(idx.reshape(view), shape)

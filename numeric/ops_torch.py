@@ -91,3 +91,11 @@ def fold(p: Tensor, image: tuple[int, int], kernel: tuple[int, int], stride: int
     cols = p.reshape(-1, C * kh * kw, oh * ow)
     out = F.fold(cols, image, (kh, kw), dilation=dilation, padding=padding, stride=stride)
     return out.reshape(*lead, *image)
+
+
+def index_grid(shape: tuple[int, ...], axis: int, like: Tensor) -> Tensor:
+    """Entries equal to their index along ``axis``."""
+    idx = torch.arange(shape[axis], dtype=like.dtype, device=like.device)
+    view = [1] * len(shape)
+    view[axis] = shape[axis]
+    return idx.reshape(view).expand(*shape)

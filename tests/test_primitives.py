@@ -136,6 +136,8 @@ LAYER_CASES: list[Case] = [
          lambda Z: (torch.nn.functional.unfold(Z, (2, 1), dilation=2, padding=1, stride=2) ** 2)
          .reshape(Z.shape[0], Z.shape[1], 2, -1).sum(2)
          .reshape(Z.shape[0], Z.shape[1], (Z.shape[2] + 2 - 2 - 1) // 2 + 1, (Z.shape[3] + 2 - 0 - 1) // 2 + 1)),
+    Case("index_grid_scaling", ("R", "S"), lambda Z: Z * IndexGrid(Z.shape, 1, "j"),
+         lambda Z: Z * torch.arange(Z.shape[2], dtype=Z.dtype)),
     Case("softmax_axis0", ("R", "S"), lambda Z: softmax(Z, 0), lambda Z: torch.softmax(Z, 1)),
     Case("softmax_axis-1", ("R", "S"), lambda Z: softmax(Z, -1), lambda Z: torch.softmax(Z, 2)),
     Case("log_softmax_axis0", ("R", "S"), lambda Z: log_softmax(Z, 0), lambda Z: torch.log_softmax(Z, 1)),

@@ -224,3 +224,34 @@ def test_attention_backward_has_the_rank_one_term() -> None:
     got = {e.lhs.name: derive.latex(e) for e in derive.backprop(m)}
     assert got["S_bar"].startswith(r"\bar{S} = A \odot \left(\left(\bar{U} V^\top\right) - ")
     assert got["g_Q"] == r"\bar{Q} = \frac{1}{\sqrt{d}} \bar{S} K"
+
+
+def test_positional_encoding_closed_form_values() -> None:
+    """(7.29): r_{2k} = sin(t / M^{2k/p}), r_{2k+1} = cos(t / M^{2k/p}), against math.sin/cos directly."""
+    m = derive.models.get("positional_encoding")
+    T, p = 7, 6
+    vals = numeric.trace(m, "reverse", X=np.zeros((1, T, p)), G=np.ones((1, T, p)))
+    want = np.array([[math.sin(t / 1e4 ** (c / p)) if c % 2 == 0 else math.cos(t / 1e4 ** ((c - 1) / p))
+                      for c in range(p)] for t in range(T)])
+    np.testing.assert_allclose(np.broadcast_to(vals["r"], (T, p)), want, rtol=1e-13, atol=1e-15)
+
+
+@pytest.mark.parametrize("name,opts", [("rnn", {}), ("rnn", {"activation": "relu"}), ("lstm", {}),
+                                       ("gru", {"variant": "book"}), ("gru", {"variant": "torch"})])
+def test_recurrences_verify_and_keep_T_symbolic(name: str, opts: dict[str, object]) -> None:
+    m = derive.models.get(name, **opts)
+    verify.check(m, examples=6, derandomize=True)
+    # one step is derived, whatever T: no equation mentions a numeric time step
+    for eq in derive.backprop(m):
+        assert "t+2" not in derive.latex(eq)
+
+
+def test_bptt_prints_the_book_recursion() -> None:
+    m = derive.models.get("rnn")
+    got = {e.lhs.name: derive.latex(e) for e in derive.backprop(m)}
+    assert got["zeta"] == (r"\zeta^{\langle t\rangle} = \left(W_{hh}^\top \delta^{\langle t+1\rangle}\right) + "
+                           r"W_{yh}^\top \delta_y^{\langle t\rangle}")
+    assert got["delta"] == r"\delta^{\langle t\rangle} = \dot{S}\left(z^{\langle t\rangle}\right) \odot \zeta^{\langle t\rangle}"
+    assert got["g_W_hh"].startswith(r"g_{W_{hh}} = \delta^{\langle t\rangle} h^{\langle t-1\rangle\top}")
+    src = numeric.source(m)
+    assert "for t in range(T)" in src and "for t in range(T - 1, -1, -1)" in src  # loops over the actual T

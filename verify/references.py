@@ -749,3 +749,28 @@ def gru(*, X: torch.Tensor, Y: torch.Tensor, variant: str = "book", **P: torch.T
             h = (1 - u) * h + u * cand
             hs.append(h)
     return _seq_loss([F.linear(h_t, P["W_yh"], P["b_y"]) for h_t in hs], Y)
+
+
+def positional_table(T: int, p: int, M: float, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """r[t, 2k] = sin(t / M^(2k/p)), r[t, 2k+1] = cos(t / M^(2k/p)), written independently with arange."""
+    pos = torch.arange(T, dtype=dtype)[:, None]
+    k = torch.arange(0, p, 2, dtype=dtype)
+    angle = pos / M ** (k / p)
+    r = torch.zeros(T, p, dtype=dtype)
+    r[:, 0::2] = torch.sin(angle)
+    r[:, 1::2] = torch.cos(angle[:, : p // 2])
+    return r
+
+
+@_register()
+def positional_encoding(*, X: torch.Tensor, G: torch.Tensor, M: float = 10000.0) -> torch.Tensor:
+    """C = sum(G * (X + r)) with the table of (7.29).
+
+    Args:
+        X: inputs (n, T, p); G: upstream gradient (n, T, p).
+        M: the base (10^4 in the book).
+
+    Returns:
+        The scalar probe loss.
+    """
+    return _layer_loss(X + positional_table(X.shape[1], X.shape[2], M, X.dtype).to(X.device), G)

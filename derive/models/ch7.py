@@ -256,3 +256,27 @@ def gru(variant: str = "book") -> Model:
         h = b.eq("h", (1 - gu) * ht + gu * h0, r"h^{\langle t\rangle}", adjoint=("zeta", r"\zeta^{\langle t\rangle}"))
     _head(b, h, d["q"], d["m"])
     return b.scan_model(d["T"], {"h_prev": h}, ("X", "Y"), 1 / d["T"])
+
+
+@register("positional_encoding")
+def positional_encoding(M: float = 10000.0) -> Model:
+    r"""Positional encoding (7.29)-(7.30): r^{<t>}_{2i} = sin(t / M^{2i/p}), r^{<t>}_{2i+1} = cos(t / M^{2i/p}),
+    added to the inputs, x~^{<t>} = x^{<t>} + r^{<t>}; a layer entry with loss sum(G * x~)."""
+    from ..tensor import IndexGrid
+
+    b = Builder("positional_encoding", "sinusoidal positional encoding", "§7.5 (7.29)", {"M": M})
+    b.samples("n", 2, 1, 3)
+    T = b.dim("T", 4, 1, 6)
+    p = b.dim("p", 4, 1, 6)
+    Mc = b.const("M", M)
+    X = b.input("X", (T, p), "x", batched=True, adjoint=("g_X", r"\bar{x}"))
+    G = b.input("G", (T, p), r"\bar{\tilde{x}}", batched=True)
+    t, i = IndexGrid((T, p), 0, "t"), IndexGrid((T, p), 1, "i")
+    two_k = 2 * sp.floor(ARG[1] / 2)  # the even index 2k of column i
+    # sin(theta + pi/2) = cos(theta): one formula for the even (sin) and odd (cos) columns
+    r = b.eq("r", map_(sp.sin(ARG[0] / Mc ** (two_k / p) + sp.pi / 2 * (ARG[1] - two_k)), [t, i]),
+             r"r^{\langle t\rangle}",
+             note=r"r^{\langle t\rangle}_{2k} = \sin(t / M^{2k/p}),\ r^{\langle t\rangle}_{2k+1} = \cos(t / M^{2k/p})")
+    xt = b.eq("x_tilde", X + r, r"\tilde{x}")
+    b.eq("C", sum_(G * xt), "C")
+    return b.model(reduction="sum", diff_inputs=("X",))
