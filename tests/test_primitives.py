@@ -31,6 +31,7 @@ from derive.tensor import (
     ARG,
     PRIMITIVES,
     CausalMask,
+    IndexGrid,
     Node,
     Unfold,
     einsum,
