@@ -13,7 +13,8 @@ For each hypothesis-drawn example it compares, in float64:
 Agreement means ``|got - want| <= rtol * (|want| + scale)`` elementwise with ``scale = max(1, max|want|,
 noise / rtol)``: entries that are zero up to rounding are compared at the tensor's scale, and ``noise`` is
 the reference's own sensitivity to rounding: ten times its change when the inputs move by about two ulps,
-and three times its change when they move by 1e-13 relative. That term only matters where float64
+three times its change when they move by 1e-13 relative (twice, with different signs), and its change at
+1e-12 relative. That term only matters where float64
 cannot resolve the result (large terms cancelling, e.g. a saturated softmax at scores of 1e5, where the
 rank-one term of the softmax Jacobian is a difference of numbers 1e13 times larger than itself); a real
 bug moves results by far more.
@@ -131,7 +132,7 @@ def _reference(m: Model, arrays: dict[str, np.ndarray], device: str,
     noise: dict[str, float] = {"loss": 0.0, **{k: 0.0 for k in m.grad_names}}
     # moves of ~2 ulps show rounding noise directly; moves of 1e-13 also reshuffle the rounding of results
     # that are differences of nearly equal large terms (where ~2-ulp moves may leave every bit in place)
-    for rel, factor in ((4e-16, 10.0), (1e-13, 3.0)):
+    for rel, factor in ((4e-16, 10.0), (1e-13, 3.0), (1e-13, 3.0), (1e-12, 1.0)):
         t2 = {k: torch.tensor(v * (1 + rel * rng.choice([-1.0, 1.0], size=np.shape(v))), dtype=torch.float64,
                               device=device) for k, v in arrays.items()}
         leaves2 = {k: t2[k].clone().requires_grad_(True) for k in m.grad_names}
@@ -183,8 +184,10 @@ def _finite_difference(m: Model, f: Callable[..., dict[str, Any]], arrays: dict[
     lp, lm = f(**plus)["loss"], f(**minus)["loss"]
     fd = (lp - lm) / (2 * h)
     an = sum(float(np.sum(_np(grads[k]) * d[k])) for k in d)
-    # truncation ~ h^2 (relative 1e-5 is generous), rounding ~ eps |L| / h
-    tol = 1e-5 * (abs(an) + abs(fd)) + 1e3 * 2.2e-16 * (abs(lp) + abs(lm)) / h
+    # truncation ~ h^2 |L'''| with |L'''| ~ |L| / scale^3, i.e. ~1e-12 |L| / scale (1e-10 is generous; it
+    # matters where the directional derivative itself is tiny), and rounding ~ eps |L| / h
+    tol = (1e-5 * (abs(an) + abs(fd)) + 1e-10 * (abs(lp) + abs(lm)) / scale
+           + 1e3 * 2.2e-16 * (abs(lp) + abs(lm)) / h)
     if abs(fd - an) > tol:
         raise Mismatch(
             f"{m.name}: the gradient disagrees with a central finite difference of the loss along a random "
