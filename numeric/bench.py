@@ -1,6 +1,6 @@
 """Benchmarks: derivation cost, generated kernels vs autograd and closed forms, Hessians.
 
-Run as ``python -m numeric.bench [--quick] [--only derive|kernels|hessian|scaling|layers]`` or through
+Run as ``python -m numeric.bench [--quick] [--only derive|kernels|hessian|scaling|sizes|layers]`` or through
 ``dlmath bench``. Three plain-text tables are printed:
 
 1. **derive**: for every zoo entry, the cold time of ``derive.models.get`` + ``derive.backprop``,
@@ -570,6 +570,7 @@ SECTIONS: dict[str, Callable[[Settings], int]] = {
     "kernels": bench_kernels,
     "hessian": bench_hessian,
     "scaling": _deep("scaling"),
+    "sizes": _deep("size_independence"),
     "layers": _deep("layers"),
 }
 

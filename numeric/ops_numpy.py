@@ -132,3 +132,11 @@ def index_grid(shape: tuple[int, ...], axis: int, like: Array) -> Array:
     view = [1] * len(shape)
     view[axis] = shape[axis]
     return np.broadcast_to(idx.reshape(view), shape)
+
+
+def softmax_and_log(x: Array, axis: int = -1) -> tuple[Array, Array]:
+    """S_softmax(x) and log S_softmax(x) from one exponential."""
+    s = x - x.max(axis=axis, keepdims=True)
+    e = np.exp(s)
+    total = e.sum(axis=axis, keepdims=True)
+    return e / total, s - np.log(total)

@@ -99,3 +99,9 @@ def index_grid(shape: tuple[int, ...], axis: int, like: Tensor) -> Tensor:
     view = [1] * len(shape)
     view[axis] = shape[axis]
     return idx.reshape(view).expand(*shape)
+
+
+def softmax_and_log(x: Tensor, axis: int = -1) -> tuple[Tensor, Tensor]:
+    """S_softmax(x) and log S_softmax(x): the fused log-softmax, then one exponential."""
+    ls = torch.log_softmax(x, dim=axis)
+    return ls.exp(), ls
