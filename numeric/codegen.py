@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 import string
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -340,6 +340,13 @@ class Lowering:
                 return mm
             if ins[0] == ins[1] and set(out) <= set(ins[0]):  # a Hadamard product, then sums
                 return self._single(ins[0], out, f"{_paren(ops[0])} * {_paren(ops[1])}")
+            for i, j in ((0, 1), (1, 0)):  # a sum of one operand, scaled by the other: sum first
+                if set(ins[j]) < set(ins[i]) and set(ins[j]) <= set(out) and set(out) <= set(ins[i]):
+                    red = self._single(ins[i], out, ops[i])
+                    idx = ", ".join(":" if c in ins[j] else "None" for c in out)
+                    if "".join(c for c in out if c in ins[j]) == ins[j]:
+                        scale = f"{_paren(ops[j])}[{idx}]" if len(ins[j]) < len(out) else ops[j]
+                        return f"{_paren(red)} * {_paren(scale)}"
         spec = ",".join(ins) + "->" + out
         if self.backend == "torch":
             return f"torch.einsum('{spec}', {', '.join(ops)})"
@@ -453,6 +460,49 @@ def _scaled(code: str, coef: sp.Expr) -> str:
     if num == -1:
         return f"-{_paren(code)} / {_paren(dim_code(den))}"
     return f"{_paren(dim_code(coef))} * {_paren(code)}"
+
+
+def _torch_conv(n: Node, code: Callable[[Node], str], low: Lowering, reduce: str | None) -> str | None:
+    """On the torch backend, contractions with image windows run as PyTorch's convolution kernels: the
+    forward ``W * U(x)`` as ``F.conv2d``, the kernel gradient ``U(x) . delta`` as ``conv2d_weight`` and the
+    input gradient ``U*(W^T delta)`` as ``conv2d_input`` (the same sums, without materialising windows)."""
+    from derive.tensor import Fold, Unfold
+
+    if low.backend != "torch" or low.model.sample is None:
+        return None
+    e = n.x if isinstance(n, Fold) else n
+    if not isinstance(e, Einsum) or len(e.operands) != 2:
+        return None
+    if isinstance(n, Fold):
+        if reduce is not None or n.x.ndim != 5:
+            return None
+        for kw_, kd in ((0, 1), (1, 0)):
+            W, d = e.operands[kw_], e.operands[kd]
+            lw, ld = e.ins[kw_], e.ins[kd]
+            if (len(lw) == 4 and len(ld) == 3 and lw[0] == ld[0] and e.out == (*lw[1:], *ld[1:])
+                    and not low.batched(W) and low.batched(d)):
+                shape = ", ".join([low.sample or "1", *(dim_code(x) for x in n.image)])
+                args = f"stride={n.stride}, padding={n.padding}, dilation={n.dilation}"
+                return _scaled(f"torch.nn.grad.conv2d_input(({shape}), {code(W)}, {code(d)}, {args})", e.coef)
+        return None
+    k = next((i for i, o in enumerate(e.operands) if isinstance(o, Unfold) and not o.flat and o.fill == 0), None)
+    if k is None:
+        return None
+    u, other = e.operands[k], e.operands[1 - k]
+    assert isinstance(u, Unfold)
+    lu, lo = e.ins[k], e.ins[1 - k]
+    args = f"stride={u.stride}, padding={u.padding}, dilation={u.dilation}"
+    if not low.batched(u):
+        return None
+    if (reduce is None and len(lo) == 4 and lo[1:] == lu[:3] and e.out == (lo[0], lu[3], lu[4])
+            and not low.batched(other)):
+        return _scaled(f"torch.nn.functional.conv2d({code(u.x)}, {code(other)}, None, {args})", e.coef)
+    if (reduce is not None and len(lo) == 3 and lo[1:] == lu[3:] and e.out == (lo[0], *lu[:3])
+            and low.batched(other)):
+        wshape = ", ".join(dim_code(e.dims[i]) for i in e.out)
+        coef = e.coef / low.model.sample if reduce == "mean" else e.coef
+        return _scaled(f"torch.nn.grad.conv2d_weight({code(u.x)}, ({wshape}), {code(other)}, {args})", coef)
+    return None
 
 
 def _last_uses(lines: Sequence[Any], keep: set[str]) -> list[list[str]]:
@@ -681,8 +731,8 @@ def generate(prog: Program, backend: str) -> str:
             return n.name
         if id(n) in temps:
             return temps[id(n)]
-        args = [code_of(c) for c in n.children()]
-        code = n.lower(args, backend, low)
+        conv = _torch_conv(n, code_of, low, None)
+        code = conv if conv is not None else n.lower([code_of(c) for c in n.children()], backend, low)
         if not top and parents.get(id(n), 0) > 1 and not isinstance(n, Const):
             counter[0] += 1
             t = f"t{counter[0]}"
@@ -697,6 +747,9 @@ def generate(prog: Program, backend: str) -> str:
         if not low.batched(n):
             return code_of(n) if how == "mean" else f"{low.sample} * {_paren(code_of(n))}"
         if isinstance(n, Einsum):
+            conv = _torch_conv(n, code_of, low, how)
+            if conv is not None:
+                return conv
             args = [code_of(c) for c in n.children()]
             return low.einsum_code(n, args, reduce=how)
         if isinstance(n, Map) and n.fn.is_Add:

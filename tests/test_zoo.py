@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import sympy as sp
 import torch
-from hypothesis import settings
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import derive
 import numeric
@@ -255,3 +256,19 @@ def test_bptt_prints_the_book_recursion() -> None:
     assert got["g_W_hh"].startswith(r"g_{W_{hh}} = \delta^{\langle t\rangle} h^{\langle t-1\rangle\top}")
     src = numeric.source(m)
     assert "for t in range(T)" in src and "for t in range(T - 1, -1, -1)" in src  # loops over the actual T
+
+
+@settings(max_examples=max(4, settings().max_examples // 2), deadline=None, suppress_health_check=list(HealthCheck))
+@given(kernel=st.tuples(st.integers(1, 3), st.integers(1, 3)), stride=st.integers(1, 3),
+       padding=st.integers(0, 1), dilation=st.integers(1, 2))
+def test_conv2d_drawn_options(kernel: tuple[int, int], stride: int, padding: int, dilation: int) -> None:
+    """Hypothesis draws the stride/padding/dilation combination; verify.check draws shapes and values."""
+    m = derive.models.get("conv2d", kernel=kernel, stride=stride, padding=padding, dilation=dilation)
+    verify.check(m, examples=2, derandomize=True)
+
+
+@settings(max_examples=max(3, settings().max_examples // 3), deadline=None, suppress_health_check=list(HealthCheck))
+@given(heads=st.integers(1, 3), causal=st.booleans())
+def test_multihead_attention_drawn_heads(heads: int, causal: bool) -> None:
+    verify.check(derive.models.get("multihead_attention", heads=heads, causal=causal), examples=2,
+                 derandomize=True)

@@ -546,14 +546,14 @@ def _mha_module(W_q: torch.Tensor, W_k: torch.Tensor, W_v: torch.Tensor, W_o: to
 
 def _mha(X: torch.Tensor, W_q: torch.Tensor, W_k: torch.Tensor, W_v: torch.Tensor, W_o: torch.Tensor,
          heads: int, causal: bool) -> torch.Tensor:
+    """nn.MultiheadAttention (bias-free, batch_first) with our weights swapped in by functional_call."""
     in_proj, out_w = _mha_module(W_q, W_k, W_v, W_o, heads)
-    p = X.shape[-1]
-    T = X.shape[-2]
+    p, T = X.shape[-1], X.shape[-2]
+    module = torch.nn.MultiheadAttention(p, heads, bias=False, batch_first=True, dtype=X.dtype, device=X.device)
     mask = torch.triu(torch.ones(T, T, dtype=torch.bool, device=X.device), 1) if causal else None
-    out, _ = F.multi_head_attention_forward(
-        X.transpose(0, 1), X.transpose(0, 1), X.transpose(0, 1), p, heads, in_proj, None, None, None, False,
-        0.0, out_w, None, training=False, need_weights=False, attn_mask=mask)
-    return out.transpose(0, 1)
+    state = {"in_proj_weight": in_proj, "out_proj.weight": out_w}
+    out, _ = torch.func.functional_call(module, state, (X, X, X), {"need_weights": False, "attn_mask": mask})
+    return out
 
 
 @_register()
