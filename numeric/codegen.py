@@ -212,11 +212,24 @@ def scalar_code(expr: sp.Expr, names: dict[sp.Symbol, str], backend: str) -> str
 
 
 def dim_code(expr: Any) -> str:
-    """Python code of a dimension expression (dimension symbols are local variables)."""
+    """Python code of a dimension expression (dimension symbols are local variables). Output sizes such as
+    floor((H + 2P - D(k - 1) - 1) / S) + 1 use integer division: floats would round 0.999... down."""
     e = sp.sympify(expr)
     if e.is_Integer:
         return str(int(e))
-    return str(sp.pycode(e, fully_qualified_modules=True))
+    floors = list(e.atoms(sp.floor))
+    if not floors:
+        return str(sp.pycode(e, fully_qualified_modules=True))
+    names = {}
+    for i, f in enumerate(floors):
+        num, den = sp.fraction(sp.together(f.args[0]))
+        if not den.is_Integer:
+            return str(sp.pycode(e, fully_qualified_modules=True))
+        names[sp.Symbol(f"__floor{i}")] = f"(({dim_code(sp.expand(num))}) // {int(den)})"
+    code = str(sp.pycode(e.xreplace({f: s for f, s in zip(floors, names)}), fully_qualified_modules=True))
+    for s, c in names.items():
+        code = code.replace(str(s), c)
+    return code
 
 
 # --------------------------------------------------------------------------------------------------
@@ -350,7 +363,8 @@ class Lowering:
         spec = ",".join(ins) + "->" + out
         if self.backend == "torch":
             return f"torch.einsum('{spec}', {', '.join(ops)})"
-        opt = ", optimize=True" if len(ops) > 2 else ""  # planning pays only for three or more operands
+        # planning (and BLAS) pays for three or more operands, or for contractions of higher-order tensors
+        opt = ", optimize=True" if len(ops) > 2 or any(len(l) >= 4 for l in ins) else ""
         return f"np.einsum('{spec}', {', '.join(ops)}{opt})"
 
     def _single(self, li: str, out: str, op: str) -> str:

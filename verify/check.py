@@ -278,20 +278,25 @@ def check(
                          require_all=True)
         report.examples += 1
 
-    phases = [Phase.explicit, Phase.reuse, Phase.generate] + ([Phase.shrink] if shrink else [])
-
-    @settings(max_examples=examples, deadline=None, database=None, phases=phases, derandomize=derandomize,
-              suppress_health_check=list(HealthCheck), print_blob=False)
-    @given(st.data())
-    def run(data: st.DataObject) -> None:
-        one(data.draw(_examples(model), label="example"))
-
-    run()
+    _drive(model, one, examples, shrink, derandomize)
     return report
 
 
 def _examples(m: Model) -> st.SearchStrategy[Example]:
     return examples(m)
+
+
+def _drive(m: Model, one: Callable[[Example], None], n: int, shrink: bool, derandomize: bool) -> None:
+    """Run ``one`` on ``n`` hypothesis-drawn examples of ``m`` (no database; shrinking on request)."""
+    phases = [Phase.explicit, Phase.reuse, Phase.generate] + ([Phase.shrink] if shrink else [])
+
+    @settings(max_examples=n, deadline=None, database=None, phases=phases, derandomize=derandomize,
+              suppress_health_check=list(HealthCheck), print_blob=False)
+    @given(st.data())
+    def run(data: st.DataObject) -> None:
+        one(data.draw(_examples(m), label="example"))
+
+    run()
 
 
 def _compare_out(m: Model, who: str, out: Any, loss: float, grads: dict[str, np.ndarray],
@@ -395,13 +400,5 @@ def _check_update(m: Model, implementation: Callable[..., dict[str, Any]] | None
                     report.record(f"{who}: state vs torch.optim", err)
         report.examples += 1
 
-    phases = [Phase.explicit, Phase.reuse, Phase.generate] + ([Phase.shrink] if shrink else [])
-
-    @settings(max_examples=examples, deadline=None, database=None, phases=phases, derandomize=derandomize,
-              suppress_health_check=list(HealthCheck), print_blob=False)
-    @given(st.data())
-    def run(data: st.DataObject) -> None:
-        one(data.draw(_examples(m), label="example"))
-
-    run()
+    _drive(m, one, examples, shrink, derandomize)
     return report
