@@ -160,14 +160,26 @@ def bench_layers(settings: Settings) -> int:
             def checked(k: Any = k_checked, a: dict[str, torch.Tensor] = plain) -> Any:
                 return k(**a)
 
-            r = race({"gen": gen, "checked": checked, "eager": eager}, settings)
+            contenders = {"gen": gen, "checked": checked, "eager": eager}
+            if not quick and name != "lstm":  # the loop over T would be unrolled by the compiler
+                k_fused = numeric.compile(m, "torch", check=False, fuse=True)
+
+                def fused(k: Any = k_fused, a: dict[str, torch.Tensor] = plain) -> Any:
+                    return k.raw(**a)
+
+                fused()  # compile outside the timing
+                contenders["fused"] = fused
+            r = race(contenders, settings)
             sz = ",".join(f"{k}={v}" for k, v in (small if quick else full).items())
+            fused_ratio = f"{r.ratio('fused', 'eager'):.2f}x" if "fused" in r.seconds else "-"
             rows.append([name, sz, str(dtype).replace("torch.", ""), f"{r.seconds['gen'] * 1e3:.2f}",
                          f"{r.seconds['eager'] * 1e3:.2f}", f"{r.ratio('gen', 'eager'):.2f}x",
-                         f"{r.ratio('checked', 'eager'):.2f}x", f"{r.spread(('gen', 'eager')) * 100:.0f}%"])
+                         f"{r.ratio('checked', 'eager'):.2f}x", fused_ratio,
+                         f"{r.spread(('gen', 'eager')) * 100:.0f}%"])
     print("== layers: generated torch forward+backward vs torch eager autograd ==")
     print(format_table(["model", "sizes", "dtype", "generated ms", "eager ms", "gen/eager", "checked/eager",
-                        "ratio IQR"], rows, left=(0, 1, 2)))
-    print("gen: the generated function alone (numeric.compile(m).raw); checked: with the input checks.")
+                        "fused/eager", "ratio IQR"], rows, left=(0, 1, 2)))
+    print("gen: the generated function alone (numeric.compile(m).raw); checked: with the input checks;")
+    print("fused: the generated module through torch.compile (numeric.compile(m, 'torch', fuse=True)).")
     print()
     return 0

@@ -52,8 +52,10 @@ class Kernel:
     result non-finite (the inputs are scanned only then). ``f.raw`` is the generated function itself.
     """
 
-    def __init__(self, m: Model, backend: str, device: str | None, hessian: tuple[str, ...], check: bool):
+    def __init__(self, m: Model, backend: str, device: str | None, hessian: tuple[str, ...], check: bool,
+                 fuse: bool = False):
         self.model = m
+        self.fuse = fuse
         self.backend = backend
         self.device = device
         self.hessian = hessian
@@ -64,6 +66,12 @@ class Kernel:
         ns: dict[str, Any] = {}
         exec(builtins.compile(self.source, filename, "exec"), ns)  # our own generated code, identifiers validated
         self.raw = ns["kernel"]
+        if fuse:
+            import torch
+
+            # torch.compile fuses the elementwise passes of the generated module into a few loops (the
+            # generated code is plain PyTorch, so it traces whole); compiled on first call, per shape
+            self.raw = torch.compile(self.raw, dynamic=False)
         self.names = [k for k in [*m.params, *m.inputs] if k not in m.carries]
         self._shape_plan = self._plan()
 
@@ -232,7 +240,7 @@ def _all_finite(v: Any) -> bool:
 
 
 def compile(m: Model, backend: str = "numpy", device: str | None = None, hessian: Sequence[str] | None = None,
-            check: bool = True) -> Kernel:
+            check: bool = True, fuse: bool = False) -> Kernel:
     """Compile ``m`` into a kernel ``f(**arrays) -> {"loss", "grad"[, "hessian"][, "newton"]}``.
 
     Args:
@@ -242,6 +250,9 @@ def compile(m: Model, backend: str = "numpy", device: str | None = None, hessian
         hessian: parameters whose Hessian blocks to return (``out["hessian"]["w"]``; cross blocks keyed by
             pairs). Defaults to none; models with a Newton step default to all their Hessian parameters.
         check: check names, shapes, dtypes and finiteness of the arrays on every call.
+        fuse: torch backend only: compile the generated module with ``torch.compile`` (seconds on the first
+            call per shape), which fuses its elementwise passes; normalization layers then beat eager
+            autograd (see ``dlmath bench --only layers``).
 
     Compiled kernels are cached per model, backend, device and Hessian request.
     """
@@ -256,12 +267,14 @@ def compile(m: Model, backend: str = "numpy", device: str | None = None, hessian
 
         if not torch.cuda.is_available():
             raise ValueError("device='cuda' was asked for but torch sees no CUDA device; use device='cpu'")
+    if fuse and backend != "torch":
+        raise ValueError("fuse=True compiles the torch module with torch.compile; pass backend='torch'")
     hs = tuple(hessian) if hessian is not None else (m.hessian_wrt if m.newton else ())
-    key = (id(m), backend, device, hs, check)
+    key = (id(m), backend, device, hs, check, fuse)
     hit = _CACHE.get(key)
     if hit is not None and hit[0] is m:
         return hit[1]
-    k = Kernel(m, backend, device, hs, check)
+    k = Kernel(m, backend, device, hs, check, fuse)
     _CACHE[key] = (m, k)
     return k
 

@@ -407,3 +407,16 @@ def test_float32_hessian(name: str, backend: str) -> None:
         for b in hs:
             key: Any = a if a == b else (a, b)
             _check_float32(f"Hessian {key}", o32["hessian"][key], o64["hessian"][key], backend)
+
+
+def test_fused_torch_kernel_matches() -> None:
+    """fuse=True runs the generated module through torch.compile: same numbers (float64, 1e-12)."""
+    m = derive.models.get("layer_norm")
+    arrays = {k: torch.tensor(v) for k, v in _model_arrays(m, n=5, p=7).items()}
+    plain = numeric.compile(m, "torch")(**arrays)
+    fused = numeric.compile(m, "torch", fuse=True)(**arrays)
+    assert fused["loss"] == pytest.approx(plain["loss"], rel=1e-12)
+    for k in m.grad_names:
+        np.testing.assert_allclose(fused["grad"][k].numpy(), plain["grad"][k].numpy(), rtol=1e-12, atol=1e-14)
+    with pytest.raises(ValueError, match="backend='torch'"):
+        numeric.compile(m, "numpy", fuse=True)
