@@ -160,7 +160,7 @@ def bench_layers(settings: Settings) -> int:
             def checked(k: Any = k_checked, a: dict[str, torch.Tensor] = plain) -> Any:
                 return k(**a)
 
-            contenders = {"gen": gen, "checked": checked, "eager": eager}
+            contenders: dict[str, Callable[[], Any]] = {"gen": gen, "checked": checked, "eager": eager}
             if not quick and name != "lstm":  # the loop over T would be unrolled by the compiler
                 k_fused = numeric.compile(m, "torch", check=False, fuse=True)
 
