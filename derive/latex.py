@@ -572,8 +572,6 @@ def fold_layers(texs: Sequence[str], L: int) -> list[str]:
             continue
         hi, lo = max(tops), min(tops)
         rng = rf"\ell = {_layer_label(hi, L, 'L') if hi >= L - 1 else hi}, \dots, {lo}"
-        if len(tops) == 2:
-            rng = rf"\ell = {_layer_label(hi, L, 'L') if hi >= L - 1 else hi}, {lo}"
         out.append(render(r"\ell") + rf"\qquad {rng}")
     return out
 

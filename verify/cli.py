@@ -48,10 +48,12 @@ _DETEX = [
     (r"\^\\top", "ᵀ"), (r"\\top", "ᵀ"), (r"\\hat\{(\w)\}", r"\1̂"), (r"\\tilde\{(\w)\}", r"\1̃"),
     (r"\\bar\{(\w)\}", r"\1̄"), (r"\\dot\{(\w)\}", r"\1̇"), (r"\\mathrm\{softmax\}", "softmax"),
     (r"\\operatorname\{(\w+)\}", r"\1"), (r"\\frac\{([^{}]*)\}\{([^{}]*)\}", r"(\1)/(\2)"),
-    (r"\\sigma", "σ"), (r"\\delta", "δ"), (r"\\zeta", "ζ"), (r"\\theta", "θ"), (r"\\lambda", "λ"),
+    (r"\\sigma", "σ"),
+    (r"\\alpha(?![a-zA-Z])", "α"), (r"\\beta(?![a-zA-Z])", "β"), (r"\\gamma(?![a-zA-Z])", "γ"), (r"\\epsilon(?![a-zA-Z])", "ε"), (r"\\mu(?![a-zA-Z])", "μ"), (r"\\Sigma(?![a-zA-Z])", "Σ"), (r"\\pi(?![a-zA-Z])", "π"), (r"\\Gamma(?![a-zA-Z])", "Γ"), (r"\\hat\{([^{}]*)\}", r"\1̂"), (r"\\bar\{([^{}]*)\}", r"\1̄"), (r"\\delta", "δ"), (r"\\zeta", "ζ"), (r"\\theta", "θ"), (r"\\lambda", "λ"),
     (r"\\Delta", "Δ"), (r"\\ell", "ℓ"), (r"\\log", "log"), (r"\\exp", "exp"), (r"\\tanh", "tanh"),
     (r"\\sin", "sin"), (r"\\cos", "cos"), (r"\\mathcal\{C\}", "𝒞"), (r"\\mathbb\{1\}", "1"),
-    (r"\\qquad", ", for "), (r"\\quad|\\;|\\,", " "), (r"\\dots", "…"), (r"\\sum", "Σ"), (r"\\le", "≤"), (r"\\\|", "‖"),
+    (r"\\qquad", ", for "), (r"\\quad|\\;|\\,", " "), (r"\\dots", "…"), (r"\\sum", "Σ"),
+    (r"\\langle ?", "⟨"), (r"\\rangle", "⟩"), (r"\\text\{([^{}]*)\}", r"\1"), (r"\\star", "⋆"), (r"\\le", "≤"), (r"\\\|", "‖"),
 ]
 
 
@@ -59,8 +61,9 @@ def detex(s: str) -> str:
     """A plain-text rendering of the LaTeX this package prints (for terminals)."""
     for pat, rep in _DETEX:
         s = re.sub(pat, rep, s)
-    s = re.sub(r"\{([^{}]*)\}", r"\1", s)
-    s = re.sub(r"\{([^{}]*)\}", r"\1", s)
+    for _ in range(8):  # innermost groups first; a fraction's own braces wait until its parts are flat
+        s = re.sub(r"\\frac\{([^{}]*)\}\{([^{}]*)\}", r"(\1)/(\2)", s)
+        s = re.sub(r"(?<!\\frac)(?<!\})\{([^{}]*)\}", r"\1", s)
     return re.sub(r"\s+", " ", s).strip()
 
 
@@ -256,6 +259,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))
+    except BrokenPipeError:  # the reader (e.g. `head`) closed the pipe: not an error of ours
+        return 0
     except (UsageError, derive.ModelError, derive.ShapeError, derive.UnsupportedError, numeric.InputError,
             ValueError, TypeError) as e:
         print(f"dlmath {args.command}: error: {e}", file=sys.stderr)
