@@ -255,6 +255,7 @@ class Builder:
     def param(self, name: str, shape: Sequence[Any], tex: str | None = None, grad_tex: str | None = None) -> Var:
         """A parameter; its gradient is reported as ``g_<name>``."""
         self._claim(name)
+        self._claim("g_" + name)  # its gradient's name in generated code
         v = Var(name, tuple(shape), "param", tex)
         self.params[name] = v
         if grad_tex:
@@ -270,6 +271,7 @@ class Builder:
         v = Var(name, tuple(shape), "input", tex, batched=batched, domain=domain)
         self.inputs[name] = v
         if adjoint:
+            self._claim(adjoint[0])
             self.adjoints[name] = adjoint
         return v
 
@@ -295,6 +297,7 @@ class Builder:
                 raise ModelError(f"{self.name}: adjoint of {name!r} must be (identifier, LaTeX) or 'inline'")
             self.inline.add(name)
         elif adjoint:
+            self._claim(adjoint[0])  # adjoints are variables of the generated code too: names stay unique
             self.adjoints[name] = adjoint
         return v
 

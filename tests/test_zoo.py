@@ -272,3 +272,17 @@ def test_conv2d_drawn_options(kernel: tuple[int, int], stride: int, padding: int
 def test_multihead_attention_drawn_heads(heads: int, causal: bool) -> None:
     verify.check(derive.models.get("multihead_attention", heads=heads, causal=causal), examples=2,
                  derandomize=True)
+
+
+def test_generated_names_are_unique() -> None:
+    """Adjoint and gradient names are variables of the generated code: a clash is refused at build time."""
+    b = derive.Builder("clash", "two adjoints with one name", "test")
+    b.samples("n", 2)
+    N = b.dim("N", 2)
+    z = b.input("Z", (N,), "z", batched=True)
+    b.eq("a", derive.nn.tanh(z), "a", adjoint=("zbar", r"\bar a"))
+    with pytest.raises(derive.ModelError, match="'zbar' is used twice"):
+        b.eq("c", derive.nn.tanh(z), "c", adjoint=("zbar", r"\bar c"))
+    with pytest.raises(derive.ModelError, match="'g_f' is used twice"):
+        b.eq("g_f", derive.nn.tanh(z), "g_f")
+        b.param("f", (N,), "f")

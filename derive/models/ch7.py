@@ -202,7 +202,7 @@ def _gate(b: Builder, tag: str, h: Node, x: Node, d: dict[str, sp.Symbol], fn: s
     act = named_activation(fn) if fn != "sigmoid" else None
     val = map_(act(ARG[0]), [pre]) if act else _sig(pre)
     gate = tex or rf"g_{{{tag}}}^{{\langle t\rangle}}"
-    return b.eq(f"g_{tag}", val, gate, adjoint=(f"zeta_{tag}", rf"\bar{{g}}_{{{tag}}}^{{\langle t\rangle}}"))
+    return b.eq(f"g_{tag}", val, gate, adjoint=(f"gbar_{tag}", rf"\bar{{g}}_{{{tag}}}^{{\langle t\rangle}}"))
 
 
 def _sig(x: Node) -> Node:
