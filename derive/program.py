@@ -103,6 +103,9 @@ class Model:
     #: the hard value modes the verifier draws besides normal and small values ("large": inputs of a few
     #: hundred, i.e. logits of order 1e3, where stable forms matter)
     hard: tuple[str, ...] = ("large",)
+    #: whether a finite difference of the loss is a meaningful check (False for ReLU-then-max-pool
+    #: networks: piecewise linear with pieces at the scale of any usable step)
+    finite_differences: bool = True
     #: numeric values of the named constants (hyperparameters) that the equations use as symbols
     constants: dict[str, float] = field(default_factory=dict)
     #: update programs: state name -> the equation giving its next value (empty for losses)

@@ -179,15 +179,25 @@ def _finite_difference(m: Model, f: Callable[..., dict[str, Any]], arrays: dict[
     # the step is relative to the data: truncation stays ~1e-12 relative, and a kink is crossed only
     # with probability ~1e-6
     h = 1e-6 * scale
-    plus = {**arrays, **{k: arrays[k] + h * d[k] for k in d}}
-    minus = {**arrays, **{k: arrays[k] - h * d[k] for k in d}}
-    lp, lm = f(**plus)["loss"], f(**minus)["loss"]
-    fd = (lp - lm) / (2 * h)
+
+    def central(step: float) -> tuple[float, float, float]:
+        lp = f(**{**arrays, **{k: arrays[k] + step * d[k] for k in d}})["loss"]
+        lm = f(**{**arrays, **{k: arrays[k] - step * d[k] for k in d}})["loss"]
+        return (lp - lm) / (2 * step), lp, lm
+
+    fd1, lp, lm = central(h)
+    fd2, _, _ = central(h / 2)
+    # Richardson extrapolation cancels the h^2 truncation term; |fd1 - fd2| estimates what is left of it
+    # (it matters where the directional derivative is tiny next to the curvature, e.g. a confident
+    # softmax), and rounding contributes ~ eps |L| / h
+    fd = (4 * fd2 - fd1) / 3
     an = sum(float(np.sum(_np(grads[k]) * d[k])) for k in d)
-    # truncation ~ h^2 |L'''| with |L'''| ~ |L| / scale^3, i.e. ~1e-12 |L| / scale (1e-10 is generous; it
-    # matters where the directional derivative itself is tiny), and rounding ~ eps |L| / h
-    tol = (1e-5 * (abs(an) + abs(fd)) + 1e-10 * (abs(lp) + abs(lm)) / scale
-           + 1e3 * 2.2e-16 * (abs(lp) + abs(lm)) / h)
+    # Models with kinks (ReLU, max pooling) are only piecewise smooth: a near-tie in a pooling window can
+    # switch within the step, so their finite differences get 1e-4 relative (the exact comparison with
+    # torch, under the same subgradient conventions, stays at 1e-10).
+    rel = 1e-4 if m.kinks else 1e-5
+    tol = (rel * (abs(an) + abs(fd)) + abs(fd1 - fd2) + 1e-10 * (abs(lp) + abs(lm)) / scale
+           + 2e3 * 2.2e-16 * (abs(lp) + abs(lm)) / h)
     if abs(fd - an) > tol and m.kinks:
         # A model with kinks (ReLU, max pooling) may sit on one: ReLU(0) ties in a pooling window are not
         # rare. There the one-sided differences disagree and no finite difference measures a derivative;
@@ -270,7 +280,7 @@ def check(
                 raise _fail(model, "the numpy kernel vs the torch kernel", f"gradient {k}",
                             outs["numpy kernel"]["grad"][k], outs["torch kernel"]["grad"][k], err, idx, ex, rtol)
             report.record("numpy kernel vs torch kernel", err)
-        if fd and ex.mode in ("normal", "small"):
+        if fd and model.finite_differences and ex.mode in ("normal", "small"):
             report.record("finite difference (scaled)", _finite_difference(model, f_np, arrays, grads, ex))
         if implementation is not None:
             args: dict[str, Any] = (arrays if backend == "numpy" else
