@@ -53,6 +53,21 @@ def capital(tex: str) -> str:
     return tex
 
 
+def signed_sum(expr: sp.Expr, show: Any, group: Any, lead: str) -> str:
+    """A sum written ``a + b - c``: positive terms first, each negative one after a minus sign (so the
+    text reads as the book writes it, and generated code computes no negation). ``show`` prints a term,
+    ``group`` parenthesises a nested sum, ``lead`` is the sign of a negative first term."""
+    terms = sorted(sp.Add.make_args(expr), key=lambda t: (t.could_extract_minus_sign(), t.is_Number))
+    out = ""
+    for i, t in enumerate(terms):
+        neg = t.could_extract_minus_sign()
+        body = show(-t if neg else t)
+        if (-t if neg else t).is_Add:
+            body = group(body)
+        out += (" - " if neg else " + ") + body if i else (lead if neg else "") + body
+    return out
+
+
 class _ScalarPrinter(LatexPrinter):
     """SymPy's LaTeX printer with tensor arguments: products of tensors print with ``\\odot``."""
 
@@ -69,16 +84,7 @@ class _ScalarPrinter(LatexPrinter):
         return bool(e.free_symbols & self.tensors)
 
     def _print_Add(self, expr: sp.Add, order: str | None = None) -> str:
-        terms = list(sp.Add.make_args(expr))
-        terms.sort(key=lambda t: (t.could_extract_minus_sign(), t.is_Number))
-        out = ""
-        for i, t in enumerate(terms):
-            neg = t.could_extract_minus_sign()
-            s = self._print(-t if neg else t)
-            if (-t if neg else t).is_Add:
-                s = rf"\left({s}\right)"
-            out += (" - " if neg else (" + " if i else "")) + s if i or neg else s
-        return out.strip()
+        return signed_sum(expr, self._print, lambda s: rf"\left({s}\right)", "- ")
 
     def _print_Pow(self, expr: sp.Pow) -> str:
         b, e = expr.args

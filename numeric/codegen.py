@@ -161,15 +161,9 @@ def _stable_node(root: Node, defs: dict[Var, Node]) -> Node:
 
 def _print_add(printer: Any, expr: sp.Add) -> str:
     """``a - b`` rather than ``-b + a``: positive terms first, no negation to compute."""
-    terms = sorted(sp.Add.make_args(expr), key=lambda t: t.could_extract_minus_sign())
-    out = ""
-    for i, t in enumerate(terms):
-        neg = t.could_extract_minus_sign()
-        body = printer._print(-t if neg else t)
-        if (-t if neg else t).is_Add:
-            body = f"({body})"
-        out += (" - " if neg else " + ") + body if i else ("-" if neg else "") + body
-    return out
+    from derive.latex import signed_sum
+
+    return signed_sum(expr, printer._print, lambda b: f"({b})", "-")
 
 
 class _NumpyScalar(NumPyPrinter):
