@@ -101,12 +101,12 @@ def compare(got: Any, want: Any, rtol: float = RTOL, noise: float = 0.0) -> tupl
 
 
 def _fail(m: Model, who: str, what: str, got: Any, want: Any, err: float, idx: tuple[int, ...] | None,
-          ex: Example, rtol: float) -> Mismatch:
+          ex: Example, rtol: float, noise: float = 0.0) -> Mismatch:
     g, w = _np(got), _np(want)
     at = f" at index {idx}" if idx else ""
     gv = g[idx] if idx else g
     wv = w[idx] if idx else w
-    scale = max(1.0, float(np.max(np.abs(w)))) if w.size else 1.0
+    scale = max(1.0, float(np.max(np.abs(w))) if w.size else 1.0, noise / rtol)
     return Mismatch(
         f"{m.name}: {what} (shape {tuple(w.shape)}) from {who} disagrees with torch autograd{at}: "
         f"got {float(gv):.17g}, expected {float(wv):.17g} "
@@ -278,7 +278,8 @@ def check(
                                NOISE.get(k, 0.0))
             if err > rtol:
                 raise _fail(model, "the numpy kernel vs the torch kernel", f"gradient {k}",
-                            outs["numpy kernel"]["grad"][k], outs["torch kernel"]["grad"][k], err, idx, ex, rtol)
+                            outs["numpy kernel"]["grad"][k], outs["torch kernel"]["grad"][k], err, idx, ex, rtol,
+                            NOISE.get(k, 0.0))
             report.record("numpy kernel vs torch kernel", err)
         if fd and model.finite_differences and ex.mode in ("normal", "small"):
             report.record("finite difference (scaled)", _finite_difference(model, f_np, arrays, grads, ex))
@@ -326,7 +327,8 @@ def _compare_out(m: Model, who: str, out: Any, loss: float, grads: dict[str, np.
     err, idx = compare(np.asarray(_np(out["loss"]), dtype=np.float64).reshape(()), np.array(loss), rtol,
                        NOISE.get("loss", 0.0))
     if err > rtol:
-        raise _fail(m, who, "the loss", _np(out["loss"]).reshape(()), np.array(loss), err, idx, ex, rtol)
+        raise _fail(m, who, "the loss", _np(out["loss"]).reshape(()), np.array(loss), err, idx, ex, rtol,
+                    NOISE.get("loss", 0.0))
     report.record(f"{who}: loss", err)
     for k, want in grads.items():
         if k not in out["grad"]:
@@ -339,7 +341,7 @@ def _compare_out(m: Model, who: str, out: Any, loss: float, grads: dict[str, np.
         except ValueError as e:
             raise Mismatch(f"{m.name}: {who} returned gradient {k!r} with {e}; {ex.describe()}") from None
         if err > rtol:
-            raise _fail(m, who, f"gradient {k}", got, want, err, idx, ex, rtol)
+            raise _fail(m, who, f"gradient {k}", got, want, err, idx, ex, rtol, NOISE.get(k, 0.0))
         report.record(f"{who}: gradients", err)
     if require_all:
         return
