@@ -606,6 +606,13 @@ def generate_scan(m: Model, backend: str) -> str:
         body.append(f"        {v}_t = {v}[t]")
     rename = {v: f"{v}_t" for v in seq_vars.values()}
     fwd = _Emitter([e.rhs for e in forward], backend, low, "        ", "f")
+    # Projections of the sequences by parameters (W_hx x^{<t>}) do not depend on the state: they are
+    # computed for all t at once before the loop (one matrix product instead of T small ones).
+    hoisted = _hoisted_projections(forward, m, low, backend)
+    at = body.index(f"    for t in range({T}):")
+    for i, (node, code) in enumerate(hoisted):
+        body.insert(at + i, f"    xw{i + 1} = {code}")
+        fwd.temps[id(node)] = f"xw{i + 1}[t]"
     for eq in forward:
         code = fwd.code(eq.rhs)
         body.extend(_rename(line, rename) for line in fwd.take())
@@ -693,6 +700,26 @@ class _Emitter:
     def take(self) -> list[str]:
         out, self.lines = self.lines, []
         return out
+
+
+def _hoisted_projections(forward: Sequence[Equation], m: Model, low: Lowering, backend: str) -> list[tuple[Node, str]]:
+    """Matrix products of a sequence input with parameters only, as code over the whole (T, n, ...) array."""
+    assert m.scan is not None
+    seqs = {m.inputs[s] for s in m.scan.sequences}
+    params = set(m.params.values())
+    out: list[tuple[Node, str]] = []
+    seen: set[int] = set()
+    for eq in forward:
+        for n in walk([eq.rhs], stop=lambda x: isinstance(x, Var)):
+            if not isinstance(n, Einsum) or id(n) in seen:
+                continue
+            leaves = {v for v in walk([n]) if isinstance(v, Var)}
+            if leaves <= seqs | params and leaves & seqs:
+                code = _plain_code(n, backend, low)
+                if "@" in code and "einsum" not in code:  # a matmul broadcasts over the leading T axis
+                    seen.add(id(n))
+                    out.append((n, code))
+    return out
 
 
 def _rename(code: str, names: dict[str, str]) -> str:
