@@ -8,6 +8,7 @@ hypothesis-drawn shapes and values (Hessians and Newton steps too where the entr
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -51,8 +52,7 @@ def test_derivation_is_size_independent(name: str) -> None:
     dims = set(m.dims.values())
     for eq in (m.equations if m.is_update else derive.backprop(m)):
         for d in eq.lhs.shape:
-            assert sp.sympify(d).free_symbols <= dims
-        assert all(s in dims for d in eq.lhs.shape for s in sp.sympify(d).free_symbols)
+            assert sp.sympify(d).free_symbols <= dims, (eq.lhs.name, d)
 
 
 def test_cuda_kernels_when_a_gpu_is_present() -> None:
@@ -242,9 +242,10 @@ def test_positional_encoding_closed_form_values() -> None:
 def test_recurrences_verify_and_keep_T_symbolic(name: str, opts: dict[str, object]) -> None:
     m = derive.models.get(name, **opts)
     verify.check(m, examples=6, derandomize=True)
-    # one step is derived, whatever T: no equation mentions a numeric time step
-    for eq in derive.backprop(m):
-        assert "t+2" not in derive.latex(eq)
+    # one step is derived, whatever T: the equations relate steps t - 1, t and t + 1 only (no unrolling)
+    offsets = {o for eq in derive.backprop(m) for o in re.findall(r"\\langle t([+-]\d+)?\\rangle", derive.latex(eq))}
+    assert offsets <= {"", "-1", "+1"}, offsets
+    assert "+1" in offsets  # the adjoint carried back from step t + 1
 
 
 def test_bptt_prints_the_book_recursion() -> None:
