@@ -7,10 +7,19 @@ This package never imports NumPy or PyTorch.
 from __future__ import annotations
 
 from . import functions, models, nn
-from .autodiff import backprop, clear_caches, count_nodes, forward_mode, grad, hessian, tangents
+from .autodiff import backprop, count_nodes, forward_mode, grad, hessian, tangents
 from .latex import latex
 from .program import Builder, Equation, Model, ModelError
 from .tensor import PRIMITIVES, Node, ShapeError, UnsupportedError, Var
+
+
+def clear_caches() -> None:
+    """Forget cached derivations and built zoo models (benchmarks time derivations from scratch)."""
+    from . import autodiff
+
+    autodiff.clear_caches()
+    models._CACHE.clear()
+
 
 __all__ = [
     "models", "nn", "forward_mode", "functions", "backprop", "grad", "hessian", "tangents", "latex", "clear_caches",

@@ -20,15 +20,15 @@ _HESSIAN: dict[tuple[int, str, str], tuple[Model, list[Equation]]] = {}
 
 
 def clear_caches() -> None:
-    """Forget cached derivations (benchmarks time derivations from scratch)."""
+    """Forget cached derivations of the core (``derive.clear_caches`` also clears the zoo's cache)."""
     _BACKPROP.clear()
     _HESSIAN.clear()
-    from . import models
+    from .scan import _CACHE as _SCANS
     from .tensor import _derivative, simplify_scalar
 
+    _SCANS.clear()
     simplify_scalar.cache_clear()
     _derivative.cache_clear()
-    models._CACHE.clear()
 
 
 def _adjoint_name(m: Model, v: Var) -> tuple[str, str]:

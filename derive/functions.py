@@ -297,7 +297,9 @@ def activation(name: str, slope: float | sp.Expr = DEFAULT_SLOPE) -> sp.Lambda:
         ValueError: for an unknown name, listing the known ones.
     """
     if name == "leaky_relu":
-        return sp.Lambda(_x, leaky_relu(_x, sp.nsimplify(slope)))
+        from .primitives.base import as_number
+
+        return sp.Lambda(_x, leaky_relu(_x, as_number(slope, 'the leaky ReLU slope')))
     try:
         return ACTIVATIONS[name]
     except KeyError:

@@ -15,6 +15,7 @@ from .tensor import (
     ARG,
     Node,
     apply,
+    as_number,
     dot,
     einsum,
     log_softmax,
@@ -54,7 +55,7 @@ def relu(x: Node) -> Node:
 
 def leaky_relu(x: Node, slope: Any = F.DEFAULT_SLOPE) -> Node:
     r"""\max(s x, x) elementwise."""
-    return map_(F.leaky_relu(ARG[0], sp.nsimplify(slope)), [x])
+    return map_(F.leaky_relu(ARG[0], as_number(slope, 'the leaky ReLU slope')), [x])
 
 
 def softplus(x: Node) -> Node:

@@ -15,7 +15,7 @@ from typing import Any
 
 import sympy as sp
 
-from .tensor import Node, ShapeError, Var, fmt_shape, walk
+from .tensor import Node, ShapeError, Var, as_expr, fmt_shape, walk
 
 __all__ = ["Equation", "Model", "Builder", "ModelError"]
 
@@ -171,7 +171,7 @@ class Model:
     def array_shape(self, var: Var, sizes: Mapping[sp.Symbol, int]) -> tuple[int, ...]:
         """Concrete array shape of a tensor symbol (with the leading sample axis if batched, and the time
         axis before it for the sequences of a recurrence)."""
-        shape = tuple(int(sp.sympify(d).subs(sizes)) for d in var.shape)
+        shape = tuple(int(as_expr(d).subs(sizes)) for d in var.shape)
         if var.batched:
             assert self.sample is not None
             shape = (sizes[self.sample], *shape)
@@ -375,7 +375,7 @@ class Builder:
         for k, v in carries.items():
             if k not in self.inputs or v.shape != self.inputs[k].shape:
                 raise ModelError(f"{self.name}: carry {k!r} must be an input shaped like {v.name}")
-        model.scan = Scan(time, tuple((k, v.name) for k, v in carries.items()), tuple(sequences), sp.sympify(weight))
+        model.scan = Scan(time, tuple((k, v.name) for k, v in carries.items()), tuple(sequences), as_expr(weight, 'a step weight'))
         return model
 
     def update_model(self, next_state: Mapping[str, Var]) -> Model:

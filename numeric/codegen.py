@@ -34,6 +34,7 @@ from derive.tensor import (
     Node,
     Softmax,
     Var,
+    as_expr,
     map_,
     walk,
 )
@@ -208,7 +209,7 @@ def scalar_code(expr: sp.Expr, names: dict[sp.Symbol, str], backend: str) -> str
 def dim_code(expr: Any) -> str:
     """Python code of a dimension expression (dimension symbols are local variables). Output sizes such as
     floor((H + 2P - D(k - 1) - 1) / S) + 1 use integer division: floats would round 0.999... down."""
-    e = sp.sympify(expr)
+    e = as_expr(expr)
     if e.is_Integer:
         return str(int(e))
     floors = list(e.atoms(sp.floor))
@@ -462,7 +463,7 @@ def _scaled(code: str, coef: sp.Expr) -> str:
         return code
     if coef == -1:
         return f"-{_paren(code)}"
-    num, den = sp.fraction(sp.sympify(coef))
+    num, den = sp.fraction(as_expr(coef))
     if num == 1:
         return f"{_paren(code)} / {_paren(dim_code(den))}"
     if num == -1:
@@ -870,11 +871,11 @@ def _dims_needed(eqs: Sequence[Equation], m: Model) -> set[sp.Symbol]:
         for n in walk([eq.rhs], stop=lambda x: isinstance(x, Var)):
             if isinstance(n, (Einsum, Const, Eye, Embed)):
                 for d in n.shape:
-                    syms |= sp.sympify(d).free_symbols
+                    syms |= as_expr(d).free_symbols
             if isinstance(n, Einsum):
                 syms |= n.coef.free_symbols
                 for d in n.dims:
-                    syms |= sp.sympify(d).free_symbols
+                    syms |= as_expr(d).free_symbols
             if isinstance(n, Map):
                 syms |= {s for s in n.fn.free_symbols if s in m.dims.values()}
     return {s for s in syms if s in set(m.dims.values())}

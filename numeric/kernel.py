@@ -12,6 +12,7 @@ import numpy as np
 import sympy as sp
 
 from derive.program import Model
+from derive.tensor import as_expr
 
 from .codegen import BACKENDS, build_program, generate, generate_values
 
@@ -113,7 +114,7 @@ class Kernel:
             want = m.array_dims(var)
             entries: list[Any] = []
             for d0 in want:
-                d = sp.sympify(d0)
+                d = as_expr(d0)
                 entries.append(int(d) if d.is_Integer else (str(d) if d.is_Symbol else d))
             plan.append((name, tuple(entries), _fmt(want)))
         return plan
