@@ -5,7 +5,11 @@ book's notation (``_latex``) and its NumPy and PyTorch lowering (``_numpycode`` 
 :mod:`numeric`). Elementwise primitives are built from these and from SymPy's ``exp``, ``log``, ``tanh``,
 ``sin``, ... ; the derivative of an elementwise map is always ``sympy.diff`` of its scalar definition.
 
-Non-smooth points follow PyTorch: ``relu'(0) = 0``, ``leaky_relu'(0) = slope``.
+Non-smooth points follow PyTorch (checked against ``torch.autograd`` in the primitive tests):
+``relu'(0) = 0``, ``leaky_relu'(0) = slope``, ``|x|'(0) = sign(0) = 0``, ``sign' = 0``, ``maximum`` and
+``minimum`` split the gradient evenly at ties, ``clamp`` passes it at its bounds, and ``where`` sends it only
+to the selected branch. SymPy's own functions (``Abs``, ``sign``, ``erf``, ``exp``, ...) are used where
+SymPy has them; the derivative of a step (a ``DiracDelta``) is taken as 0, PyTorch's convention.
 """
 
 from __future__ import annotations
@@ -21,7 +25,15 @@ __all__ = [
     "leaky_relu",
     "step",
     "leaky_step",
+    "half_step",
+    "between",
+    "maximum",
+    "minimum",
+    "clamp",
+    "where",
+    "inv0",
     "SCALAR_FUNCTIONS",
+    "KINKED",
     "ACTIVATIONS",
 ]
 
@@ -96,6 +108,12 @@ class step(sp.Function):
     r"""step(x) = 1 if x > 0 else 0: the derivative of ReLU with PyTorch's convention step(0) = 0."""
 
     nargs = 1
+
+    @classmethod
+    def eval(cls, x: sp.Expr) -> sp.Expr | None:
+        if x.is_number and x.is_comparable:
+            return sp.S.One if x > 0 else sp.S.Zero
+        return None
 
     def fdiff(self, argindex: int = 1) -> sp.Expr:
         return sp.S.Zero
@@ -185,6 +203,207 @@ class leaky_relu(sp.Function):
         return f"ops.leaky_relu({x}, {s})"
 
 
+class half_step(sp.Function):
+    r"""H(x) = 1 if x > 0, 1/2 if x = 0, 0 if x < 0: the derivative of ``maximum`` in its first argument
+    (PyTorch splits the gradient of ``torch.maximum``/``torch.minimum`` evenly at ties)."""
+
+    nargs = 1
+
+    @classmethod
+    def eval(cls, x: sp.Expr) -> sp.Expr | None:
+        if x.is_number and x.is_comparable:
+            return sp.S.One if x > 0 else (sp.S.Zero if x < 0 else sp.S.Half)
+        return None
+
+    def fdiff(self, argindex: int = 1) -> sp.Expr:
+        return sp.S.Zero
+
+    def _latex(self, printer: Any, exp: Any = None) -> str:
+        return _power(rf"H\left({_arg(printer, self.args[0])}\right)", exp)
+
+    def _numpycode(self, printer: Any) -> str:
+        return f"ops.half_step({_arg(printer, self.args[0])})"
+
+    def _torchcode(self, printer: Any) -> str:
+        return f"ops.half_step({_arg(printer, self.args[0])})"
+
+
+class between(sp.Function):
+    r"""1{lo <= x <= hi}: the derivative of ``clamp(x, lo, hi)`` in x (PyTorch passes the gradient at the
+    bounds)."""
+
+    nargs = 3
+
+    def fdiff(self, argindex: int = 1) -> sp.Expr:
+        return sp.S.Zero
+
+    def _latex(self, printer: Any, exp: Any = None) -> str:
+        x, lo, hi = (_arg(printer, a) for a in self.args)
+        return _power(rf"\mathbb{{1}}\left\{{{lo} \leq {x} \leq {hi}\right\}}", exp)
+
+    def _numpycode(self, printer: Any) -> str:
+        return "ops.between(" + ", ".join(_arg(printer, a) for a in self.args) + ")"
+
+    def _torchcode(self, printer: Any) -> str:
+        return "ops.between(" + ", ".join(_arg(printer, a) for a in self.args) + ")"
+
+
+class maximum(sp.Function):
+    r"""max(a, b) elementwise; at a tie each argument gets half the gradient, as ``torch.maximum``."""
+
+    nargs = 2
+
+    @classmethod
+    def eval(cls, a: sp.Expr, b: sp.Expr) -> sp.Expr | None:
+        if a == b:
+            return a
+        if a.is_number and b.is_number and a.is_comparable and b.is_comparable:
+            return sp.Max(a, b)
+        return None
+
+    def fdiff(self, argindex: int = 1) -> sp.Expr:
+        a, b = self.args
+        if argindex not in (1, 2):
+            raise sp.ArgumentIndexError(self, argindex)
+        return half_step(a - b) if argindex == 1 else half_step(b - a)
+
+    def _latex(self, printer: Any, exp: Any = None) -> str:
+        a, b = (_arg(printer, x) for x in self.args)
+        return _power(rf"\max\left({a}, {b}\right)", exp)
+
+    def _numpycode(self, printer: Any) -> str:
+        return "np.maximum(" + ", ".join(_arg(printer, a) for a in self.args) + ")"
+
+    def _torchcode(self, printer: Any) -> str:
+        return "ops.maximum(" + ", ".join(_arg(printer, a) for a in self.args) + ")"
+
+
+class minimum(sp.Function):
+    r"""min(a, b) elementwise; at a tie each argument gets half the gradient, as ``torch.minimum``."""
+
+    nargs = 2
+
+    @classmethod
+    def eval(cls, a: sp.Expr, b: sp.Expr) -> sp.Expr | None:
+        if a == b:
+            return a
+        if a.is_number and b.is_number and a.is_comparable and b.is_comparable:
+            return sp.Min(a, b)
+        return None
+
+    def fdiff(self, argindex: int = 1) -> sp.Expr:
+        a, b = self.args
+        if argindex not in (1, 2):
+            raise sp.ArgumentIndexError(self, argindex)
+        return half_step(b - a) if argindex == 1 else half_step(a - b)
+
+    def _latex(self, printer: Any, exp: Any = None) -> str:
+        a, b = (_arg(printer, x) for x in self.args)
+        return _power(rf"\min\left({a}, {b}\right)", exp)
+
+    def _numpycode(self, printer: Any) -> str:
+        return "np.minimum(" + ", ".join(_arg(printer, a) for a in self.args) + ")"
+
+    def _torchcode(self, printer: Any) -> str:
+        return "ops.minimum(" + ", ".join(_arg(printer, a) for a in self.args) + ")"
+
+
+class clamp(sp.Function):
+    r"""clamp(x, lo, hi) = min(max(x, lo), hi) elementwise, as ``torch.clamp``: the gradient goes to x where
+    lo <= x <= hi (bounds included), to lo where x < lo < hi, and to hi where x > hi or lo > hi (then the
+    value is hi); where x < lo = hi no argument gets it (PyTorch's rules, checked in the primitive tests)."""
+
+    nargs = 3
+
+    @classmethod
+    def eval(cls, x: sp.Expr, lo: sp.Expr, hi: sp.Expr) -> sp.Expr | None:
+        if all(a.is_number and a.is_comparable for a in (x, lo, hi)):
+            return sp.Min(sp.Max(x, lo), hi)
+        return None
+
+    def fdiff(self, argindex: int = 1) -> sp.Expr:
+        x, lo, hi = self.args
+        if argindex == 1:
+            return between(x, lo, hi)
+        if argindex == 2:
+            return step(lo - x) * step(hi - lo)
+        if argindex == 3:
+            above, crossed = step(x - hi), step(lo - hi)
+            return above + crossed - above * crossed
+        raise sp.ArgumentIndexError(self, argindex)
+
+    def _latex(self, printer: Any, exp: Any = None) -> str:
+        x, lo, hi = (_arg(printer, a) for a in self.args)
+        return _power(rf"\operatorname{{clamp}}\left({x}, {lo}, {hi}\right)", exp)
+
+    def _numpycode(self, printer: Any) -> str:
+        return "ops.clamp(" + ", ".join(_arg(printer, a) for a in self.args) + ")"
+
+    def _torchcode(self, printer: Any) -> str:
+        return "ops.clamp(" + ", ".join(_arg(printer, a) for a in self.args) + ")"
+
+
+class where(sp.Function):
+    r"""where(c, a, b) = a where c != 0, else b: a selection, never ``c a + (1 - c) b`` (an infinity in the
+    branch not taken does not become NaN). Its gradient goes to the selected branch only (``torch.where``)."""
+
+    nargs = 3
+
+    @classmethod
+    def eval(cls, c: sp.Expr, a: sp.Expr, b: sp.Expr) -> sp.Expr | None:
+        if a == b:
+            return a
+        if c.is_number and c.is_comparable:
+            return a if c != 0 else b
+        return None
+
+    def fdiff(self, argindex: int = 1) -> sp.Expr:
+        c = self.args[0]
+        if argindex == 1:
+            return sp.S.Zero
+        if argindex == 2:
+            return where(c, 1, 0)
+        if argindex == 3:
+            return where(c, 0, 1)
+        raise sp.ArgumentIndexError(self, argindex)
+
+    def _latex(self, printer: Any, exp: Any = None) -> str:
+        c, a, b = (_arg(printer, x) for x in self.args)
+        return _power(rf"\begin{{cases}} {a} & {c} \neq 0 \\ {b} & \text{{otherwise}} \end{{cases}}", exp)
+
+    def _numpycode(self, printer: Any) -> str:
+        return "ops.where(" + ", ".join(_arg(printer, a) for a in self.args) + ")"
+
+    def _torchcode(self, printer: Any) -> str:
+        return "ops.where(" + ", ".join(_arg(printer, a) for a in self.args) + ")"
+
+
+class inv0(sp.Function):
+    r"""1/x for x != 0, and 0 at x = 0: the factor of the Euclidean norm's gradient x / ||x||, which PyTorch
+    takes as 0 at x = 0 (``torch.linalg.vector_norm``); it prints as 1/x."""
+
+    nargs = 1
+
+    @classmethod
+    def eval(cls, x: sp.Expr) -> sp.Expr | None:
+        if x.is_number:
+            return sp.S.Zero if x == 0 else 1 / x
+        return None
+
+    def fdiff(self, argindex: int = 1) -> sp.Expr:
+        return -inv0(self.args[0]) ** 2
+
+    def _latex(self, printer: Any, exp: Any = None) -> str:
+        tex = rf"\frac{{1}}{{{_arg(printer, self.args[0])}}}"
+        return tex if exp is None else rf"\left({tex}\right)^{{{exp}}}"
+
+    def _numpycode(self, printer: Any) -> str:
+        return f"ops.inv0({_arg(printer, self.args[0])})"
+
+    def _torchcode(self, printer: Any) -> str:
+        return f"ops.inv0({_arg(printer, self.args[0])})"
+
+
 class ActivationBase(sp.Function):
     """A named activation ``S`` printed as the book's generic ``S(z)``, with derivative ``\\dot S(z)``.
 
@@ -258,7 +477,24 @@ SCALAR_FUNCTIONS: dict[type, tuple[str, str]] = {
     step: ("ops.step", "ops.step"),
     leaky_relu: ("ops.leaky_relu", "ops.leaky_relu"),
     leaky_step: ("ops.leaky_step", "ops.leaky_step"),
+    sp.Abs: ("abs", "abs"),
+    sp.sign: ("np.sign", "torch.sign"),
+    sp.erf: ("ops.erf", "torch.erf"),
+    half_step: ("ops.half_step", "ops.half_step"),
+    between: ("ops.between", "ops.between"),
+    maximum: ("np.maximum", "ops.maximum"),
+    minimum: ("np.minimum", "ops.minimum"),
+    clamp: ("ops.clamp", "ops.clamp"),
+    where: ("ops.where", "ops.where"),
+    inv0: ("ops.inv0", "ops.inv0"),
 }
+
+#: Functions that are not smooth everywhere (kinks, steps, ties): models using them are checked at exact
+#: zeros and ties too, with PyTorch's conventions there.
+KINKED: frozenset[type] = frozenset({
+    sp.Abs, sp.sign, sp.floor, relu, step, leaky_relu, leaky_step, half_step, between, maximum, minimum, clamp,
+    where, inv0,
+})
 
 _x = sp.Symbol("x", real=True)
 DEFAULT_SLOPE = sp.Rational(1, 100)

@@ -34,6 +34,8 @@ def transpose(tex: str, prec: int = ATOM) -> str:
         return rf"\left({tex}\right)^\top"
     m = re.fullmatch(r"(.*)\^\{(.*)\}", tex)
     if m and m.group(1).count("{") == m.group(1).count("}"):
+        if m.group(2) == "-1":  # the transpose of an inverse: X^{-\top}
+            return rf"{m.group(1)}^{{-\top}}"
         return rf"{m.group(1)}^{{{m.group(2)}\top}}"
     if "^" in tex:
         return rf"\left({tex}\right)^\top"

@@ -172,10 +172,11 @@ def einsum(
                     ops[k] = map_(rest, o.args, o.shape)
                     changed = True
                     break
-            if isinstance(o, Var) and o.domain == "simplex" and l:
-                last = l[-1]
+            unit = _unit_axis(o)
+            if unit is not None and l:
+                last = l[unit]
                 if last not in elsewhere and l.count(last) == 1:
-                    for lab in set(l[:-1]) - elsewhere:
+                    for lab in set(l[:unit] + l[unit + 1 :]) - elsewhere:
                         coef *= size[lab]
                     del ins_l[k], ops[k]
                     changed = True
@@ -218,6 +219,16 @@ def einsum(
         n.ins, n.out, n.operands, n.dims, n.coef, n.shape = c_ins, c_out, ops_t, c_dims, coef, out_shape
 
     return _intern(Einsum, (c_ins, c_out, _key(ops_t), c_dims, coef), init)
+
+
+def _unit_axis(o: Node) -> int | None:
+    """The axis along which ``o`` sums to 1, where its domain says so: the last axis of a probability
+    vector (``simplex``, checked at the kernel boundary), the class axis of a one-hot encoding."""
+    if isinstance(o, Var) and o.domain == "simplex" and o.ndim:
+        return o.ndim - 1
+    if isinstance(o, OneHot):
+        return o.axis
+    return None
 
 
 def _flattens(o: Einsum) -> bool:
@@ -376,3 +387,4 @@ def outer(a: Node, b: Node) -> Node:
 
 # the families refer to each other: imported once this module's definitions exist
 from .elementwise import ARG, Map, add_all, map_  # noqa: E402
+from .indexing import OneHot  # noqa: E402
