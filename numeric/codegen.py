@@ -144,18 +144,45 @@ def _stable_map(n: Map, defs: dict[Var, Node]) -> Node:
     fn = n.fn
     args = list(n.args)
     for i, a in enumerate(n.args):
-        d = defs.get(a) if isinstance(a, Var) else None
+        # a named output, or its entry at integer labels (a gather x_y: log of it is the gather of the log)
+        var, swap = (a, lambda x: x) if isinstance(a, Var) else _gathered_var(a)
+        d = defs.get(var) if var is not None else None
         if isinstance(d, Map) and d.fn == sigmoid(ARG[0]) and len(d.args) == 1:
             u = ARG[len(args)]
-            args.append(d.args[0])
-            # log sigma(u) = -softplus(-u) = u - softplus(u); log(1 - sigma(u)) = -softplus(u): one pass
-            fn = fn.replace(sp.log(1 - ARG[i]), -softplus(u)).replace(sp.log(ARG[i]), u - softplus(u))
+            if swap(d.args[0]) is d.args[0]:
+                args.append(d.args[0])
+                # log sigma(u) = -softplus(-u) = u - softplus(u); log(1 - sigma(u)) = -softplus(u): one pass
+                fn = fn.replace(sp.log(1 - ARG[i]), -softplus(u)).replace(sp.log(ARG[i]), u - softplus(u))
+            else:
+                lo, l1 = ARG[len(args)], ARG[len(args) + 1]
+                args += [swap(map_(-softplus(-ARG[0]), d.args)), swap(map_(-softplus(ARG[0]), d.args))]
+                fn = fn.replace(sp.log(1 - ARG[i]), l1).replace(sp.log(ARG[i]), lo)
             fn = sp.expand(fn)
         elif isinstance(d, Softmax):
             ls = ARG[len(args)]
-            args.append(LogSoftmax(d.x, d.axis))
+            args.append(swap(LogSoftmax(d.x, d.axis)))
             fn = fn.replace(sp.log(ARG[i]), ls)
     return map_(fn, args, n.shape) if fn != n.fn else n
+
+
+def _gathered_var(a: Node) -> tuple[Var | None, Callable[[Node], Node]]:
+    """For a gather ``v_y`` (a contraction of a named ``v`` with a one-hot encoding): ``v`` and the function
+    that gathers another tensor shaped like ``v`` at the same labels."""
+    from derive.tensor import OneHot
+
+    if not (isinstance(a, Einsum) and len(a.operands) == 2 and any(isinstance(o, OneHot) for o in a.operands)):
+        return None, lambda x: x
+    k = next(i for i, o in enumerate(a.operands) if not isinstance(o, OneHot))
+    v = a.operands[k]
+    if not isinstance(v, Var):
+        return None, lambda x: x
+
+    def swap(x: Node) -> Node:
+        ops = list(a.operands)
+        ops[k] = x
+        return a.with_children(ops)
+
+    return v, swap
 
 
 # --------------------------------------------------------------------------------------------------
@@ -677,8 +704,10 @@ class _Emitter:
         self.parents: dict[int, int] = {}
         for r in roots:
             for n in walk([r], stop=lambda x: isinstance(x, Var)):
-                for c in n.children():
-                    self.parents[id(c)] = self.parents.get(id(c), 0) + 1
+                for i, c in enumerate(n.children()):
+                    # an argument used several times in a map's expression is computed once too
+                    uses = n.fn.count(ARG[i]) if isinstance(n, Map) else 1
+                    self.parents[id(c)] = self.parents.get(id(c), 0) + max(uses, 1)
             self.parents[id(r)] = self.parents.get(id(r), 0) + 1
         self.temps: dict[int, str] = {}
         self.pending: list[tuple[str, str]] = []

@@ -183,6 +183,30 @@ def einsum(
                     break
         if changed:
             continue
+        # a one-hot encoding contracted with one other operand along its class axis is a gather: that pair
+        # becomes one nested node (x_y), which other factors can then cancel against
+        if len(ops) > 2:
+            for k, (l, o) in enumerate(zip(ins_l, ops)):
+                if not isinstance(o, OneHot):
+                    continue
+                cls = l[o.axis]
+                users = [j for j, m in enumerate(ins_l) if j != k and cls in m]
+                if cls in out_t or len(users) != 1 or ins_l[users[0]].count(cls) != 1 or l.count(cls) != 1:
+                    continue
+                j = users[0]
+                keep = set(out_t).union(*(set(m) for i, m in enumerate(ins_l) if i not in (j, k)))
+                pair_out = tuple(dict.fromkeys(x for x in ins_l[j] + l if x != cls and x in keep))
+                if set(ins_l[j] + l) - {cls} - set(pair_out):
+                    continue  # the pair has other sums of its own
+                inner = einsum([ins_l[j], l], pair_out, [ops[j], o], dims=size)
+                for i in sorted((j, k), reverse=True):
+                    del ins_l[i], ops[i]
+                ins_l.append(pair_out)
+                ops.append(inner)
+                changed = True
+                break
+            if changed:
+                continue
         # Hadamard products: operands indexed identically become one elementwise map
         seen: dict[tuple[Label, ...], int] = {}
         for k, l in enumerate(ins_l):

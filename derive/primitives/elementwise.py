@@ -69,9 +69,14 @@ def simplify_scalar(expr: sp.Expr) -> sp.Expr:
     except (sp.PolynomialError, TypeError, ValueError):
         return expr
     cands += [c, sp.factor_terms(c)]
-    if not c.has(sp.Function):
-        with contextlib.suppress(sp.PolynomialError, TypeError, ValueError):
+    with contextlib.suppress(sp.PolynomialError, TypeError, ValueError):
+        if not c.has(sp.Function):
             cands.append(sp.factor(c))
+        else:  # factored over the function values as symbols (a focal loss's (s - e)(s_y - 1)(...))
+            funcs = sorted(c.atoms(sp.Function), key=str)
+            dummies = [sp.Dummy() for _ in funcs]
+            f = sp.factor(c.xreplace(dict(zip(funcs, dummies))))
+            cands.append(f.xreplace(dict(zip(dummies, funcs))))
     den = sp.fraction(c)[1]
     kept = [e for e in cands if _divides_only_by(e, den)]
     if len(kept) < len(cands):
@@ -257,6 +262,11 @@ def map_(fn: sp.Expr, args: Sequence[Node], shape: Shape | None = None) -> Node:
             assert isinstance(inner, Map)
             bl = {ARG[j]: (leaf(_rebroadcast(a, b)) if b.shape else leaf(b)) for j, b in enumerate(inner.args)}
             subs[ARG[i]] = a.coef * inner.fn.xreplace(bl)
+        elif _scaled_one_hot(a):
+            # s e_y (a scalar times a one-hot encoding): elementwise, so its factors join the map (where
+            # e_y f(x) = e_y f(x_y) applies)
+            assert isinstance(a, Einsum)
+            subs[ARG[i]] = a.coef * sp.Mul(*[leaf(o) for o in a.operands])
         elif isinstance(a, Einsum) and a.coef != 1:
             # the scalar of a contraction moves into the map, where it simplifies and prints with its sign
             unit = einsum(a.ins, a.out, a.operands, dims=a.index_dims())
@@ -276,6 +286,9 @@ def map_(fn: sp.Expr, args: Sequence[Node], shape: Shape | None = None) -> Node:
         # a tensor-shaped map of scalars only (a derivative that kept one scalar factor): a scalar map,
         # broadcast, so that its value has the shape it claims
         return broadcast_to(map_(body, leaves, ()), shape)
+    picked = _picked_at_labels(body, leaves)
+    if picked is not None:
+        return map_(picked[0], picked[1], shape)
     if body == ARG[0] and leaves[0].shape == shape:
         return leaves[0]
     if len(leaves) == 1 and isinstance(leaves[0], Einsum) and leaves[0].shape == shape:
@@ -289,6 +302,52 @@ def map_(fn: sp.Expr, args: Sequence[Node], shape: Shape | None = None) -> Node:
         n.fn, n.args, n.shape = body, args_t, shape
 
     return _intern(Map, (body, _key(args_t), shape), init)
+
+
+def _picked_at_labels(body: sp.Expr, leaves: list[Node]) -> tuple[sp.Expr, list[Node]] | None:
+    """``e_y * f(x) = e_y * f(x_y)``: in a term that is a product with a one-hot encoding, every operand
+    indexed like it is only needed at the label (elsewhere the term is 0), so it is replaced there by its
+    entry at the label. This lets ``p * (1/p_y) e_y`` simplify to ``e_y`` (cross entropy written as
+    ``-log(S(z)_y)``), and an infinite entry away from the label cannot make a NaN. Returns the new body
+    and leaves, or ``None``."""
+    for j, oh in enumerate(leaves):
+        if not isinstance(oh, OneHot) or ARG[j] not in body.free_symbols:
+            continue
+        new = list(leaves)
+        terms = []
+        changed = False
+        for t in sp.Add.make_args(sp.expand_mul(body)):
+            if ARG[j] in sp.Mul.make_args(t) and not (t / ARG[j]).has(ARG[j]):
+                sub: dict[sp.Symbol, sp.Symbol] = {}
+                for i, a in enumerate(leaves):
+                    if (i == j or ARG[i] not in t.free_symbols or a.shape != oh.shape or isinstance(a, OneHot)
+                            or _constant_along(a, oh.axis) is not None):
+                        continue
+                    g = gather(a, oh.index, oh.axis)
+                    g = g if oh.ndim == 1 else _spread_along(g, oh.shape, oh.axis)
+                    if g not in new:
+                        new.append(g)
+                    sub[ARG[i]] = ARG[new.index(g)]
+                if sub:
+                    t = t.xreplace(sub)
+                    changed = True
+            terms.append(t)
+        if changed and len(new) <= len(ARG):
+            return sp.Add(*terms), new
+    return None
+
+
+def _scaled_one_hot(a: Node) -> bool:
+    """A contraction that only multiplies a one-hot encoding by scalars (no sums, no broadcast)."""
+    if not isinstance(a, Einsum) or not any(isinstance(o, OneHot) for o in a.operands):
+        return False
+    return all(l == a.out or l == () for l in a.ins) and any(l == a.out for l in a.ins)
+
+
+def _spread_along(x: Node, shape: Shape, axis: int) -> Node:
+    """``x`` (``shape`` without ``axis``) broadcast along ``axis``."""
+    labels = tuple(range(len(shape)))
+    return einsum([labels[:axis] + labels[axis + 1 :]], labels, [x], dims=_dims(labels, shape))
 
 
 def _is_broadcast_of_map(a: Node) -> bool:
@@ -375,6 +434,6 @@ def add_all(terms: Iterable[Node | None], shape: Shape) -> Node | None:
 
 
 # the families refer to each other: imported once this module's definitions exist
-from .contraction import Einsum, _dims, broadcast_to, einsum, sum_all  # noqa: E402
-from .indexing import Embed, embed  # noqa: E402
+from .contraction import Einsum, _constant_along, _dims, broadcast_to, einsum, sum_all  # noqa: E402
+from .indexing import Embed, OneHot, embed, gather  # noqa: E402
 from .linalg import Norm, even_norm_powers  # noqa: E402
