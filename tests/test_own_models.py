@@ -348,3 +348,29 @@ def test_eager_reference_is_independent_of_the_generated_code() -> None:
     X = torch.tensor(np.random.default_rng(0).normal(size=(3, 3)))
     want = torch.linalg.matrix_norm(X - torch.diag(torch.diagonal(X))) + torch.relu(torch.diagonal(X)).sum()
     assert float(evaluate(m, {"X": X})) == pytest.approx(float(want), rel=1e-15)
+
+
+LOSS_ENTRIES = [n for n in derive.models.names() if not derive.models.get(n).is_update]
+
+
+@pytest.mark.parametrize("name", LOSS_ENTRIES)
+def test_eager_evaluation_agrees_with_the_zoo_reference(name: str) -> None:
+    """The eager evaluator (what verifies models of one's own) against every hand-written zoo reference
+    (torch.nn.functional, nn modules): the same loss and gradients, recurrences and convolutions included."""
+    from verify.evaluate import evaluate
+
+    m = derive.models.get(name)
+    arrays = verify.example(m, seed=3, sizes=dict(m.defaults))
+    t = {k: torch.tensor(v) for k, v in arrays.items()}
+    l1 = {k: t[k].clone().requires_grad_(True) for k in m.grad_names}
+    a = evaluate(m, {**t, **l1})
+    ga = torch.autograd.grad(a, list(l1.values()), allow_unused=True)
+    l2 = {k: t[k].clone().requires_grad_(True) for k in m.grad_names}
+    b = verify.REFERENCES[name](**{**t, **l2}, **m.options)
+    gb = torch.autograd.grad(b, list(l2.values()), allow_unused=True)
+    assert float(a.detach()) == pytest.approx(float(b.detach()), rel=1e-12, abs=1e-12)
+    for k, x, y in zip(m.grad_names, ga, gb):
+        want = np.zeros(arrays[k].shape) if y is None else y.numpy()
+        got = np.zeros(arrays[k].shape) if x is None else x.numpy()
+        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10 * max(1.0, float(np.abs(want).max(initial=0))),
+                                   err_msg=f"{name}: gradient {k}")

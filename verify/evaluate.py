@@ -9,7 +9,8 @@ expression is mapped here to torch operations directly (``Abs`` to ``torch.abs``
 derivatives, conventions at kinks included, are PyTorch's own.
 
 Per-sample models are evaluated one sample at a time (``torch.func.vmap`` over the batch axis of the batched
-tensors), exactly as their equations are written, and reduced by the model's ``reduction``.
+tensors), exactly as their equations are written, and reduced by the model's ``reduction``; a recurrence
+runs its step equations for t = 1, ..., T from a zero state, as a loop.
 
 What this reference cannot do: it evaluates the program as written, so a literal ``log(softmax(z))``
 overflows at logits of 1e3 as any eager evaluation does. :func:`check` therefore draws no ``large`` values
@@ -389,29 +390,43 @@ def evaluate(m: Model, tensors: Mapping[str, Tensor]) -> Tensor:
     if m.is_update:
         raise UnsupportedReference(f"{m.name} is an update program: verify it against torch.optim, or pass "
                                    "reference=")
-    if m.scan is not None:
-        raise UnsupportedReference(f"{m.name} is a recurrence: the eager reference evaluates loss programs "
-                                   "without a scan; pass reference= (a torch forward of the same loss)")
     like = next(iter(tensors.values()))
     sizes = _sizes(m, tensors)
     base: dict[Any, Any] = {**sizes, **{sp.Symbol(k, real=True): v for k, v in m.constants.items()}}
     batched = [k for k, v in {**m.params, **m.inputs}.items() if v.batched and k in tensors]
     plain = {k: t for k, t in tensors.items() if k not in batched}
+    seqs = set(m.scan.sequences) if m.scan is not None else set()
 
     def one_sample(*per_sample: Tensor) -> Tensor:
         env = {**base, **plain, **dict(zip(batched, per_sample))}
         ev = _Evaluator(env, like)
-        for eq in m.equations:
-            env[eq.lhs.name] = ev.value(eq.rhs)
-        return env[m.loss_var.name]
+        if m.scan is None:
+            for eq in m.equations:
+                env[eq.lhs.name] = ev.value(eq.rhs)
+            return env[m.loss_var.name]
+        # a recurrence: the step's equations for t = 1..T, the previous state 0 at the first step
+        steps = {k: env[k] for k in seqs}
+        for prev, _ in m.scan.carries:
+            v = m.inputs[prev]
+            env[prev] = torch.zeros(ev.shape(v.shape), dtype=like.dtype, device=like.device)
+        weight = _scalar(m.scan.weight, env, like)
+        total: Any = 0.0
+        for t in range(sizes[m.scan.time]):
+            env.update({k: s[t] for k, s in steps.items()})
+            for eq in m.equations:
+                env[eq.lhs.name] = ev.value(eq.rhs)
+            total = total + weight * env[m.loss_var.name]
+            env.update({prev: env[nxt] for prev, nxt in m.scan.carries})
+        return total
 
     if m.sample is None or not batched:
         loss = one_sample()
         if m.sample is not None:  # a per-sample model with no batched tensor: one value for every sample
             loss = loss * (1 if m.reduction == "mean" else sizes[m.sample])
         return loss
-    per = torch.func.vmap(one_sample)(*[tensors[k] for k in batched])
-    return per.mean() if m.reduction == "mean" else per.sum()
+    dims = tuple(1 if k in seqs else 0 for k in batched)  # sequences are time-major: (T, n, ...)
+    per = torch.func.vmap(one_sample, in_dims=dims)(*[tensors[k] for k in batched])
+    return per.mean() if m.reduction == "mean" or m.scan is not None else per.sum()
 
 
 def eager_reference(m: Model) -> Callable[..., Tensor]:
