@@ -203,11 +203,28 @@ class leaky_relu(sp.Function):
         return f"ops.leaky_relu({x}, {s})"
 
 
-class half_step(sp.Function):
+class CallBase(sp.Function):
+    """A function that generated code calls by name: ``numpy_name(args...)`` / ``torch_name(args...)``."""
+
+    numpy_name: str = ""
+    torch_name: str = ""
+
+    def _call(self, printer: Any, name: str) -> str:
+        return f"{name}(" + ", ".join(_arg(printer, a) for a in self.args) + ")"
+
+    def _numpycode(self, printer: Any) -> str:
+        return self._call(printer, self.numpy_name)
+
+    def _torchcode(self, printer: Any) -> str:
+        return self._call(printer, self.torch_name)
+
+
+class half_step(CallBase):
     r"""H(x) = 1 if x > 0, 1/2 if x = 0, 0 if x < 0: the derivative of ``maximum`` in its first argument
     (PyTorch splits the gradient of ``torch.maximum``/``torch.minimum`` evenly at ties)."""
 
     nargs = 1
+    numpy_name = torch_name = "ops.half_step"
 
     @classmethod
     def eval(cls, x: sp.Expr) -> sp.Expr | None:
@@ -221,18 +238,13 @@ class half_step(sp.Function):
     def _latex(self, printer: Any, exp: Any = None) -> str:
         return _power(rf"H\left({_arg(printer, self.args[0])}\right)", exp)
 
-    def _numpycode(self, printer: Any) -> str:
-        return f"ops.half_step({_arg(printer, self.args[0])})"
 
-    def _torchcode(self, printer: Any) -> str:
-        return f"ops.half_step({_arg(printer, self.args[0])})"
-
-
-class between(sp.Function):
+class between(CallBase):
     r"""1{lo <= x <= hi}: the derivative of ``clamp(x, lo, hi)`` in x (PyTorch passes the gradient at the
     bounds)."""
 
     nargs = 3
+    numpy_name = torch_name = "ops.between"
 
     def fdiff(self, argindex: int = 1) -> sp.Expr:
         return sp.S.Zero
@@ -241,79 +253,58 @@ class between(sp.Function):
         x, lo, hi = (_arg(printer, a) for a in self.args)
         return _power(rf"\mathbb{{1}}\left\{{{lo} \leq {x} \leq {hi}\right\}}", exp)
 
-    def _numpycode(self, printer: Any) -> str:
-        return "ops.between(" + ", ".join(_arg(printer, a) for a in self.args) + ")"
 
-    def _torchcode(self, printer: Any) -> str:
-        return "ops.between(" + ", ".join(_arg(printer, a) for a in self.args) + ")"
+class ExtremumBase(CallBase):
+    """Elementwise max or min of two arguments; at a tie each argument gets half the gradient."""
+
+    nargs = 2
+    #: +1 for the maximum, -1 for the minimum
+    direction: int = 1
+    tex = r"\max"
+
+    @classmethod
+    def eval(cls, a: sp.Expr, b: sp.Expr) -> sp.Expr | None:
+        if a == b:
+            return a
+        if a.is_number and b.is_number and a.is_comparable and b.is_comparable:
+            return sp.Max(a, b) if cls.direction > 0 else sp.Min(a, b)
+        return None
+
+    def fdiff(self, argindex: int = 1) -> sp.Expr:
+        a, b = self.args
+        if argindex not in (1, 2):
+            raise sp.ArgumentIndexError(self, argindex)
+        gap = a - b if argindex == 1 else b - a
+        return half_step(self.direction * gap)
+
+    def _latex(self, printer: Any, exp: Any = None) -> str:
+        a, b = (_arg(printer, x) for x in self.args)
+        return _power(rf"{self.tex}\left({a}, {b}\right)", exp)
 
 
-class maximum(sp.Function):
+class maximum(ExtremumBase):
     r"""max(a, b) elementwise; at a tie each argument gets half the gradient, as ``torch.maximum``."""
 
-    nargs = 2
-
-    @classmethod
-    def eval(cls, a: sp.Expr, b: sp.Expr) -> sp.Expr | None:
-        if a == b:
-            return a
-        if a.is_number and b.is_number and a.is_comparable and b.is_comparable:
-            return sp.Max(a, b)
-        return None
-
-    def fdiff(self, argindex: int = 1) -> sp.Expr:
-        a, b = self.args
-        if argindex not in (1, 2):
-            raise sp.ArgumentIndexError(self, argindex)
-        return half_step(a - b) if argindex == 1 else half_step(b - a)
-
-    def _latex(self, printer: Any, exp: Any = None) -> str:
-        a, b = (_arg(printer, x) for x in self.args)
-        return _power(rf"\max\left({a}, {b}\right)", exp)
-
-    def _numpycode(self, printer: Any) -> str:
-        return "np.maximum(" + ", ".join(_arg(printer, a) for a in self.args) + ")"
-
-    def _torchcode(self, printer: Any) -> str:
-        return "ops.maximum(" + ", ".join(_arg(printer, a) for a in self.args) + ")"
+    direction = 1
+    tex = r"\max"
+    numpy_name, torch_name = "np.maximum", "ops.maximum"
 
 
-class minimum(sp.Function):
+class minimum(ExtremumBase):
     r"""min(a, b) elementwise; at a tie each argument gets half the gradient, as ``torch.minimum``."""
 
-    nargs = 2
-
-    @classmethod
-    def eval(cls, a: sp.Expr, b: sp.Expr) -> sp.Expr | None:
-        if a == b:
-            return a
-        if a.is_number and b.is_number and a.is_comparable and b.is_comparable:
-            return sp.Min(a, b)
-        return None
-
-    def fdiff(self, argindex: int = 1) -> sp.Expr:
-        a, b = self.args
-        if argindex not in (1, 2):
-            raise sp.ArgumentIndexError(self, argindex)
-        return half_step(b - a) if argindex == 1 else half_step(a - b)
-
-    def _latex(self, printer: Any, exp: Any = None) -> str:
-        a, b = (_arg(printer, x) for x in self.args)
-        return _power(rf"\min\left({a}, {b}\right)", exp)
-
-    def _numpycode(self, printer: Any) -> str:
-        return "np.minimum(" + ", ".join(_arg(printer, a) for a in self.args) + ")"
-
-    def _torchcode(self, printer: Any) -> str:
-        return "ops.minimum(" + ", ".join(_arg(printer, a) for a in self.args) + ")"
+    direction = -1
+    tex = r"\min"
+    numpy_name, torch_name = "np.minimum", "ops.minimum"
 
 
-class clamp(sp.Function):
+class clamp(CallBase):
     r"""clamp(x, lo, hi) = min(max(x, lo), hi) elementwise, as ``torch.clamp``: the gradient goes to x where
     lo <= x <= hi (bounds included), to lo where x < lo < hi, and to hi where x > hi or lo > hi (then the
     value is hi); where x < lo = hi no argument gets it (PyTorch's rules, checked in the primitive tests)."""
 
     nargs = 3
+    numpy_name = torch_name = "ops.clamp"
 
     @classmethod
     def eval(cls, x: sp.Expr, lo: sp.Expr, hi: sp.Expr) -> sp.Expr | None:
@@ -336,18 +327,13 @@ class clamp(sp.Function):
         x, lo, hi = (_arg(printer, a) for a in self.args)
         return _power(rf"\operatorname{{clamp}}\left({x}, {lo}, {hi}\right)", exp)
 
-    def _numpycode(self, printer: Any) -> str:
-        return "ops.clamp(" + ", ".join(_arg(printer, a) for a in self.args) + ")"
 
-    def _torchcode(self, printer: Any) -> str:
-        return "ops.clamp(" + ", ".join(_arg(printer, a) for a in self.args) + ")"
-
-
-class where(sp.Function):
+class where(CallBase):
     r"""where(c, a, b) = a where c != 0, else b: a selection, never ``c a + (1 - c) b`` (an infinity in the
     branch not taken does not become NaN). Its gradient goes to the selected branch only (``torch.where``)."""
 
     nargs = 3
+    numpy_name = torch_name = "ops.where"
 
     @classmethod
     def eval(cls, c: sp.Expr, a: sp.Expr, b: sp.Expr) -> sp.Expr | None:
@@ -371,18 +357,13 @@ class where(sp.Function):
         c, a, b = (_arg(printer, x) for x in self.args)
         return _power(rf"\begin{{cases}} {a} & {c} \neq 0 \\ {b} & \text{{otherwise}} \end{{cases}}", exp)
 
-    def _numpycode(self, printer: Any) -> str:
-        return "ops.where(" + ", ".join(_arg(printer, a) for a in self.args) + ")"
 
-    def _torchcode(self, printer: Any) -> str:
-        return "ops.where(" + ", ".join(_arg(printer, a) for a in self.args) + ")"
-
-
-class inv0(sp.Function):
+class inv0(CallBase):
     r"""1/x for x != 0, and 0 at x = 0: the factor of the Euclidean norm's gradient x / ||x||, which PyTorch
     takes as 0 at x = 0 (``torch.linalg.vector_norm``); it prints as 1/x."""
 
     nargs = 1
+    numpy_name = torch_name = "ops.inv0"
 
     @classmethod
     def eval(cls, x: sp.Expr) -> sp.Expr | None:
@@ -396,12 +377,6 @@ class inv0(sp.Function):
     def _latex(self, printer: Any, exp: Any = None) -> str:
         tex = rf"\frac{{1}}{{{_arg(printer, self.args[0])}}}"
         return tex if exp is None else rf"\left({tex}\right)^{{{exp}}}"
-
-    def _numpycode(self, printer: Any) -> str:
-        return f"ops.inv0({_arg(printer, self.args[0])})"
-
-    def _torchcode(self, printer: Any) -> str:
-        return f"ops.inv0({_arg(printer, self.args[0])})"
 
 
 class ActivationBase(sp.Function):

@@ -120,7 +120,7 @@ def _elementwise(fn: sp.Expr, *xs: Any) -> Node:
 
 
 def abs(x: Node) -> Node:  # noqa: A001
-    r"""|x| elementwise; its derivative is sign(x), 0 at 0 (as PyTorch)."""
+    r"""``|x|`` elementwise; its derivative is sign(x), 0 at 0 (as PyTorch)."""
     return map_(sp.Abs(ARG[0]), [x])
 
 

@@ -58,6 +58,12 @@ class _Unary(Node):
         return (self.x,)
 
 
+def _tangent(tangents: Sequence[Node | None]) -> Node | None:
+    """The tangent of a one-argument primitive, ``None`` when it is zero."""
+    (t,) = tangents
+    return None if is_zero(t) else t
+
+
 def _tangent_labels(tshape: Shape, start: int) -> tuple[int, ...]:
     return tuple(range(start, start + len(tshape)))
 
@@ -84,10 +90,9 @@ class Inv(_Unary):
         return [einsum([("a", "i"), ("a", "b"), ("j", "b")], ("i", "j"), [out, g, out], coef=-1)]
 
     def jvp(self, tangents: Sequence[Node | None], tshape: Shape, out: Node) -> Node | None:
-        (t,) = tangents
-        if is_zero(t):
+        t = _tangent(tangents)
+        if t is None:
             return None
-        assert t is not None
         tl = _tangent_labels(tshape, 10)
         dims = _dims_of(tl, tshape)
         return einsum([("i", "a"), ("a", "b", *tl), ("b", "j")], ("i", "j", *tl), [out, t, out], dims=dims, coef=-1)
@@ -99,29 +104,43 @@ class Inv(_Unary):
         return f"torch.linalg.inv({args[0]})" if backend == "torch" else f"np.linalg.inv({args[0]})"
 
 
-class Det(_Unary):
+class _DetBase(_Unary):
+    r"""A function of det X whose differential is ``scale * tr(X^{-1} dX)``: its gradient is
+    ``scale X^{-\top}`` (Jacobi's formula)."""
+
+    @classmethod
+    def _shape(cls, x: Node) -> Shape:
+        _square(x, cls.kind)
+        return ()
+
+    def _scale(self, out: Node) -> list[Node]:
+        """The scalar factors of the differential (``[det X]`` for det, none for log det)."""
+        raise NotImplementedError
+
+    def vjp(self, g: Node, out: Node) -> list[Node | None]:
+        scale = [g, *self._scale(out)]
+        return [einsum([()] * len(scale) + [("j", "i")], ("i", "j"), [*scale, inv(self.x)])]
+
+    def jvp(self, tangents: Sequence[Node | None], tshape: Shape, out: Node) -> Node | None:
+        t = _tangent(tangents)
+        if t is None:
+            return None
+        tl = _tangent_labels(tshape, 10)
+        scale = self._scale(out)
+        return einsum([()] * len(scale) + [("b", "a"), ("a", "b", *tl)], tl, [*scale, inv(self.x), t],
+                      dims=_dims_of(tl, tshape))
+
+
+class Det(_DetBase):
     r"""det X; its gradient is det(X) X^{-\top} (Jacobi's formula)."""
 
     kind = "det"
 
-    @classmethod
-    def _shape(cls, x: Node) -> Shape:
-        _square(x, "det")
-        return ()
-
     def with_children(self, children: Sequence[Node]) -> Node:
         return det(children[0])
 
-    def vjp(self, g: Node, out: Node) -> list[Node | None]:
-        return [einsum([(), (), ("j", "i")], ("i", "j"), [g, out, inv(self.x)])]
-
-    def jvp(self, tangents: Sequence[Node | None], tshape: Shape, out: Node) -> Node | None:
-        (t,) = tangents
-        if is_zero(t):
-            return None
-        assert t is not None
-        tl = _tangent_labels(tshape, 10)
-        return einsum([(), ("b", "a"), ("a", "b", *tl)], tl, [out, inv(self.x), t], dims=_dims_of(tl, tshape))
+    def _scale(self, out: Node) -> list[Node]:
+        return [out]
 
     def latex(self, args: Sequence[str], printer: Any) -> str:
         return rf"\det\left({args[0]}\right)"
@@ -130,30 +149,17 @@ class Det(_Unary):
         return f"torch.linalg.det({args[0]})" if backend == "torch" else f"np.linalg.det({args[0]})"
 
 
-class LogDet(_Unary):
+class LogDet(_DetBase):
     r"""log det X (NaN where det X < 0, -inf where it is 0, as ``torch.logdet``); its gradient is
     X^{-\top}."""
 
     kind = "logdet"
 
-    @classmethod
-    def _shape(cls, x: Node) -> Shape:
-        _square(x, "logdet")
-        return ()
-
     def with_children(self, children: Sequence[Node]) -> Node:
         return logdet(children[0])
 
-    def vjp(self, g: Node, out: Node) -> list[Node | None]:
-        return [einsum([(), ("j", "i")], ("i", "j"), [g, inv(self.x)])]
-
-    def jvp(self, tangents: Sequence[Node | None], tshape: Shape, out: Node) -> Node | None:
-        (t,) = tangents
-        if is_zero(t):
-            return None
-        assert t is not None
-        tl = _tangent_labels(tshape, 10)
-        return einsum([("b", "a"), ("a", "b", *tl)], tl, [inv(self.x), t], dims=_dims_of(tl, tshape))
+    def _scale(self, out: Node) -> list[Node]:
+        return []
 
     def latex(self, args: Sequence[str], printer: Any) -> str:
         return rf"\log\det\left({args[0]}\right)"
@@ -238,10 +244,9 @@ class Trace(_Unary):
         return [einsum([(), ("i", "j")], ("i", "j"), [g, Eye(self.x.shape[0])])]
 
     def jvp(self, tangents: Sequence[Node | None], tshape: Shape, out: Node) -> Node | None:
-        (t,) = tangents
-        if is_zero(t):
+        t = _tangent(tangents)
+        if t is None:
             return None
-        assert t is not None
         tl = _tangent_labels(tshape, 10)
         return einsum([("a", "a", *tl)], tl, [t], dims=_dims_of(tl, tshape))
 
@@ -272,10 +277,9 @@ class DiagMatrix(_Unary):
         return [diag(g)]
 
     def jvp(self, tangents: Sequence[Node | None], tshape: Shape, out: Node) -> Node | None:
-        (t,) = tangents
-        if is_zero(t):
+        t = _tangent(tangents)
+        if t is None:
             return None
-        assert t is not None
         tl = _tangent_labels(tshape, 10)
         dims = _dims_of(("i", "j", *tl), self.shape + tshape)
         return einsum([("i", *tl), ("i", "j")], ("i", "j", *tl), [t, Eye(self.x.shape[0])], dims=dims)
@@ -304,10 +308,9 @@ class DiagPart(_Unary):
         return [diag(g)]
 
     def jvp(self, tangents: Sequence[Node | None], tshape: Shape, out: Node) -> Node | None:
-        (t,) = tangents
-        if is_zero(t):
+        t = _tangent(tangents)
+        if t is None:
             return None
-        assert t is not None
         tl = _tangent_labels(tshape, 10)
         return einsum([("i", "i", *tl)], ("i", *tl), [t], dims=_dims_of(tl, tshape))
 
@@ -321,7 +324,7 @@ class DiagPart(_Unary):
 
 
 class Norm(_Unary):
-    r"""||x||_2 = sqrt(sum x^2) over every axis: the Euclidean norm of a vector, the Frobenius norm of a
+    r"""``||x||_2 = sqrt(sum x^2)`` over every axis: the Euclidean norm of a vector, the Frobenius norm of a
     matrix. Its gradient is x / ||x||, and 0 at x = 0 (``torch.linalg.vector_norm``'s convention)."""
 
     kind = "norm"
@@ -344,10 +347,9 @@ class Norm(_Unary):
         return [einsum([(), labels], labels, [g, self._unit(out)])]
 
     def jvp(self, tangents: Sequence[Node | None], tshape: Shape, out: Node) -> Node | None:
-        (t,) = tangents
-        if is_zero(t):
+        t = _tangent(tangents)
+        if t is None:
             return None
-        assert t is not None
         labels = tuple(range(self.x.ndim))
         tl = _tangent_labels(tshape, 20)
         return einsum([labels, labels + tl], tl, [self._unit(out), t], dims=_dims_of(tl, tshape))
@@ -422,12 +424,12 @@ def diag(x: Node) -> Node:
 
 
 def norm(x: Node) -> Node:
-    """||x||_2, the Euclidean (Frobenius, for a matrix) norm over every axis."""
+    """``||x||_2``, the Euclidean (Frobenius, for a matrix) norm over every axis."""
     return Norm(x)
 
 
 def norm1(x: Node) -> Node:
-    """||x||_1 = sum |x| (``|x|' = sign x``, 0 at 0, as ``torch.linalg.vector_norm(x, 1)``)."""
+    """``||x||_1 = sum |x|`` (``|x|' = sign x``, 0 at 0, as ``torch.linalg.vector_norm(x, 1)``)."""
     return sum_all(map_(sp.Abs(ARG[0]), [x]))
 
 
