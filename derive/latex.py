@@ -365,7 +365,8 @@ class BookPrinter:
             return None
         oh = e.operands[k]
         tex, prec = kids[1 - k]
-        base = tex if prec == ATOM and "_" not in tex and "^" not in tex else rf"\left[{tex}\right]"
+        bare = re.fullmatch(r"\\?[A-Za-z]+|\\[a-z]+\{[A-Za-z]\}", tex)
+        base = tex if bare else rf"\left[{tex}\right]"
         c_tex, neg = _coef(e.coef)
         body = f"{c_tex}{base}_{{{self.node(oh.children()[0])[0]}}}"
         return ("- " + body, ADD) if neg else (body, MUL if c_tex else ATOM)

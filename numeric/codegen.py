@@ -323,6 +323,10 @@ class Lowering:
 
     def einsum_code(self, e: Einsum, args: Sequence[str], reduce: str | None = None) -> str:
         """Code of a contraction; ``reduce`` (mean/sum) contracts the sample axis too."""
+        if reduce is None:
+            gathered = self._gather_code(e, args)
+            if gathered is not None:
+                return gathered
         letters = string.ascii_lowercase
         batched = [self.batched(o) for o in e.operands]
         ins = [("Z" if b else "") + "".join(letters[i] for i in l) for l, b in zip(e.ins, batched)]
@@ -349,6 +353,30 @@ class Lowering:
         else:
             code = self._contract(ins, out, ops)
         return _scaled(code, coef)
+
+    def _gather_code(self, e: Einsum, args: Sequence[str]) -> str | None:
+        """``x_y``, a contraction of ``x`` with the one-hot encoding of labels ``y`` along its class axis, as a
+        lookup (``ops.gather``): no product with zeros, so an infinite entry away from the label stays out."""
+        from derive.tensor import OneHot
+
+        if len(e.operands) != 2:
+            return None
+        k = next((i for i, o in enumerate(e.operands) if isinstance(o, OneHot)), None)
+        if k is None:
+            return None
+        oh = e.operands[k]
+        assert isinstance(oh, OneHot)
+        lx, lo = e.ins[1 - k], e.ins[k]
+        cls = lo[oh.axis]
+        kept = tuple(x for x in lx if x != cls)
+        rest = lo[: oh.axis] + lo[oh.axis + 1 :]
+        if lx.count(cls) != 1 or len(set(lx)) != len(lx) or e.out != kept or rest not in (kept, ()):
+            return None
+        idx = oh.index.name
+        if not rest and kept and self.batched(oh.index):  # one label per sample, for every position
+            idx = f"{idx}[:{', None' * len(kept)}]"
+        axis = lx.index(cls) - len(lx)
+        return _scaled(f"ops.gather({args[1 - k]}, {idx}, {axis})", e.coef)
 
     def _letter_dim(self, e: Einsum, c: str) -> str:
         if c == "Z":

@@ -142,6 +142,16 @@ def diag_embed(v: Array) -> Array:
     return v[..., :, None] * np.eye(k, dtype=v.dtype)
 
 
+def gather(x: Array, idx: Array, axis: int) -> Array:
+    """x at the integer labels ``idx`` along ``axis`` (counted from the end, removed); the labels broadcast
+    against x's other axes (trailing alignment: a leading sample axis on either side)."""
+    idx = np.asarray(idx).astype(np.int64)
+    xm = np.moveaxis(x, axis, -1)
+    shape = np.broadcast_shapes(xm.shape[:-1], idx.shape)
+    xb = np.broadcast_to(xm, shape + xm.shape[-1:])
+    return np.take_along_axis(xb, np.broadcast_to(idx, shape)[..., None], -1)[..., 0]
+
+
 def one_hot(idx: Array, size: int, axis: int, like: Array) -> Array:
     """The one-hot encoding of integer labels along a new axis ``axis`` (counted from the end)."""
     idx = np.asarray(idx).astype(np.int64)

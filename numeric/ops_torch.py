@@ -91,6 +91,16 @@ def solve(a: Tensor, b: Tensor, rest: int = 0) -> Tensor:
     return x.reshape(*batch, k, *tail)
 
 
+def gather(x: Tensor, idx: Tensor, axis: int) -> Tensor:
+    """x at the integer labels ``idx`` along ``axis`` (counted from the end, removed); the labels broadcast
+    against x's other axes (trailing alignment: a leading sample axis on either side)."""
+    idx = torch.as_tensor(idx, device=x.device).long()
+    xm = x.movedim(axis, -1)
+    shape = torch.broadcast_shapes(tuple(xm.shape[:-1]), tuple(idx.shape))
+    xb = xm.expand(*shape, xm.shape[-1])
+    return torch.gather(xb, -1, idx.expand(shape).unsqueeze(-1)).squeeze(-1)
+
+
 def one_hot(idx: Tensor, size: int, axis: int, like: Tensor) -> Tensor:
     """The one-hot encoding of integer labels along a new axis ``axis`` (counted from the end)."""
     idx = torch.as_tensor(idx, device=like.device).long()
