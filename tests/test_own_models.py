@@ -374,3 +374,23 @@ def test_eager_evaluation_agrees_with_the_zoo_reference(name: str) -> None:
         got = np.zeros(arrays[k].shape) if x is None else x.numpy()
         np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10 * max(1.0, float(np.abs(want).max(initial=0))),
                                    err_msg=f"{name}: gradient {k}")
+
+
+def test_gather_is_a_lookup_where_other_entries_are_infinite() -> None:
+    """-log(p)_y with p = 0 away from the label: the kernels look the entry up (no 0 * inf = NaN), and the
+    gradient is -1/p_y at the label and 0 elsewhere (e_y f(p) = e_y f(p_y))."""
+    b = derive.Builder("nll_probs", "negative log-likelihood of given probabilities", "own model")
+    b.samples("n", 2)
+    K = b.dim("K", 3)
+    P = b.input("P", (K,), batched=True, domain="unit")
+    y = b.input("y", (), batched=True, domain="labels")
+    b.eq("C", -take(nn.log(P), 0, y))
+    m = b.model(diff_inputs=("P",))
+    Pv, yv = np.array([[0.0, 0.5, 0.5], [0.25, 0.0, 0.75]]), np.array([1, 2])
+    for backend in ("numpy", "torch"):
+        with np.errstate(divide="ignore"):
+            out = numeric.compile(m, backend)(**({"P": Pv, "y": yv} if backend == "numpy" else
+                                                 {"P": torch.tensor(Pv), "y": torch.tensor(yv)}))
+        assert out["loss"] == pytest.approx(-(np.log(0.5) + np.log(0.75)) / 2, rel=1e-15)
+        np.testing.assert_allclose(np.asarray(out["grad"]["P"]), [[0, -1 / 0.5 / 2, 0], [0, 0, -1 / 0.75 / 2]],
+                                   rtol=1e-15)
