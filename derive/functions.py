@@ -32,6 +32,7 @@ __all__ = [
     "clamp",
     "where",
     "inv0",
+    "power",
     "SCALAR_FUNCTIONS",
     "KINKED",
     "ACTIVATIONS",
@@ -358,6 +359,37 @@ class where(CallBase):
         return _power(rf"\begin{{cases}} {a} & {c} \neq 0 \\ {b} & \text{{otherwise}} \end{{cases}}", exp)
 
 
+class power(CallBase):
+    r"""b^e elementwise for a tensor exponent ``e`` (a number exponent is SymPy's own power), as
+    ``torch.pow``: d/db = e b^{e-1}, taken as 0 where e = 0; d/de = b^e log b, taken as 0 where b = 0 and
+    e >= 0 (PyTorch's rules at a zero base)."""
+
+    nargs = 2
+    numpy_name, torch_name = "np.power", "torch.pow"
+
+    @classmethod
+    def eval(cls, b: sp.Expr, e: sp.Expr) -> sp.Expr | None:
+        if e.is_number or b.is_number and b == 1:
+            return b**e
+        return None
+
+    def fdiff(self, argindex: int = 1) -> sp.Expr:
+        b, e = self.args
+        if argindex == 1:
+            return where(e, e * power(b, e - 1), 0)
+        if argindex == 2:
+            ylog = power(b, e) * sp.log(b)
+            return where(b, ylog, where(step(-e), ylog, 0))
+        raise sp.ArgumentIndexError(self, argindex)
+
+    def _latex(self, printer: Any, exp: Any = None) -> str:
+        b, e = self.args
+        base = _arg(printer, b)
+        if not (b.is_Symbol or b.is_Atom):
+            base = rf"\left({base}\right)"
+        return _power(f"{base}^{{{_arg(printer, e)}}}", exp)
+
+
 class inv0(CallBase):
     r"""1/x for x != 0, and 0 at x = 0: the factor of the Euclidean norm's gradient x / ||x||, which PyTorch
     takes as 0 at x = 0 (``torch.linalg.vector_norm``); it prints as 1/x."""
@@ -462,13 +494,14 @@ SCALAR_FUNCTIONS: dict[type, tuple[str, str]] = {
     clamp: ("ops.clamp", "ops.clamp"),
     where: ("ops.where", "ops.where"),
     inv0: ("ops.inv0", "ops.inv0"),
+    power: ("np.power", "torch.pow"),
 }
 
 #: Functions that are not smooth everywhere (kinks, steps, ties): models using them are checked at exact
 #: zeros and ties too, with PyTorch's conventions there.
 KINKED: frozenset[type] = frozenset({
     sp.Abs, sp.sign, sp.floor, relu, step, leaky_relu, leaky_step, half_step, between, maximum, minimum, clamp,
-    where, inv0,
+    where, inv0, power,
 })
 
 _x = sp.Symbol("x", real=True)

@@ -156,8 +156,8 @@ def where(cond: Any, a: Any, b: Any) -> Node:
 
 
 def power(x: Any, p: Any) -> Node:
-    r"""x^p elementwise for a real (or tensor) exponent ``p``."""
-    return _elementwise(ARG[0] ** ARG[1], x, p)
+    r"""x^p elementwise for a real (or tensor) exponent ``p`` (``torch.pow``'s derivatives at x = 0)."""
+    return _elementwise(F.power(ARG[0], ARG[1]), x, p)
 
 
 def frobenius(x: Node) -> Node:

@@ -854,3 +854,14 @@ def test_erf_numpy_lowering_takes_arrays() -> None:
     assert "math.erf" not in src and "ops.erf(" in src
     x = np.linspace(-3, 3, 7)
     np.testing.assert_allclose(numeric.ops_numpy.erf(x), torch.erf(torch.tensor(x)).numpy(), rtol=1e-15)
+
+
+def test_tensor_power_at_a_zero_base_follows_torch() -> None:
+    """x^p with a tensor exponent: d/dx = p x^{p-1} but 0 where p = 0, d/dp = x^p log x but 0 where x = 0 and
+    p >= 0 (torch.pow's rules); a literal p x^p / x or x^p log x would be NaN there."""
+    grid = np.array(np.meshgrid([0.0, 1.0, 2.0], [0.0, 0.5, 1.0, 2.0])).reshape(2, -1)
+    got = _kernel_grads("tensor_power", x=grid[0][None], p=grid[1][None])
+    tx, tp = _torch_grads(torch.pow, grid[0], grid[1])
+    np.testing.assert_allclose(got["x"][0], tx, rtol=1e-15)  # inf (0.5 * 0^{-1/2}) where torch has it
+    np.testing.assert_allclose(got["p"][0], tp, rtol=1e-15)
+    assert not np.isnan(got["x"]).any() and np.isfinite(got["p"]).all()

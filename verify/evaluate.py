@@ -108,6 +108,7 @@ _SCALAR: dict[type, Callable[..., Tensor]] = {
     DF.where: lambda c, a, b: torch.where(c != 0, a, b),
     DF.half_step: lambda x: torch.heaviside(x, torch.full_like(x, 0.5)),
     DF.between: lambda x, lo, hi: ((x >= lo) & (x <= hi)).to(x.dtype),
+    DF.power: torch.pow,
     DF.inv0: lambda x: torch.where(x == 0, torch.zeros_like(x), 1 / torch.where(x == 0, torch.ones_like(x), x)),
 }
 # the table covers every function the engine accepts (asserted at import, as the function table is the one

@@ -208,6 +208,9 @@ def _derivative(fn: sp.Expr, k: int, nargs: int, use_out: bool) -> sp.Expr:
     # the derivative of a step (sign, Heaviside) is a DiracDelta: 0 everywhere it is a function, and 0 at the
     # step too in PyTorch's convention (torch.sign's gradient is zero)
     d = sp.diff(fn, ARG[k]).replace(sp.DiracDelta, lambda *a: sp.S.Zero)
+    if any(p.exp.is_negative and q.base == p.base and q is not p and not q.exp.is_number
+           for p in d.atoms(sp.Pow) for q in d.atoms(sp.Pow)):
+        d = sp.powsimp(d)  # x^p / x -> x^(p-1): no 0/0 at x = 0
     if use_out and not fn.is_Symbol:
         # express f' through the named output where f itself reappears (sigma' = y(1 - y), exp' = y)
         d = d.subs(fn, ARG[nargs])
