@@ -2,6 +2,12 @@
 
 Each elementwise function applies a scalar SymPy function to every entry of a tensor; its derivative
 comes from ``sympy.diff`` of that scalar definition.
+
+Beyond the layers of the book: ``abs``, ``sign``, ``erf``, ``maximum``, ``minimum``, ``clamp``, ``where``,
+``power`` (elementwise, PyTorch's conventions at kinks and ties), ``gather``/``take`` by integer labels
+(inputs declared ``domain="labels"``), ``trace``, ``diag``, ``det``, ``logdet``, ``inv``, ``solve``, and the
+norms ``norm`` (Euclidean; Frobenius for a matrix), ``frobenius``, ``norm1`` and ``norm2`` (the *squared*
+Euclidean norm, as the zoo uses it).
 """
 
 from __future__ import annotations

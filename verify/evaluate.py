@@ -60,6 +60,7 @@ from derive.tensor import (
     Trace,
     Unfold,
     Var,
+    as_expr,
     walk,
 )
 
@@ -182,7 +183,7 @@ class _Evaluator:
         self.like = like
 
     def size(self, d: Any) -> int:
-        v = _scalar(sp.sympify(d), self.env, self.like)
+        v = _scalar(as_expr(d), self.env, self.like)
         return int(v)
 
     def shape(self, shape: tuple[Any, ...]) -> tuple[int, ...]:

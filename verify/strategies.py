@@ -14,11 +14,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import sympy as sp
 from hypothesis import strategies as st
 
 from derive.program import Model
-from derive.tensor import LABELS, SPD, label_sizes
+from derive.tensor import LABELS, SPD, as_expr, label_sizes
 
 __all__ = ["Example", "examples", "make_arrays", "modes"]
 
@@ -68,7 +67,7 @@ def make_arrays(m: Model, sizes: dict[str, int], seed: int, mode: str = "normal"
     rng = np.random.default_rng(seed)
     shapes = m.shapes(**sizes)
     dims = m.sizes(**sizes)
-    bounds = {v.name: int(sp.sympify(k).subs(dims)) for v, k in label_sizes([eq.rhs for eq in m.equations]).items()}
+    bounds = {v.name: int(as_expr(k).subs(dims)) for v, k in label_sizes([eq.rhs for eq in m.equations]).items()}
     out: dict[str, np.ndarray] = {}
     for name, shape in shapes.items():
         var = m.tensor(name)
