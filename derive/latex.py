@@ -34,6 +34,8 @@ def transpose(tex: str, prec: int = ATOM) -> str:
         return rf"\left({tex}\right)^\top"
     m = re.fullmatch(r"(.*)\^\{(.*)\}", tex)
     if m and m.group(1).count("{") == m.group(1).count("}"):
+        if m.group(2) == "-1":  # the transpose of an inverse: X^{-\top}
+            return rf"{m.group(1)}^{{-\top}}"
         return rf"{m.group(1)}^{{{m.group(2)}\top}}"
     if "^" in tex:
         return rf"\left({tex}\right)^\top"
@@ -209,7 +211,7 @@ class BookPrinter:
         scalars: list[str] = []
         ops: list[tuple[str, int, tuple[int, ...], str]] = []  # tex, prec, labels, kind(m|v|d)
         batch_label = -1
-        norm = self._norm2(e, kids)
+        norm = self._norm2(e, kids) or self._gather(e, kids)
         if norm:
             return norm
         present = {x for l in ins for x in l}
@@ -351,6 +353,23 @@ class BookPrinter:
             c_tex, neg = _coef(e.coef)
             return f"{'- ' if neg else ''}{c_tex}" + rf"\left\|{inner}\right\|^{{2}}", (ADD if neg else MUL)
         return None
+
+    def _gather(self, e: Einsum, kids: Sequence[tuple[str, int]]) -> tuple[str, int] | None:
+        """A contraction of a vector with the one-hot encoding of a label prints as its entry: ``x_{y}``."""
+        from .tensor import OneHot
+
+        if len(e.operands) != 2 or e.out or self.batch:
+            return None
+        k = next((i for i, o in enumerate(e.operands) if isinstance(o, OneHot) and o.ndim == 1), None)
+        if k is None or e.operands[1 - k].ndim != 1:
+            return None
+        oh = e.operands[k]
+        tex, prec = kids[1 - k]
+        bare = re.fullmatch(r"\\?[A-Za-z]+|\\[a-z]+\{[A-Za-z]\}", tex)
+        base = tex if bare else rf"\left[{tex}\right]"
+        c_tex, neg = _coef(e.coef)
+        body = f"{c_tex}{base}_{{{self.node(oh.children()[0])[0]}}}"
+        return ("- " + body, ADD) if neg else (body, MUL if c_tex else ATOM)
 
     def _index_form(self, e: Einsum, texs: Sequence[str], precs: Sequence[int]) -> str:
         letters = "ijklmnopqrstuvwabcdefgh"
