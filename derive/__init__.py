@@ -6,6 +6,10 @@ This package never imports NumPy or PyTorch.
 
 from __future__ import annotations
 
+from dlmath import _packages
+
+_packages.require()  # one line with the fix if another distribution owns derive, numeric or verify
+
 from . import functions, models, nn
 from .autodiff import backprop, count_nodes, forward_mode, grad, hessian, tangents
 from .latex import latex
