@@ -145,7 +145,17 @@ def test_wheel_installed_outside_the_repository(dist: dict[str, Path], env: Call
     assert [line.split()[0] for line in out[1:]] == derive_names()
     bp = e.run("python", "-m", "dlmath", "backprop", "softmax_regression").stdout
     assert r"\delta = \hat{y} - y" in bp
-    assert "dlmath_verify" in e.run("python", "-m", "pytest", "--fixtures", "-p", "no:cacheprovider").stdout
+    # the plugin loads in every pytest run of the environment: one that verifies nothing imports no torch
+    (e.cwd / "test_other.py").write_text("import sys\n\ndef test_other():\n    assert 'torch' not in sys.modules\n")
+    e.run("python", "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_other.py")
+    (e.cwd / "test_mine.py").write_text(
+        "import numpy as np\n\n"
+        "def test_sigmoid(dlmath_verify):\n"
+        "    def layer(Z, G):\n"
+        "        s = 1 / (1 + np.exp(-Z))\n"
+        "        return {'loss': float(np.sum(G * s)), 'grad': {'Z': G * s * (1 - s)}}\n"
+        "    assert dlmath_verify('sigmoid', layer, backend='numpy').examples == 3\n")
+    e.run("python", "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_mine.py", "--dlmath-examples", "3")
 
 
 def derive_names() -> list[str]:
