@@ -50,7 +50,8 @@ napoleon_use_rtype = False
 
 html_theme = "alabaster"
 html_title = "dlmath"
-html_static_path: list[str] = []
+html_static_path = ["_static"]
+html_css_files = ["dlmath.css"]
 html_theme_options = {
     "description": "derive, print, generate and verify the mathematics of deep learning",
     "fixed_sidebar": True,
