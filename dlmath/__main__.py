@@ -15,6 +15,12 @@ from . import _packages
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``dlmath`` command line with ``argv`` (default: ``sys.argv[1:]``); return the exit status."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args == ["--version"]:  # answered before the command line imports SymPy (the same text as its --version)
+        from . import __version__
+
+        print(f"dlmath {__version__}")
+        return 0
     found = _packages.problems()
     if found:
         for line in found:
@@ -22,7 +28,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     from verify.cli import main as cli
 
-    return cli(argv)
+    return cli(args)
 
 
 if __name__ == "__main__":

@@ -83,6 +83,8 @@ def _read(path: Path) -> str:
 @lru_cache(maxsize=1)
 def problems() -> tuple[str, ...]:
     """One line per top-level package of dlmath that is not dlmath's own, each with its fix (empty if none)."""
+    if Path(__file__).suffix != ".py":  # frozen or bytecode-only (zipapp, PyInstaller): no sources to read
+        return ()
     return tuple(p for p in (_problem(name) for name in PACKAGES) if p)
 
 

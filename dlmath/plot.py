@@ -4,7 +4,7 @@
 equation, an edge wherever an equation uses a variable); :func:`draw_program` draws it with matplotlib,
 left to right in the order of evaluation, labelled with the book's symbols, optionally annotated with
 values (e.g. the forward and reverse traces of :func:`numeric.trace`). Both import their libraries
-(``pip install networkx matplotlib``) when called.
+(``pip install dlmath[plot]``) when called.
 
 Example:
     >>> import derive, dlmath.plot

@@ -223,3 +223,15 @@ def test_verify_impl(correct: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPa
         assert rc == 1, cap.out
         assert cap.err.startswith("FAIL softmax_regression:"), cap.err
         assert "gradient W" in cap.err and "the implementation" in cap.err, cap.err
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    import dlmath
+    from dlmath.__main__ import main as entry
+
+    with pytest.raises(SystemExit) as ei:
+        main(["--version"])
+    assert ei.value.code == 0
+    assert capsys.readouterr().out.strip() == f"dlmath {dlmath.__version__}"
+    assert entry(["--version"]) == 0  # the console script answers before importing the command line
+    assert capsys.readouterr().out.strip() == f"dlmath {dlmath.__version__}"
