@@ -227,7 +227,7 @@ class Builder:
         self.ranges: dict[str, tuple[int, int]] = {}
         self.params: dict[str, Var] = {}
         self.inputs: dict[str, Var] = {}
-        self.equations: list[Equation] = []
+        self.equations: list[Equation] = Equations()
         self.adjoints: dict[str, tuple[str, str]] = {}
         self.inline: set[str] = set()
         self.sample: sp.Symbol | None = None
