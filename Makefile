@@ -33,7 +33,7 @@ lint: $(STAMP)
 	$(PY) -m ruff check .
 
 types: $(STAMP)
-	$(PY) -m mypy derive numeric verify
+	$(PY) -m mypy dlmath derive numeric verify
 
 pytest: $(STAMP)
 	HYPOTHESIS_PROFILE=$${HYPOTHESIS_PROFILE:-ci} $(PY) -m pytest

@@ -6,10 +6,14 @@ This package never imports NumPy or PyTorch.
 
 from __future__ import annotations
 
+from dlmath import _packages
+
+_packages.require()  # one line with the fix if another distribution owns derive, numeric or verify
+
 from . import functions, models, nn
 from .autodiff import backprop, count_nodes, forward_mode, grad, hessian, tangents
 from .latex import latex
-from .program import Builder, Equation, Model, ModelError
+from .program import Builder, Equation, Equations, Model, ModelError
 from .tensor import PRIMITIVES, Node, ShapeError, UnsupportedError, Var
 
 
@@ -23,6 +27,6 @@ def clear_caches() -> None:
 
 __all__ = [
     "models", "nn", "forward_mode", "functions", "backprop", "grad", "hessian", "tangents", "latex", "clear_caches",
-    "count_nodes", "Builder", "Equation", "Model", "ModelError", "ShapeError", "UnsupportedError", "Node",
+    "count_nodes", "Builder", "Equation", "Equations", "Model", "ModelError", "ShapeError", "UnsupportedError", "Node",
     "Var", "PRIMITIVES",
 ]

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import sympy as sp
 
-from .program import Equation, Model, ModelError
+from .program import Equation, Equations, Model, ModelError
 from .tensor import Const, Node, Var, add_all, einsum, is_zero, walk
 
 __all__ = ["backprop", "grad", "hessian", "tangents", "forward_mode", "clear_caches"]
@@ -89,7 +89,7 @@ def backprop(m: Model) -> list[Equation]:
     if m.scan is not None:
         from .scan import backprop_scan
 
-        res = backprop_scan(m)
+        res = Equations(backprop_scan(m))
         _BACKPROP[id(m)] = (m, res)
         return res
     leaves = [m.tensor(n) for n in m.grad_names]
@@ -113,6 +113,7 @@ def backprop(m: Model) -> list[Equation]:
         _sweep(m, eq, adj, targets, out)
         for leaf in first_use.get(i, []):
             out.append(_grad_eq(m, leaf, adj.get(leaf, [])))
+    out = Equations(out)
     _BACKPROP[id(m)] = (m, out)
     return out
 
@@ -255,7 +256,7 @@ def forward_mode(m: Model, wrt: str) -> list[Equation]:
         tv = Var(name, eq.lhs.shape + v0.shape, "tangent", tex, batched=_batched(t, eq.lhs))
         out.append(Equation(tv, t, "tangent"))
         tan[eq.lhs] = tv
-    return out
+    return Equations(out)
 
 
 def _dot_tex(tex: str) -> str:
@@ -303,7 +304,8 @@ def hessian(m: Model, name: str, name2: str | None = None) -> list[Equation]:
     base = m.params[name].tex if name == name2 else f"{m.params[name].tex}{m.params[name2].tex}"
     hname = f"H_{name}" if name == name2 else f"H_{name}_{name2}"
     lhs = Var(hname, shape, "hessian", f"H_{{{base}}}", batched=_batched(rhs, g_eq.lhs))
-    res = [Equation(lhs, rhs, "hessian", batch_dim=m.sample if lhs.batched else None, reduction=m.reduction)]
+    res = Equations([Equation(lhs, rhs, "hessian", batch_dim=m.sample if lhs.batched else None,
+                              reduction=m.reduction)])
     _HESSIAN[key] = (m, res)
     return res
 

@@ -17,7 +17,7 @@ import sympy as sp
 
 from .tensor import Node, ShapeError, Var, as_expr, fmt_shape, walk
 
-__all__ = ["Equation", "Model", "Builder", "ModelError"]
+__all__ = ["Equation", "Equations", "Model", "Builder", "ModelError"]
 
 
 class ModelError(ValueError):
@@ -48,6 +48,16 @@ class Equation:
 
     def __repr__(self) -> str:
         return f"<Equation {self.lhs.name} = ... {fmt_shape(self.lhs.shape)} [{self.kind}]>"
+
+
+class Equations(list[Equation]):
+    """A program: a list of equations that Jupyter shows as aligned LaTeX (``derive.backprop(m)``,
+    ``m.equations``); otherwise an ordinary list."""
+
+    def _repr_latex_(self) -> str:
+        from .latex import latex
+
+        return "$$" + latex(list(self)) + "$$" if self else "$$\\text{(no equations)}$$"
 
 
 @dataclass(frozen=True)
@@ -199,6 +209,10 @@ class Model:
         return {name: self.array_shape(v, sz) for name, v in {**self.params, **self.inputs}.items()
                 if name not in self.carries}
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.equations, Equations):
+            self.equations = Equations(self.equations)
+
     def _repr_latex_(self) -> str:
         from .latex import latex
 
@@ -220,7 +234,7 @@ class Builder:
         self.ranges: dict[str, tuple[int, int]] = {}
         self.params: dict[str, Var] = {}
         self.inputs: dict[str, Var] = {}
-        self.equations: list[Equation] = []
+        self.equations: list[Equation] = Equations()
         self.adjoints: dict[str, tuple[str, str]] = {}
         self.inline: set[str] = set()
         self.sample: sp.Symbol | None = None

@@ -18,7 +18,6 @@ from typing import Any
 
 import sympy as sp
 from sympy.printing.numpy import NumPyPrinter
-from sympy.printing.pytorch import TorchPrinter
 
 import derive
 from derive.latex import equations_tex
@@ -38,6 +37,8 @@ from derive.tensor import (
     map_,
     walk,
 )
+
+from ._sympy_torch import TorchPrinter
 
 __all__ = ["Program", "build_program", "generate"]
 

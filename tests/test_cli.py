@@ -37,17 +37,39 @@ def test_help(cmd: str | None, capsys: pytest.CaptureFixture[str]) -> None:
     assert out.startswith("usage: dlmath" + ("" if cmd is None else f" {cmd}"))
 
 
-def test_list_prints_every_zoo_entry(capsys: pytest.CaptureFixture[str]) -> None:
+def test_list_prints_every_zoo_entry_in_100_columns(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["list"]) == 0
     out = capsys.readouterr().out
+    assert out.splitlines()[0].split() == ["entry", "book", "title"]
     first_words = [line.split()[0] for line in out.splitlines()[1:] if line.strip()]
     assert first_words == derive.models.names()
+    assert max(len(line) for line in out.splitlines()) <= 100
     for name in derive.models.names():
         m = derive.models.get(name)
         row = next(line for line in out.splitlines() if line.split() and line.split()[0] == name)
-        assert m.section in row
-        for p in m.params:
+        assert row.split()[1] == m.section.split()[0]
+
+
+def test_list_wide_adds_parameters_inputs_and_options(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["list", "--wide"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].split() == ["entry", "book", "params", "inputs", "options", "title"]
+    for name in derive.models.names():
+        m = derive.models.get(name)
+        row = next(line for line in out.splitlines() if line.split() and line.split()[0] == name)
+        assert m.section in row and m.title in row
+        for p in [*m.params, *m.inputs, *derive.models.options(name)]:
             assert p in row
+
+
+def test_registered_section_and_title_are_the_built_models(capsys: pytest.CaptureFixture[str]) -> None:
+    """``dlmath list`` reads the section and title each entry registers (building nothing): every entry
+    registers them, and the section is the built model's."""
+    from derive.models import _ABOUT
+
+    assert set(_ABOUT) == set(derive.models.names()), "register every entry with its section and title"
+    for name in derive.models.names():
+        assert derive.models.about(name)[0] == derive.models.get(name).section, name
 
 
 def test_backprop_softmax_regression_prints_the_closed_form(capsys: pytest.CaptureFixture[str]) -> None:
@@ -201,3 +223,15 @@ def test_verify_impl(correct: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPa
         assert rc == 1, cap.out
         assert cap.err.startswith("FAIL softmax_regression:"), cap.err
         assert "gradient W" in cap.err and "the implementation" in cap.err, cap.err
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    import dlmath
+    from dlmath.__main__ import main as entry
+
+    with pytest.raises(SystemExit) as ei:
+        main(["--version"])
+    assert ei.value.code == 0
+    assert capsys.readouterr().out.strip() == f"dlmath {dlmath.__version__}"
+    assert entry(["--version"]) == 0  # the console script answers before importing the command line
+    assert capsys.readouterr().out.strip() == f"dlmath {dlmath.__version__}"

@@ -82,6 +82,24 @@ class Report:
             rows.append(f"  {k:<44s} max scaled error {v:.1e}")
         return "\n".join(rows)
 
+    def __repr__(self) -> str:
+        worst = max(self.checks.items(), key=lambda kv: kv[1], default=None)
+        at = f", largest scaled error {worst[1]:.1e} ({worst[0]})" if worst else ""
+        return (f"<Report {self.model}: {self.examples} examples, {len(self.checks)} comparisons passed "
+                f"({self.backend}, {self.device}){at}>")
+
+    def _repr_html_(self) -> str:
+        """A short table for notebooks: one row per comparison, with its largest scaled error."""
+        from html import escape
+
+        rows = "".join(f"<tr><td style='text-align:left'>{escape(k)}</td><td>{v:.1e}</td></tr>"
+                       for k, v in self.checks.items())
+        caption = (f"<b>{escape(self.model)}</b>: {self.examples} examples passed "
+                   f"({escape(self.backend)}, {escape(self.device)}, float64)")
+        return (f"<table><caption style='text-align:left'>{caption}</caption>"
+                "<thead><tr><th style='text-align:left'>comparison</th><th>max scaled error</th></tr></thead>"
+                f"<tbody>{rows}</tbody></table>")
+
 
 def _np(x: Any) -> np.ndarray:
     if isinstance(x, torch.Tensor):

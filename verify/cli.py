@@ -17,7 +17,8 @@ from typing import Any
 import derive
 import numeric
 
-from .check import Mismatch, check
+# verify.check (PyTorch, hypothesis) is imported by the commands that run kernels: the symbolic commands
+# (list, derive, backprop, hessian, codegen) start without PyTorch
 
 __all__ = ["main", "detex"]
 
@@ -79,18 +80,36 @@ def _print_eqs(eqs: Sequence[derive.Equation], fmt: str, batch: bool = False, la
         print(tex if fmt == "latex" else detex(tex))
 
 
+#: the widest ``dlmath list`` prints without ``--wide``
+LIST_WIDTH = 100
+
+
+def _table(head: Sequence[str], rows: Sequence[Sequence[str]], width: int | None = None) -> None:
+    """Print ``rows`` under ``head`` in aligned columns; with ``width``, the last column is cut to fit."""
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+    for r in [head, *rows]:
+        cells = [c.ljust(w) for c, w in zip(r[:-1], widths)]
+        last = r[-1]
+        if width is not None:
+            room = width - sum(len(c) + 2 for c in cells)
+            if len(last) > room:
+                last = last[: max(room - 1, 0)] + "…"
+        print("  ".join([*cells, last]).rstrip())
+
+
 def cmd_list(args: argparse.Namespace) -> int:
-    rows = []
-    for name in derive.models.names():
+    names = derive.models.names()
+    if not args.wide:  # from the registry: builds no model (fast)
+        rows = [(name, *derive.models.about(name)) for name in names]
+        _table(("entry", "book", "title"), rows, width=LIST_WIDTH)
+        return 0
+    wide = []
+    for name in names:
         m = derive.models.get(name)
         opts = derive.models.options(name)
-        rows.append((name, m.section, ", ".join(m.params) or "-", ", ".join(m.inputs) or "-",
-                     ", ".join(f"{k}={v!r}" for k, v in opts.items()) or "-"))
-    widths = [max(len(r[i]) for r in rows + [("entry", "book", "params", "inputs", "options")]) for i in range(5)]
-    head = ("entry", "book", "params", "inputs", "options")
-    print("  ".join(h.ljust(w) for h, w in zip(head, widths)))
-    for r in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths)))
+        wide.append((name, m.section, ", ".join(m.params) or "-", ", ".join(m.inputs) or "-",
+                     ", ".join(f"{k}={v!r}" for k, v in opts.items()) or "-", m.title))
+    _table(("entry", "book", "params", "inputs", "options", "title"), wide)
     return 0
 
 
@@ -168,6 +187,8 @@ def _load_impl(spec: str) -> Callable[..., Any]:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
+    from .check import Mismatch, check
+
     if args.all == bool(args.model):
         raise UsageError("give one MODEL or --all")
     names = derive.models.names() if args.all else [args.model]
@@ -192,8 +213,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from dlmath import __version__
+
     p = argparse.ArgumentParser(prog="dlmath", description="The mathematics of deep learning: derive, print, "
                                 "generate and verify (after Liquet, Moka & Nazarathy).")
+    p.add_argument("--version", action="version", version=f"dlmath {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def model_cmd(name: str, help: str) -> argparse.ArgumentParser:
@@ -203,8 +227,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="model option, e.g. -O slope=0.1 (repeatable)")
         return s
 
-    sub.add_parser("list", help="list the zoo entries", description="List the zoo entries.").set_defaults(
-        func=cmd_list)
+    s = sub.add_parser("list", help="list the zoo entries", description="List the zoo entries: name, book "
+                       f"section and title, in at most {LIST_WIDTH} columns.")
+    s.add_argument("--wide", action="store_true", help="also the parameters, inputs and options of every entry "
+                   "(builds every model: slower)")
+    s.set_defaults(func=cmd_list)
     s = model_cmd("derive", "print a model's equations and its gradients")
     s.add_argument("--wrt", action="append", metavar="P", help="gradient with respect to P (repeatable)")
     s.add_argument("--unfold", action="store_true", help="print every layer's equations (no symbolic layer index)")

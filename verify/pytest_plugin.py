@@ -12,12 +12,15 @@ The number of examples follows ``--dlmath-examples`` (default: the active hypoth
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
-from hypothesis import settings
 
-from .check import Report, check
+if TYPE_CHECKING:
+    from .check import Report
+
+# verify.check (PyTorch, hypothesis) is imported when the fixture is used: the plugin loads in every pytest
+# run of the environment, and a run that does not verify anything should not pay for PyTorch
 
 
 def pytest_addoption(parser: Any) -> None:
@@ -30,6 +33,10 @@ def pytest_addoption(parser: Any) -> None:
 @pytest.fixture
 def dlmath_verify(request: Any) -> Callable[..., Report]:
     """``dlmath_verify(model, implementation=None, **kwargs)`` -> :class:`verify.Report` (raises on mismatch)."""
+    from hypothesis import settings
+
+    from .check import check
+
     examples = request.config.getoption("--dlmath-examples") or settings().max_examples
     device = request.config.getoption("--dlmath-device")
 

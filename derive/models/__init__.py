@@ -1,7 +1,9 @@
 """The model zoo: every entry of the book that has a gradient, an update rule or a closed form.
 
 ``names()`` lists the entries; ``get(name, **options)`` builds one. Each entry is a small function that
-returns a :class:`~derive.program.Model`; entries live in one module per book chapter.
+returns a :class:`~derive.program.Model`; entries live in one module per book chapter. An entry registers
+with its book section and a one-line title (``@register("softmax_regression", "§3.3", "...")``), so that
+listing the zoo (``about``, ``dlmath list``) builds nothing.
 """
 
 from __future__ import annotations
@@ -13,19 +15,23 @@ from typing import Any
 
 from ..program import Model, ModelError
 
-__all__ = ["names", "get", "register", "entry"]
+__all__ = ["names", "get", "register", "entry", "options", "about"]
 
 _REGISTRY: dict[str, Callable[..., Model]] = {}
+_ABOUT: dict[str, tuple[str, str]] = {}
 _CACHE: dict[tuple[str, tuple[tuple[str, Any], ...]], Model] = {}
 
 
-def register(name: str) -> Callable[[Callable[..., Model]], Callable[..., Model]]:
-    """Decorator: add a model-building function to the zoo under ``name``."""
+def register(name: str, section: str = "", title: str = "") -> Callable[[Callable[..., Model]], Callable[..., Model]]:
+    """Decorator: add a model-building function to the zoo under ``name``, with its book ``section`` and a
+    one-line ``title`` (those of the model it builds with its default options)."""
 
     def deco(fn: Callable[..., Model]) -> Callable[..., Model]:
         if name in _REGISTRY:
             raise ValueError(f"zoo entry {name!r} is registered twice")
         _REGISTRY[name] = fn
+        if section and title:
+            _ABOUT[name] = (section, title)
         return fn
 
     return deco
@@ -44,6 +50,15 @@ def entry(name: str) -> Callable[..., Model]:
         close = difflib.get_close_matches(name, _REGISTRY, n=3)
         hint = f" Did you mean {', '.join(close)}?" if close else ""
         raise ModelError(f"unknown model {name!r}.{hint} Known models: {', '.join(_REGISTRY)}") from None
+
+
+def about(name: str) -> tuple[str, str]:
+    """The book section and the one-line title of an entry, without building it (where it registered them)."""
+    entry(name)
+    if name not in _ABOUT:
+        m = get(name)
+        return m.section, m.title
+    return _ABOUT[name]
 
 
 def options(name: str) -> dict[str, Any]:

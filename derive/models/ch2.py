@@ -23,13 +23,13 @@ def _least_squares(name: str, title: str, section: str, lam: float | None) -> Mo
     return b.model(hessian=("theta",))
 
 
-@register("linear_regression")
+@register("linear_regression", "§2.3", "least squares: C = 1/n ||y - X theta||^2")
 def linear_regression() -> Model:
     r"""Least squares, C = 1/n ||y - X theta||^2; gradient 2/n X^T (X theta - y), Hessian 2/n X^T X."""
     return _least_squares("linear_regression", "least squares: C = 1/n ||y - X theta||^2", "§2.3", None)
 
 
-@register("ridge_regression")
+@register("ridge_regression", "§2.5", "ridge: C = 1/n ||y - X theta||^2 + lambda ||theta||^2")
 def ridge_regression(lam: float = 0.1) -> Model:
     r"""Ridge regression, C = 1/n ||y - X theta||^2 + lam ||theta||^2 (the §2.5 penalty)."""
     return _least_squares("ridge_regression", "ridge: C = 1/n ||y - X theta||^2 + lambda ||theta||^2", "§2.5",

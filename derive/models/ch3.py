@@ -24,13 +24,13 @@ def _logistic(name: str, title: str, section: str, newton: bool) -> Model:
     return b.model(hessian=("w", "b"), newton=newton)
 
 
-@register("logistic_regression")
+@register("logistic_regression", "§3.2", "logistic regression with binary cross entropy")
 def logistic_regression() -> Model:
     r"""Logistic regression, yhat = sigma(b + w^T x), C = 1/n sum CE_binary(y, yhat)."""
     return _logistic("logistic_regression", "logistic regression with binary cross entropy", "§3.2", False)
 
 
-@register("softmax_regression")
+@register("softmax_regression", "§3.3", "multinomial regression with categorical cross entropy")
 def softmax_regression() -> Model:
     r"""Softmax regression, yhat = S_softmax(W x + b), C = 1/n sum CE(y, yhat); dC/dz = yhat - y."""
     b = Builder("softmax_regression", "multinomial regression with categorical cross entropy", "§3.3")
@@ -47,7 +47,7 @@ def softmax_regression() -> Model:
     return b.model()
 
 
-@register("shallow_autoencoder")
+@register("shallow_autoencoder", "§3.5", "shallow autoencoder with a linear decoder")
 def shallow_autoencoder(activation: str = "tanh") -> Model:
     r"""Shallow autoencoder x -> S_e(W_e x + b_e) -> W_d xtilde + b_d, C = 1/n sum ||x - xhat||^2."""
     b = Builder("shallow_autoencoder", "shallow autoencoder with a linear decoder", "§3.5",
@@ -86,13 +86,13 @@ def _layer(name: str, title: str, section: str, fn_name: str, **opts: object) ->
     return b.model(reduction="sum", diff_inputs=("Z",), kinks=fn_name in ("relu", "leaky_relu"))
 
 
-@register("softmax")
+@register("softmax", "§3.3", "softmax layer")
 def softmax_layer() -> Model:
     r"""Softmax layer a = S_softmax(z); its vector-Jacobian product is a (zeta - a^T zeta)."""
     return _layer("softmax", "softmax layer", "§3.3", "softmax")
 
 
-@register("log_softmax")
+@register("log_softmax", "§3.3", "log-softmax layer")
 def log_softmax_layer() -> Model:
     r"""Log-softmax layer a = z - LSE(z); its vector-Jacobian product is zeta - S(z) 1^T zeta."""
     return _layer("log_softmax", "log-softmax layer", "§3.3", "log_softmax")

@@ -9,7 +9,7 @@ from . import register
 from .ch3 import _logistic
 
 
-@register("rosenbrock")
+@register("rosenbrock", "§4.1", "Rosenbrock's banana function")
 def rosenbrock() -> Model:
     r"""Rosenbrock's function C = (1 - theta_1)^2 + 100 (theta_2 - theta_1^2)^2, minimum at (1, 1)."""
     b = Builder("rosenbrock", "Rosenbrock's banana function", "§4.1")
@@ -19,7 +19,7 @@ def rosenbrock() -> Model:
     return b.model(hessian=("theta",))
 
 
-@register("autodiff_example")
+@register("autodiff_example", "§4.4", "automatic differentiation on the graph of Fig 4.7")
 def autodiff_example() -> Model:
     r"""The computational graph of Fig 4.7: C = sin(theta_1 theta_2) + exp(theta_2 + theta_3) - 2 theta_3."""
     b = Builder("autodiff_example", "automatic differentiation on the graph of Fig 4.7", "§4.4")
@@ -35,7 +35,7 @@ def autodiff_example() -> Model:
     return b.model(hessian=("theta",))
 
 
-@register("newton_logistic")
+@register("newton_logistic", "§4.6", "Newton's method for logistic regression")
 def newton_logistic() -> Model:
     r"""One Newton step for logistic regression, theta <- theta - H^{-1} g, with H = X~^T D X~ / n."""
     return _logistic("newton_logistic", "Newton's method for logistic regression", "§4.6", True)

@@ -8,31 +8,31 @@ from . import register
 from .ch3 import _layer
 
 
-@register("sigmoid")
+@register("sigmoid", "§5.3", "sigmoid activation layer")
 def sigmoid_layer() -> Model:
     r"""Sigmoid layer a = sigma(z); delta = zeta * a (1 - a)."""
     return _layer("sigmoid", "sigmoid activation layer", "§5.3", "sigmoid")
 
 
-@register("tanh")
+@register("tanh", "§5.3", "tanh activation layer")
 def tanh_layer() -> Model:
     r"""Tanh layer a = tanh(z); delta = zeta * (1 - a^2)."""
     return _layer("tanh", "tanh activation layer", "§5.3", "tanh")
 
 
-@register("relu")
+@register("relu", "§5.3", "ReLU activation layer")
 def relu_layer() -> Model:
     r"""ReLU layer a = max(0, z); delta = zeta * 1{z > 0}."""
     return _layer("relu", "ReLU activation layer", "§5.3", "relu")
 
 
-@register("leaky_relu")
+@register("leaky_relu", "§5.3", "leaky ReLU activation layer")
 def leaky_relu_layer(slope: float = 0.01) -> Model:
     r"""Leaky ReLU layer a = max(s z, z); delta = zeta * (1{z > 0} + s 1{z <= 0})."""
     return _layer("leaky_relu", "leaky ReLU activation layer", "§5.3", "leaky_relu", slope=slope)
 
 
-@register("softplus")
+@register("softplus", "§5.3", "softplus activation layer")
 def softplus_layer() -> Model:
     r"""Softplus layer a = log(1 + e^z); delta = zeta * sigma(z)."""
     return _layer("softplus", "softplus activation layer", "§5.3", "softplus")
@@ -41,7 +41,7 @@ def softplus_layer() -> Model:
 _OUTPUTS = ("softmax_ce", "sigmoid_bce", "identity_mse")
 
 
-@register("mlp")
+@register("mlp", "§5.1-5.4", "feedforward network (any depth, activation and output loss)")
 def mlp(layers: int = 3, widths: tuple[int, ...] | None = None, activation: str = "sigmoid",
         output: str = "softmax_ce") -> Model:
     r"""Feedforward network z^{[l]} = W^{[l]} a^{[l-1]} + b^{[l]}, a^{[l]} = S(z^{[l]}), with an output loss.
@@ -103,7 +103,7 @@ from ..tensor import ARG as _ARG  # noqa: E402
 ARG0 = _ARG[0]
 
 
-@register("dropout")
+@register("dropout", "§5.7", "inverted dropout with a given mask")
 def dropout(p_keep: float = 0.8) -> Model:
     r"""Inverted dropout with a given Bernoulli mask: a~ = m * a / p_keep; its backward is m * zeta / p_keep."""
     from ..nn import dot
@@ -122,7 +122,7 @@ def dropout(p_keep: float = 0.8) -> Model:
     return b.model(reduction="sum", diff_inputs=("A",))
 
 
-@register("residual_block")
+@register("residual_block", "§6.5", "residual (skip) connection around two dense layers")
 def residual_block(activation: str = "relu") -> Model:
     r"""Residual block a^{[l+2]} = a^{[l]} + S(W^{[2]} S(W^{[1]} a^{[l]} + b^{[1]}) + b^{[2]}) (Fig 6.14)."""
     from ..functions import named_activation
@@ -149,7 +149,7 @@ def residual_block(activation: str = "relu") -> Model:
     return b.model(reduction="sum", diff_inputs=("A",), kinks=activation in ("relu", "leaky_relu"))
 
 
-@register("batch_norm")
+@register("batch_norm", "§5.6", "batch normalization (training-mode statistics)")
 def batch_norm(eps: float = 1e-5) -> Model:
     r"""Batch normalization in training mode: per neuron over the batch, zbar = (z - mu) / sqrt(sigma^2 + eps),
     ztilde = gamma * zbar + beta; a layer entry with loss sum(G * ztilde)."""

@@ -41,7 +41,7 @@ def conv(W: Node, b: Node, x: Node, kernel: tuple[int, int], stride: int, paddin
     return z + einsum([(o,)], (o, p, q), [b], dims=dims)
 
 
-@register("conv2d")
+@register("conv2d", "§6.2-6.3", "2-D convolution (cross-correlation)")
 def conv2d(kernel: tuple[int, int] = (2, 2), stride: int = 1, padding: int = 0, dilation: int = 1) -> Model:
     r"""2-D convolution (cross-correlation, NCHW): z = W \star x + b with stride S, padding P, dilation D."""
     kh, kw = _check(kernel, stride, padding, dilation)
@@ -83,19 +83,19 @@ def _pool(name: str, kind: str, kernel: int, stride: int | None, padding: int) -
     return b.model(reduction="sum", diff_inputs=("X",), kinks=kind == "max")
 
 
-@register("max_pool2d")
+@register("max_pool2d", "§6.4", "max pooling")
 def max_pool2d(kernel: int = 2, stride: int | None = None, padding: int = 0) -> Model:
     r"""Max pooling over k x k windows; the gradient goes to the first maximum of each window (PyTorch)."""
     return _pool("max_pool2d", "max", kernel, stride, padding)
 
 
-@register("avg_pool2d")
+@register("avg_pool2d", "§6.4", "average pooling")
 def avg_pool2d(kernel: int = 2, stride: int | None = None, padding: int = 0) -> Model:
     r"""Average pooling over k x k windows (zero padding counted, as F.avg_pool2d's default)."""
     return _pool("avg_pool2d", "average", kernel, stride, padding)
 
 
-@register("cnn")
+@register("cnn", "§6.4", "conv-ReLU-pool-dense-softmax network")
 def cnn(channels: int = 2, classes: int = 3) -> Model:
     r"""conv(3x3, padding 1) - ReLU - max pool(2) - dense - softmax cross entropy."""
     b = Builder("cnn", "conv-ReLU-pool-dense-softmax network", "§6.4", {"channels": channels, "classes": classes})

@@ -29,7 +29,7 @@ def _spread_last(x: Node, like: Node) -> Node:
     return einsum([labels[:-1]], labels, [x], dims=dict(zip(labels, like.shape)))
 
 
-@register("layer_norm")
+@register("layer_norm", "§7.5", "layer normalization")
 def layer_norm(eps: float = 1e-5) -> Model:
     r"""Layer normalization (7.31): LN(z) = gamma * (z - mu_z) / sqrt(sigma_z^2 + eps) + beta, per sample."""
     b = Builder("layer_norm", "layer normalization", "§7.5", {"eps": eps})
@@ -62,7 +62,7 @@ def _attention(b: Builder, Q: Node, K: Node, V: Node, d: sp.Expr, causal: bool, 
     return b.eq(f"U{tag}", U, f"U{sup}")
 
 
-@register("attention")
+@register("attention", "§7.4", "scaled dot-product attention (optionally causal)")
 def attention(causal: bool = False) -> Model:
     r"""Scaled dot-product attention (7.20)-(7.22): U = S_softmax(Q K^T / sqrt(d)) V, rows softmaxed."""
     b = Builder("attention", "scaled dot-product attention" + (" with a causal mask" if causal else ""), "§7.4",
@@ -96,7 +96,7 @@ def _mha(b: Builder, X: Node, H: sp.Symbol, m: sp.Symbol, p: sp.Expr, causal: bo
     return b.eq(f"mha{tag}", einsum([(h, t, j), (c, h, j)], (t, c), [U, Wo], dims=dims), "u")
 
 
-@register("multihead_attention")
+@register("multihead_attention", "§7.5", "multi-head self-attention")
 def multihead_attention(heads: int = 2, causal: bool = False) -> Model:
     r"""Multi-head self-attention (7.24)-(7.27) with heads as a dimension: u = sum_h W_c^h U^h."""
     b = Builder("multihead_attention", "multi-head self-attention", "§7.5", {"heads": heads, "causal": causal})
@@ -112,7 +112,7 @@ def multihead_attention(heads: int = 2, causal: bool = False) -> Model:
     return b.model(reduction="sum", diff_inputs=("X",))
 
 
-@register("transformer_block")
+@register("transformer_block", "§7.5 (7.31)", "post-LN transformer encoder block")
 def transformer_block(heads: int = 2, eps: float = 1e-5) -> Model:
     r"""The post-LN transformer block (7.31): u2 = LN(x + MHA(x)), out = LN(u2 + W2 ReLU(W1 u2 + b1) + b2)."""
     b = Builder("transformer_block", "post-LN transformer encoder block", "§7.5 (7.31)",
@@ -175,7 +175,7 @@ def _seq_inputs(b: Builder, d: dict[str, sp.Symbol], carries: tuple[str, ...]) -
     return out
 
 
-@register("rnn")
+@register("rnn", "§7.2", "recurrent neural network with a softmax head")
 def rnn(activation: str = "tanh") -> Model:
     r"""Recurrent network (7.2), (7.4): h^{<t>} = S(W_hh h^{<t-1>} + W_hx x^{<t>} + b_h), softmax head,
     C = 1/T sum_t CE; written for a general step t, with BPTT as a recurrence."""
@@ -211,7 +211,7 @@ def _sig(x: Node) -> Node:
     return sigmoid(x)
 
 
-@register("lstm")
+@register("lstm", "§7.3", "long short-term memory network with a softmax head")
 def lstm() -> Model:
     r"""LSTM (7.16)-(7.17): gates g_f, g_i, g_o = sigma(W h^{<t-1>} + W x^{<t>} + b), candidate
     c~ = tanh(...), c^{<t>} = g_f * c^{<t-1>} + g_i * c~, h^{<t>} = g_o * tanh(c^{<t>}); softmax head."""
@@ -230,7 +230,7 @@ def lstm() -> Model:
     return b.scan_model(d["T"], {"h_prev": h, "c_prev": c}, ("X", "Y"), 1 / d["T"])
 
 
-@register("gru")
+@register("gru", "§7.3", "gated recurrent unit (book form) with a softmax head")
 def gru(variant: str = "book") -> Model:
     r"""GRU (7.18)-(7.19). ``variant="book"``: h = (1 - g_u) * h^{<t-1>} + g_u * tanh(W_hh (g_r * h^{<t-1>}) +
     W_hx x + b_h); ``variant="torch"``: nn.GRU's form, h = (1 - g_u) * tanh(W_hx x + b_h + g_r * (W_hh h)) +
@@ -259,7 +259,7 @@ def gru(variant: str = "book") -> Model:
     return b.scan_model(d["T"], {"h_prev": h}, ("X", "Y"), 1 / d["T"])
 
 
-@register("positional_encoding")
+@register("positional_encoding", "§7.5 (7.29)", "sinusoidal positional encoding")
 def positional_encoding(M: float = 10000.0) -> Model:
     r"""Positional encoding (7.29)-(7.30): r^{<t>}_{2i} = sin(t / M^{2i/p}), r^{<t>}_{2i+1} = cos(t / M^{2i/p}),
     added to the inputs, x~^{<t>} = x^{<t>} + r^{<t>}; a layer entry with loss sum(G * x~)."""

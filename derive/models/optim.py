@@ -27,7 +27,7 @@ def _theta(b: Builder, p: sp.Symbol) -> tuple[Node, Node]:
     return theta, g
 
 
-@register("sgd")
+@register("sgd", "§4.2", "stochastic gradient descent")
 def sgd(lr: float = 0.01, weight_decay: float = 0.0) -> Model:
     r"""Gradient descent theta^{(t+1)} = theta^{(t)} - alpha (g + lambda theta)."""
     b, p = _start("sgd", "stochastic gradient descent", "§4.2", {"lr": lr, "weight_decay": weight_decay})
@@ -38,7 +38,7 @@ def sgd(lr: float = 0.01, weight_decay: float = 0.0) -> Model:
     return b.update_model({"theta": nxt})
 
 
-@register("momentum")
+@register("momentum", "§4.3", "momentum (book form)")
 def momentum(lr: float = 0.01, beta: float = 0.9, form: str = "book") -> Model:
     r"""Momentum. ``form="book"``: v = beta v + (1 - beta) g, theta = theta - alpha v (exponential smoothing);
     ``form="torch"``: v = beta v + g, theta = theta - alpha v (PyTorch's SGD momentum)."""
@@ -53,7 +53,7 @@ def momentum(lr: float = 0.01, beta: float = 0.9, form: str = "book") -> Model:
     return b.update_model({"theta": th, "v": v1})
 
 
-@register("nesterov")
+@register("nesterov", "§4.3", "Nesterov accelerated gradient")
 def nesterov(lr: float = 0.01, beta: float = 0.9) -> Model:
     r"""Nesterov momentum in PyTorch's form: v = beta v + g, theta = theta - alpha (g + beta v)."""
     b, p = _start("nesterov", "Nesterov accelerated gradient", "§4.3", {"lr": lr, "beta": beta})
@@ -65,7 +65,7 @@ def nesterov(lr: float = 0.01, beta: float = 0.9) -> Model:
     return b.update_model({"theta": th, "v": v1})
 
 
-@register("adagrad")
+@register("adagrad", "§4.5", "Adagrad")
 def adagrad(lr: float = 0.01, eps: float = 1e-10) -> Model:
     r"""Adagrad: s = s + g * g, theta = theta - alpha g / (sqrt(s) + epsilon)."""
     b, p = _start("adagrad", "Adagrad", "§4.5", {"lr": lr, "eps": eps})
@@ -77,7 +77,7 @@ def adagrad(lr: float = 0.01, eps: float = 1e-10) -> Model:
     return b.update_model({"theta": th, "s": s1})
 
 
-@register("rmsprop")
+@register("rmsprop", "§4.5", "RMSprop")
 def rmsprop(lr: float = 0.01, gamma: float = 0.99, eps: float = 1e-8) -> Model:
     r"""RMSprop: s = gamma s + (1 - gamma) g * g, theta = theta - alpha g / (sqrt(s) + epsilon)."""
     b, p = _start("rmsprop", "RMSprop", "§4.5", {"lr": lr, "gamma": gamma, "eps": eps})
@@ -111,14 +111,14 @@ def _adam(name: str, lr: float, beta1: float, beta2: float, eps: float, weight_d
     return b.update_model({"theta": th, "v": v1, "s": s1, "t": t1})
 
 
-@register("adam")
+@register("adam", "§4.3", "Adam with bias correction")
 def adam(lr: float = 1e-3, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8,
          weight_decay: float = 0.0) -> Model:
     r"""Adam: moments v, s with bias correction v / (1 - beta_1^{t+1}), s / (1 - beta_2^{t+1})."""
     return _adam("adam", lr, beta1, beta2, eps, weight_decay, decoupled=False)
 
 
-@register("adamw")
+@register("adamw", "§4.3", "Adam with bias correction and decoupled weight decay")
 def adamw(lr: float = 1e-3, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8,
           weight_decay: float = 1e-2) -> Model:
     r"""AdamW: Adam with decoupled weight decay theta (1 - alpha lambda)."""

@@ -1,10 +1,19 @@
-r"""Sphinx directives whose content dlmath produces at build time.
+r"""Sphinx directives whose content dlmath produces at build time, and the zoo's pages.
+
+When the build starts, one page per zoo entry is written to ``docs/zoo/NAME.rst`` (generated, not
+committed; pages of entries that no longer exist are removed), each holding ``.. dlmath-entry:: NAME``.
+
+``.. dlmath-entry:: NAME``
+    The page of one zoo entry: title, book section, options, dimensions, parameters and inputs with their
+    symbolic shapes; a picture of its program as a graph (:func:`dlmath.plot.draw_program`); the forward
+    program, the backpropagation (adjoint) program and the Hessian blocks the entry declares, as
+    ``.. math::`` blocks with one equation per line; the generated NumPy and PyTorch modules; and the
+    verification it passes, run while the page is built (``verify.check`` with ``dlmath_verify_examples``
+    hypothesis examples, a table of its comparisons). Every equation is printed by :mod:`derive`.
 
 ``.. dlmath-zoo::``
-    One section per zoo entry (``derive.models.names()``, or the names given as arguments): title, book
-    section, options, dimensions, parameters and inputs with their symbolic shapes, then the forward
-    program, the backpropagation (adjoint) program and the Hessian blocks the entry declares, as
-    ``.. math::`` blocks with one equation per line. Every equation is printed by :mod:`derive`.
+    Without arguments: the index of the zoo, a table of every entry (linked to its page) and the toctree
+    of the pages. With names as arguments: those entries' equations as sections of the current page.
 
 ``.. dlmath-run::``
     Runs its content, statement by statement, as an interactive Python session and shows the transcript
@@ -221,7 +230,7 @@ def entry_rst(name: str) -> list[str]:
 
 
 def zoo_rst(names: Sequence[str] | None = None) -> list[str]:
-    """The rST of the zoo: a summary table, then one section per entry."""
+    """The rST of zoo entries as sections of one page: a summary table, then one section per entry."""
     import derive
 
     names = list(names) if names else derive.models.names()
@@ -233,6 +242,124 @@ def zoo_rst(names: Sequence[str] | None = None) -> list[str]:
     for name in names:
         lines += entry_rst(name)
     return lines
+
+
+#: where the entry pages go, relative to the source directory
+ZOO_DIR = "zoo"
+
+#: gallery examples whose pictures belong on an entry's page too: entry -> (example, caption)
+GALLERY = {
+    "autodiff_example": ("plot_autodiff_graph", "Fig 4.7 with its forward values and reverse-mode adjoints"),
+    "rosenbrock": ("plot_rosenbrock", "The surface with gradient-descent and Newton paths"),
+    **{a: ("plot_activations", "The activation functions and their derivatives, from the generated kernels")
+       for a in ("sigmoid", "tanh", "relu", "leaky_relu", "softplus")},
+}
+
+
+def index_rst() -> list[str]:
+    """The zoo's index: one row per entry, linked to its page, and the toctree of the pages."""
+    import derive
+
+    rows = []
+    for name in derive.models.names():
+        section, title = derive.models.about(name)
+        rows.append([f":doc:`{name} <{ZOO_DIR}/{name}>`", _escape(section), _escape(title)])
+    lines = _table("The entries, in book order", ["entry", "book", "what"], rows)
+    lines += [".. toctree::", "   :hidden:", "   :maxdepth: 1", ""]
+    lines += [f"   {ZOO_DIR}/{name}" for name in derive.models.names()]
+    return [*lines, ""]
+
+
+def graph_png(name: str, path: Any) -> None:
+    """Draw the program of entry ``name`` (:func:`dlmath.plot.draw_program`) into the PNG file ``path``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    import derive
+    import dlmath.plot
+
+    m = derive.models.get(name)
+    fig = dlmath.plot.draw_program(m)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=80, metadata={"Software": None})
+    plt.close(fig)
+    if not path.exists() or path.read_bytes() != buf.getvalue():
+        path.write_bytes(buf.getvalue())
+
+
+def _code_rst(title: str, source: str, open_: bool) -> list[str]:
+    lines = [".. raw:: html", "", f"   <details{' open' if open_ else ''}><summary>{title}</summary>", ""]
+    lines += [".. code-block:: python", ""]
+    lines += [f"   {line}" if line else "" for line in source.splitlines()]
+    return [*lines, "", ".. raw:: html", "", "   </details>", ""]
+
+
+def page_rst(name: str, examples: int, graph: str) -> list[str]:
+    """The whole page of entry ``name``: :func:`entry_rst` with the title as the page title, the program's
+    graph (the image file ``graph``), the generated code and a verification run with ``examples``."""
+    import derive
+    import numeric
+    import verify
+
+    m = derive.models.get(name)
+    lines = entry_rst(name)
+    lines[2:4] = _section(lines[2], "=")[:2]  # the entry's section title becomes the page title
+    body = lines[4:]
+    head = lines[:4]
+    fig = [f".. figure:: {graph}", "   :alt: the program of " + name + " as a graph", "",
+           "   The program as a graph: parameters and inputs on the left, each equation one node, in the order "
+           "of evaluation" + (" (dashed: the state carried to the next time step)" if m.scan else "") + ".", ""]
+    gallery = GALLERY.get(name)
+    if gallery:
+        ex, caption = gallery
+        fig += [f".. figure:: /auto_examples/images/sphx_glr_{ex}_001.png", f"   :target: ../auto_examples/{ex}.html",
+                "", f"   {caption} (:doc:`the gallery example </auto_examples/{ex}>`).", ""]
+    code = _section(f"Generated code of {_literal(name)}", "~")
+    code += ["``numeric.source(m, backend)``: the module ``numeric.compile(m, backend)`` runs, one line per "
+             "equation with the equation's LaTeX above it.", ""]
+    code += _code_rst("NumPy", numeric.source(m, "numpy"), True)
+    code += _code_rst("PyTorch", numeric.source(m, "torch"), False)
+    report = verify.check(m, examples=examples, derandomize=True)
+    ver = _section(f"Verification of {_literal(name)}", "~")
+    ver += [f"``verify.check(m, examples={examples}, derandomize=True)``, run when this page was built: "
+            f"{report.examples} hypothesis-drawn examples (shapes and values from the entry's declared domains), "
+            f"float64, {report.backend} on {report.device}, every comparison within its tolerance "
+            f"(the kernels: relative {report.rtol:g}). More examples: ``dlmath verify {name} --examples 200``.", ""]
+    ver += _table(f"What ``verify.check`` compared for {_literal(name)}", ["comparison", "largest scaled error"],
+                  [[_escape(k), f"{v:.1e}"] for k, v in report.checks.items()])
+    return [*head, *body[:_first_subsection(body)], *fig, *body[_first_subsection(body):], *code, *ver]
+
+
+def _first_subsection(lines: Sequence[str]) -> int:
+    """Index of the first ``~~~`` section title in ``lines`` (the forward program)."""
+    for i in range(1, len(lines)):
+        if lines[i] and set(lines[i]) == {"~"} and lines[i - 1]:
+            return i - 1
+    return len(lines)
+
+
+def write_pages(app: Sphinx) -> None:
+    """Write ``docs/zoo/NAME.rst`` for every zoo entry (only where it changed) and remove stale pages."""
+    from pathlib import Path
+
+    import derive
+
+    out = Path(app.srcdir) / ZOO_DIR
+    (out / "_graphs").mkdir(parents=True, exist_ok=True)
+    names = derive.models.names()
+    for name in names:
+        page = out / f"{name}.rst"
+        text = (f".. generated by docs/_ext/dlmath_docs.py: do not edit\n\n.. dlmath-entry:: {name}\n")
+        if not page.exists() or page.read_text() != text:
+            page.write_text(text)
+    for stale in out.glob("*.rst"):
+        if stale.stem not in names:
+            stale.unlink()
+    for stale in (out / "_graphs").glob("*.png"):
+        if stale.stem not in names:
+            stale.unlink()
 
 
 # -- directives ---------------------------------------------------------------------------------------
@@ -259,7 +386,7 @@ class _DlmathDirective(SphinxDirective):
 
 
 class ZooDirective(_DlmathDirective):
-    """``.. dlmath-zoo:: [NAME ...]``: the zoo, generated by derive."""
+    """``.. dlmath-zoo:: [NAME ...]``: the zoo's index, or the named entries' sections, generated by derive."""
 
     optional_arguments = 1
     final_argument_whitespace = True
@@ -268,9 +395,31 @@ class ZooDirective(_DlmathDirective):
         self.note_doc()
         names = self.arguments[0].split() if self.arguments else None
         try:
-            lines = zoo_rst(names)
+            lines = zoo_rst(names) if names else index_rst()
         except Exception as e:
             raise self.fail("generating the zoo", e) from e
+        return self.parse(lines, titles=bool(names))
+
+
+class EntryDirective(_DlmathDirective):
+    """``.. dlmath-entry:: NAME``: the page of one zoo entry (equations, graph, code, verification)."""
+
+    required_arguments = 1
+    option_spec = {"examples": directives.positive_int}
+
+    def run(self) -> list[nodes.Node]:
+        from pathlib import Path
+
+        self.note_doc()
+        name = self.arguments[0]
+        examples = self.options.get("examples", self.config.dlmath_verify_examples)
+        graph = Path(self.env.srcdir) / ZOO_DIR / "_graphs" / f"{name}.png"
+        try:
+            graph.parent.mkdir(parents=True, exist_ok=True)
+            graph_png(name, graph)
+            lines = page_rst(name, examples, f"/{ZOO_DIR}/_graphs/{name}.png")
+        except Exception as e:
+            raise self.fail(f"generating the page of {name!r}", e) from e
         return self.parse(lines, titles=True)
 
 
@@ -409,7 +558,29 @@ def _outdated(
     return sorted(d for d in getattr(env, _ENV_KEY, set()) if d in env.found_docs and d not in removed)
 
 
+_REMOTE = re.compile(r"""<(?:script|img|iframe)\b[^>]*\bsrc=["'](?:https?:)?//|<link\b[^>]*\bhref=["'](?:https?:)?//""",
+                     re.IGNORECASE)
+
+
+def check_offline(app: Sphinx, exc: BaseException | None) -> None:
+    """Fail the build if a page loads a script, style sheet, image or frame from the network."""
+    from pathlib import Path
+
+    if exc is not None or app.builder.format != "html":
+        return
+    bad = []
+    for page in sorted(Path(app.outdir).rglob("*.html")):
+        for hit in _REMOTE.finditer(page.read_text(encoding="utf-8", errors="replace")):
+            bad.append(f"{page.relative_to(app.outdir)}: {hit.group(0)[:120]}")
+    if bad:
+        raise RuntimeError("pages load from the network (the site must work offline):\n  " + "\n  ".join(bad))
+
+
 def setup(app: Sphinx) -> dict[str, Any]:
+    app.add_config_value("dlmath_verify_examples", 3, "env", [int])
+    app.connect("builder-inited", write_pages)
+    app.connect("build-finished", check_offline)
+    app.add_directive("dlmath-entry", EntryDirective)
     app.add_directive("dlmath-zoo", ZooDirective)
     app.add_directive("dlmath-run", RunDirective)
     app.add_directive("dlmath-cli", CliDirective)
