@@ -37,5 +37,7 @@ def test_report_shows_a_short_table() -> None:
     assert [float(c) for c in cells[1::2]] == [float(f"{v:.1e}") for v in report.checks.values()]
     assert "sigmoid</b>: 2 examples passed" in html
     text = str(report).splitlines()
-    assert text[0] == "sigmoid: 2 examples passed (numpy, cpu, float64)" and len(text) == 1 + len(report.checks)
+    assert text[0] == "sigmoid: 2 examples passed (numpy, cpu, float64)"
+    assert text[1].startswith("  reference: torch autograd on the zoo's reference") and "reference: torch" in html
+    assert len(text) == 2 + len(report.checks)
     assert repr(report).startswith("<Report sigmoid: 2 examples") and "\n" not in repr(report)

@@ -96,6 +96,8 @@ class Report:
                        for k, v in self.checks.items())
         caption = (f"<b>{escape(self.model)}</b>: {self.examples} examples passed "
                    f"({escape(self.backend)}, {escape(self.device)}, float64)")
+        if self.reference:
+            caption += f"<br>reference: torch autograd on {escape(self.reference)}; values: {escape(', '.join(self.modes))}"
         return (f"<table><caption style='text-align:left'>{caption}</caption>"
                 "<thead><tr><th style='text-align:left'>comparison</th><th>max scaled error</th></tr></thead>"
                 f"<tbody>{rows}</tbody></table>")
