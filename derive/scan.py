@@ -80,6 +80,7 @@ def scan_program(m: Model) -> ScanProgram:
         params=m.params, inputs=inputs, equations=[*m.equations, Equation(obj, total)], reduction="mean",
         sample=m.sample, options=m.options, diff_inputs=tuple(p for p, _ in sc.carries), ranges=m.ranges,
         adjoint_names=m.adjoint_names, inline_adjoints=m.inline_adjoints, kinks=m.kinks, constants=m.constants,
+        notation=m.notation,
     )
     adj = backprop(step)
     grads = {eq.lhs.name: eq for eq in adj if eq.kind == "grad"}

@@ -54,7 +54,7 @@ def conv2d(kernel: tuple[int, int] = (2, 2), stride: int = 1, padding: int = 0, 
     Wd = b.dim("W_in", 5, _image_range(kw, padding, dilation), 7)
     W = b.param("W", (Co, Ci, kh, kw), "W")
     bias = b.param("b", (Co,), "b")
-    x = b.input("X", (Ci, H, Wd), "x", batched=True, adjoint=("g_X", r"\bar{x}"))
+    x = b.input("X", (Ci, H, Wd), "x", batched=True, adjoint=("g_X", r"\zeta_{x}"))
     oh, ow = conv_out(H, kh, stride, padding, dilation), conv_out(Wd, kw, stride, padding, dilation)
     G = b.input("G", (Co, oh, ow), r"\delta", batched=True)
     z = b.eq("z", conv(W, bias, x, (kh, kw), stride, padding, dilation), "z")
@@ -74,7 +74,7 @@ def _pool(name: str, kind: str, kernel: int, stride: int | None, padding: int) -
     Wd = b.dim("W_in", 4, _image_range(kernel, padding, 1), 7)
     x = b.input("X", (C, H, Wd), "x", batched=True, adjoint=("g_X", r"\bar{x}"))
     oh, ow = conv_out(H, kernel, s, padding, 1), conv_out(Wd, kernel, s, padding, 1)
-    G = b.input("G", (C, oh, ow), r"\delta", batched=True)
+    G = b.input("G", (C, oh, ow), r"\zeta", batched=True)
     # max pooling pads with -infinity (a padded entry never wins), average pooling with zeros
     U = Unfold(x, (kernel, kernel), s, padding, 1, flat=True, fill=-math.inf if kind == "max" else 0.0)
     out = Max(U, 1) if kind == "max" else mean(U, 1)
