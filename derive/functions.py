@@ -104,7 +104,7 @@ class step(sp.Function):
         return _power(self._latex_body(printer), exp)
 
     def _latex_body(self, printer: Any) -> str:
-        return rf"\mathbb{{1}}\left\{{{_arg(printer, self.args[0])} > 0\right\}}"
+        return rf"\mathbf{{1}}\{{{_arg(printer, self.args[0])} > 0\}}"
 
     def _numpycode(self, printer: Any) -> str:
         x = _arg(printer, self.args[0])
@@ -148,7 +148,7 @@ class leaky_step(sp.Function):
 
     def _latex_body(self, printer: Any) -> str:
         x, s = (_arg(printer, a) for a in self.args)
-        return rf"\left(\mathbb{{1}}\left\{{{x} > 0\right\}} + {s}\,\mathbb{{1}}\left\{{{x} \leq 0\right\}}\right)"
+        return rf"\left(\mathbf{{1}}\{{{x} > 0\}} + {s}\,\mathbf{{1}}\{{{x} \le 0\}}\right)"
 
     def _numpycode(self, printer: Any) -> str:
         x, s = (_arg(printer, a) for a in self.args)

@@ -72,7 +72,7 @@ def _pool(name: str, kind: str, kernel: int, stride: int | None, padding: int) -
     C = b.dim("C_in", 2, 1, 3)
     H = b.dim("H_in", 4, _image_range(kernel, padding, 1), 7)
     Wd = b.dim("W_in", 4, _image_range(kernel, padding, 1), 7)
-    x = b.input("X", (C, H, Wd), "x", batched=True, adjoint=("g_X", r"\bar{x}"))
+    x = b.input("X", (C, H, Wd), "x", batched=True, adjoint=("g_X", r"\zeta_{x}"))
     oh, ow = conv_out(H, kernel, s, padding, 1), conv_out(Wd, kernel, s, padding, 1)
     G = b.input("G", (C, oh, ow), r"\zeta", batched=True)
     # max pooling pads with -infinity (a padded entry never wins), average pooling with zeros
