@@ -148,7 +148,7 @@ class leaky_step(sp.Function):
 
     def _latex_body(self, printer: Any) -> str:
         x, s = (_arg(printer, a) for a in self.args)
-        return rf"\left(\mathbf{{1}}\{{{x} > 0\}} + {s}\,\mathbf{{1}}\{{{x} \le 0\}}\right)"
+        return rf"\left(\mathbf{{1}}\{{{x} > 0\}} + {s}\,\mathbf{{1}}\{{{x} \leq 0\}}\right)"
 
     def _numpycode(self, printer: Any) -> str:
         x, s = (_arg(printer, a) for a in self.args)

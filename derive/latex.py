@@ -323,7 +323,7 @@ class _ScalarPrinter(LatexPrinter):
         if not any(f.free_symbols & set(self.names) for f in factors):
             return str(super()._print_Mul(expr))
         const = sp.Mul(*[f for f in factors if not (f.free_symbols & set(self.names))])
-        neg = const.could_extract_minus_sign()
+        neg = bool(const.as_coeff_Mul()[0] < 0)
         if neg:
             const = -const
         args = [f for f in factors if f.free_symbols & set(self.names)]
@@ -336,18 +336,21 @@ class _ScalarPrinter(LatexPrinter):
         num_t = [f for f in tens if not (f.is_Pow and f.exp.is_negative)]
         den_t = [1 / f for f in tens if f.is_Pow and f.exp.is_negative]
         lead = ""
-        dens = ([] if cd == 1 else [self._print(cd)]) + [self._factor(f) for f in den_s]
-        if dens:
-            lead = rf"\frac{{{self._print(cn) if cn != 1 else 1}}}{{{' '.join(dens)}}}"
-        elif cn != 1:
-            lead = self._factor(cn) if cn.is_Add else self._print(cn)
+        den_all = ([] if cd == 1 else [cd]) + den_s
+        dens = [self._print(f) if len(den_all) == 1 else self._factor(f) for f in den_all]
         parts = [self._factor(f) for f in num_s]
         # the book's order: derivative factors (\dot S(z) \odot \zeta), then tensors
         tparts = [self._factor(f) for f in sorted(num_t, key=lambda f: not isinstance(f, sp.Function))]
         body = r" \odot ".join(tparts)
         if den_t:
-            d = r" \odot ".join(self._factor(f) for f in den_t)
+            d = (self._print(den_t[0]) if len(den_t) == 1 else r" \odot ".join(self._factor(f) for f in den_t))
             body = rf"\frac{{{body or 1}}}{{{d}}}"
+        if dens and len(tparts) == 1 and not den_t and not parts and cn == 1 and any(f.is_Add for f in den_all):
+            return ("- " if neg else "") + rf"\frac{{{body}}}{{{' '.join(dens)}}}"  # v / (1 - beta^{t+1})
+        if dens:
+            lead = rf"\frac{{{self._print(cn) if cn != 1 else 1}}}{{{' '.join(dens)}}}"
+        elif cn != 1:
+            lead = self._factor(cn) if cn.is_Add else self._print(cn)
         out = " ".join(x for x in [lead, *parts, body] if x)
         return ("- " if neg else "") + (out or "1")
 
@@ -697,8 +700,36 @@ class BookPrinter:
             chain = scaled
         if chain is None:
             return self._index_form(e, [k[0] for k in kids], [k[1] for k in kids], ins, out, scalars), ADD
+        if self.lifted and r"\operatorname{diag}" in chain:
+            chain = self._name_diagonals(chain)
         body = " ".join([*scalars, chain])
         return body, MUL
+
+    def _name_diagonals(self, chain: str) -> str:
+        r"""In a batch form, a diagonal of per-sample weights is named as the book does:
+        ``X D X^\top``, ``D = \operatorname{diag}(\hat y \odot (1 - \hat y))``."""
+        out, k, i = "", 0, 0
+        key = r"\operatorname{diag}\left("
+        while True:
+            j = chain.find(key, i)
+            if j < 0:
+                return out + chain[i:]
+            d, e = 1, j + len(key)
+            while e < len(chain) and d:
+                if chain.startswith(r"\left", e):
+                    d += 1
+                    e += 5
+                elif chain.startswith(r"\right", e):
+                    d -= 1
+                    e += 6
+                else:
+                    e += 1
+            end = e + 1  # past the closing parenthesis
+            name = "D" if k == 0 else f"D_{{{k + 1}}}"
+            k += 1
+            self.where.append(f"{name} = {chain[j:end]}")
+            out += chain[i:j] + name
+            i = end
 
     def _hadamard(self, ops: list[tuple[str, int, tuple[int, ...]]], out: tuple[int, ...],
                   dims: dict[Any, Any]) -> str | None:
@@ -787,11 +818,12 @@ class BookPrinter:
                 tex = rf"{c_tex}{padded} {star} \operatorname{{rot}}_{{180}}\left({wt}\right)"
                 if S != 1:
                     H, W = f.image[1:]
-                    rs = [sp.latex(sp.Mod(d + 2 * P - D * (k - 1) - 1, S)) for d, k in zip((H, W), f.kernel)]
+                    rs = [sp.latex(sp.Mod(d + 2 * P - D * (k - 1) - 1, S)).replace(r"\bmod", r"\operatorname{mod}")
+                          for d, k in zip((H, W), f.kernel)]
                     self.where.append(
-                        rf"\operatorname{{dil}}_{{{S}}} \text{{ puts }} {S - 1} \text{{ zeros between entries; }}"
-                        rf"\operatorname{{pad}} \text{{ adds }} r_H = {rs[0]},\ r_W = {rs[1]}"
-                        r"\text{ more zeros after}")
+                        rf"\operatorname{{dil}}_{{{S}}} \text{{ inserts }} S - 1 = {S - 1} \text{{ zeros between entries, }}"
+                        rf"\operatorname{{pad}}_{{{pad}}} \text{{ pads by }} D(k - 1) - P = {pad}"
+                        rf"\text{{, and by }} r_H = {rs[0]},\ r_W = {rs[1]} \text{{ more at the end}}")
                 return "- " + tex if neg else tex
         return None
 
@@ -972,11 +1004,20 @@ class BookPrinter:
             s += rf"\qquad {eq.note}"
         return _break(_tidy(s))
 
-    def program(self, eqs: Sequence[Equation], layers: int | None = None) -> list[str]:
-        """One string per equation of a program, with shared subexpressions named and layers folded."""
+    def program(self, eqs: Sequence[Equation], layers: int | None = None, display: bool = True) -> list[str]:
+        """The printed program: with ``display``, shared subexpressions named, intermediates named by their
+        own expression left out and layers folded; without it, exactly one string per equation."""
+        if not display:
+            return [self.equation(e, scan_sum=self.model is not None and self.model.scan is not None
+                                  and e.kind == "grad") for e in eqs]
         eqs = self._named(list(eqs))
         scan = self.model is not None and self.model.scan is not None
-        texs = [self.equation(e, scan_sum=scan and e.kind == "grad") for e in eqs]
+        texs = []
+        for e in eqs:
+            s = self.equation(e, scan_sum=scan and e.kind == "grad")
+            if s == f"{e.lhs.tex} = {e.lhs.tex}" and len(eqs) > 1:
+                continue  # an intermediate named by its own expression (z + a, t + 1): nothing to print
+            texs.append(s)
         if layers:
             forward = bool(eqs) and all(e.kind == "forward" for e in eqs)
             texs = fold_layers(texs, layers, ascending=forward)
@@ -987,6 +1028,7 @@ class BookPrinter:
         gate's pre-activation, used by g_W, g_b and the carried adjoint) gets its name: g_{b_f} = \delta_f."""
         if not eqs or eqs[0].kind == "forward":
             return eqs
+        eqs = self._recognise(eqs)
         used_lhs = {e.lhs.tex for e in eqs} | ({e.lhs.tex for e in self.model.equations} if self.model else set())
         shared: dict[Node, Var] = {}
         extra_roots = list(self.carried.values())
@@ -1020,6 +1062,20 @@ class BookPrinter:
             rhs = substitute(e.rhs, dict(shared))
             out.append(replace(e, rhs=rhs))
         self.carried = {k: substitute(r, dict(shared)) for k, r in self.carried.items()}
+        return out
+
+
+    @staticmethod
+    def _recognise(eqs: list[Equation]) -> list[Equation]:
+        r"""A later equation that contains the right-hand side of a named adjoint uses its name
+        (``\zeta^{[\ell]} = \delta^{[\ell+2]} + W^{[\ell+1]\top} \delta^{[\ell+1]}`` in a residual block)."""
+        named: dict[Node, Var] = {}
+        out = []
+        for e in eqs:
+            rhs = substitute(e.rhs, dict(named)) if named else e.rhs
+            out.append(replace(e, rhs=rhs) if rhs is not e.rhs else e)
+            if e.kind == "adjoint" and isinstance(e.rhs, (Map, Einsum)) and e.rhs not in named:
+                named[e.rhs] = e.lhs
         return out
 
 
@@ -1424,7 +1480,9 @@ def _owner(eqs: Sequence[Equation]) -> Model | None:
     for m, res in [*autodiff._BACKPROP.values(), *autodiff._HESSIAN.values()]:
         if any(id(e) in want for e in res):
             return m
-    for m in cands:
+    from . import models
+
+    for m in [*cands, *models._CACHE.values()]:
         if any(id(e) in want for e in m.equations):
             return m
     return None
@@ -1432,7 +1490,8 @@ def _owner(eqs: Sequence[Equation]) -> Model | None:
 
 def equations_tex(eqs: Sequence[Equation], batch: bool = False, layers: int | None = None,
                   model: Model | None = None) -> list[str]:
-    """One LaTeX string per equation (each renders on its own).
+    """One LaTeX string per equation, in order (each renders on its own): what generated code puts above
+    each assignment. :func:`program_tex` is the printed program, as the CLI and the docs show it.
 
     With ``layers=L``, equations that differ only in their layer index ``[l]`` are printed once, with
     the index symbolic (``\\delta^{[\\ell]} = \\dot S(z^{[\\ell]}) \\odot \\zeta^{[\\ell]}``, for
@@ -1440,18 +1499,28 @@ def equations_tex(eqs: Sequence[Equation], batch: bool = False, layers: int | No
     notation (found from the derivation caches when omitted).
     """
     m = model if model is not None else _owner(eqs)
+    if layers:
+        return BookPrinter(m, batch).program(eqs, layers)
+    return BookPrinter(m, batch).program(eqs, display=False)
+
+
+def program_tex(eqs: Sequence[Equation], batch: bool = False, layers: int | None = None,
+                model: Model | None = None) -> list[str]:
+    """The printed program: shared adjoints named (the adjoint of a gate's pre-activation is ``\\delta_f``),
+    intermediates named by their own expression (``z + a``, ``t + 1``) left out, repeated layers folded."""
+    m = model if model is not None else _owner(eqs)
     return BookPrinter(m, batch).program(eqs, layers)
-
-
-program_tex = equations_tex
 
 
 def constants_tex(m: Model) -> str | None:
     r"""The values of a model's hyperparameters, listed once: ``\lambda = 0.1,\ \epsilon = 10^{-5}``."""
-    if not m.constants:
+    used = {str(s) for e in m.equations for x in walk([e.rhs]) if isinstance(x, (Map, Einsum))
+            for s in (x.fn if isinstance(x, Map) else x.coef).free_symbols}
+    shown = {k: v for k, v in m.constants.items() if k in used}
+    if not shown:
         return None
     p = _ScalarPrinter({}, set(), dict(m.notation.get("symbols", {})))
-    return r",\quad ".join(f"{p.doprint(sp.Symbol(k, real=True))} = {_number(v)}" for k, v in m.constants.items())
+    return r",\quad ".join(f"{p.doprint(sp.Symbol(k, real=True))} = {_number(v)}" for k, v in shown.items())
 
 
 def check_names(m: Model) -> list[str]:
@@ -1504,7 +1573,7 @@ def latex(obj: Any, batch: bool = False, model: Model | None = None) -> str:
 def aligned(eqs: Sequence[Equation], model: Model | None, batch: bool = False, layers: int | None = None) -> str:
     """The rows of an ``aligned`` block: one per equation, long ones broken over several rows."""
     rows = []
-    for s in equations_tex(eqs, batch, layers, model=model):
+    for s in program_tex(eqs, batch, layers, model=model):
         if s.startswith(r"\begin{aligned}"):
             rows.append(s[len(r"\begin{aligned}") : -len(r"\end{aligned}")])
             continue
@@ -1541,7 +1610,7 @@ def newton_tex(m: Model) -> list[str]:
     for i, a in enumerate(names):
         for b in names[i:]:
             eqs += hessian(m, a, None if a == b else b)
-    lines = equations_tex(eqs, batch=True, model=m)
+    lines = program_tex(eqs, batch=True, model=m)
     texs = {p: m.params[p].tex for p in names}
     blocks = []
     for a in names:
@@ -1584,6 +1653,7 @@ def jacobian_tex(m: Model) -> list[str]:
     ``\frac{\partial h^{\langle t+1\rangle}}{\partial h^{\langle t\rangle}} = W_{hh}^\top \operatorname{diag}(\dot S(z^{\langle t+1\rangle}))``
     (the transpose of the usual Jacobian, so that ``\zeta^{\langle t\rangle}`` is it times ``\zeta^{\langle t+1\rangle}``)."""
     from .autodiff import tangents
+    from .textform import to_text
 
     if m.scan is None:
         return []
@@ -1599,5 +1669,7 @@ def jacobian_tex(m: Model) -> list[str]:
         jac = einsum([(0, 1)], (1, 0), [tan])  # the book's layout: d h_j / d hprev_i at (i, j)
         p = BookPrinter(m)
         tex = shift_time(p.node(jac)[0])
+        if len(to_text(tex)) > LINE_WIDTH:
+            continue  # a gated step's Jacobian is no line to read: its adjoints say the same, term by term
         out.append(rf"\frac{{\partial {shift_time(h.tex)}}}{{\partial {shift_time(hp.tex)}}} = {tex}")
     return [_tidy(t) for t in out]

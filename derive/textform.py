@@ -23,7 +23,7 @@ _SYMBOLS = {
     "ge": "≥", "geq": "≥", "ne": "≠", "neq": "≠", "dots": "…", "ldots": "…", "cdots": "⋯", "infty": "∞",
     "in": "∈", "partial": "∂", "leftarrow": "←", "to": "→", "sim": "~", "approx": "≈", "pm": "±",
     "sum": "Σ", "prod": "Π", "langle": "⟨", "rangle": "⟩", "lfloor": "⌊", "rfloor": "⌋", "|": "‖",
-    "{": "{", "}": "}", ",": " ", ";": " ", ":": " ", "!": "", " ": " ", "quad": "  ", "qquad": "    ",
+    "{": "{", "}": "}", ",": " ", ";": " ", ":": " ", "!": "", " ": " ", "quad": "  ", "qquad": "\x01",
     "log": "log", "exp": "exp", "tanh": "tanh", "sin": "sin", "cos": "cos", "max": "max", "min": "min",
     "arg": "arg", "bmod": "mod", "det": "det", "\\": "\n",
 }
@@ -137,8 +137,8 @@ class _Reader:
             self.raw_group()
             if env in ("pmatrix", "bmatrix", "matrix"):
                 rows = [r.strip() for r in body.split("\n")]
-                return "[" + "; ".join(", ".join(c.strip() for c in r.split("&")) for r in rows) + "]"
-            return body.replace("&", "")
+                return "[" + "; ".join(", ".join(c.strip() for c in r.split("\x02")) for r in rows) + "]"
+            return body.replace("\x02", "")
         if name == "textbf":
             return self.argument()
         _unknown.add(name)
@@ -166,7 +166,7 @@ class _Reader:
             return c + _wrap(arg)
         if c == "&":
             self.i += 1
-            return ""
+            return "\x02"  # a cell or alignment mark: a matrix separates its cells by it
         self.i += 1
         return c
 
@@ -205,5 +205,6 @@ def to_text_raw(s: str) -> str:
 
 def to_text(tex: str) -> str:
     """A plain-text (Unicode) rendering of the LaTeX that this package prints."""
-    out = to_text_raw(tex)
-    return "\n".join(" ".join(line.split()) for line in out.split("\n") if line.strip())
+    out = to_text_raw(tex).replace("\x02", "")
+    lines = (" ".join(line.split()).replace(" \x01", "\x01").replace("\x01", ",   ") for line in out.split("\n"))
+    return "\n".join(line for line in lines if line.strip())

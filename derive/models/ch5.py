@@ -145,8 +145,10 @@ def residual_block(activation: str = "relu") -> Model:
     G = b.input("G", (N,), r"\zeta^{[\ell+2]}", batched=True)
     z1 = b.eq("z1", W1 @ a + b1, r"z^{[\ell+1]}", adjoint=("delta1", r"\delta^{[\ell+1]}"))
     a1 = b.eq("a1", map_(S(ARG0), [z1]), r"a^{[\ell+1]}", adjoint=("zeta1", r"\zeta^{[\ell+1]}"))
-    z2 = b.eq("z2", W2 @ a1 + b2, r"z^{[\ell+2]}", adjoint=("delta2", r"\delta^{[\ell+2]}"))
-    out = b.eq("a_out", map_(S(ARG0), [z2 + a]), r"a^{[\ell+2]}")
+    z2 = b.eq("z2", W2 @ a1 + b2, r"z^{[\ell+2]}")
+    # the skip sum is named once (forward and backward share it) and printed as itself
+    skip = b.eq("z2_skip", z2 + a, r"z^{[\ell+2]} + a^{[\ell]}", adjoint=("delta2", r"\delta^{[\ell+2]}"))
+    out = b.eq("a_out", map_(S(ARG0), [skip]), r"a^{[\ell+2]}")
     b.eq("C", dot(G, out), "C")
     return b.model(reduction="sum", diff_inputs=("A",), kinks=activation in ("relu", "leaky_relu"))
 

@@ -118,7 +118,7 @@ def multihead_attention(heads: int = 2, causal: bool = False) -> Model:
     T = b.dim("T", 3, 1, 4)
     p = H * m
     X = b.input("X", (T, p), "X", batched=True, adjoint=("g_X", r"\zeta_{X}"))
-    G = b.input("G", (T, p), r"\zeta_{U}", batched=True)
+    G = b.input("G", (T, p), r"\zeta_{\mathrm{MHA}}", batched=True)
     u = _mha(b, X, H, m, p, causal, out_tex=r"U_{\mathrm{MHA}}")
     b.eq("C", sum_(G * u), "C")
     return b.model(reduction="sum", diff_inputs=("X",))
