@@ -65,7 +65,7 @@ ATOM, MUL, ADD = 0, 1, 2
 LINE_WIDTH = 110
 
 _GREEK_CAPS = {r"\delta": r"\Delta", r"\theta": r"\Theta", r"\sigma": r"\Sigma", r"\gamma": r"\Gamma",
-               r"\zeta": r"\mathrm{Z}"}
+               r"\zeta": r"\boldsymbol{\zeta}"}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -338,14 +338,18 @@ class _ScalarPrinter(LatexPrinter):
         lead = ""
         den_all = ([] if cd == 1 else [cd]) + den_s
         dens = [self._print(f) if len(den_all) == 1 else self._factor(f) for f in den_all]
-        parts = [self._factor(f) for f in num_s]
+        single = len(num_s) + len(num_t) == 1  # c (A B) is c A B: a lone product needs no parentheses
+        fac = (lambda f: self._print(f) if (single and f.is_Symbol and self.precs.get(f) == MUL)  # noqa: E731
+               else self._factor(f))
+        parts = [fac(f) for f in num_s]
         # the book's order: derivative factors (\dot S(z) \odot \zeta), then tensors
-        tparts = [self._factor(f) for f in sorted(num_t, key=lambda f: not isinstance(f, sp.Function))]
+        tparts = [fac(f) for f in sorted(num_t, key=lambda f: not isinstance(f, sp.Function))]
         body = r" \odot ".join(tparts)
         if den_t:
             d = (self._print(den_t[0]) if len(den_t) == 1 else r" \odot ".join(self._factor(f) for f in den_t))
             body = rf"\frac{{{body or 1}}}{{{d}}}"
-        if dens and len(tparts) == 1 and not den_t and not parts and cn == 1 and any(f.is_Add for f in den_all):
+        if (dens and len(tparts) == 1 and not den_t and not parts and cn == 1
+                and (any(f.is_Add for f in den_all) or (den_s and cd == 1))):
             return ("- " if neg else "") + rf"\frac{{{body}}}{{{' '.join(dens)}}}"  # v / (1 - beta^{t+1})
         if dens:
             lead = rf"\frac{{{self._print(cn) if cn != 1 else 1}}}{{{' '.join(dens)}}}"
@@ -487,17 +491,37 @@ class BookPrinter:
             if v == 0:
                 return r"\mathbf{0}", ATOM
             return (r"\mathbf{1}" if v == 1 else rf"{self._scalar_tex(v)}\,\mathbf{{1}}"), ATOM
-        from .tensor import Fold
+        from .tensor import ArgMaxMask, Fold
 
         if isinstance(n, Fold) and isinstance(n.x, Einsum) and not self.lifted:
             full = self._full_convolution(n, scope)
             if full is not None:
                 return full, MUL
+        if isinstance(n, Unfold):
+            self._windows(n, n.x)
+        elif isinstance(n, Fold):
+            self._note(r"\mathcal{U}^{*}", r"\text{its adjoint: window entries summed back onto the image}")
+        elif isinstance(n, ArgMaxMask):
+            self._note(r"\mathbf{1}_{\arg\max}", r"\text{1 at the first maximum of each window, 0 elsewhere}")
         args = [self._child(n, letters, c, scope)[0] for c in n.children()]
         tex = n.latex(args, self)
         if isinstance(n, (Take, Embed)) or isinstance(n, AxisOp) or isinstance(n, StopGrad):
             return tex, ATOM
         return tex, ATOM
+
+    def _note(self, sym: str, what: str) -> None:
+        """A symbol defined on the first line that uses it."""
+        if sym not in self.defined:
+            self.defined.add(sym)
+            self.where.append(f"{sym}: {what}")
+
+    def _windows(self, u: Any, x: Node) -> None:
+        kh, kw = u.kernel
+        opts = ", ".join(p for p in (f"stride {u.stride}" if u.stride != 1 else "",
+                                     f"padding {u.padding}" if u.padding else "",
+                                     f"dilation {u.dilation}" if u.dilation != 1 else "") if p)
+        self._note(r"\mathcal{U}", rf"\text{{the }} {kh} \times {kw} \text{{ windows of the image" +
+                   (f" ({opts})" if opts else "") + "}")
 
     def _scalar_tex(self, v: sp.Expr) -> str:
         return str(_ScalarPrinter({}, set(), self.symbols).doprint(v))
@@ -628,6 +652,10 @@ class BookPrinter:
         inner = self._inner(e, scope)
         if inner is not None:
             return inner
+        op = e.operands[0]
+        if (len(e.operands) == 1 and isinstance(op, Unfold) and op.flat and len(e.out) == 3
+                and e.ins[0][1] not in e.out and e.coef == sp.Rational(1, op.kernel[0] * op.kernel[1])):
+            return rf"\operatorname{{mean}}\left({self.node(op, None, scope)[0]}\right)", ATOM
         kids = [self.node(o, None, scope) for o in e.operands]
         dims = e.index_dims()
         body, prec = self._chain_or_index(e, kids, [tuple(l) for l in e.ins], tuple(e.out), dims, coef=1,
@@ -703,6 +731,8 @@ class BookPrinter:
         if self.lifted and r"\operatorname{diag}" in chain:
             chain = self._name_diagonals(chain)
         body = " ".join([*scalars, chain])
+        if not scalars and chain.startswith(r"\operatorname{vec}^{-1}\left(") and chain.endswith(r"\right)"):
+            return body, ATOM
         return body, MUL
 
     def _name_diagonals(self, chain: str) -> str:
@@ -1107,8 +1137,17 @@ def _coef(c: sp.Expr, symbols: dict[str, str] | None = None) -> tuple[str, bool]
 
 def _terms(rhs: Node) -> list[Node]:
     """The terms of a sum (a map whose body is a sum of its arguments' terms), else ``[rhs]``."""
-    if isinstance(rhs, Map) and rhs.fn.is_Add:
-        return [map_(t, rhs.args, rhs.shape) for t in sp.Add.make_args(rhs.fn)]
+    if isinstance(rhs, Map):
+        fn = sp.expand(rhs.fn, deep=False, mul=True, multinomial=False, power_exp=False, power_base=False,
+                       log=False)
+        if fn.is_Add:
+            batched = {ARG[i] for i, a in enumerate(rhs.args) if _batched(a)}
+            per = [t for t in sp.Add.make_args(fn) if t.free_symbols & batched]
+            same = [t for t in sp.Add.make_args(fn) if not t.free_symbols & batched]
+            if not same:  # nothing to take out of the sum over the samples
+                return [rhs]
+            parts = [map_(t, rhs.args, rhs.shape) for t in same]
+            return ([map_(sp.Add(*per), rhs.args, rhs.shape)] if per else []) + parts
     return [rhs]
 
 
