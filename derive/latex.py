@@ -43,7 +43,6 @@ from .tensor import (
     Eye,
     Map,
     Node,
-    StopGrad,
     Take,
     Unfold,
     Var,
@@ -505,8 +504,6 @@ class BookPrinter:
             self._note(r"\mathbf{1}_{\arg\max}", r"\text{1 at the first maximum of each window, 0 elsewhere}")
         args = [self._child(n, letters, c, scope)[0] for c in n.children()]
         tex = n.latex(args, self)
-        if isinstance(n, (Take, Embed)) or isinstance(n, AxisOp) or isinstance(n, StopGrad):
-            return tex, ATOM
         return tex, ATOM
 
     def _note(self, sym: str, what: str) -> None:
@@ -908,7 +905,6 @@ class BookPrinter:
             return memo[id(n)]
         if not _batched(n):
             return n
-        assert self.model is not None or True
         N = self._n
         if isinstance(n, Var):
             if n.ndim > 1:
@@ -974,7 +970,7 @@ class BookPrinter:
             pre = (rf"\frac{{1}}{{{sp.latex(n)}}} " if mean else "") + rf"\sum_{{i=1}}^{{{sp.latex(n)}}} "
             return pre + (rf"\left({body}\right)" if prec == ADD else body)
         out = ""
-        for k, (neg, tex, prec) in enumerate(texs):
+        for k, (neg, tex, _prec) in enumerate(texs):
             if neg:
                 out += (" - " if k else "- ") + tex
             else:
@@ -1014,9 +1010,8 @@ class BookPrinter:
         if self.batch and eq.batch_dim is not None:
             rhs = self.batch_form(eq)
         else:
-            rhs = self.matrix(eq.rhs) if eq.kind in ("grad", "hessian") else None
-            if rhs is None:
-                rhs, _ = self.node(eq.rhs, letters)
+            mat = self.matrix(eq.rhs) if eq.kind in ("grad", "hessian") else None
+            rhs = mat if mat is not None else self.node(eq.rhs, letters)[0]
         if scan_sum:
             assert self.model is not None and self.model.scan is not None
             T = sp.latex(self.model.scan.time)
@@ -1250,6 +1245,7 @@ def _chain(ops: Sequence[tuple[str, int, tuple[int, ...]]], out: tuple[int, ...]
             items.append((r"\mathbf{1}", ATOM, (x,), "m"))
     if len(items) > 6:
         return None
+    target: tuple[Any, Any]
     if len(out) == 2:
         target = (out[1], out[0]) if dims.get(out[0]) in columns else (out[0], out[1])
     elif len(out) == 1:
@@ -1680,8 +1676,7 @@ def init_tex(m: Model) -> list[str]:
     ell = {init.N_in: sp.Symbol(r"N_{\ell-1}", positive=True), init.N_out: sp.Symbol(r"N_{\ell}", positive=True)}
     v = sp.latex(var.subs(ell))
     r = sp.latex(init.uniform_bound(var).subs(ell))
-    L = m.options.get("layers")
-    rng = rf"\qquad \ell = 1, \dots, {L if isinstance(L, int) else 'L'}"
+    rng = r"\qquad \ell = 1, \dots, L"
     return [rf"\operatorname{{Var}}\left(W^{{[\ell]}}_{{ij}}\right) = {v}\quad \text{{({kind}, {act} layers)}}{rng}",
             rf"W^{{[\ell]}}_{{ij}} \sim \mathcal{{N}}\left(0, {v}\right) \text{{ or }} U\left[-r, r\right],\ r = {r},"
             r"\quad b^{[\ell]} = \mathbf{0}"]

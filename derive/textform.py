@@ -96,7 +96,7 @@ class _Reader:
 
     def until(self, stop: str) -> str:
         """Render up to the command ``stop`` (e.g. ``\\right``), consuming it."""
-        out = []
+        out: list[str] = []
         while self.i < len(self.s):
             if self.s.startswith("\\" + stop, self.i) and not self.s[self.i + len(stop) + 1 : self.i + len(stop) + 2].isalpha():
                 self.i += len(stop) + 1

@@ -23,10 +23,10 @@ from derive.latex import (  # noqa: E402
     check_names,
     constants_tex,
     equations_tex,
-    program_tex,
     init_tex,
     jacobian_tex,
     newton_tex,
+    program_tex,
     split_scripts,
     transpose,
     with_sup,
@@ -199,3 +199,65 @@ def test_png_output() -> None:
     buf = io.BytesIO()
     mathtext.math_to_image(r"$\delta = \hat{y} - y$", buf, format="png")
     assert buf.getvalue()[:4] == b"\x89PNG"
+
+
+def _user_mlp() -> derive.Model:
+    """A user's model with no adjoint names (every adjoint inlined), as issue 8 found it."""
+    from derive.nn import norm2, tanh
+
+    b = derive.Builder("user_mlp", "a user's two-layer network", "test")
+    b.samples("n", 5)
+    p, h, q = b.dim("p", 3), b.dim("h", 4), b.dim("q", 2)
+    W1, W3, b3 = b.param("W1", (h, p), "W_1"), b.param("W3", (q, h), "W_3"), b.param("b3", (q,), "b_3")
+    x, y = b.input("X", (p,), "x", batched=True), b.input("Y", (q,), "y", batched=True)
+    a = b.eq("a", tanh(W1 @ x), "a")
+    b.eq("C", norm2(W3 @ a + b3 - y), "C")
+    return b.model()
+
+
+def test_batch_form_with_inlined_adjoints_is_shape_consistent() -> None:
+    """Issue 8's defect: the batch form printed g_{W_3} = (2/n)(W_3 A^T 1 - Y)^T A. Each per-sample operand is
+    now lifted as a whole (samples as columns): (2/n)(W_3 A + b_3 - Y) A^T, with A and Y defined; and the
+    numbers of that printed formula are the kernel's gradient."""
+    import numpy as np
+
+    import numeric
+
+    m = _user_mlp()
+    got = {e.lhs.name: t for e, t in zip(derive.backprop(m), equations_tex(derive.backprop(m), batch=True, model=m))}
+    assert got["g_W3"] == (r"g_{W_3} = \frac{2}{n} (W_3 A + b_3 - Y) A^\top,\quad A = \left[a^{(1)}, \dots, "
+                           r"a^{(n)}\right],\quad Y = \left[y^{(1)}, \dots, y^{(n)}\right]")
+    assert got["g_b3"].startswith(r"g_{b_3} = \frac{2}{n} (W_3 A - Y) \mathbf{1} + 2 b_3")
+    rng = np.random.default_rng(5)
+    X, Y = rng.normal(size=(5, 3)), rng.normal(size=(5, 2))
+    W1, W3, b3 = rng.normal(size=(4, 3)), rng.normal(size=(2, 4)), rng.normal(size=2)
+    out = numeric.compile(m)(X=X, Y=Y, W1=W1, W3=W3, b3=b3)
+    A, Yc = np.tanh(W1 @ X.T), Y.T  # samples as columns, as printed
+    np.testing.assert_allclose(out["grad"]["W3"], 2 / 5 * (W3 @ A + b3[:, None] - Yc) @ A.T, rtol=1e-12)
+    np.testing.assert_allclose(out["grad"]["b3"], 2 / 5 * (W3 @ A - Yc) @ np.ones(5) + 2 * b3, rtol=1e-12)
+
+
+def test_dlmath_derive_prints_what_is_computed(capsys: pytest.CaptureFixture[str]) -> None:
+    from verify.cli import main
+
+    assert main(["derive", "sgd"]) == 0  # an optimizer: its update, then exit 0
+    assert capsys.readouterr().out.splitlines()[1:] == [r"\theta^{(t+1)} = \theta^{(t)} - \alpha g^{(t)}",
+                                                        r"\text{with } \alpha = 0.01"]
+    assert main(["derive", "mlp", "--init", "-O", "activation=relu", "--format", "text"]) == 0
+    assert "Var(W^[ℓ]_ij) = 2/(N_(ℓ-1)) (He, relu layers)" in capsys.readouterr().out
+    assert main(["derive", "newton_logistic"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == r"\theta^{(t+1)} = \theta^{(t)} - H^{-1} g"
+    assert main(["derive", "rnn", "--format", "text"]) == 0
+    assert "(∂ h^⟨t+1⟩)/(∂ h^⟨t⟩) = W_hhᵀ diag(Ṡ(z^⟨t+1⟩))" in capsys.readouterr().out
+    assert main(["derive", "leaky_relu", "-O", "slope=0.1", "--format", "text"]) == 0
+    out = capsys.readouterr().out
+    assert "a = LeakyReLU_ε(z)" in out and "δ = (1{z > 0} + ε 1{z ≤ 0}) ⊙ ζ" in out and "with ε = 0.1" in out
+    assert main(["derive", "adam", "--format", "text"]) == 0
+    out = capsys.readouterr().out
+    assert "t_next" not in out and "β_1^(t + 1)" in out
+
+
+def test_mlp_forward_counts_layers_up() -> None:
+    m = derive.models.get("mlp", layers=4)
+    fwd = program_tex(m.equations, layers=4, model=m)
+    assert fwd[0].endswith(r"\qquad \ell = 1, \dots, L") and fwd[1].endswith(r"\qquad \ell = 1, \dots, L-1")

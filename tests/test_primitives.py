@@ -554,3 +554,14 @@ def test_hessian_of_primitives(name: str, backend: str) -> None:
         assert_close(out["loss"], loss, f"{where}: loss")
         assert_close(out["grad"]["W"], g, f"{where}: gradient")
         assert_close(out["hessian"]["W"], H, f"{where}: Hessian")
+
+
+def test_sum_over_a_broadcast_axis_counts_it() -> None:
+    """sum_i of a value spread along i is n times the value (a flattened broadcast kept no label for i)."""
+    from derive.tensor import ARG, Map, Var, broadcast_to, einsum
+
+    n, p = sp.symbols("n p", integer=True, positive=True)
+    th = Var("th", (p,), "param")
+    s = einsum([(0, 1)], (1,), [broadcast_to(th, (n, p))])
+    assert s.shape == (p,) and isinstance(s, Map) and sp.simplify(s.fn - n * ARG[0]) == 0
+    assert np.isclose(float(s.fn.subs({n: 4, ARG[0]: 2.5})), 10.0)
