@@ -1159,16 +1159,32 @@ def _split_coef(t: Node) -> tuple[sp.Expr, Node]:
     return sp.Integer(1), t
 
 
+def _levels(s: str) -> list[int]:
+    """The nesting depth at each character of LaTeX: braces, ``\\left``/``\\right`` and parentheses."""
+    out, d, i = [0] * len(s), 0, 0
+    while i < len(s):
+        for tok, step in ((r"\left", 1), (r"\right", -1)):
+            if s.startswith(tok, i):
+                d += step
+                for j in range(i, min(i + len(tok) + 1, len(s))):
+                    out[j] = d
+                i += len(tok) + 1
+                break
+        else:
+            c = s[i]
+            if c in "{(":
+                d += 1
+            elif c in "})":
+                d -= 1
+            out[i] = d
+            i += 1
+    return out
+
+
 def _top_sum(tex: str) -> bool:
-    depth = 0
-    for i, ch in enumerate(tex):
-        if ch in "{(":
-            depth += 1
-        elif ch in "})":
-            depth -= 1
-        elif depth == 0 and ch in "+-" and i > 0 and tex[i - 1] == " ":
-            return True
-    return False
+    """Whether ``tex`` is a sum at its top level (a plus or minus sign outside every group)."""
+    lv = _levels(tex)
+    return any(lv[i] == 0 and tex.startswith((" + ", " - "), i) for i in range(1, len(tex)))
 
 
 def _window_sub(stride: int, padding: int, dilation: int) -> str:
@@ -1434,7 +1450,7 @@ def _break(s: str, width: int = LINE_WIDTH) -> str:
         return s
     where = ""
     k = rhs.find(r",\quad ")
-    if k >= 0 and _depth_at(rhs, k) == 0:
+    if k >= 0 and _levels(rhs)[k] == 0:
         rhs, where = rhs[:k], rhs[k + len(r",\quad ") :]
     pieces = _split_top(rhs)
     rows: list[str] = []
@@ -1452,52 +1468,11 @@ def _break(s: str, width: int = LINE_WIDTH) -> str:
     return r"\begin{aligned}" + body + r"\end{aligned}"
 
 
-def _depth_at(s: str, k: int) -> int:
-    d = 0
-    i = 0
-    while i < k:
-        if s.startswith(r"\left", i):
-            d += 1
-            i += 5
-            continue
-        if s.startswith(r"\right", i):
-            d -= 1
-            i += 6
-            continue
-        if s[i] == "{":
-            d += 1
-        elif s[i] == "}":
-            d -= 1
-        i += 1
-    return d
-
-
 def _split_top(s: str) -> list[str]:
     """``a + b - c`` -> [``a``, `` + b``, `` - c``] at the top level."""
-    out, cur, d, i = [], "", 0, 0
-    while i < len(s):
-        if s.startswith(r"\left", i):
-            d += 1
-            cur += r"\left"
-            i += 5
-            continue
-        if s.startswith(r"\right", i):
-            d -= 1
-            cur += r"\right"
-            i += 6
-            continue
-        c = s[i]
-        if c == "{":
-            d += 1
-        elif c == "}":
-            d -= 1
-        if d == 0 and s.startswith((" + ", " - "), i) and cur.strip():
-            out.append(cur)
-            cur = ""
-        cur += c
-        i += 1
-    out.append(cur)
-    return out
+    lv = _levels(s)
+    cuts = [i for i in range(1, len(s)) if lv[i] == 0 and s.startswith((" + ", " - "), i) and s[:i].strip()]
+    return [s[i:j] for i, j in zip([0, *cuts], [*cuts, len(s)])]
 
 
 # --------------------------------------------------------------------------------------------------

@@ -105,6 +105,8 @@ class _Reader:
         return "".join(out)
 
     def cmd(self, name: str) -> str:
+        if name == "langle":
+            self.skip_space()  # ⟨t⟩, not ⟨ t⟩
         if name in _SYMBOLS:
             return _SYMBOLS[name]
         if name in _ACCENTS:

@@ -248,7 +248,7 @@ def test_dlmath_derive_prints_what_is_computed(capsys: pytest.CaptureFixture[str
     assert main(["derive", "newton_logistic"]) == 0
     assert capsys.readouterr().out.splitlines()[-1] == r"\theta^{(t+1)} = \theta^{(t)} - H^{-1} g"
     assert main(["derive", "rnn", "--format", "text"]) == 0
-    assert "(∂ h^⟨t+1⟩)/(∂ h^⟨t⟩) = W_hhᵀ diag(Ṡ(z^⟨t+1⟩))" in capsys.readouterr().out
+    assert "(∂ h^⟨t+1⟩)/(∂ h^⟨t⟩) = W_hhᵀ diag(S\u0307(z^⟨t+1⟩))" in capsys.readouterr().out
     assert main(["derive", "leaky_relu", "-O", "slope=0.1", "--format", "text"]) == 0
     out = capsys.readouterr().out
     assert "a = LeakyReLU_ε(z)" in out and "δ = (1{z > 0} + ε 1{z ≤ 0}) ⊙ ζ" in out and "with ε = 0.1" in out
