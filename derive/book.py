@@ -26,7 +26,8 @@ class Case:
     book: tuple[str, ...]
     entry: str | None = None
     options: dict[str, Any] = field(default_factory=dict)
-    #: what to print: forward, backward, batch (backward in batch form), hessian, newton, init, jacobian
+    #: what to print: forward, backward, batch (backward in batch form), hessian, newton, init, jacobian,
+    #: tangents (forward mode in the first parameter)
     parts: tuple[str, ...] = ("backward",)
     #: keep only the printed lines whose left-hand side starts with one of these (all lines if empty)
     select: tuple[str, ...] = ()
@@ -93,9 +94,10 @@ CASES: dict[int, Case] = {c.number: c for c in [
     _c(22, "Automatic differentiation on the graph of Fig 4.7 (§4.4)",
        (r"\bar a_j = \sum_{k: j\to k}\bar a_k\,\partial a_k/\partial a_j",
         r"\nabla C = (\theta_2\cos\theta_1\theta_2,\ \theta_1\cos\theta_1\theta_2 + e^{\theta_2+\theta_3},\ "
-        r"e^{\theta_2+\theta_3} - 2)"), "autodiff_example"),
-    _c(23, "Forward vs reverse mode cost (§4.4)", (r"O(nd^2) \text{ vs } O(nd)",),
-       reason="a cost argument; dlmath's forward- and reverse-mode traces (dlmath trace) show the sweeps"),
+        r"e^{\theta_2+\theta_3} - 2)"), "autodiff_example", "tangents", "backward"),
+    _c(23, "Forward vs reverse mode on logistic regression (§4.4)",
+       (r"\text{forward: } d \text{ JVP sweeps, } O(nd^2);\ \text{reverse: one VJP sweep, } O(nd) "
+        r"\text{, returning case 7}",), "logistic_regression", "tangents", "backward"),
     _c(24, "Forward pass (§5.1)", (r"a^{[\ell]} = S^{[\ell]}(W^{[\ell]}a^{[\ell-1]} + b^{[\ell]})",), "mlp", "forward"),
     _c(25, "Expressivity construction (§5.2)", (r"f(x) = W^{[2]}\mathrm{ReLU}(W^{[1]}x + b^{[1]}) + b^{[2]}",),
        reason="a construction of weights, not a derivation"),
@@ -195,7 +197,7 @@ def not_covered() -> dict[int, str]:
 def case(k: int) -> Lines:
     """The LaTeX lines dlmath prints for case ``k`` of the book's table."""
     from . import models
-    from .autodiff import backprop, hessian
+    from .autodiff import backprop, forward_mode, hessian
     from .latex import init_tex, jacobian_tex, newton_tex, program_tex
 
     c = CASES[k]
@@ -213,6 +215,8 @@ def case(k: int) -> Lines:
         "newton": lambda: newton_tex(m),
         "init": lambda: init_tex(m),
         "jacobian": lambda: jacobian_tex(m),
+        # forward mode in the first parameter: each tangent carries d columns, one sweep per column
+        "tangents": lambda: program_tex(forward_mode(m, next(iter(m.params))), model=m),
     }
     out: list[str] = []
     for part in c.parts:
@@ -238,5 +242,6 @@ def summary() -> Summary:
 def show(k: int) -> Lines:
     r"""What the docs show for case ``k``: dlmath's lines, or why the case is not covered (as ``\text``)."""
     if k in not_covered():
-        return Lines([rf"\text{{not covered: {not_covered()[k]}}}"])
+        why = "".join("\\" + c if c in "_#%&$" else c for c in not_covered()[k])
+        return Lines([rf"\text{{not covered: {why}}}"])
     return case(k)

@@ -890,6 +890,8 @@ class BookPrinter:
         size = [int(d) for d in n.shape]
         if size[0] * (size[1] if n.ndim == 2 else 1) > 16:
             return None
+        if any(isinstance(v, Var) and v.ndim and split_scripts(v.tex) != (v.tex, "", "") for v in walk([n])):
+            return None  # entries of a scripted vector (\dot a_1) read better as the vector itself
         try:
             grid = [[_entry(n, (i, j) if n.ndim == 2 else (i,)) for j in range(size[1] if n.ndim == 2 else 1)]
                     for i in range(size[0])]
@@ -1010,7 +1012,7 @@ class BookPrinter:
         if self.batch and eq.batch_dim is not None:
             rhs = self.batch_form(eq)
         else:
-            mat = self.matrix(eq.rhs) if eq.kind in ("grad", "hessian") else None
+            mat = self.matrix(eq.rhs) if eq.kind in ("grad", "hessian", "tangent") else None
             rhs = mat if mat is not None else self.node(eq.rhs, letters)[0]
         if scan_sum:
             assert self.model is not None and self.model.scan is not None

@@ -226,6 +226,27 @@ def test_case_22_autodiff_graph() -> None:
     close(out["grad"]["theta"], [t[1] * c, t[0] * c + math.exp(t[1] + t[2]), math.exp(t[1] + t[2]) - 2])
 
 
+def test_cases_22_23_forward_mode() -> None:
+    """Forward mode: a tangent per equation, one column per sweep (seeded with e_i); reverse mode: one sweep."""
+    from derive.book import case
+
+    assert list(case(22))[:4] == [
+        r"\dot{a}_{1} = \begin{pmatrix}\theta_{2} \\ \theta_{1} \\ 0\end{pmatrix}",
+        r"\dot{a}_{2} = \begin{pmatrix}0 \\ 1 \\ 1\end{pmatrix}",
+        r"\dot{a}_{3} = \begin{pmatrix}0 \\ 0 \\ -2\end{pmatrix}", r"\dot{a}_{4} = \cos(a_{1}) \dot{a}_{1}"]
+    assert list(case(23))[:2] == [r"\dot{z} = x", r"\dot{\hat{y}} = (\hat{y} (1 - \hat{y})) \dot{z}"]
+    t = np.array([0.3, -1.1, 0.4])
+    fwd = numeric.trace(derive.models.get("autodiff_example"), "forward", theta=t)
+    close(fwd["a1_dot"], [t[1], t[0], 0.0])
+    close(fwd["a4_dot"], math.cos(t[0] * t[1]) * np.array([t[1], t[0], 0.0]))
+    X, w, b = RNG.normal(size=(4, 3)), RNG.normal(size=3), 0.2
+    fwd = numeric.trace(derive.models.get("logistic_regression"), "forward", X=X, y=np.full(4, 0.3), w=w,
+                        b=np.array(b))
+    yh = sig(X @ w + b)
+    close(fwd["z_dot"], X)  # the d = 3 columns of the three forward sweeps
+    close(fwd["yhat_dot"], (yh * (1 - yh))[:, None] * X)
+
+
 # -- Chapter 5 ----------------------------------------------------------------------------------------
 
 
@@ -621,7 +642,7 @@ COVERED = {
     15: "test_cases_04_15_gradient_descent", 16: "test_cases_16_17_adagrad_rmsprop",
     17: "test_cases_16_17_adagrad_rmsprop", 18: "test_case_18_adam",
     19: "test_cases_08_19_logistic_hessian_and_newton", 21: "test_case_21_rosenbrock",
-    22: "test_case_22_autodiff_graph", 24: "test_cases_24_26_27_feedforward_and_backprop",
+    22: "test_case_22_autodiff_graph", 23: "test_cases_22_23_forward_mode", 24: "test_cases_24_26_27_feedforward_and_backprop",
     26: "test_cases_24_26_27_feedforward_and_backprop", 27: "test_cases_24_26_27_feedforward_and_backprop",
     29: "test_case_29_activation_derivatives", 30: "test_case_30_initialisation",
     31: "test_cases_31_32_batch_norm", 32: "test_cases_31_32_batch_norm", 33: "test_case_33_dropout",

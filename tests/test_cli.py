@@ -71,7 +71,7 @@ def test_derive_and_hessian_print_equations(capsys: pytest.CaptureFixture[str]) 
     assert r"\sigma(z)" in out and "g_{w}" in out
     assert main(["hessian", "logistic_regression", "--wrt", "w"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("H_{w} =") and r"\hat{y} \left(1 - \hat{y}\right)" in out
+    assert out.startswith("H_{w} =") and r"\hat{y} (1 - \hat{y})" in out
 
 
 def _load(path: Path, name: str) -> object:

@@ -99,18 +99,26 @@ def _pdflatex(texs: dict[str, list[str]], tmp: Path) -> str:
 
 
 def test_every_entry_renders_with_a_tex_engine(tmp_path: Path) -> None:
-    texs = {name: printed(name) for name in NAMES}
+    from derive import book
+
+    texs = {name: list(dict.fromkeys(printed(name))) for name in NAMES}
+    texs["book"] = [t for k in book.CASES for t in book.show(k)]  # the docs page "The book, side by side"
     if PDFLATEX:
+        texs["the book's own equations"] = [t for c in book.CASES.values() for t in c.book]
         err = _pdflatex(texs, tmp_path)
-        if err:  # find the entry (and the equation) pdflatex refuses
+        if err:  # find the entry, then the equation, that pdflatex refuses
             for name, eqs in texs.items():
-                for t in eqs:
-                    d = tmp_path / f"{name}-{abs(hash(t))}"
+                (tmp_path / name).mkdir()
+                if not _pdflatex({name: eqs}, tmp_path / name):
+                    continue
+                for k, t in enumerate(eqs):
+                    d = tmp_path / name / str(k)
                     d.mkdir()
                     e = _pdflatex({name: [t]}, d)
                     assert not e, f"pdflatex refuses {name}: {t}\n{e}"
             pytest.fail(err)
-    for name, eqs in texs.items():
+        return
+    for name, eqs in texs.items():  # no TeX installed (a clean CI machine): matplotlib's mathtext
         for t in eqs:
             for piece in _mathtext_pieces(t):
                 try:

@@ -180,8 +180,8 @@ def test_batch_norm_backward_is_the_three_term_form() -> None:
     leaves = {v.name for v in walk([eq.rhs]) if isinstance(v, Var)}
     assert leaves == {"zbar_bar", "sigma", "zbar"}  # no z - mu, no mu: the centered sums vanished
     assert derive.latex(eq) == (
-        r"\delta^{(i)} = \frac{\zeta_{\bar{z}}^{(i)}}{\hat{\sigma}} - \frac{1}{n} \left(\frac{1}{\hat{\sigma}} \odot "
-        r"\sum_{j=1}^{n} \zeta_{\bar{z}}^{(j)}\right) - \frac{1}{n} \left(\frac{1}{\hat{\sigma}} \odot \sum_{j=1}^{n} "
+        r"\delta^{(i)} = \frac{\zeta_{\bar{z}}^{(i)}}{\hat{\sigma}} - \frac{1}{n} \frac{1}{\hat{\sigma}} \odot "
+        r"\sum_{j=1}^{n} \zeta_{\bar{z}}^{(j)} - \frac{1}{n} \left(\frac{1}{\hat{\sigma}} \odot \sum_{j=1}^{n} "
         r"\zeta_{\bar{z}}^{(j)} \odot \bar{z}^{(j)}\right) \odot \bar{z}^{(i)}")
     # and the numbers: against the textbook three-term formula
     rng = np.random.default_rng(3)
