@@ -1363,6 +1363,8 @@ def _fuse(ops: Sequence[tuple[str, int, tuple[int, ...]]], out: tuple[int, ...],
         return None
     new_ops = []
     for (tex, prec, l), s in zip(ops, seqs):
+        if len(s) == 1 and len(l) > 1 and tex == "I":
+            return None  # vec(I) reads as nothing the book writes: index notation instead
         if len(s) == 1 and len(l) > 1:
             new_ops.append((rf"\operatorname{{vec}}\left({tex}\right)", ATOM, tuple(s)))
         else:

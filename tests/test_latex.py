@@ -269,3 +269,14 @@ def test_mlp_forward_counts_layers_up() -> None:
     m = derive.models.get("mlp", layers=4)
     fwd = program_tex(m.equations, layers=4, model=m)
     assert fwd[0].endswith(r"\qquad \ell = 1, \dots, L") and fwd[1].endswith(r"\qquad \ell = 1, \dots, L-1")
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if derive.models.get(n).is_update])
+def test_derive_on_an_optimizer_prints_the_update_and_succeeds(name: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from verify.cli import main
+
+    assert main(["derive", name]) == 0
+    out = capsys.readouterr().out.splitlines()
+    m = derive.models.get(name)
+    assert out[1 : 1 + len(program_tex(m.equations, model=m))] == program_tex(m.equations, model=m)
+    assert out[-1].startswith(r"\text{with } ")
