@@ -5,7 +5,11 @@ book's notation (``_latex``) and its NumPy and PyTorch lowering (``_numpycode`` 
 :mod:`numeric`). Elementwise primitives are built from these and from SymPy's ``exp``, ``log``, ``tanh``,
 ``sin``, ... ; the derivative of an elementwise map is always ``sympy.diff`` of its scalar definition.
 
-Non-smooth points follow PyTorch: ``relu'(0) = 0``, ``leaky_relu'(0) = slope``.
+Non-smooth points follow PyTorch (checked against ``torch.autograd`` in the primitive tests):
+``relu'(0) = 0``, ``leaky_relu'(0) = slope``, ``|x|'(0) = sign(0) = 0``, ``sign' = 0``, ``maximum`` and
+``minimum`` split the gradient evenly at ties, ``clamp`` passes it at its bounds, and ``where`` sends it only
+to the selected branch. SymPy's own functions (``Abs``, ``sign``, ``erf``, ``exp``, ...) are used where
+SymPy has them; the derivative of a step (a ``DiracDelta``) is taken as 0, PyTorch's convention.
 """
 
 from __future__ import annotations
@@ -21,7 +25,16 @@ __all__ = [
     "leaky_relu",
     "step",
     "leaky_step",
+    "half_step",
+    "between",
+    "maximum",
+    "minimum",
+    "clamp",
+    "where",
+    "inv0",
+    "power",
     "SCALAR_FUNCTIONS",
+    "KINKED",
     "ACTIVATIONS",
 ]
 
@@ -96,6 +109,12 @@ class step(sp.Function):
     r"""step(x) = 1 if x > 0 else 0: the derivative of ReLU with PyTorch's convention step(0) = 0."""
 
     nargs = 1
+
+    @classmethod
+    def eval(cls, x: sp.Expr) -> sp.Expr | None:
+        if x.is_number and x.is_comparable:
+            return sp.S.One if x > 0 else sp.S.Zero
+        return None
 
     def fdiff(self, argindex: int = 1) -> sp.Expr:
         return sp.S.Zero
@@ -185,6 +204,213 @@ class leaky_relu(sp.Function):
         return f"ops.leaky_relu({x}, {s})"
 
 
+class CallBase(sp.Function):
+    """A function that generated code calls by name: ``numpy_name(args...)`` / ``torch_name(args...)``."""
+
+    numpy_name: str = ""
+    torch_name: str = ""
+
+    def _call(self, printer: Any, name: str) -> str:
+        return f"{name}(" + ", ".join(_arg(printer, a) for a in self.args) + ")"
+
+    def _numpycode(self, printer: Any) -> str:
+        return self._call(printer, self.numpy_name)
+
+    def _torchcode(self, printer: Any) -> str:
+        return self._call(printer, self.torch_name)
+
+
+class half_step(CallBase):
+    r"""H(x) = 1 if x > 0, 1/2 if x = 0, 0 if x < 0: the derivative of ``maximum`` in its first argument
+    (PyTorch splits the gradient of ``torch.maximum``/``torch.minimum`` evenly at ties)."""
+
+    nargs = 1
+    numpy_name = torch_name = "ops.half_step"
+
+    @classmethod
+    def eval(cls, x: sp.Expr) -> sp.Expr | None:
+        if x.is_number and x.is_comparable:
+            return sp.S.One if x > 0 else (sp.S.Zero if x < 0 else sp.S.Half)
+        return None
+
+    def fdiff(self, argindex: int = 1) -> sp.Expr:
+        return sp.S.Zero
+
+    def _latex(self, printer: Any, exp: Any = None) -> str:
+        return _power(rf"H\left({_arg(printer, self.args[0])}\right)", exp)
+
+
+class between(CallBase):
+    r"""1{lo <= x <= hi}: the derivative of ``clamp(x, lo, hi)`` in x (PyTorch passes the gradient at the
+    bounds)."""
+
+    nargs = 3
+    numpy_name = torch_name = "ops.between"
+
+    def fdiff(self, argindex: int = 1) -> sp.Expr:
+        return sp.S.Zero
+
+    def _latex(self, printer: Any, exp: Any = None) -> str:
+        x, lo, hi = (_arg(printer, a) for a in self.args)
+        return _power(rf"\mathbb{{1}}\left\{{{lo} \leq {x} \leq {hi}\right\}}", exp)
+
+
+class ExtremumBase(CallBase):
+    """Elementwise max or min of two arguments; at a tie each argument gets half the gradient."""
+
+    nargs = 2
+    #: +1 for the maximum, -1 for the minimum
+    direction: int = 1
+    tex = r"\max"
+
+    @classmethod
+    def eval(cls, a: sp.Expr, b: sp.Expr) -> sp.Expr | None:
+        if a == b:
+            return a
+        if a.is_number and b.is_number and a.is_comparable and b.is_comparable:
+            return sp.Max(a, b) if cls.direction > 0 else sp.Min(a, b)
+        return None
+
+    def fdiff(self, argindex: int = 1) -> sp.Expr:
+        a, b = self.args
+        if argindex not in (1, 2):
+            raise sp.ArgumentIndexError(self, argindex)
+        gap = a - b if argindex == 1 else b - a
+        return half_step(self.direction * gap)
+
+    def _latex(self, printer: Any, exp: Any = None) -> str:
+        a, b = (_arg(printer, x) for x in self.args)
+        return _power(rf"{self.tex}\left({a}, {b}\right)", exp)
+
+
+class maximum(ExtremumBase):
+    r"""max(a, b) elementwise; at a tie each argument gets half the gradient, as ``torch.maximum``."""
+
+    direction = 1
+    tex = r"\max"
+    numpy_name, torch_name = "np.maximum", "ops.maximum"
+
+
+class minimum(ExtremumBase):
+    r"""min(a, b) elementwise; at a tie each argument gets half the gradient, as ``torch.minimum``."""
+
+    direction = -1
+    tex = r"\min"
+    numpy_name, torch_name = "np.minimum", "ops.minimum"
+
+
+class clamp(CallBase):
+    r"""clamp(x, lo, hi) = min(max(x, lo), hi) elementwise, as ``torch.clamp``: the gradient goes to x where
+    lo <= x <= hi (bounds included), to lo where x < lo < hi, and to hi where x > hi or lo > hi (then the
+    value is hi); where x < lo = hi no argument gets it (PyTorch's rules, checked in the primitive tests)."""
+
+    nargs = 3
+    numpy_name = torch_name = "ops.clamp"
+
+    @classmethod
+    def eval(cls, x: sp.Expr, lo: sp.Expr, hi: sp.Expr) -> sp.Expr | None:
+        if all(a.is_number and a.is_comparable for a in (x, lo, hi)):
+            return sp.Min(sp.Max(x, lo), hi)
+        return None
+
+    def fdiff(self, argindex: int = 1) -> sp.Expr:
+        x, lo, hi = self.args
+        if argindex == 1:
+            return between(x, lo, hi)
+        if argindex == 2:
+            return step(lo - x) * step(hi - lo)
+        if argindex == 3:
+            above, crossed = step(x - hi), step(lo - hi)
+            return above + crossed - above * crossed
+        raise sp.ArgumentIndexError(self, argindex)
+
+    def _latex(self, printer: Any, exp: Any = None) -> str:
+        x, lo, hi = (_arg(printer, a) for a in self.args)
+        return _power(rf"\operatorname{{clamp}}\left({x}, {lo}, {hi}\right)", exp)
+
+
+class where(CallBase):
+    r"""where(c, a, b) = a where c != 0, else b: a selection, never ``c a + (1 - c) b`` (an infinity in the
+    branch not taken does not become NaN). Its gradient goes to the selected branch only (``torch.where``)."""
+
+    nargs = 3
+    numpy_name = torch_name = "ops.where"
+
+    @classmethod
+    def eval(cls, c: sp.Expr, a: sp.Expr, b: sp.Expr) -> sp.Expr | None:
+        if a == b:
+            return a
+        if c.is_number and c.is_comparable:
+            return a if c != 0 else b
+        return None
+
+    def fdiff(self, argindex: int = 1) -> sp.Expr:
+        c = self.args[0]
+        if argindex == 1:
+            return sp.S.Zero
+        if argindex == 2:
+            return where(c, 1, 0)
+        if argindex == 3:
+            return where(c, 0, 1)
+        raise sp.ArgumentIndexError(self, argindex)
+
+    def _latex(self, printer: Any, exp: Any = None) -> str:
+        c, a, b = (_arg(printer, x) for x in self.args)
+        return _power(rf"\begin{{cases}} {a} & {c} \neq 0 \\ {b} & \text{{otherwise}} \end{{cases}}", exp)
+
+
+class power(CallBase):
+    r"""b^e elementwise for a tensor exponent ``e`` (a number exponent is SymPy's own power), as
+    ``torch.pow``: d/db = e b^{e-1}, taken as 0 where e = 0; d/de = b^e log b, taken as 0 where b = 0 and
+    e >= 0 (PyTorch's rules at a zero base)."""
+
+    nargs = 2
+    numpy_name, torch_name = "np.power", "torch.pow"
+
+    @classmethod
+    def eval(cls, b: sp.Expr, e: sp.Expr) -> sp.Expr | None:
+        if e.is_number or b.is_number and b == 1:
+            return b**e
+        return None
+
+    def fdiff(self, argindex: int = 1) -> sp.Expr:
+        b, e = self.args
+        if argindex == 1:
+            return where(e, e * power(b, e - 1), 0)
+        if argindex == 2:
+            ylog = power(b, e) * sp.log(b)
+            return where(b, ylog, where(step(-e), ylog, 0))
+        raise sp.ArgumentIndexError(self, argindex)
+
+    def _latex(self, printer: Any, exp: Any = None) -> str:
+        b, e = self.args
+        base = _arg(printer, b)
+        if not (b.is_Symbol or b.is_Atom):
+            base = rf"\left({base}\right)"
+        return _power(f"{base}^{{{_arg(printer, e)}}}", exp)
+
+
+class inv0(CallBase):
+    r"""1/x for x != 0, and 0 at x = 0: the factor of the Euclidean norm's gradient x / ||x||, which PyTorch
+    takes as 0 at x = 0 (``torch.linalg.vector_norm``); it prints as 1/x."""
+
+    nargs = 1
+    numpy_name = torch_name = "ops.inv0"
+
+    @classmethod
+    def eval(cls, x: sp.Expr) -> sp.Expr | None:
+        if x.is_number:
+            return sp.S.Zero if x == 0 else 1 / x
+        return None
+
+    def fdiff(self, argindex: int = 1) -> sp.Expr:
+        return -inv0(self.args[0]) ** 2
+
+    def _latex(self, printer: Any, exp: Any = None) -> str:
+        tex = rf"\frac{{1}}{{{_arg(printer, self.args[0])}}}"
+        return tex if exp is None else rf"\left({tex}\right)^{{{exp}}}"
+
+
 class ActivationBase(sp.Function):
     """A named activation ``S`` printed as the book's generic ``S(z)``, with derivative ``\\dot S(z)``.
 
@@ -258,7 +484,25 @@ SCALAR_FUNCTIONS: dict[type, tuple[str, str]] = {
     step: ("ops.step", "ops.step"),
     leaky_relu: ("ops.leaky_relu", "ops.leaky_relu"),
     leaky_step: ("ops.leaky_step", "ops.leaky_step"),
+    sp.Abs: ("abs", "abs"),
+    sp.sign: ("np.sign", "torch.sign"),
+    sp.erf: ("ops.erf", "torch.erf"),
+    half_step: ("ops.half_step", "ops.half_step"),
+    between: ("ops.between", "ops.between"),
+    maximum: ("np.maximum", "ops.maximum"),
+    minimum: ("np.minimum", "ops.minimum"),
+    clamp: ("ops.clamp", "ops.clamp"),
+    where: ("ops.where", "ops.where"),
+    inv0: ("ops.inv0", "ops.inv0"),
+    power: ("np.power", "torch.pow"),
 }
+
+#: Functions that are not smooth everywhere (kinks, steps, ties): models using them are checked at exact
+#: zeros and ties too, with PyTorch's conventions there.
+KINKED: frozenset[type] = frozenset({
+    sp.Abs, sp.sign, sp.floor, relu, step, leaky_relu, leaky_step, half_step, between, maximum, minimum, clamp,
+    where, inv0, power,
+})
 
 _x = sp.Symbol("x", real=True)
 DEFAULT_SLOPE = sp.Rational(1, 100)

@@ -150,6 +150,8 @@ def transpose(tex: str, prec: int = ATOM) -> str:
         return rf"\left({tex}\right)^\top"
     if not sup:
         return _compose(base, sub, "") + r"^\top"
+    if sup == "-1":  # the transpose of an inverse: X^{-\top}
+        return _compose(base, sub, r"-\top")
     return _compose(base, sub, sup + r"\top")
 
 
@@ -643,7 +645,7 @@ class BookPrinter:
         conv = self._convolution(e, scope)
         if conv is not None:
             return conv
-        norm = self._norm2(e, scope)
+        norm = self._norm2(e, scope) or self._gather(e, scope)
         if norm is not None:
             return norm
         inner = self._inner(e, scope)
@@ -862,6 +864,23 @@ class BookPrinter:
             c_tex, neg = _coef(e.coef, self.symbols)
             return f"{'- ' if neg else ''}{c_tex}" + rf"\left\|{inner}\right\|^{{2}}", (ADD if neg else MUL)
         return None
+
+    def _gather(self, e: Einsum, scope: frozenset[str]) -> tuple[str, int] | None:
+        """A contraction of a vector with the one-hot encoding of a label prints as its entry: ``x_{y}``."""
+        from .tensor import OneHot
+
+        if len(e.operands) != 2 or e.out or self.lifted:
+            return None
+        k = next((i for i, o in enumerate(e.operands) if isinstance(o, OneHot) and o.ndim == 1), None)
+        if k is None or e.operands[1 - k].ndim != 1:
+            return None
+        oh = e.operands[k]
+        tex, prec = self.node(e.operands[1 - k], None, scope)
+        bare = re.fullmatch(r"\\?[A-Za-z]+|\\[a-z]+\{[A-Za-z]\}", tex)
+        base = tex if bare else rf"\left[{tex}\right]"
+        c_tex, neg = _coef(e.coef, self.symbols)
+        body = f"{c_tex}{base}_{{{self.node(oh.children()[0], None, scope)[0]}}}"
+        return ("- " + body, ADD) if neg else (body, MUL if c_tex else ATOM)
 
     def _index_form(self, e: Einsum, texs: Sequence[str], precs: Sequence[int], ins: Sequence[tuple[int, ...]],
                     out: tuple[int, ...], scalars: Sequence[str]) -> str:

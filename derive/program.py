@@ -9,7 +9,7 @@ marked ``batched`` get a leading sample axis in the arrays and in the generated 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -119,6 +119,13 @@ class Model:
     #: ``index`` (dimension -> index style, e.g. ``{H: "h"}`` prints heads as W_q^h, ``{n: "(i)"}`` samples
     #: as z^{(i)}), ``symbols`` (constant name -> its LaTeX, e.g. ``p_keep -> p_{\mathrm{keep}}``)
     notation: dict[str, Any] = field(default_factory=dict)
+    #: an independent torch forward to verify against: ``f(**tensors, **options) -> scalar loss`` on
+    #: batch-first torch tensors named as the params and inputs (the PyTorch front end sets the user's
+    #: module here); ``verify.check`` uses it before the zoo's references and the eager evaluation
+    reference: Callable[..., Any] | None = None
+    #: Python code that rebuilds this model, e.g. ``derive.models.get('conv2d', stride=2)`` or
+    #: ``derive.parse("x'*A*x", x="vector(n)", A="matrix(n,n)")``; ``Reproduce:`` lines of reports use it
+    rebuild: str | None = None
 
     @property
     def is_update(self) -> bool:
@@ -264,11 +271,17 @@ class Builder:
             raise ModelError(f"{self.name}: the name {name!r} is used twice")
         self._names.add(name)
 
-    def param(self, name: str, shape: Sequence[Any], tex: str | None = None, grad_tex: str | None = None) -> Var:
-        """A parameter; its gradient is reported as ``g_<name>``."""
+    def param(self, name: str, shape: Sequence[Any], tex: str | None = None, grad_tex: str | None = None,
+              domain: str = "real") -> Var:
+        """A parameter; its gradient is reported as ``g_<name>``. ``domain`` is ``real``, or e.g. ``spd``
+        (a symmetric positive definite matrix: checked by the kernels, drawn so by the verifier; its gradient
+        treats the entries as free, as torch does)."""
+        if domain == "labels":
+            raise ModelError(f"{self.name}: parameter {name!r} cannot hold integer labels (they have no "
+                             f"gradient); declare it with Builder.input(..., domain='labels')")
         self._claim(name)
         self._claim("g_" + name)  # its gradient's name in generated code
-        v = Var(name, tuple(shape), "param", tex)
+        v = Var(name, tuple(shape), "param", tex, domain=domain)
         self.params[name] = v
         if grad_tex:
             self.adjoints[name] = ("g_" + name, grad_tex)

@@ -75,17 +75,17 @@ def build_program(m: Model, hessian: Sequence[str] = ()) -> Program:
 # --------------------------------------------------------------------------------------------------
 
 
-def stabilize(eqs: Sequence[Equation]) -> list[Equation]:
+def stabilize(eqs: Sequence[Equation], defs: dict[Var, Node] | None = None) -> list[Equation]:
     """Rewrite ``log(sigma(u))``, ``log(1 - sigma(u))`` and ``log(S_softmax(z))`` into stable forms.
 
     The book writes the loss through the named output (``C = -y log yhat``); evaluated literally it
     overflows at logits of a few hundred. Here ``log yhat`` becomes ``-softplus(-z)`` or
     ``log_softmax(z)``, computed from the logits.
     """
-    defs = {eq.lhs: eq.rhs for eq in eqs}
+    defs = defs if defs is not None else {eq.lhs: eq.rhs for eq in eqs}
     out = []
     for eq in eqs:
-        out.append(Equation(eq.lhs, _stable_node(eq.rhs, defs), eq.kind, eq.note))
+        out.append(Equation(eq.lhs, _stable_node(eq.rhs, defs), eq.kind, eq.note, eq.batch_dim, eq.reduction))
     return out
 
 
@@ -129,30 +129,60 @@ def reuse_outputs(eqs: Sequence[Equation], defs: dict[Var, Node]) -> list[Equati
 
 
 def _stable_node(root: Node, defs: dict[Var, Node]) -> Node:
-    from derive.functions import sigmoid, softplus
-    from derive.tensor import substitute
-
-    mapping: dict[Node, Node] = {}
+    # bottom-up: a rewritten map inside a contraction inside another rewritten map keeps its rewrite
+    memo: dict[int, Node] = {}
     for n in walk([root], stop=lambda x: isinstance(x, Var)):
-        if not isinstance(n, Map) or not n.fn.has(sp.log):
-            continue
-        fn = n.fn
-        args = list(n.args)
-        for i, a in enumerate(n.args):
-            d = defs.get(a) if isinstance(a, Var) else None
-            if isinstance(d, Map) and d.fn == sigmoid(ARG[0]) and len(d.args) == 1:
-                u = ARG[len(args)]
+        kids = [memo.get(id(c), c) for c in n.children()]
+        n2 = n.with_children(kids) if any(a is not b for a, b in zip(kids, n.children())) else n
+        memo[id(n)] = _stable_map(n2, defs) if isinstance(n2, Map) and n2.fn.has(sp.log) else n2
+    return memo[id(root)]
+
+
+def _stable_map(n: Map, defs: dict[Var, Node]) -> Node:
+    from derive.functions import sigmoid, softplus
+
+    fn = n.fn
+    args = list(n.args)
+    for i, a in enumerate(n.args):
+        # a named output, or its entry at integer labels (a gather x_y: log of it is the gather of the log)
+        var, swap = (a, lambda x: x) if isinstance(a, Var) else _gathered_var(a)
+        d = defs.get(var) if var is not None else None
+        if isinstance(d, Map) and d.fn == sigmoid(ARG[0]) and len(d.args) == 1:
+            u = ARG[len(args)]
+            if swap(d.args[0]) is d.args[0]:
                 args.append(d.args[0])
                 # log sigma(u) = -softplus(-u) = u - softplus(u); log(1 - sigma(u)) = -softplus(u): one pass
                 fn = fn.replace(sp.log(1 - ARG[i]), -softplus(u)).replace(sp.log(ARG[i]), u - softplus(u))
-                fn = sp.expand(fn)
-            elif isinstance(d, Softmax):
-                ls = ARG[len(args)]
-                args.append(LogSoftmax(d.x, d.axis))
-                fn = fn.replace(sp.log(ARG[i]), ls)
-        if fn != n.fn:
-            mapping[n] = map_(fn, args, n.shape)
-    return substitute(root, mapping) if mapping else root
+            else:
+                lo, l1 = ARG[len(args)], ARG[len(args) + 1]
+                args += [swap(map_(-softplus(-ARG[0]), d.args)), swap(map_(-softplus(ARG[0]), d.args))]
+                fn = fn.replace(sp.log(1 - ARG[i]), l1).replace(sp.log(ARG[i]), lo)
+            fn = sp.expand(fn)
+        elif isinstance(d, Softmax):
+            ls = ARG[len(args)]
+            args.append(swap(LogSoftmax(d.x, d.axis)))
+            fn = fn.replace(sp.log(ARG[i]), ls)
+    return map_(fn, args, n.shape) if fn != n.fn else n
+
+
+def _gathered_var(a: Node) -> tuple[Var | None, Callable[[Node], Node]]:
+    """For a gather ``v_y`` (a contraction of a named ``v`` with a one-hot encoding): ``v`` and the function
+    that gathers another tensor shaped like ``v`` at the same labels."""
+    from derive.tensor import OneHot
+
+    if not (isinstance(a, Einsum) and len(a.operands) == 2 and any(isinstance(o, OneHot) for o in a.operands)):
+        return None, lambda x: x
+    k = next(i for i, o in enumerate(a.operands) if not isinstance(o, OneHot))
+    v = a.operands[k]
+    if not isinstance(v, Var):
+        return None, lambda x: x
+
+    def swap(x: Node) -> Node:
+        ops = list(a.operands)
+        ops[k] = x
+        return a.with_children(ops)
+
+    return v, swap
 
 
 # --------------------------------------------------------------------------------------------------
@@ -178,6 +208,10 @@ class _NumpyScalar(NumPyPrinter):
 
     def _print_Symbol(self, expr: sp.Symbol) -> str:
         return self.names.get(expr, str(expr))
+
+    def _print_erf(self, expr: sp.Expr) -> str:
+        # SymPy's NumPy printer writes math.erf, which takes one float: scipy.special.erf takes arrays
+        return f"ops.erf({self._print(expr.args[0])})"
 
     def _module_format(self, fqn: str, register: bool = True) -> str:
         return fqn.replace("numpy.", "np.")
@@ -289,6 +323,10 @@ class Lowering:
 
     def einsum_code(self, e: Einsum, args: Sequence[str], reduce: str | None = None) -> str:
         """Code of a contraction; ``reduce`` (mean/sum) contracts the sample axis too."""
+        if reduce is None:
+            gathered = self._gather_code(e, args)
+            if gathered is not None:
+                return gathered
         letters = string.ascii_lowercase
         batched = [self.batched(o) for o in e.operands]
         ins = [("Z" if b else "") + "".join(letters[i] for i in l) for l, b in zip(e.ins, batched)]
@@ -315,6 +353,30 @@ class Lowering:
         else:
             code = self._contract(ins, out, ops)
         return _scaled(code, coef)
+
+    def _gather_code(self, e: Einsum, args: Sequence[str]) -> str | None:
+        """``x_y``, a contraction of ``x`` with the one-hot encoding of labels ``y`` along its class axis, as a
+        lookup (``ops.gather``): no product with zeros, so an infinite entry away from the label stays out."""
+        from derive.tensor import OneHot
+
+        if len(e.operands) != 2:
+            return None
+        k = next((i for i, o in enumerate(e.operands) if isinstance(o, OneHot)), None)
+        if k is None:
+            return None
+        oh = e.operands[k]
+        assert isinstance(oh, OneHot)
+        lx, lo = e.ins[1 - k], e.ins[k]
+        cls = lo[oh.axis]
+        kept = tuple(x for x in lx if x != cls)
+        rest = lo[: oh.axis] + lo[oh.axis + 1 :]
+        if lx.count(cls) != 1 or len(set(lx)) != len(lx) or e.out != kept or rest not in (kept, ()):
+            return None
+        idx = oh.index.name
+        if not rest and kept and self.batched(oh.index):  # one label per sample, for every position
+            idx = f"{idx}[:{', None' * len(kept)}]"
+        axis = lx.index(cls) - len(lx)
+        return _scaled(f"ops.gather({args[1 - k]}, {idx}, {axis})", e.coef)
 
     def _letter_dim(self, e: Einsum, c: str) -> str:
         if c == "Z":
@@ -670,8 +732,10 @@ class _Emitter:
         self.parents: dict[int, int] = {}
         for r in roots:
             for n in walk([r], stop=lambda x: isinstance(x, Var)):
-                for c in n.children():
-                    self.parents[id(c)] = self.parents.get(id(c), 0) + 1
+                for i, c in enumerate(n.children()):
+                    # an argument used several times in a map's expression is computed once too
+                    uses = n.fn.count(ARG[i]) if isinstance(n, Map) else 1
+                    self.parents[id(c)] = self.parents.get(id(c), 0) + max(uses, 1)
             self.parents[id(r)] = self.parents.get(id(r), 0) + 1
         self.temps: dict[int, str] = {}
         self.pending: list[tuple[str, str]] = []
@@ -752,8 +816,9 @@ def generate(prog: Program, backend: str) -> str:
     low = Lowering(backend, m, ref)
     forward = stabilize(prog.forward)
     defs = {eq.lhs: eq.rhs for eq in prog.forward}
-    adjoint = reuse_outputs(prog.adjoint, defs)
-    hessians = dict(zip(prog.hessians, reuse_outputs(list(prog.hessians.values()), defs)))
+    # the adjoint and Hessian programs use log yhat too (a focal loss's gradient has p log p): stable there
+    adjoint = reuse_outputs(stabilize(prog.adjoint, defs), defs)
+    hessians = dict(zip(prog.hessians, reuse_outputs(stabilize(list(prog.hessians.values()), defs), defs)))
     all_eqs = forward + adjoint + list(hessians.values())
     fwd_tex = equations_tex(prog.forward)
     adj_tex = equations_tex(prog.adjoint)
@@ -795,6 +860,8 @@ def generate(prog: Program, backend: str) -> str:
                 code = code_of(eq.rhs, True)
             elif leaf.batched:  # a per-sample input: its gradient stays per sample
                 code = code_of(eq.rhs, True)
+                if not low.batched(eq.rhs):  # the same for every sample (or zero): one row per sample
+                    code = f"{_paren(code)} * ops.full({low.shape_code(leaf)}, 1.0, {ref})"
                 if m.reduction == "mean":
                     code = f"{_paren(code)} / {low.sample}"
             else:
@@ -869,7 +936,7 @@ def _dims_needed(eqs: Sequence[Equation], m: Model) -> set[sp.Symbol]:
         syms.add(m.sample)
     for eq in eqs:
         for n in walk([eq.rhs], stop=lambda x: isinstance(x, Var)):
-            if isinstance(n, (Einsum, Const, Eye, Embed)):
+            if not isinstance(n, Var):  # sizes a node's code may name (fills, one-hot and identity sizes)
                 for d in n.shape:
                     syms |= as_expr(d).free_symbols
             if isinstance(n, Einsum):

@@ -75,6 +75,7 @@ class Kernel:
             self.raw = torch.compile(self.raw, dynamic=False)
         self.names = [k for k in [*m.params, *m.inputs] if k not in m.carries]
         self._shape_plan = self._plan()
+        self._domains = _domain_plan(m)
 
     def __repr__(self) -> str:
         return f"<dlmath kernel {self.model.name} [{self.backend}]>"
@@ -165,6 +166,8 @@ class Kernel:
             value = d.subs({sp.Symbol(k, integer=True, positive=True): v for k, (v, _) in sizes.items()})
             if value.is_Integer and int(value) != g:
                 raise InputError(f"{m.name}: {name} should have shape {text} = {value} along that axis, got {got}")
+        if self._domains:
+            _check_domains(m, self._domains, conv, {k: v for k, (v, _) in sizes.items()})
         return conv
 
     def _check_finite(self, args: dict[str, Any], out: dict[str, Any]) -> None:
@@ -301,3 +304,53 @@ def trace(m: Model, mode: str = "reverse", wrt: str | None = None, **arrays: Any
     k = compile(m, "numpy")
     args = k._prepare(arrays)
     return {name: np.asarray(v) for name, v in ns["kernel"](**args).items()}
+
+
+# -- declared domains checked at the boundary (integer labels, symmetric positive definite matrices) --------
+
+
+def _domain_plan(m: Model) -> list[tuple[str, str, Any]]:
+    """(array, domain, bound) for the inputs whose domain the kernel must check: ``labels`` (with the size of
+    the axis they index) and ``spd``."""
+    from derive.tensor import LABELS, SPD, label_sizes
+
+    bounds = {v.name: k for v, k in label_sizes([eq.rhs for eq in m.equations]).items()}
+    plan: list[tuple[str, str, Any]] = []
+    for name, v in {**m.params, **m.inputs}.items():
+        if v.domain == LABELS:
+            plan.append((name, LABELS, bounds.get(name)))
+        elif v.domain == SPD:
+            plan.append((name, SPD, None))
+    return plan
+
+
+def _check_domains(m: Model, plan: list[tuple[str, str, Any]], arrays: dict[str, Any], sizes: dict[str, int]) -> None:
+    from derive.tensor import LABELS
+
+    for name, domain, bound in plan:
+        a = arrays[name]
+        v = a.detach().cpu().numpy() if not isinstance(a, np.ndarray) and hasattr(a, "detach") else np.asarray(a)
+        if domain == LABELS:
+            if v.size and not np.all(np.isfinite(v) & (v == np.round(v))):
+                raise InputError(f"{m.name}: {name} holds integer labels (domain 'labels'); got non-integer "
+                                 f"values such as {v[v != np.round(v)].flat[0]!r}")
+            if bound is not None:
+                k = as_expr(bound).subs({sp.Symbol(d, integer=True, positive=True): s for d, s in sizes.items()})
+                if k.is_Integer and v.size and (v.min() < 0 or v.max() >= int(k)):
+                    bad = v.min() if v.min() < 0 else v.max()
+                    raise InputError(f"{m.name}: {name} holds labels 0, 1, ..., {int(k) - 1} (the size of the axis "
+                                     f"it indexes); got {bad:g}")
+            continue
+        # spd: symmetric to rounding, and a Cholesky factor exists
+        if v.size == 0:
+            continue
+        asym = float(np.max(np.abs(v - np.swapaxes(v, -1, -2))))
+        scale = float(np.max(np.abs(v)))
+        if not asym <= 1e-10 * max(scale, 1e-300):
+            raise InputError(f"{m.name}: {name} is declared spd (symmetric positive definite) but is not "
+                             f"symmetric: |{name} - {name}^T| is up to {asym:.3g}; pass a symmetric matrix")
+        try:
+            np.linalg.cholesky(v)
+        except np.linalg.LinAlgError:
+            raise InputError(f"{m.name}: {name} is declared spd (symmetric positive definite) but is not positive "
+                             f"definite (it has no Cholesky factor); pass e.g. A A^T + c I with c > 0") from None

@@ -37,6 +37,40 @@ def leaky_step(x: Array, slope: float) -> Array:
     return np.where(x > 0, 1.0, slope).astype(np.result_type(x, np.float32))
 
 
+def half_step(x: Array) -> Array:
+    """1 for x > 0, 1/2 at 0, 0 below: the derivative of maximum (ties split evenly, as torch.maximum)."""
+    return np.heaviside(x, 0.5)
+
+
+def between(x: Array, lo: Array, hi: Array) -> Array:
+    """1{lo <= x <= hi}: the derivative of clamp in x (bounds included, as torch.clamp)."""
+    return ((x >= lo) & (x <= hi)).astype(np.result_type(x, lo, hi, np.float32))
+
+
+def clamp(x: Array, lo: Array, hi: Array) -> Array:
+    """min(max(x, lo), hi) (torch.clamp)."""
+    return np.minimum(np.maximum(x, lo), hi)
+
+
+def where(c: Array, a: Array, b: Array) -> Array:
+    """a where c != 0, else b: a selection (an infinity in the branch not taken stays out)."""
+    return np.where(np.asarray(c) != 0, a, b)
+
+
+def inv0(x: Array) -> Array:
+    """1/x, and 0 where x = 0 (the norm's gradient x / ||x|| at x = 0, as torch)."""
+    x = np.asarray(x)
+    safe = np.where(x == 0, 1.0, x)
+    return np.where(x == 0, 0.0, 1.0 / safe)
+
+
+def erf(x: Array) -> Array:
+    """The error function on arrays (scipy.special.erf)."""
+    from scipy.special import erf as _erf
+
+    return _erf(x)
+
+
 def softmax(x: Array, axis: int = -1) -> Array:
     e = np.exp(x - x.max(axis=axis, keepdims=True))
     return e / e.sum(axis=axis, keepdims=True)
@@ -80,8 +114,51 @@ def full(shape: tuple[int, ...], value: float, like: Array) -> Array:
     return np.full(shape, value, dtype=like.dtype)
 
 
-def solve(a: Array, b: Array) -> Array:
-    return np.linalg.solve(a, b)
+def solve(a: Array, b: Array, rest: int = 0) -> Array:
+    """A^{-1} B for B of per-sample shape (k, *r) with ``rest = len(r)`` (leading axes of either are batch
+    axes, broadcast against each other); an unbatched A is factored once for every column."""
+    k = a.shape[-1]
+    lead, tail = b.shape[: b.ndim - 1 - rest], b.shape[b.ndim - rest :]
+    cols = int(np.prod(tail, dtype=np.int64))
+    if a.ndim == 2:
+        bt = np.moveaxis(b.reshape(lead + (k, cols)), -2, 0).reshape(k, -1)
+        x = np.linalg.solve(a, bt).reshape((k, *lead, cols))
+        return np.moveaxis(x, 0, -2).reshape(lead + (k,) + tail)
+    batch = np.broadcast_shapes(a.shape[:-2], lead)
+    b2 = np.broadcast_to(b.reshape(lead + (k, cols)), batch + (k, cols))
+    x = np.linalg.solve(np.broadcast_to(a, batch + (k, k)), b2)
+    return x.reshape(batch + (k,) + tail)
+
+
+def logdet(a: Array) -> Array:
+    """log det A (NaN where det A < 0 and -inf where it is 0, as torch.logdet)."""
+    sign, logabs = np.linalg.slogdet(a)
+    return np.where(sign > 0, logabs, np.where(sign == 0, -np.inf, np.nan))
+
+
+def diag_embed(v: Array) -> Array:
+    """The diagonal matrices of the vectors along the last axis."""
+    k = v.shape[-1]
+    return v[..., :, None] * np.eye(k, dtype=v.dtype)
+
+
+def gather(x: Array, idx: Array, axis: int) -> Array:
+    """x at the integer labels ``idx`` along ``axis`` (counted from the end, removed); the labels broadcast
+    against x's other axes (trailing alignment: a leading sample axis on either side)."""
+    idx = np.asarray(idx).astype(np.int64)
+    xm = np.moveaxis(x, axis, -1)
+    shape = np.broadcast_shapes(xm.shape[:-1], idx.shape)
+    xb = np.broadcast_to(xm, shape + xm.shape[-1:])
+    return np.take_along_axis(xb, np.broadcast_to(idx, shape)[..., None], -1)[..., 0]
+
+
+def one_hot(idx: Array, size: int, axis: int, like: Array) -> Array:
+    """The one-hot encoding of integer labels along a new axis ``axis`` (counted from the end)."""
+    idx = np.asarray(idx).astype(np.int64)
+    ax = axis % (idx.ndim + 1)
+    shape = [1] * (idx.ndim + 1)
+    shape[ax] = size
+    return (np.expand_dims(idx, ax) == np.arange(size).reshape(shape)).astype(np.asarray(like).dtype)
 
 
 def causal_mask(tq: int, tk: int, like: Array) -> Array:

@@ -27,6 +27,90 @@ def leaky_step(x: Tensor, slope: float) -> Tensor:
     return torch.where(x > 0, one, one * slope)
 
 
+def _t(x: Any, like: Any = None) -> Tensor:
+    if isinstance(x, torch.Tensor):
+        return x
+    ref = like if isinstance(like, torch.Tensor) else None
+    return torch.as_tensor(x, dtype=ref.dtype if ref is not None else torch.float64,
+                           device=ref.device if ref is not None else None)
+
+
+def half_step(x: Tensor) -> Tensor:
+    """1 for x > 0, 1/2 at 0, 0 below (the derivative of torch.maximum at ties)."""
+    return torch.heaviside(x, torch.full((), 0.5, dtype=x.dtype, device=x.device))
+
+
+def between(x: Any, lo: Any, hi: Any) -> Tensor:
+    """1{lo <= x <= hi}: the derivative of torch.clamp in x."""
+    x = _t(x, lo if isinstance(lo, torch.Tensor) else hi)
+    return ((x >= lo) & (x <= hi)).to(x.dtype)
+
+
+def maximum(a: Any, b: Any) -> Tensor:
+    a, b = _t(a, b), _t(b, a)
+    return torch.maximum(a, b)
+
+
+def minimum(a: Any, b: Any) -> Tensor:
+    a, b = _t(a, b), _t(b, a)
+    return torch.minimum(a, b)
+
+
+def clamp(x: Any, lo: Any, hi: Any) -> Tensor:
+    """min(max(x, lo), hi) (torch.clamp with tensor or number bounds)."""
+    x = _t(x, lo if isinstance(lo, torch.Tensor) else hi)
+    return torch.minimum(torch.maximum(x, _t(lo, x)), _t(hi, x))
+
+
+def where(c: Any, a: Any, b: Any) -> Tensor:
+    """a where c != 0, else b: a selection (an infinity in the branch not taken stays out)."""
+    like = next((v for v in (a, b, c) if isinstance(v, torch.Tensor)), None)
+    return torch.where(_t(c, like) != 0, _t(a, like), _t(b, like))
+
+
+def inv0(x: Tensor) -> Tensor:
+    """1/x, and 0 where x = 0 (the norm's gradient x / ||x|| at x = 0, as torch.linalg.vector_norm)."""
+    zero = x == 0
+    return torch.where(zero, torch.zeros_like(x), 1.0 / torch.where(zero, torch.ones_like(x), x))
+
+
+def solve(a: Tensor, b: Tensor, rest: int = 0) -> Tensor:
+    """A^{-1} B for B of per-sample shape (k, *r) with ``rest = len(r)``; leading axes are batch axes."""
+    k = a.shape[-1]
+    lead, tail = tuple(b.shape[: b.ndim - 1 - rest]), tuple(b.shape[b.ndim - rest :])
+    cols = 1
+    for d in tail:
+        cols *= d
+    if a.ndim == 2:
+        bt = b.reshape(*lead, k, cols).movedim(-2, 0).reshape(k, -1)
+        x = torch.linalg.solve(a, bt).reshape(k, *lead, cols)
+        return x.movedim(0, -2).reshape(*lead, k, *tail)
+    batch = torch.broadcast_shapes(tuple(a.shape[:-2]), lead)
+    b2 = b.reshape(*lead, k, cols).expand(*batch, k, cols)
+    x = torch.linalg.solve(a.expand(*batch, k, k), b2)
+    return x.reshape(*batch, k, *tail)
+
+
+def gather(x: Tensor, idx: Tensor, axis: int) -> Tensor:
+    """x at the integer labels ``idx`` along ``axis`` (counted from the end, removed); the labels broadcast
+    against x's other axes (trailing alignment: a leading sample axis on either side)."""
+    idx = torch.as_tensor(idx, device=x.device).long()
+    xm = x.movedim(axis, -1)
+    shape = torch.broadcast_shapes(tuple(xm.shape[:-1]), tuple(idx.shape))
+    xb = xm.expand(*shape, xm.shape[-1])
+    return torch.gather(xb, -1, idx.expand(shape).unsqueeze(-1)).squeeze(-1)
+
+
+def one_hot(idx: Tensor, size: int, axis: int, like: Tensor) -> Tensor:
+    """The one-hot encoding of integer labels along a new axis ``axis`` (counted from the end)."""
+    idx = torch.as_tensor(idx, device=like.device).long()
+    ax = axis % (idx.ndim + 1)
+    shape = [1] * (idx.ndim + 1)
+    shape[ax] = size
+    ar = torch.arange(size, device=like.device).reshape(shape)
+    return (idx.unsqueeze(ax) == ar).to(like.dtype)
+
+
 def argmax_mask(x: Tensor, axis: int) -> Tensor:
     """One-hot of the first maximum along ``axis`` (PyTorch routes max's gradient there)."""
     idx = torch.argmax(x, dim=axis, keepdim=True)
@@ -50,8 +134,6 @@ def full(shape: tuple[int, ...], value: float, like: Tensor) -> Tensor:
     return torch.full(shape, value, dtype=like.dtype, device=like.device)
 
 
-def solve(a: Tensor, b: Tensor) -> Tensor:
-    return torch.linalg.solve(a, b)
 
 
 def causal_mask(tq: int, tk: int, like: Tensor) -> Tensor:

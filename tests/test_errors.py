@@ -231,9 +231,9 @@ def _layer(fn: Any) -> derive.Model:
 def test_apply_unsupported_function_names_it() -> None:
     z = derive.Var("z", (sp.Symbol("N"),))
     with pytest.raises(derive.UnsupportedError) as ei:
-        apply(lambda x: sp.Abs(x), z)
+        apply(lambda x: sp.gamma(x), z)
     msg = _one_line(str(ei.value))
-    assert "Abs()" in msg and "supported functions" in msg and "tanh" in msg, msg
+    assert "gamma()" in msg and "supported functions" in msg and "tanh" in msg, msg
 
 
 def test_apply_supported_function_builds() -> None:
@@ -244,7 +244,7 @@ def test_apply_supported_function_builds() -> None:
 
 
 @pytest.mark.parametrize("fn", [
-    pytest.param(sp.Abs, id="Abs"), pytest.param(sp.atan, id="atan"), pytest.param(sp.gamma, id="gamma"),
+    pytest.param(sp.asinh, id="asinh"), pytest.param(sp.atan, id="atan"), pytest.param(sp.gamma, id="gamma"),
     pytest.param(sp.Heaviside, id="Heaviside"),
     pytest.param(lambda a: sp.Max(a, 0), id="Max"),
     pytest.param(lambda a: sp.Min(a, 0), id="Min"),

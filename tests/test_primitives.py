@@ -346,6 +346,8 @@ def test_tables_exercise_every_primitive() -> None:
     for name in HESSIAN_CASES:
         if name not in KNOWN_BUGS:
             seen |= _node_types(_hessian_model(name), hessian=True)
+    for name in OPS:
+        seen |= _node_types(op_model(name), hessian=True)
     missing = [c.__name__ for c in PRIMITIVES if c not in seen]
     assert not missing, f"no test row reaches: {missing}"
 
@@ -554,6 +556,315 @@ def test_hessian_of_primitives(name: str, backend: str) -> None:
         assert_close(out["loss"], loss, f"{where}: loss")
         assert_close(out["grad"]["W"], g, f"{where}: gradient")
         assert_close(out["hessian"]["W"], H, f"{where}: Hessian")
+
+
+# ---------------------------------------------------------------------------------------------------
+# (d) OP_TABLE: one row per op of the engine's own-math families (abs, sign, erf, elementwise min/max,
+#     clamp, where, real powers, gathers by integer labels, linear algebra, norms). Each row is checked on
+#     hypothesis-drawn sizes and values: loss, gradients and Hessian-vector products of C = sum(G * op(args))
+#     against torch.autograd on the row's own torch expression, and (per-sample form) the batched kernels.
+# ---------------------------------------------------------------------------------------------------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from derive.tensor import gather  # noqa: E402
+
+
+@dataclass(frozen=True)
+class Op:
+    """``out = build(**args)``; ``args``: name -> (shape in dimension names, values). Values: ``real``,
+    ``positive``, ``grid`` (a small grid with exact zeros and ties: the kinks), ``invertible`` (a well
+    conditioned square matrix), ``spd``, or ``labels:<dim>`` (integers below that size, an input). ``ref``
+    takes the args as torch tensors, in order (one sample). ``batched``: the args that are per sample in the
+    batched form of the row."""
+
+    name: str
+    args: dict[str, tuple[tuple[str, ...], str]]
+    build: Callable[..., Node]
+    ref: Callable[..., Tensor]
+    batched: tuple[str, ...] = ()
+    kinks: bool = False
+
+
+def _labels_dim(values: str) -> str | None:
+    return values.split(":", 1)[1] if values.startswith("labels:") else None
+
+
+def _domain(values: str) -> str:
+    return "labels" if values.startswith("labels") else ("spd" if values == "spd" else "real")
+
+
+X1 = {"x": (("R", "S"), "real")}
+OP_TABLE: list[Op] = [
+    Op("abs", X1, nn.abs, torch.abs),
+    Op("abs_kinks", {"x": (("R", "S"), "grid")}, nn.abs, torch.abs, kinks=True),
+    Op("sign", X1, lambda x: nn.sign(x) * nn.exp(x), lambda x: torch.sign(x) * torch.exp(x)),
+    Op("sign_kinks", {"x": (("R", "S"), "grid")}, lambda x: nn.sign(x) * x, lambda x: torch.sign(x) * x,
+       kinks=True),
+    Op("erf", X1, nn.erf, torch.erf),
+    Op("erf_composite", X1, lambda x: x * (1 + nn.erf(x / np.sqrt(2))) / 2,
+       lambda x: F.gelu(x)),
+    Op("maximum", {"a": (("R", "S"), "real"), "b": (("R", "S"), "real")}, nn.maximum, torch.maximum),
+    Op("maximum_ties", {"a": (("R", "S"), "grid"), "b": (("R", "S"), "grid")}, nn.maximum, torch.maximum,
+       kinks=True),
+    Op("minimum_ties", {"a": (("R", "S"), "grid"), "b": (("R", "S"), "grid")}, nn.minimum, torch.minimum,
+       kinks=True),
+    Op("maximum_broadcast", {"a": (("R", "S"), "real"), "b": (("S",), "real")}, nn.maximum, torch.maximum),
+    Op("clamp_numbers", {"x": (("R", "S"), "grid")}, lambda x: nn.clamp(x, -0.5, 0.5) ** 2,
+       lambda x: torch.clamp(x, -0.5, 0.5) ** 2, kinks=True),
+    Op("clamp_tensors", {"x": (("S",), "grid"), "lo": (("S",), "grid"), "hi": (("S",), "grid")}, nn.clamp,
+       torch.clamp, kinks=True),
+    Op("where", {"c": (("R", "S"), "grid"), "a": (("R", "S"), "real"), "b": (("R", "S"), "real")},
+       lambda c, a, b: nn.where(map_(DF.step(ARG[0]), [c]), nn.exp(a), a * b),
+       lambda c, a, b: torch.where(c > 0, torch.exp(a), a * b), kinks=True),
+    Op("real_power", {"x": (("R", "S"), "positive")}, lambda x: x**2.5 + x ** (-0.5),
+       lambda x: x**2.5 + x ** (-0.5)),
+    Op("tensor_power", {"x": (("R", "S"), "positive"), "p": (("R", "S"), "real")}, nn.power, torch.pow),
+    Op("gather_rows", {"x": (("R", "S"), "real"), "y": (("R",), "labels:S")},
+       lambda x, y: gather(nn.exp(x), y, -1), lambda x, y: torch.exp(x).gather(1, y.long()[:, None])[:, 0],
+       batched=("x", "y")),
+    Op("gather_table", {"x": (("S",), "real"), "y": ((), "labels:S")}, lambda x, y: take(x, 0, y) ** 2,
+       lambda x, y: x[y.long()] ** 2, batched=("y",)),
+    Op("cross_entropy_labels", {"z": (("S",), "real"), "y": ((), "labels:S")},
+       lambda z, y: -take(log_softmax(z), 0, y), lambda z, y: F.cross_entropy(z[None], y.long()[None]),
+       batched=("z", "y")),
+    Op("trace", {"x": (("R", "R"), "real")}, nn.trace, torch.trace),
+    Op("trace_product", {"a": (("R", "S"), "real"), "x": (("S", "R"), "real")},
+       lambda a, x: nn.trace(a @ x) ** 2, lambda a, x: torch.trace(a @ x) ** 2),
+    Op("diag_vector", {"v": (("R",), "real")}, lambda v: nn.diag(nn.sin(v)), lambda v: torch.diag(torch.sin(v))),
+    Op("diag_matrix", {"x": (("R", "R"), "real")}, lambda x: nn.exp(nn.diag(x)),
+       lambda x: torch.exp(torch.diagonal(x))),
+    Op("det", {"x": (("R", "R"), "invertible")}, nn.det, torch.linalg.det),
+    Op("logdet", {"x": (("R", "R"), "spd")}, nn.logdet, torch.logdet),
+    Op("inv", {"x": (("R", "R"), "invertible")}, nn.inv, torch.linalg.inv),
+    Op("solve_vector", {"a": (("R", "R"), "invertible"), "b": (("R",), "real")}, nn.solve, torch.linalg.solve),
+    Op("solve_matrix", {"a": (("R", "R"), "invertible"), "b": (("R", "S"), "real")}, nn.solve,
+       torch.linalg.solve, batched=("b",)),
+    Op("norm_vector", {"x": (("S",), "real")}, nn.norm, torch.linalg.vector_norm),
+    Op("norm_frobenius", {"x": (("R", "S"), "real")}, lambda x: nn.exp(nn.frobenius(x)),
+       lambda x: torch.exp(torch.linalg.matrix_norm(x))),
+    Op("norm_squared", {"x": (("R", "S"), "real")}, lambda x: nn.norm(x) ** 2,
+       lambda x: torch.linalg.vector_norm(x) ** 2),
+    Op("norm1", {"x": (("R", "S"), "grid")}, nn.norm1, lambda x: torch.linalg.vector_norm(x, 1), kinks=True),
+]
+OPS = {o.name: o for o in OP_TABLE}
+assert len(OPS) == len(OP_TABLE), "duplicate op names"
+OP_DIMS = ("R", "S")
+
+
+def _op_model(op: Op, batched: bool) -> derive.Model:
+    b = derive.Builder(f"op_{op.name}" + ("_batched" if batched else ""), f"op {op.name}", "test")
+    if batched:
+        b.samples("n", 3, 1, 4)
+    dims = {d: b.dim(d, 3, 1, 4) for d in OP_DIMS}
+    vs: dict[str, Node] = {}
+    for k, (shape, values) in op.args.items():
+        sh = tuple(dims[d] for d in shape)
+        per_sample = batched and k in op.batched
+        if values.startswith("labels") or per_sample:
+            vs[k] = b.input(k, sh, batched=per_sample, domain=_domain(values))
+        else:
+            vs[k] = b.param(k, sh)
+    out = op.build(**vs)
+    G = b.input("G", out.shape, r"\zeta", batched=batched)
+    a = b.eq("out", out, "a")
+    labels = tuple(range(a.ndim))
+    b.eq("C", einsum([labels, labels], (), [G, a]), "C")
+    diff = tuple(k for k in op.batched if k in b.inputs and not op.args[k][1].startswith("labels")) if batched else ()
+    hess = () if batched else tuple(b.params)
+    return b.model(reduction="sum", diff_inputs=diff, hessian=hess, kinks=op.kinks)
+
+
+_OP_MODELS: dict[tuple[str, bool], derive.Model] = {}
+
+
+def op_model(name: str, batched: bool = False) -> derive.Model:
+    key = (name, batched)
+    if key not in _OP_MODELS:
+        _OP_MODELS[key] = _op_model(OPS[name], batched)
+    return _OP_MODELS[key]
+
+
+def _op_values(rng: np.random.Generator, values: str, shape: tuple[int, ...], sizes: dict[str, int]) -> np.ndarray:
+    if values == "positive":
+        return rng.uniform(0.5, 2.0, size=shape)
+    if values == "grid":
+        return rng.choice([-1.0, -0.5, 0.0, 0.5, 1.0], size=shape)
+    if values in ("invertible", "spd"):
+        k = shape[-1]
+        a = rng.normal(size=shape)
+        if values == "spd":
+            return a @ np.swapaxes(a, -1, -2) / k + np.eye(k)
+        return a / np.sqrt(k) + 2 * np.eye(k)
+    dim = _labels_dim(values)
+    if dim is not None:
+        return rng.integers(0, sizes[dim], size=shape).astype(np.float64)
+    return rng.normal(size=shape)
+
+
+def _op_arrays(m: derive.Model, op: Op, sizes: dict[str, int], seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    out = {}
+    for k, shape in m.shapes(**sizes).items():
+        out[k] = _op_values(rng, op.args[k][1], shape, sizes) if k in op.args else rng.normal(size=shape)
+    return out
+
+
+def _op_loss(op: Op, t: dict[str, Tensor], batched: tuple[str, ...]) -> Tensor:
+    args = {k: t[k] for k in op.args}
+    if batched:
+        n = t["G"].shape[0]
+        outs = [op.ref(*[(v[i] if k in batched else v) for k, v in args.items()]) for i in range(n)]
+        out = torch.stack([o.reshape(t["G"].shape[1:]) for o in outs])
+    else:
+        out = op.ref(*args.values()).reshape(t["G"].shape)
+    return (t["G"] * out).sum()
+
+
+OP_EXAMPLES = max(3, settings().max_examples // 3)
+
+
+@pytest.mark.parametrize("name", list(OPS))
+@settings(max_examples=OP_EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
+@given(data=st.data())
+def test_op_gradient_and_hessian_vector_products(name: str, data: st.DataObject) -> None:
+    op = OPS[name]
+    m = op_model(name)
+    sizes = {d: data.draw(st.integers(1, 4), label=d) for d in OP_DIMS}
+    seed = data.draw(st.integers(0, 2**32 - 1), label="seed")
+    arrays = _op_arrays(m, op, sizes, seed)
+    t = {k: torch.tensor(v) for k, v in arrays.items()}
+    params = list(m.params)
+    leaves = {k: t[k].clone().requires_grad_(True) for k in params}
+    loss = _op_loss(op, {**t, **leaves}, ())
+    grads = torch.autograd.grad(loss, list(leaves.values()), create_graph=True, allow_unused=True)
+    rng = np.random.default_rng(seed ^ 1)
+    vs = {k: torch.tensor(rng.normal(size=arrays[k].shape)) for k in params}
+    for backend in ("numpy", "torch"):
+        f = numeric.compile(m, backend, hessian=params)
+        out = f(**(arrays if backend == "numpy" else t))
+        where = f"{name} [{backend}] sizes {sizes} seed {seed}"
+        assert_close(out["loss"], loss.detach(), f"{where}: loss")
+        for k, g in zip(params, grads):
+            assert_close(out["grad"][k], np.zeros(arrays[k].shape) if g is None else g.detach(),
+                         f"{where}: gradient {k}")
+            # H v for the block (k, k): torch by double backward, ours from the dense Hessian block
+            hv = None
+            if g is not None and g.requires_grad:
+                (hv,) = torch.autograd.grad((g * vs[k]).sum(), [leaves[k]], retain_graph=True, allow_unused=True)
+            want = np.zeros(arrays[k].shape) if hv is None else hv.detach().numpy(force=True)
+            H = _np(out["hessian"][k]).reshape(arrays[k].size, arrays[k].size)
+            got = (H @ vs[k].numpy().reshape(-1)).reshape(arrays[k].shape)
+            assert_close(got, want, f"{where}: Hessian-vector product in {k}")
+
+
+@pytest.mark.parametrize("name", list(OPS))
+def test_op_batched_kernels(name: str) -> None:
+    """The per-sample form: batched args gain a leading sample axis in the kernels (gradients per sample)."""
+    op = OPS[name]
+    batched = op.batched or (next(iter(op.args)),)
+    op = Op(op.name, op.args, op.build, op.ref, batched, op.kinks)
+    m = _op_model(op, True)
+    for seed in (0, 1):
+        sizes = {"n": 2 + seed, "R": 2 + seed, "S": 3}
+        arrays = _op_arrays(m, op, sizes, seed)
+        t = {k: torch.tensor(v) for k, v in arrays.items()}
+        grad_names = m.grad_names
+        leaves = {k: t[k].clone().requires_grad_(True) for k in grad_names}
+        loss = _op_loss(op, {**t, **leaves}, batched)
+        grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
+        for backend in ("numpy", "torch"):
+            out = numeric.compile(m, backend)(**(arrays if backend == "numpy" else t))
+            where = f"{name} batched [{backend}] sizes {sizes}"
+            assert_close(out["loss"], loss.detach(), f"{where}: loss")
+            for k, g in zip(grad_names, grads):
+                want = np.zeros(arrays[k].shape) if g is None else g.numpy()
+                assert_close(out["grad"][k], want, f"{where}: gradient {k}")
+
+
+def _torch_grads(f: Callable[..., Tensor], *xs: Any) -> list[np.ndarray]:
+    ts = [torch.tensor(np.asarray(x, dtype=np.float64), requires_grad=True) for x in xs]
+    gs = torch.autograd.grad(f(*ts).sum(), ts, allow_unused=True)
+    return [np.zeros(np.shape(x)) if g is None else g.numpy() for g, x in zip(gs, xs)]
+
+
+def _kernel_grads(name: str, **arrays: Any) -> dict[str, np.ndarray]:
+    m = op_model(name)
+    shape = m.shapes(R=1, S=np.shape(next(iter(arrays.values())))[-1])["G"]
+    out = numeric.compile(m)(**arrays, G=np.ones(shape))
+    return {k: np.asarray(v) for k, v in out["grad"].items()}
+
+
+def test_kink_values_follow_torch() -> None:
+    """At the non-smooth points the derivatives are PyTorch's, exactly: |x|'(0) = 0, sign' = 0, maximum and
+    minimum split ties evenly, clamp passes the gradient at its bounds, norms have gradient 0 at 0."""
+    x = np.array([[-1.0, 0.0, 0.0, 1.0]])
+    np.testing.assert_array_equal(_kernel_grads("abs_kinks", x=x)["x"], _torch_grads(torch.abs, x)[0])
+    np.testing.assert_array_equal(_kernel_grads("abs_kinks", x=x)["x"], [[-1.0, 0.0, 0.0, 1.0]])
+    a, b = np.array([[1.0, 2.0, -0.5, 0.0]]), np.array([[1.0, 3.0, -0.5, -1.0]])
+    for name, fn in (("maximum_ties", torch.maximum), ("minimum_ties", torch.minimum)):
+        got = _kernel_grads(name, a=a, b=b)
+        ta, tb = _torch_grads(fn, a, b)
+        np.testing.assert_array_equal(got["a"], ta)
+        np.testing.assert_array_equal(got["b"], tb)
+    np.testing.assert_array_equal(_kernel_grads("maximum_ties", a=a, b=b)["a"], [[0.5, 0.0, 0.5, 1.0]])
+    xc = np.array([[-1.0, -0.5, 0.0, 0.5, 1.0]])
+    np.testing.assert_array_equal(_kernel_grads("clamp_numbers", x=xc)["x"],
+                                  _torch_grads(lambda t: torch.clamp(t, -0.5, 0.5) ** 2, xc)[0])
+    # tensor bounds, on every ordering of x, lo and hi (lo > hi included, where the value is hi)
+    grid = np.array(np.meshgrid(*[[-1.0, 0.0, 1.0]] * 3)).reshape(3, -1)
+    got = _kernel_grads("clamp_tensors", x=grid[0], lo=grid[1], hi=grid[2])
+    for k, want in zip(("x", "lo", "hi"), _torch_grads(torch.clamp, *grid)):
+        np.testing.assert_array_equal(got[k], want, err_msg=f"clamp gradient in {k}")
+    z = np.zeros((1, 3))
+    np.testing.assert_array_equal(_kernel_grads("norm_vector", x=z[0])["x"],
+                                  _torch_grads(torch.linalg.vector_norm, z[0])[0])
+    np.testing.assert_array_equal(_kernel_grads("norm_frobenius", x=z)["x"], np.zeros((1, 3)))
+    np.testing.assert_array_equal(_kernel_grads("norm1", x=np.array([[0.0, -2.0, 3.0]]))["x"], [[0.0, -1.0, 1.0]])
+    np.testing.assert_array_equal(_kernel_grads("sign_kinks", x=x)["x"], [[-1.0, 0.0, 0.0, 1.0]])
+
+
+def test_where_keeps_infinity_out_of_the_branch_not_taken() -> None:
+    """where(c, a, b) selects: log(x) = -inf (or NaN) where x <= 0 is not taken, so the value is finite. The
+    gradient is torch's: 0 through the branch not taken, which at x = 0 is 0 * (1/0) = NaN in torch too
+    (torch.where's well-known NaN gradient); elsewhere it is finite."""
+    b = derive.Builder("where_inf", "where with an infinite branch", "test")
+    N = b.dim("N", 3)
+    x = b.param("x", (N,))
+    b.eq("C", nn.sum_(nn.where(nn.map_(DF.step(ARG[0]), [x]), nn.log(x), nn.exp(x))))
+    m = b.model()
+    for xv in (np.array([0.0, 2.0, -1.0]), np.array([-3.0, 2.0, -1.0])):
+        for backend in ("numpy", "torch"):
+            with np.errstate(divide="ignore", invalid="ignore"):
+                out = numeric.compile(m, backend)(x=xv if backend == "numpy" else torch.tensor(xv))
+            xt = torch.tensor(xv, requires_grad=True)
+            loss = torch.where(xt > 0, torch.log(xt), torch.exp(xt)).sum()
+            loss.backward()
+            assert np.isfinite(out["loss"])
+            assert out["loss"] == pytest.approx(float(loss.detach()), rel=1e-14)
+            g = _np(out["grad"]["x"])
+            np.testing.assert_allclose(g, xt.grad.numpy(), rtol=1e-14)  # NaN exactly where torch has NaN
+            assert np.isfinite(g).all() == (0.0 not in xv)
+
+
+def test_erf_numpy_lowering_takes_arrays() -> None:
+    """SymPy's NumPy printer writes math.erf (one float); the kernels call scipy.special.erf on arrays."""
+    src = numeric.source(op_model("erf"), "numpy")
+    assert "math.erf" not in src and "ops.erf(" in src
+    x = np.linspace(-3, 3, 7)
+    np.testing.assert_allclose(numeric.ops_numpy.erf(x), torch.erf(torch.tensor(x)).numpy(), rtol=1e-15)
+
+
+def test_tensor_power_at_a_zero_base_follows_torch() -> None:
+    """x^p with a tensor exponent: d/dx = p x^{p-1} but 0 where p = 0, d/dp = x^p log x but 0 where x = 0 and
+    p >= 0 (torch.pow's rules); a literal p x^p / x or x^p log x would be NaN there."""
+    grid = np.array(np.meshgrid([0.0, 1.0, 2.0], [0.0, 0.5, 1.0, 2.0])).reshape(2, -1)
+    got = _kernel_grads("tensor_power", x=grid[0][None], p=grid[1][None])
+    tx, tp = _torch_grads(torch.pow, grid[0], grid[1])
+    np.testing.assert_allclose(got["x"][0], tx, rtol=1e-15)  # inf (0.5 * 0^{-1/2}) where torch has it
+    np.testing.assert_allclose(got["p"][0], tp, rtol=1e-15)
+    assert not np.isnan(got["x"]).any() and np.isfinite(got["p"]).all()
 
 
 def test_sum_over_a_broadcast_axis_counts_it() -> None:

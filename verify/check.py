@@ -2,8 +2,10 @@
 
 For each hypothesis-drawn example it compares, in float64:
 
-(a) the generated kernel of the chosen backend against ``torch.autograd`` on the independent reference
-    forward of :mod:`verify.references` (loss and every gradient);
+(a) the generated kernel of the chosen backend against ``torch.autograd`` on an independent reference
+    forward (loss and every gradient): the ``reference=`` callable if given, else the model's own
+    ``Model.reference``, else the zoo's reference of :mod:`verify.references` for a zoo entry, else the
+    model's forward program evaluated eagerly in torch (:mod:`verify.evaluate`; any loss program);
 (b) the NumPy kernel against the torch kernel;
 (c) a central finite difference of the loss along a random direction against the gradient;
 (d) Hessian blocks against ``torch.autograd.functional.hessian``, and the Newton step, where the model
@@ -34,11 +36,16 @@ from hypothesis import strategies as st
 import derive
 import numeric
 from derive.program import Model
+from derive.tensor import LABELS, SPD, has_kinks
 
-from .references import OPTIMIZERS, optimizer_trajectory, reference
+from .evaluate import eager_reference
+from .references import OPTIMIZERS, REFERENCES, optimizer_trajectory
 from .strategies import Example, examples
+from .strategies import modes as strategy_modes
 
-__all__ = ["check", "Mismatch", "Report", "compare"]
+__all__ = ["check", "Mismatch", "Report", "compare", "resolve_reference", "reproduce"]
+
+Reference = Callable[..., Any]
 
 RTOL = 1e-10
 #: rounding noise of the last reference evaluation, per quantity (see ``_reference``)
@@ -59,12 +66,18 @@ class Report:
     examples: int = 0
     checks: dict[str, float] = field(default_factory=dict)
     rtol: float = RTOL
+    #: what the kernels were compared with (``the zoo's reference``, ``the eager evaluation ...``)
+    reference: str = ""
+    #: the value modes drawn
+    modes: tuple[str, ...] = ()
 
     def record(self, what: str, err: float) -> None:
         self.checks[what] = max(self.checks.get(what, 0.0), err)
 
     def __str__(self) -> str:
         rows = [f"{self.model}: {self.examples} examples passed ({self.backend}, {self.device}, float64)"]
+        if self.reference:
+            rows.append(f"  reference: torch autograd on {self.reference}; values: {', '.join(self.modes)}")
         for k, v in self.checks.items():
             rows.append(f"  {k:<44s} max scaled error {v:.1e}")
         return "\n".join(rows)
@@ -111,14 +124,38 @@ def _fail(m: Model, who: str, what: str, got: Any, want: Any, err: float, idx: t
         f"{m.name}: {what} (shape {tuple(w.shape)}) from {who} disagrees with torch autograd{at}: "
         f"got {float(gv):.17g}, expected {float(wv):.17g} "
         f"(|diff| {abs(float(gv) - float(wv)):.3e} > rtol {rtol:g} * (|expected| + {scale:.3g})); "
-        f"{ex.describe()}. Reproduce: verify.example(derive.models.get({m.name!r}), seed={ex.seed}, "
-        f"sizes={ex.sizes}, mode={ex.mode!r})"
+        f"{ex.describe()}. Reproduce: {reproduce(m, ex)}"
     )
 
 
-def _reference(m: Model, arrays: dict[str, np.ndarray], device: str,
+def reproduce(m: Model, ex: Example) -> str:
+    """Python code that rebuilds the arrays of example ``ex`` (through ``Model.rebuild`` where the model has
+    it; otherwise ``m`` stands for the model that was checked)."""
+    call = f"verify.example({m.rebuild or 'm'}, seed={ex.seed}, sizes={ex.sizes}, mode={ex.mode!r})"
+    return call if m.rebuild else call + f" with m the model {m.name!r} that was checked"
+
+
+def resolve_reference(m: Model, reference: Reference | None = None) -> tuple[Reference, str]:
+    """The independent torch forward to verify ``m`` against, and what it is.
+
+    In order: ``reference`` (a callable ``f(**tensors, **options) -> loss``), the model's own
+    ``Model.reference``, the zoo's reference for a zoo entry (built by ``derive.models.get``), and otherwise
+    the model's forward program evaluated eagerly in torch (:func:`verify.evaluate.eager_reference`).
+    """
+    if reference is not None:
+        if not callable(reference):
+            raise TypeError(f"reference= must be a callable f(**tensors, **options) -> loss, not "
+                            f"{type(reference).__name__}")
+        return reference, "the given reference"
+    if m.reference is not None:
+        return m.reference, "the model's reference"
+    if m.rebuild is not None and m.rebuild.startswith(f"derive.models.get({m.name!r}") and m.name in REFERENCES:
+        return REFERENCES[m.name], "the zoo's reference"
+    return eager_reference(m), "the eager evaluation of its forward program"
+
+
+def _reference(m: Model, ref: Reference, arrays: dict[str, np.ndarray], device: str,
                hessian: bool) -> tuple[float, dict[str, np.ndarray], dict[Any, np.ndarray], dict[str, np.ndarray]]:
-    ref = reference(m.name)
     opts = {k: v for k, v in m.options.items()}
     t = {k: torch.tensor(v, dtype=torch.float64, device=device) for k, v in arrays.items()}
     leaves = {k: t[k].clone().requires_grad_(True) for k in m.grad_names}
@@ -129,12 +166,14 @@ def _reference(m: Model, arrays: dict[str, np.ndarray], device: str,
     # large terms cancel (a saturated softmax or tanh), float64 cannot resolve the result better than
     # this, and a comparison below it would measure rounding, not correctness.
     rng = np.random.default_rng(0)
+    exact = {k for k in arrays if k in m.inputs and m.inputs[k].domain == LABELS}
     noise: dict[str, float] = {"loss": 0.0, **{k: 0.0 for k in m.grad_names}}
     # moves of ~2 ulps show rounding noise directly; moves of 1e-13 also reshuffle the rounding of results
     # that are differences of nearly equal large terms (where ~2-ulp moves may leave every bit in place)
     for rel, factor in ((4e-16, 10.0), (1e-13, 3.0), (1e-13, 3.0), (1e-12, 1.0)):
-        t2 = {k: torch.tensor(v * (1 + rel * rng.choice([-1.0, 1.0], size=np.shape(v))), dtype=torch.float64,
-                              device=device) for k, v in arrays.items()}
+        # integer labels stay exact (moved by an ulp, 3 would truncate to 2 and pick another class)
+        t2 = {k: torch.tensor(v if k in exact else v * (1 + rel * rng.choice([-1.0, 1.0], size=np.shape(v))),
+                              dtype=torch.float64, device=device) for k, v in arrays.items()}
         leaves2 = {k: t2[k].clone().requires_grad_(True) for k in m.grad_names}
         loss2 = ref(**{**t2, **leaves2}, **opts)
         grads2 = torch.autograd.grad(loss2, list(leaves2.values()), allow_unused=True)
@@ -170,10 +209,14 @@ def _reference(m: Model, arrays: dict[str, np.ndarray], device: str,
 
 
 def _finite_difference(m: Model, f: Callable[..., dict[str, Any]], arrays: dict[str, np.ndarray],
-                       grads: dict[str, Any], ex: Example) -> float:
+                       grads: dict[str, Any], ex: Example, kinks: bool | None = None) -> float:
     """Central difference of the loss along a random direction vs the gradient's directional derivative."""
+    kinks = m.kinks if kinks is None else kinks
     rng = np.random.default_rng(ex.seed ^ 0x5EED)
     d = {k: rng.normal(size=arrays[k].shape) for k in m.grad_names}
+    for k in d:  # a symmetric matrix moves along symmetric directions (it stays in its declared domain)
+        if m.tensor(k).domain == SPD:
+            d[k] = (d[k] + np.swapaxes(d[k], -1, -2)) / 2
     mags = [float(np.max(np.abs(arrays[k]))) for k in m.grad_names if arrays[k].size]  # what is moved
     scale = max(1e-6, max(mags, default=1.0))
     # the step is relative to the data: truncation stays ~1e-12 relative, and a kink is crossed only
@@ -195,10 +238,10 @@ def _finite_difference(m: Model, f: Callable[..., dict[str, Any]], arrays: dict[
     # Models with kinks (ReLU, max pooling) are only piecewise smooth: a near-tie in a pooling window can
     # switch within the step, so their finite differences get 1e-4 relative (the exact comparison with
     # torch, under the same subgradient conventions, stays at 1e-10).
-    rel = 1e-4 if m.kinks else 1e-5
+    rel = 1e-4 if kinks else 1e-5
     tol = (rel * (abs(an) + abs(fd)) + abs(fd1 - fd2) + 1e-10 * (abs(lp) + abs(lm)) / scale
            + 2e3 * 2.2e-16 * (abs(lp) + abs(lm)) / h)
-    if abs(fd - an) > tol and m.kinks:
+    if abs(fd - an) > tol and kinks:
         # A model with kinks (ReLU, max pooling) may sit on one: ReLU(0) ties in a pooling window are not
         # rare. There the one-sided differences disagree and no finite difference measures a derivative;
         # the comparison with torch (same subgradient conventions) still covers this point.
@@ -225,11 +268,23 @@ def check(
     fd: bool = True,
     shrink: bool = False,
     derandomize: bool = False,
+    reference: Reference | None = None,
 ) -> Report:
-    """Verify a zoo model's generated kernels (and optionally a user implementation) against PyTorch.
+    """Verify a model's generated kernels (and optionally a user implementation) against PyTorch.
+
+    Any loss program can be checked: a zoo entry, a Builder-made or parsed model. Its reference is, in
+    order, ``reference``, ``m.reference``, the zoo's reference for a zoo entry, or the model's forward
+    program evaluated eagerly in torch and differentiated by ``torch.autograd`` (never the derived adjoint).
+
+    Value modes: ``normal`` and ``small`` values always, exact zeros and ties (``kinks``) for models with
+    non-smooth functions, and ``large`` inputs (logits of order 1e3) for per-sample models that declare them
+    and have a reference of their own (given, the model's or the zoo's). The eager evaluation computes the
+    program as written, and a literal ``log(softmax(z))`` overflows there in any eager evaluation: a
+    comparison at those values would measure the reference's overflow, not the kernel. To check large
+    values of your own model, pass a stable ``reference=`` (e.g. with ``F.cross_entropy``).
 
     Args:
-        m: a model from ``derive.models.get`` (or its name).
+        m: a model (``derive.models.get``, ``derive.Builder``, ``derive.parse``), or a zoo name.
         implementation: a callable ``f(**arrays) -> {"loss": ..., "grad": {...}}`` to check as well; it
             receives NumPy arrays with ``backend="numpy"`` and torch tensors with ``backend="torch"``,
             and may return either.
@@ -240,6 +295,8 @@ def check(
         fd: also check against a finite difference.
         shrink: let hypothesis shrink a failing example to a minimal one (slower).
         derandomize: draw the same examples every run.
+        reference: an independent torch forward ``f(**tensors, **options) -> loss`` (batch-first tensors
+            named as the model's params and inputs) to compare with instead of the default.
 
     Returns:
         A :class:`Report` of the comparisons made and the largest errors.
@@ -260,15 +317,20 @@ def check(
         raise ValueError(f"examples must be at least 1, got {examples}")
     if m.is_update:
         return _check_update(m, implementation, backend, device, examples, rtol, shrink, derandomize)
-    reference(m.name)  # fails early, naming the entries that have references
+    ref, source = resolve_reference(m, reference)
+    eager = source.startswith("the eager")
+    # zoo entries declare their kinks; any other model gets exact zeros and ties where it has kinks
+    kinks = m.kinks or (source != "the zoo's reference" and has_kinks([eq.rhs for eq in m.equations]))
+    hard = () if eager else m.hard
     f_np = numeric.compile(m, "numpy", hessian=m.hessian_wrt)
     f_t = numeric.compile(m, "torch", device=device, hessian=m.hessian_wrt)
-    report = Report(m.name, backend, device, rtol=rtol)
+    report = Report(m.name, backend, device, rtol=rtol, reference=source,
+                    modes=tuple(strategy_modes(m, hard=hard, kinks=kinks)))
     model = m
 
     def one(ex: Example) -> None:
         arrays = ex.arrays(model)
-        loss, grads, hess, newton = _reference(model, arrays, device, hessian=True)
+        loss, grads, hess, newton = _reference(model, ref, arrays, device, hessian=True)
         outs = {"numpy kernel": f_np(**arrays),
                 "torch kernel": f_t(**{k: torch.tensor(v, device=device) for k, v in arrays.items()})}
         for who, out in outs.items():
@@ -282,7 +344,7 @@ def check(
                             NOISE.get(k, 0.0))
             report.record("numpy kernel vs torch kernel", err)
         if fd and model.finite_differences and ex.mode in ("normal", "small"):
-            report.record("finite difference (scaled)", _finite_difference(model, f_np, arrays, grads, ex))
+            report.record("finite difference (scaled)", _finite_difference(model, f_np, arrays, grads, ex, kinks))
         if implementation is not None:
             args: dict[str, Any] = (arrays if backend == "numpy" else
                                     {k: torch.tensor(v, device=device) for k, v in arrays.items()})
@@ -297,15 +359,12 @@ def check(
                          require_all=True)
         report.examples += 1
 
-    _drive(model, one, examples, shrink, derandomize)
+    _drive(model, one, examples, shrink, derandomize, hard=hard, kinks=kinks)
     return report
 
 
-def _examples(m: Model) -> st.SearchStrategy[Example]:
-    return examples(m)
-
-
-def _drive(m: Model, one: Callable[[Example], None], n: int, shrink: bool, derandomize: bool) -> None:
+def _drive(m: Model, one: Callable[[Example], None], n: int, shrink: bool, derandomize: bool,
+           hard: tuple[str, ...] | None = None, kinks: bool | None = None) -> None:
     """Run ``one`` on ``n`` hypothesis-drawn examples of ``m`` (no database; shrinking on request)."""
     phases = [Phase.explicit, Phase.reuse, Phase.generate] + ([Phase.shrink] if shrink else [])
 
@@ -313,7 +372,7 @@ def _drive(m: Model, one: Callable[[Example], None], n: int, shrink: bool, deran
               suppress_health_check=list(HealthCheck), print_blob=False)
     @given(st.data())
     def run(data: st.DataObject) -> None:
-        one(data.draw(_examples(m), label="example"))
+        one(data.draw(examples(m, hard=hard, kinks=kinks), label="example"))
 
     run()
 

@@ -4,7 +4,8 @@ An example is (sizes, seed, mode): sizes are drawn from each dimension's range, 
 generator seeded with ``seed`` (so a failure is reproduced from three small numbers), and ``mode``
 selects hard values: ``normal``, ``small`` (values near 0), ``large`` (inputs of a few hundred, so logits of
 order 1e3; parameters stay O(1)), ``kinks``
-(exact zeros where activations are non-smooth, and ties).
+(exact zeros where activations are non-smooth, and ties). Integer ``labels`` are drawn below the size of the
+axis they index, ``spd`` matrices as ``A A^T / k + I``.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import numpy as np
 from hypothesis import strategies as st
 
 from derive.program import Model
+from derive.tensor import LABELS, SPD, as_expr, label_sizes
 
 __all__ = ["Example", "examples", "make_arrays", "modes"]
 
@@ -36,18 +38,18 @@ class Example:
         return f"sizes {sz}, values {self.mode!r}, seed {self.seed}"
 
 
-def modes(m: Model) -> list[str]:
-    """The value modes that make sense for ``m``."""
+def modes(m: Model, hard: tuple[str, ...] | None = None, kinks: bool | None = None) -> list[str]:
+    """The value modes that make sense for ``m`` (``hard`` and ``kinks`` override the model's own)."""
     out = ["normal", "small"]
     if m.sample is not None and not m.newton:
-        out += [h for h in m.hard if h not in out]
-    if m.kinks:
+        out += [h for h in (m.hard if hard is None else hard) if h not in out]
+    if m.kinks if kinks is None else kinks:
         out.append("kinks")
     return out
 
 
-def examples(m: Model) -> st.SearchStrategy[Example]:
-    """Strategy of examples for model ``m``."""
+def examples(m: Model, hard: tuple[str, ...] | None = None, kinks: bool | None = None) -> st.SearchStrategy[Example]:
+    """Strategy of examples for model ``m`` (``hard``, ``kinks``: see :func:`modes`)."""
     dims = {
         name: st.integers(*m.ranges.get(name, (1, 4)))
         for name in m.dims
@@ -56,7 +58,7 @@ def examples(m: Model) -> st.SearchStrategy[Example]:
         Example,
         sizes=st.fixed_dictionaries(dims),
         seed=st.integers(0, 2**32 - 1),
-        mode=st.sampled_from(modes(m)),
+        mode=st.sampled_from(modes(m, hard, kinks)),
     )
 
 
@@ -64,9 +66,17 @@ def make_arrays(m: Model, sizes: dict[str, int], seed: int, mode: str = "normal"
     """Float64 arrays for every parameter and input of ``m``, from each tensor's declared domain."""
     rng = np.random.default_rng(seed)
     shapes = m.shapes(**sizes)
+    dims = m.sizes(**sizes)
+    bounds = {v.name: int(as_expr(k).subs(dims)) for v, k in label_sizes([eq.rhs for eq in m.equations]).items()}
     out: dict[str, np.ndarray] = {}
     for name, shape in shapes.items():
         var = m.tensor(name)
+        if var.domain == LABELS:
+            if name not in bounds:
+                raise ValueError(f"{m.name}: labels input {name} is not used as an index (gather), so the "
+                                 "verifier does not know its range")
+            out[name] = rng.integers(0, bounds[name], size=shape).astype(np.float64)
+            continue
         out[name] = _draw(rng, var.domain, shape, mode, var.role == "param")
     return out
 
@@ -88,6 +98,12 @@ def _draw(rng: np.random.Generator, domain: str, shape: tuple[int, ...], mode: s
         return (rng.uniform(size=shape) < 0.7).astype(np.float64)
     if domain == "positive":
         return rng.uniform(0.5, 2.0, shape)
+    if domain == SPD:
+        # A A^T / k + I: symmetric positive definite, eigenvalues in [1, ~5] (well conditioned, so that a
+        # comparison at 1e-10 measures the kernel, not the conditioning of the matrix)
+        k = shape[-1]
+        a = rng.normal(size=shape)
+        return a @ np.swapaxes(a, -1, -2) / k + np.eye(k)
     v = rng.normal(size=shape)
     if mode == "small":
         v = v * 1e-3

@@ -67,7 +67,10 @@ def get(name: str, **opts: Any) -> Model:
         raise ModelError(f"{name} has no option {', '.join(sorted(bad))}; its options are: {listed}")
     key = (name, tuple(sorted((k, _hashable(v)) for k, v in opts.items())))
     if key not in _CACHE:
-        _CACHE[key] = fn(**opts)
+        m = fn(**opts)
+        args = "".join(f", {k}={v!r}" for k, v in opts.items())
+        m.rebuild = f"derive.models.get({name!r}{args})"
+        _CACHE[key] = m
     return _CACHE[key]
 
 

@@ -12,6 +12,9 @@ model's dimension symbols, so nothing here depends on numeric sizes. The primiti
 ``Map``        elementwise application of a scalar SymPy expression to tensors of one shape
 ``Softmax`` …  axis primitives: ``Softmax``, ``LogSoftmax``, ``LogSumExp``, ``Max``, ``ArgMaxMask``
 ``Take``       indexing ``x[..., i, ...]`` along one axis, and its adjoint ``Embed``
+``OneHot``     the one-hot encoding of integer labels (gathers ``x_y`` are contractions with it)
+``Inv`` …      linear algebra: ``Inv``, ``Det``, ``LogDet``, ``Solve``, ``Trace``, ``DiagMatrix``,
+               ``DiagPart``, ``Norm`` (Euclidean/Frobenius)
 ``StopGrad``   identity whose derivative is zero
 =============  ==================================================================================
 
@@ -62,25 +65,47 @@ from .elementwise import (  # noqa: I001
     binary,
     check_scalar,
     derivative,
+    has_kinks,
     map_,
     simplify_scalar,
 )
-from .indexing import Embed, StopGrad, Take, embed, stop_gradient, take
+from .indexing import LABELS, Embed, OneHot, StopGrad, Take, embed, gather, label_sizes, stop_gradient, take
 from .leaves import CausalMask, Const, Eye, IndexGrid, Var, is_zero, zeros
+from .linalg import (
+    SPD,
+    Det,
+    DiagMatrix,
+    DiagPart,
+    Inv,
+    LogDet,
+    Norm,
+    Solve,
+    Trace,
+    det,
+    diag,
+    inv,
+    logdet,
+    norm,
+    norm1,
+    solve,
+    trace,
+)
 from .windows import Fold, Unfold, conv_out
 
 #: The primitive table: every node type with its rules. A test checks each defines vjp, jvp, latex, lower.
 PRIMITIVES: tuple[type[Node], ...] = (
     Var, Const, Eye, CausalMask, Map, Einsum, Softmax, LogSoftmax, LogSumExp, Max, ArgMaxMask, StopGrad, Take, Embed,
-    Unfold, Fold, IndexGrid,
+    Unfold, Fold, IndexGrid, OneHot, Inv, Det, LogDet, Solve, Trace, DiagMatrix, DiagPart, Norm,
 )
 
 __all__ = [
     "Dim", "Label", "Node", "Shape", "ShapeError", "UnsupportedError", "as_expr", "as_number", "fmt_shape", "substitute", "walk",
     "CausalMask", "Const", "Eye", "IndexGrid", "Var", "is_zero", "zeros",
-    "ARG", "Map", "add_all", "apply", "as_node", "binary", "check_scalar", "derivative", "map_", "simplify_scalar",
+    "ARG", "Map", "add_all", "apply", "as_node", "binary", "check_scalar", "derivative", "has_kinks", "map_", "simplify_scalar",
     "Einsum", "broadcast_to", "dot", "einsum", "matmul", "mean", "outer", "sum_", "sum_all",
     "ArgMaxMask", "AxisOp", "LogSoftmax", "LogSumExp", "Max", "Softmax", "log_softmax", "logsumexp", "max_", "softmax",
-    "Embed", "StopGrad", "Take", "embed", "stop_gradient", "take",
+    "Embed", "StopGrad", "Take", "embed", "stop_gradient", "take", "LABELS", "OneHot", "gather", "label_sizes",
     "Fold", "Unfold", "conv_out", "PRIMITIVES",
+    "SPD", "Det", "DiagMatrix", "DiagPart", "Inv", "LogDet", "Norm", "Solve", "Trace", "det", "diag", "inv",
+    "logdet", "norm", "norm1", "solve", "trace",
 ]

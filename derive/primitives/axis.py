@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 import sympy as sp
 
 from .base import Node, Shape, _intern
-from .leaves import is_zero
+from .leaves import Var, is_zero
 
 # --------------------------------------------------------------------------------------------------
 # Axis primitives
@@ -99,8 +99,12 @@ class LogSoftmax(AxisOp):
 
     kind = "log_softmax"
 
+    def _softmax(self, out: Node) -> Node:
+        """S(x): e^{a} of the named output a, or the softmax itself inside an expression."""
+        return map_(sp.exp(ARG[0]), [out]) if isinstance(out, Var) else Softmax(self.x, self.axis)
+
     def vjp(self, g: Node, out: Node) -> list[Node | None]:
-        s = map_(sp.exp(ARG[0]), [out])
+        s = self._softmax(out)
         total = _spread(sum_(g, self.axis), g, self.axis)
         return [map_(ARG[0] - ARG[1] * ARG[2], [g, s, total])]
 
@@ -109,7 +113,7 @@ class LogSoftmax(AxisOp):
         if is_zero(t):
             return None
         assert t is not None
-        s = map_(sp.exp(ARG[0]), [out])
+        s = self._softmax(out)
         return map_(ARG[0] - ARG[1], [t, _spread(_contract_axis(s, t, self.axis), t, self.axis)])
 
     def latex(self, args: Sequence[str], printer: Any) -> str:

@@ -155,12 +155,12 @@ class Node:
 
     def __pow__(self, k: Any) -> Node:
         if isinstance(k, Node):
-            return _ops().binary(lambda a, b: a**b, self, k)
+            return _ops().binary(_tensor_power, self, k)
         ew = _ops()
         return ew.map_(ew.ARG[0] ** as_expr(k, "an exponent"), [self])
 
     def __rpow__(self, base: Any) -> Node:
-        return _ops().binary(lambda a, b: a**b, base, self)
+        return _ops().binary(_tensor_power, base, self)
 
     def __matmul__(self, other: Node) -> Node:
         from .contraction import matmul
@@ -182,6 +182,13 @@ class Node:
 
     def __eq__(self, other: object) -> bool:
         return self is other
+
+
+def _tensor_power(a: Any, b: Any) -> Any:
+    """``a ** b`` for a tensor exponent: ``functions.power`` (PyTorch's derivatives at a zero base)."""
+    from ..functions import power
+
+    return power(a, b)
 
 
 def _ops() -> Any:

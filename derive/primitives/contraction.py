@@ -179,16 +179,41 @@ def einsum(
                     ops[k] = map_(rest, o.args, o.shape)
                     changed = True
                     break
-            if isinstance(o, Var) and o.domain == "simplex" and l:
-                last = l[-1]
+            unit = _unit_axis(o)
+            if unit is not None and l:
+                last = l[unit]
                 if last not in elsewhere and l.count(last) == 1:
-                    for lab in set(l[:-1]) - elsewhere:
+                    for lab in set(l[:unit] + l[unit + 1 :]) - elsewhere:
                         coef *= size[lab]
                     del ins_l[k], ops[k]
                     changed = True
                     break
         if changed:
             continue
+        # a one-hot encoding contracted with one other operand along its class axis is a gather: that pair
+        # becomes one nested node (x_y), which other factors can then cancel against
+        if len(ops) > 2:
+            for k, (l, o) in enumerate(zip(ins_l, ops)):
+                if not isinstance(o, OneHot):
+                    continue
+                cls = l[o.axis]
+                users = [j for j, m in enumerate(ins_l) if j != k and cls in m]
+                if cls in out_t or len(users) != 1 or ins_l[users[0]].count(cls) != 1 or l.count(cls) != 1:
+                    continue
+                j = users[0]
+                keep = set(out_t).union(*(set(m) for i, m in enumerate(ins_l) if i not in (j, k)))
+                pair_out = tuple(dict.fromkeys(x for x in ins_l[j] + l if x != cls and x in keep))
+                if set(ins_l[j] + l) - {cls} - set(pair_out):
+                    continue  # the pair has other sums of its own
+                inner = einsum([ins_l[j], l], pair_out, [ops[j], o], dims=size)
+                for i in sorted((j, k), reverse=True):
+                    del ins_l[i], ops[i]
+                ins_l.append(pair_out)
+                ops.append(inner)
+                changed = True
+                break
+            if changed:
+                continue
         # Hadamard products: operands indexed identically become one elementwise map
         seen: dict[tuple[Label, ...], int] = {}
         for k, l in enumerate(ins_l):
@@ -225,6 +250,16 @@ def einsum(
         n.ins, n.out, n.operands, n.dims, n.coef, n.shape = c_ins, c_out, ops_t, c_dims, coef, out_shape
 
     return _intern(Einsum, (c_ins, c_out, _key(ops_t), c_dims, coef), init)
+
+
+def _unit_axis(o: Node) -> int | None:
+    """The axis along which ``o`` sums to 1, where its domain says so: the last axis of a probability
+    vector (``simplex``, checked at the kernel boundary), the class axis of a one-hot encoding."""
+    if isinstance(o, Var) and o.domain == "simplex" and o.ndim:
+        return o.ndim - 1
+    if isinstance(o, OneHot):
+        return o.axis
+    return None
 
 
 def _flattens(o: Einsum) -> bool:
@@ -383,3 +418,4 @@ def outer(a: Node, b: Node) -> Node:
 
 # the families refer to each other: imported once this module's definitions exist
 from .elementwise import ARG, Map, add_all, map_  # noqa: E402
+from .indexing import OneHot  # noqa: E402

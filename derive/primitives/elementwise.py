@@ -3,6 +3,7 @@ they are built; their derivatives come from ``sympy.diff`` of the scalar express
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -10,7 +11,18 @@ from typing import Any
 import sympy as sp
 
 from ..functions import SCALAR_FUNCTIONS
-from .base import Node, Shape, ShapeError, UnsupportedError, _intern, _key, as_expr, as_number, fmt_shape
+from .base import (
+    Node,
+    Shape,
+    ShapeError,
+    UnsupportedError,
+    _intern,
+    _key,
+    as_expr,
+    as_number,
+    fmt_shape,
+    walk,
+)
 from .leaves import Const, Var, is_zero
 
 # --------------------------------------------------------------------------------------------------
@@ -41,18 +53,104 @@ def check_scalar(fn: sp.Expr, where: str = "an equation") -> None:
 
 @functools.lru_cache(maxsize=20000)
 def simplify_scalar(expr: sp.Expr) -> sp.Expr:
-    """The shortest of a few SymPy normal forms (as written, cancelled, cancelled and factored)."""
+    """The shortest of a few SymPy normal forms (as written, cancelled, cancelled and factored), after the
+    stable rewrites of :func:`stable_forms`.
+
+    A form that divides by something the cancelled form does not (``p ((1 - p)^2 / p + ...)``) is not a
+    candidate: it is 0/0 where that factor vanishes or underflows (a saturated softmax), although the
+    expression itself is finite there.
+    """
     if expr.is_Atom:
         return expr
+    expr = stable_forms(expr)
     cands = [expr]
     try:
         c = sp.cancel(expr)
-        cands += [c, sp.factor_terms(c)]
+    except (sp.PolynomialError, TypeError, ValueError):
+        return expr
+    cands += [c, sp.factor_terms(c)]
+    with contextlib.suppress(sp.PolynomialError, TypeError, ValueError):
         if not c.has(sp.Function):
             cands.append(sp.factor(c))
-    except (sp.PolynomialError, TypeError, ValueError):
-        pass
-    return min(cands, key=lambda e: (sp.count_ops(e), len(str(e))))
+        else:  # factored over the function values as symbols (a focal loss's (s - e)(s_y - 1)(...))
+            funcs = sorted(c.atoms(sp.Function), key=str)
+            dummies = [sp.Dummy() for _ in funcs]
+            f = sp.factor(c.xreplace(dict(zip(funcs, dummies))))
+            cands.append(f.xreplace(dict(zip(dummies, funcs))))
+    den = sp.fraction(c)[1]
+    kept = [e for e in cands if _divides_only_by(e, den)]
+    if len(kept) < len(cands):
+        # distributing products over sums cancels a removable divisor without expanding everything
+        # (p (a/p + b) = a + p b)
+        dist = sp.expand_mul(expr)
+        kept += [e for e in (dist, sp.factor_terms(dist)) if _divides_only_by(e, den)]
+    kept = kept or [c]
+    return min(kept, key=lambda e: (sp.count_ops(e), len(str(e))))
+
+
+def _divisors(e: sp.Expr) -> set[sp.Expr]:
+    """The bases of the negative powers in ``e`` (what it divides by)."""
+    return {p.base for p in e.atoms(sp.Pow) if p.exp.is_negative and not p.base.is_number}
+
+
+def _divides_only_by(e: sp.Expr, den: sp.Expr) -> bool:
+    """Whether ``e`` divides only by what the cancelled form's denominator ``den`` divides by (or by
+    positive quantities such as sizes): otherwise ``e`` holds a removable 0/0."""
+    bases = {f.as_base_exp()[0] for f in sp.Mul.make_args(den)}
+    for b in _divisors(e):
+        if b.is_positive or b in bases:
+            continue
+        try:
+            q = sp.cancel(den / b)
+        except (sp.PolynomialError, TypeError, ValueError):
+            return False
+        if not sp.fraction(q)[1].is_number:
+            return False
+    return True
+
+
+def stable_forms(expr: sp.Expr) -> sp.Expr:
+    r"""Rewrite logarithms that overflow when evaluated literally into their stable forms:
+    ``log(1 + e^u) = softplus(u)``, ``log(e^a + e^b) = b + softplus(a - b)``, ``log sigma(u) = -softplus(-u)``,
+    ``log(1 - sigma(u)) = -softplus(u)`` and ``1/(1 + e^u) = sigma(-u)`` (identities for every real u)."""
+    from ..functions import sigmoid, softplus
+
+    if not expr.has(sp.log) and not expr.has(sp.exp):
+        return expr
+
+    def log_arg(arg: sp.Expr) -> sp.Expr | None:
+        if isinstance(arg, sigmoid):
+            return -softplus(-arg.args[0])
+        terms = sp.Add.make_args(arg)
+        if len(terms) != 2:
+            return None
+        exps = [t for t in terms if isinstance(t, sp.exp)]
+        other = [t for t in terms if not isinstance(t, sp.exp)]
+        if len(exps) == 1 and other == [sp.S.One]:
+            return softplus(exps[0].args[0])
+        if len(exps) == 2:
+            a, b = exps[0].args[0], exps[1].args[0]
+            return b + softplus(a - b)
+        sig = [t for t in terms if isinstance(t, sigmoid)]
+        if other == [sp.S.One] and not sig and len(terms) == 2:
+            t = next(t for t in terms if t != 1)
+            if t.is_Mul and t.as_coeff_Mul()[0] == -1 and isinstance(t.as_coeff_Mul()[1], sigmoid):
+                return -softplus(t.as_coeff_Mul()[1].args[0])
+        return None
+
+    def recip(base: sp.Expr) -> sp.Expr | None:
+        terms = sp.Add.make_args(base)
+        if len(terms) == 2 and sp.S.One in terms:
+            e = next(t for t in terms if t != 1)
+            if isinstance(e, sp.exp):
+                return sigmoid(-e.args[0])
+        return None
+
+    out = expr.replace(lambda e: isinstance(e, sp.log) and log_arg(e.args[0]) is not None,
+                       lambda e: log_arg(e.args[0]))
+    out = out.replace(lambda e: e.is_Pow and e.exp == -1 and recip(e.base) is not None,
+                      lambda e: recip(e.base))
+    return out
 
 
 class Map(Node):
@@ -107,7 +205,12 @@ def _shift(n: int) -> dict[sp.Symbol, sp.Symbol]:
 
 @functools.lru_cache(maxsize=20000)
 def _derivative(fn: sp.Expr, k: int, nargs: int, use_out: bool) -> sp.Expr:
-    d = sp.diff(fn, ARG[k])
+    # the derivative of a step (sign, Heaviside) is a DiracDelta: 0 everywhere it is a function, and 0 at the
+    # step too in PyTorch's convention (torch.sign's gradient is zero)
+    d = sp.diff(fn, ARG[k]).replace(sp.DiracDelta, lambda *a: sp.S.Zero)
+    if any(p.exp.is_negative and q.base == p.base and q is not p and not q.exp.is_number
+           for p in d.atoms(sp.Pow) for q in d.atoms(sp.Pow)):
+        d = sp.powsimp(d)  # x^p / x -> x^(p-1): no 0/0 at x = 0
     if use_out and not fn.is_Symbol:
         # express f' through the named output where f itself reappears (sigma' = y(1 - y), exp' = y)
         d = d.subs(fn, ARG[nargs])
@@ -126,6 +229,8 @@ def map_(fn: sp.Expr, args: Sequence[Node], shape: Shape | None = None) -> Node:
     scalar expression simplified; a map that reduces to one of its args returns that arg.
     """
     fn = as_expr(fn)
+    if any(isinstance(a, Norm) for a in args):
+        fn, args = even_norm_powers(fn, args)  # ||x||^2 = sum x^2, smooth at x = 0
     if shape is None:
         shapes = {a.shape for a in args if a.shape != ()}
         if len(shapes) > 1:
@@ -160,6 +265,11 @@ def map_(fn: sp.Expr, args: Sequence[Node], shape: Shape | None = None) -> Node:
             assert isinstance(inner, Map)
             bl = {ARG[j]: (leaf(_rebroadcast(a, b)) if b.shape else leaf(b)) for j, b in enumerate(inner.args)}
             subs[ARG[i]] = a.coef * inner.fn.xreplace(bl)
+        elif _scaled_one_hot(a):
+            # s e_y (a scalar times a one-hot encoding): elementwise, so its factors join the map (where
+            # e_y f(x) = e_y f(x_y) applies)
+            assert isinstance(a, Einsum)
+            subs[ARG[i]] = a.coef * sp.Mul(*[leaf(o) for o in a.operands])
         elif isinstance(a, Einsum) and a.coef != 1:
             # the scalar of a contraction moves into the map, where it simplifies and prints with its sign
             unit = einsum(a.ins, a.out, a.operands, dims=a.index_dims())
@@ -175,6 +285,13 @@ def map_(fn: sp.Expr, args: Sequence[Node], shape: Shape | None = None) -> Node:
         leaves = [leaves[j] for j in used]
     if not leaves:
         return Const(body, shape)
+    if shape != () and all(a.shape == () for a in leaves):
+        # a tensor-shaped map of scalars only (a derivative that kept one scalar factor): a scalar map,
+        # broadcast, so that its value has the shape it claims
+        return broadcast_to(map_(body, leaves, ()), shape)
+    picked = _picked_at_labels(body, leaves)
+    if picked is not None:
+        return map_(picked[0], picked[1], shape)
     if body == ARG[0] and leaves[0].shape == shape:
         return leaves[0]
     if len(leaves) == 1 and isinstance(leaves[0], Einsum) and leaves[0].shape == shape:
@@ -188,6 +305,52 @@ def map_(fn: sp.Expr, args: Sequence[Node], shape: Shape | None = None) -> Node:
         n.fn, n.args, n.shape = body, args_t, shape
 
     return _intern(Map, (body, _key(args_t), shape), init)
+
+
+def _picked_at_labels(body: sp.Expr, leaves: list[Node]) -> tuple[sp.Expr, list[Node]] | None:
+    """``e_y * f(x) = e_y * f(x_y)``: in a term that is a product with a one-hot encoding, every operand
+    indexed like it is only needed at the label (elsewhere the term is 0), so it is replaced there by its
+    entry at the label. This lets ``p * (1/p_y) e_y`` simplify to ``e_y`` (cross entropy written as
+    ``-log(S(z)_y)``), and an infinite entry away from the label cannot make a NaN. Returns the new body
+    and leaves, or ``None``."""
+    for j, oh in enumerate(leaves):
+        if not isinstance(oh, OneHot) or ARG[j] not in body.free_symbols:
+            continue
+        new = list(leaves)
+        terms = []
+        changed = False
+        for t in sp.Add.make_args(sp.expand_mul(body)):
+            if ARG[j] in sp.Mul.make_args(t) and not (t / ARG[j]).has(ARG[j]):
+                sub: dict[sp.Symbol, sp.Symbol] = {}
+                for i, a in enumerate(leaves):
+                    if (i == j or ARG[i] not in t.free_symbols or a.shape != oh.shape or isinstance(a, OneHot)
+                            or _constant_along(a, oh.axis) is not None):
+                        continue
+                    g = gather(a, oh.index, oh.axis)
+                    g = g if oh.ndim == 1 else _spread_along(g, oh.shape, oh.axis)
+                    if g not in new:
+                        new.append(g)
+                    sub[ARG[i]] = ARG[new.index(g)]
+                if sub:
+                    t = t.xreplace(sub)
+                    changed = True
+            terms.append(t)
+        if changed and len(new) <= len(ARG):
+            return sp.Add(*terms), new
+    return None
+
+
+def _scaled_one_hot(a: Node) -> bool:
+    """A contraction that only multiplies a one-hot encoding by scalars (no sums, no broadcast)."""
+    if not isinstance(a, Einsum) or not any(isinstance(o, OneHot) for o in a.operands):
+        return False
+    return all(l == a.out or l == () for l in a.ins) and any(l == a.out for l in a.ins)
+
+
+def _spread_along(x: Node, shape: Shape, axis: int) -> Node:
+    """``x`` (``shape`` without ``axis``) broadcast along ``axis``."""
+    labels = tuple(range(len(shape)))
+    return einsum([labels[:axis] + labels[axis + 1 :]], labels, [x], dims=_dims(labels, shape))
 
 
 def _is_broadcast_of_map(a: Node) -> bool:
@@ -227,6 +390,19 @@ def apply(fn: sp.Lambda | Callable[[sp.Expr], sp.Expr], x: Node) -> Node:
     return map_(expr, [x])
 
 
+def has_kinks(roots: Sequence[Node]) -> bool:
+    """Whether the expressions use a non-smooth function (``|x|``, ReLU, max, clamp, where, ...) or a max
+    along an axis: where the verifier should also try exact zeros and ties."""
+    from ..functions import KINKED, ActivationBase
+    from .axis import Max
+
+    def kinked(e: sp.Expr) -> bool:
+        return any(type(f) in KINKED or (isinstance(f, ActivationBase) and kinked(f.concrete()))
+                   for f in sp.preorder_traversal(e))
+
+    return any(isinstance(n, Max) or (isinstance(n, Map) and kinked(n.fn)) for n in walk(roots))
+
+
 def add_all(terms: Iterable[Node | None], shape: Shape) -> Node | None:
     ts: list[Node] = []
     for t in terms:
@@ -261,5 +437,6 @@ def add_all(terms: Iterable[Node | None], shape: Shape) -> Node | None:
 
 
 # the families refer to each other: imported once this module's definitions exist
-from .contraction import Einsum, _dims, broadcast_to, einsum, sum_all  # noqa: E402
-from .indexing import Embed, embed  # noqa: E402
+from .contraction import Einsum, _constant_along, _dims, broadcast_to, einsum, sum_all  # noqa: E402
+from .indexing import Embed, OneHot, embed, gather  # noqa: E402
+from .linalg import Norm, even_norm_powers  # noqa: E402

@@ -1,11 +1,14 @@
-"""Indexing: ``x[..., i, ...]`` (``Take``) and its adjoint ``Embed``, and the stop-gradient identity."""
+"""Indexing: ``x[..., i, ...]`` (``Take``) and its adjoint ``Embed``, gathers by integer labels (through
+``OneHot``), and the stop-gradient identity."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
 
-from .base import Dim, Node, Shape, ShapeError, _intern, as_expr, fmt_shape
+import sympy as sp
+
+from .base import Dim, Node, Shape, ShapeError, UnsupportedError, _intern, as_expr, fmt_shape, walk
 
 
 class StopGrad(Node):
@@ -120,7 +123,106 @@ class Embed(Node):
         return ctx.embed_code(self, args[0])
 
 
-def take(x: Node, axis: int, index: int) -> Node:
+#: The domain of integer labels: class indices, table positions (values 0, 1, ..., K - 1 for the size K of
+#: the axis they index, checked at the kernel boundary and drawn so by the verifier).
+LABELS = "labels"
+
+
+class OneHot(Node):
+    r"""The one-hot encoding e_y of integer labels ``y``: 1 at position ``y`` of a new axis ``axis`` of size
+    ``size``, 0 elsewhere. A gather ``x_y`` is the contraction of ``x`` with it (so cross entropy with class
+    indices is ``-e_y^T log S(z)``, and its gradient simplifies to ``S(z) - e_y``); the labels get no
+    gradient."""
+
+    kind = "one_hot"
+    index: Var
+    axis: int
+    size: Dim
+
+    def __new__(cls, index: Var, size: Dim, axis: int = -1) -> OneHot:
+        size = as_expr(size)
+        if not (isinstance(index, Var) and index.domain == LABELS):
+            what = f"{type(index).__name__} {fmt_shape(index.shape)}" if isinstance(index, Node) else repr(index)
+            raise UnsupportedError(
+                f"an index tensor must be an input of integer labels, declared with domain='labels' "
+                f"(e.g. Builder.input('y', (), batched=True, domain='labels')); got {what}")
+        ax = axis % (index.ndim + 1)
+
+        def init(n: Any) -> None:
+            n.index, n.axis, n.size = index, ax, size
+            n.shape = index.shape[:ax] + (size,) + index.shape[ax:]
+
+        return _intern(cls, (("node", id(index)), ax, size), init)
+
+    def children(self) -> tuple[Node, ...]:
+        return (self.index,)
+
+    def with_children(self, children: Sequence[Node]) -> Node:
+        (idx,) = children
+        assert isinstance(idx, Var)
+        return OneHot(idx, self.size, self.axis)
+
+    def vjp(self, g: Node, out: Node) -> list[Node | None]:
+        return [None]
+
+    def jvp(self, tangents: Sequence[Node | None], tshape: Shape, out: Node) -> Node | None:
+        return None
+
+    def latex(self, args: Sequence[str], printer: Any) -> str:
+        return rf"e_{{{args[0]}}}"
+
+    def lower(self, args: Sequence[str], backend: str, ctx: Any) -> str:
+        return f"ops.one_hot({args[0]}, {ctx.dim(self.size)}, {self.axis - self.ndim}, {ctx.ref})"
+
+
+def gather(x: Node, index: Node, axis: int = -1) -> Node:
+    r"""``x`` at the integer labels ``index`` along ``axis`` (removed): ``x_y = e_y^\top x``.
+
+    ``index`` is an input declared with ``domain="labels"``, shaped like ``x`` without ``axis`` (one label
+    per position), or a scalar (the same label everywhere, e.g. a table entry at a time step).
+
+    Raises:
+        ShapeError: when the index's shape fits neither, naming both shapes.
+        UnsupportedError: when the index is not a labels input.
+    """
+    ax = _axis(x, axis)
+    rest = x.shape[:ax] + x.shape[ax + 1 :]
+    if not isinstance(index, Node):
+        raise TypeError(f"gather takes a labels tensor as its index, not {type(index).__name__}")
+    if index.shape not in (rest, ()):
+        raise ShapeError(f"gather along axis {ax} of shape {fmt_shape(x.shape)} needs labels of shape "
+                         f"{fmt_shape(rest)} (or one scalar label), got shape {fmt_shape(index.shape)}")
+    labels = tuple(range(x.ndim))
+    if index.shape == ():
+        oh = OneHot(index, x.shape[ax], 0)  # type: ignore[arg-type]
+        return einsum([labels, (ax,)], labels[:ax] + labels[ax + 1 :], [x, oh])
+    oh = OneHot(index, x.shape[ax], ax)  # type: ignore[arg-type]
+    return einsum([labels, labels], labels[:ax] + labels[ax + 1 :], [x, oh])
+
+
+def label_sizes(roots: Sequence[Node]) -> dict[Var, Dim]:
+    """The labels inputs that ``roots`` gather with, and the size of the axis each indexes (the least of
+    them where one labels input indexes several axes: every value must fit each)."""
+    out: dict[Var, Dim] = {}
+    for n in walk(roots):
+        if isinstance(n, OneHot):
+            prev = out.get(n.index)
+            out[n.index] = n.size if prev is None else sp.Min(prev, n.size)
+    return out
+
+
+def take(x: Node, axis: int, index: int | Node) -> Node:
+    """``x`` at position ``index`` of ``axis`` (removed). An integer index is a fixed position; a tensor
+    index (integer labels, ``domain="labels"``) is a gather (:func:`gather`)."""
+    if isinstance(index, Node):
+        return gather(x, index, axis)
+    if isinstance(index, bool) or not isinstance(index, int):
+        import numbers
+
+        if not isinstance(index, numbers.Integral):
+            raise TypeError(f"take needs an integer position or a labels tensor as its index, got "
+                            f"{type(index).__name__} {index!r}")
+        index = int(index)
     if isinstance(x, Embed) and x.axis == _axis(x, axis):
         return x.x if x.index == index else zeros(x.x.shape)
     if isinstance(x, Const):
@@ -144,6 +246,6 @@ def stop_gradient(x: Node) -> Node:
 
 
 
-from .contraction import _axis  # noqa: E402
+from .contraction import _axis, einsum  # noqa: E402
 from .elementwise import Map, map_  # noqa: E402
-from .leaves import Const, Eye, is_zero, zeros  # noqa: E402
+from .leaves import Const, Eye, Var, is_zero, zeros  # noqa: E402
