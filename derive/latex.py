@@ -1202,6 +1202,12 @@ def _levels(s: str) -> list[int]:
     return out
 
 
+def _top_level(tex: str, token: str) -> bool:
+    """Whether ``token`` occurs in ``tex`` outside every group."""
+    lv = _levels(tex)
+    return any(lv[i] == 0 and tex.startswith(token, i) for i in range(len(tex)))
+
+
 def _top_sum(tex: str) -> bool:
     """Whether ``tex`` is a sum at its top level (a plus or minus sign outside every group)."""
     lv = _levels(tex)
@@ -1292,7 +1298,10 @@ def _chain(ops: Sequence[tuple[str, int, tuple[int, ...]]], out: tuple[int, ...]
 
     def forms(item: tuple[str, int, tuple[int, ...], str]) -> list[tuple[Any, Any, str, int]]:
         tex, prec, l, kind = item
-        wrapped = tex if prec == ATOM else rf"\left({tex}\right)"
+        # a matrix product inside a matrix product needs no parentheses ((A X) B = A X B); a sum, a negation
+        # or a Hadamard product does
+        plain = prec == ATOM or (prec == MUL and not _top_level(tex, r"\odot") and not tex.startswith("- "))
+        wrapped = tex if plain else rf"\left({tex}\right)"
         if kind == "d":
             return [(l[0], l[0], rf"\operatorname{{diag}}\left({tex}\right)", 0)]
         if len(l) == 2:
