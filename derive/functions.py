@@ -252,7 +252,7 @@ class between(CallBase):
 
     def _latex(self, printer: Any, exp: Any = None) -> str:
         x, lo, hi = (_arg(printer, a) for a in self.args)
-        return _power(rf"\mathbb{{1}}\left\{{{lo} \leq {x} \leq {hi}\right\}}", exp)
+        return _power(rf"\mathbf{{1}}\{{{lo} \leq {x} \leq {hi}\}}", exp)
 
 
 class ExtremumBase(CallBase):
