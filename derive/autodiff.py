@@ -38,7 +38,13 @@ def _adjoint_name(m: Model, v: Var) -> tuple[str, str]:
         base, sup = (v.tex.split("^", 1) + [""])[:2]
         tex = f"g_{{{base}}}" + (f"^{sup}" if sup else "")
         return "g_" + v.name, tex
-    return v.name + "_bar", rf"\bar{{{v.tex}}}"
+    # the book's names: delta for a pre-activation z, zeta for an activation a or state h, zeta_v otherwise,
+    # with the symbol's superscripts (layer, time) outside: \zeta_{\tilde h}^{<t>}, never \bar over a name
+    base, sup = (v.tex.split("^", 1) + [""])[:2] if not v.tex.startswith("\\") or "^" in v.tex else (v.tex, "")
+    sup = f"^{sup}" if sup else ""
+    book = {"z": r"\delta", "Z": r"\Delta", "a": r"\zeta", "h": r"\zeta"}
+    tex = book[base] + sup if base in book else rf"\zeta_{{{base}}}{sup}"
+    return v.name + "_bar", tex
 
 
 def _needs(roots: Sequence[Node], targets: set[Var]) -> set[int]:

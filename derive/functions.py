@@ -123,7 +123,7 @@ class step(sp.Function):
         return _power(self._latex_body(printer), exp)
 
     def _latex_body(self, printer: Any) -> str:
-        return rf"\mathbb{{1}}\left\{{{_arg(printer, self.args[0])} > 0\right\}}"
+        return rf"\mathbf{{1}}\{{{_arg(printer, self.args[0])} > 0\}}"
 
     def _numpycode(self, printer: Any) -> str:
         x = _arg(printer, self.args[0])
@@ -167,7 +167,7 @@ class leaky_step(sp.Function):
 
     def _latex_body(self, printer: Any) -> str:
         x, s = (_arg(printer, a) for a in self.args)
-        return rf"\left(\mathbb{{1}}\left\{{{x} > 0\right\}} + {s}\,\mathbb{{1}}\left\{{{x} \leq 0\right\}}\right)"
+        return rf"\left(\mathbf{{1}}\{{{x} > 0\}} + {s}\,\mathbf{{1}}\{{{x} \leq 0\}}\right)"
 
     def _numpycode(self, printer: Any) -> str:
         x, s = (_arg(printer, a) for a in self.args)
@@ -252,7 +252,7 @@ class between(CallBase):
 
     def _latex(self, printer: Any, exp: Any = None) -> str:
         x, lo, hi = (_arg(printer, a) for a in self.args)
-        return _power(rf"\mathbb{{1}}\left\{{{lo} \leq {x} \leq {hi}\right\}}", exp)
+        return _power(rf"\mathbf{{1}}\{{{lo} \leq {x} \leq {hi}\}}", exp)
 
 
 class ExtremumBase(CallBase):

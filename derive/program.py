@@ -124,6 +124,11 @@ class Model:
     #: (previous-state input -> the equation of its next value), the inputs with a time axis (arrays
     #: (T, n, ...)), and the weight of each step's loss (1/T)
     scan: Scan | None = None
+    #: printing hints for the book's notation (read by :mod:`derive.latex`, never by the engine):
+    #: ``columns`` (dimensions printed as the column axis of a matrix: time steps, as X in R^{p x T}),
+    #: ``index`` (dimension -> index style, e.g. ``{H: "h"}`` prints heads as W_q^h, ``{n: "(i)"}`` samples
+    #: as z^{(i)}), ``symbols`` (constant name -> its LaTeX, e.g. ``p_keep -> p_{\mathrm{keep}}``)
+    notation: dict[str, Any] = field(default_factory=dict)
     #: an independent torch forward to verify against: ``f(**tensors, **options) -> scalar loss`` on
     #: batch-first torch tensors named as the params and inputs (the PyTorch front end sets the user's
     #: module here); ``verify.check`` uses it before the zoo's references and the eager evaluation
@@ -239,6 +244,7 @@ class Builder:
         self.inline: set[str] = set()
         self.sample: sp.Symbol | None = None
         self.constants: dict[str, float] = {}
+        self.notation: dict[str, Any] = {}
         self._names: set[str] = set()
 
     def dim(self, name: str, default: int, lo: int = 1, hi: int = 5, tex: str | None = None) -> sp.Symbol:
@@ -258,10 +264,11 @@ class Builder:
         self.sample = self.dim(name, default, lo, hi)
         return self.sample
 
-    def const(self, name: str, value: float) -> sp.Symbol:
+    def const(self, name: str, value: float, tex: str | None = None) -> sp.Symbol:
         """A named constant (a hyperparameter): a symbol in the equations, ``value`` in the kernels.
 
-        The LaTeX follows SymPy's names: ``alpha`` prints as ``\\alpha``, ``beta1`` as ``\\beta_{1}``.
+        The LaTeX follows SymPy's names (``alpha`` prints as ``\\alpha``, ``beta1`` as ``\\beta_{1}``) unless
+        ``tex`` is given; the printed equations list the values once below them.
         """
         if not name.isidentifier():
             raise ModelError(f"constant name {name!r} is not a valid Python identifier")
@@ -269,6 +276,8 @@ class Builder:
             raise ModelError(f"{self.name}: constant {name} must be a number, got {value!r}")
         self._claim(name)
         self.constants[name] = float(value)
+        if tex is not None:
+            self.notation.setdefault("symbols", {})[name] = tex
         return sp.Symbol(name, real=True)
 
     def _claim(self, name: str) -> None:
@@ -384,6 +393,7 @@ class Builder:
             sample=self.sample, options=self.options, diff_inputs=tuple(diff_inputs),
             hessian_wrt=tuple(hessian), newton=newton, ranges=self.ranges, adjoint_names=self.adjoints,
             kinks=kinks, constants=self.constants, hard=tuple(hard), inline_adjoints=frozenset(self.inline),
+            notation=self.notation,
         )
 
     def state(self, name: str, shape: Sequence[Any], tex: str | None = None) -> Var:
@@ -421,5 +431,5 @@ class Builder:
             name=self.name, title=self.title, section=self.section, dims=self.dims, defaults=self.defaults,
             params=self.params, inputs=self.inputs, equations=self.equations, sample=self.sample,
             options=self.options, ranges=self.ranges, constants=self.constants,
-            update={k: v.name for k, v in next_state.items()},
+            update={k: v.name for k, v in next_state.items()}, notation=self.notation,
         )

@@ -10,13 +10,12 @@ T; the code generator runs the step as a loop over the actual T, forward and the
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, replace
 
 from .program import Equation, Model, ModelError
-from .tensor import ARG, Node, Var, einsum, map_, substitute
+from .tensor import ARG, Var, einsum, map_
 
-__all__ = ["ScanProgram", "scan_program", "backprop_scan", "shift_time"]
+__all__ = ["ScanProgram", "scan_program", "backprop_scan"]
 
 
 @dataclass
@@ -39,19 +38,6 @@ class ScanProgram:
 
 
 _CACHE: dict[int, tuple[Model, ScanProgram]] = {}
-_TIME = re.compile(r"\\langle t(?:([+-])(\d+))?\\rangle")
-
-
-def shift_time(tex: str, by: int = 1) -> str:
-    r"""LaTeX with every time index moved by ``by``: ``\langle t\rangle`` -> ``\langle t+1\rangle``."""
-
-    def sub(mt: re.Match[str]) -> str:
-        k = (int(mt.group(2)) * (1 if mt.group(1) == "+" else -1) if mt.group(1) else 0) + by
-        return r"\langle t" + ("" if k == 0 else f"{k:+d}") + r"\rangle"
-
-    return _TIME.sub(sub, tex)
-
-
 def scan_program(m: Model) -> ScanProgram:
     """The step objective of a recurrence, differentiated (cached per model)."""
     from .autodiff import _adjoint_name, backprop
@@ -80,6 +66,7 @@ def scan_program(m: Model) -> ScanProgram:
         params=m.params, inputs=inputs, equations=[*m.equations, Equation(obj, total)], reduction="mean",
         sample=m.sample, options=m.options, diff_inputs=tuple(p for p, _ in sc.carries), ranges=m.ranges,
         adjoint_names=m.adjoint_names, inline_adjoints=m.inline_adjoints, kinks=m.kinks, constants=m.constants,
+        notation=m.notation,
     )
     adj = backprop(step)
     grads = {eq.lhs.name: eq for eq in adj if eq.kind == "grad"}
@@ -91,22 +78,16 @@ def scan_program(m: Model) -> ScanProgram:
 
 
 def backprop_scan(m: Model) -> list[Equation]:
-    r"""The BPTT equations as the book prints them: the named adjoints, with the adjoint carried from step
-    t + 1 written as that step's expression (``\zeta^{<t>} = ... + W_{hh}^\top \delta^{<t+1>}``), and the
-    parameter gradients, which the kernels sum over t = 1, ..., T."""
-    from .latex import latex
-
+    r"""The BPTT equations: the named adjoints of one step, which use the adjoint carried back from step
+    t + 1 (the input ``\tilde\zeta``; the printer writes it as that step's expression, ``\zeta^{<t>} = ... +
+    W_{hh}^\top \delta^{<t+1>}``), and the parameter gradients of one step, which the kernels sum over
+    t = 1, ..., T (and average over the samples)."""
     prog = scan_program(m)
-    shown: dict[Node, Node] = {}
-    for prev, zin in prog.carry_in.items():
-        carried = shift_time(latex(prog.carry_out[prev].rhs))
-        shown[zin] = Var(zin.name, zin.shape, "input", rf"\left({carried}\right)", batched=zin.batched)
     carried_names = {e.lhs.name for e in prog.carry_out.values()}
     out: list[Equation] = []
     for eq in prog.adjoint:
         if eq.kind == "grad" and eq.lhs.name in carried_names:
-            continue  # it appears inside zeta^{<t>}, moved to step t + 1
-        rhs = substitute(eq.rhs, shown) if shown else eq.rhs
-        note = r"\text{summed over } t = 1, \dots, T" if eq.kind == "grad" else ""
-        out.append(replace(eq, rhs=rhs, note=note, batch_dim=None))
+            continue  # the adjoint carried to step t - 1: it appears inside the adjoints of step t - 1
+        batch = m.sample if (eq.kind == "grad" and eq.lhs.batched) else None
+        out.append(replace(eq, note="", batch_dim=batch, reduction="mean"))
     return out

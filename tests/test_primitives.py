@@ -865,3 +865,14 @@ def test_tensor_power_at_a_zero_base_follows_torch() -> None:
     np.testing.assert_allclose(got["x"][0], tx, rtol=1e-15)  # inf (0.5 * 0^{-1/2}) where torch has it
     np.testing.assert_allclose(got["p"][0], tp, rtol=1e-15)
     assert not np.isnan(got["x"]).any() and np.isfinite(got["p"]).all()
+
+
+def test_sum_over_a_broadcast_axis_counts_it() -> None:
+    """sum_i of a value spread along i is n times the value (a flattened broadcast kept no label for i)."""
+    from derive.tensor import ARG, Map, Var, broadcast_to, einsum
+
+    n, p = sp.symbols("n p", integer=True, positive=True)
+    th = Var("th", (p,), "param")
+    s = einsum([(0, 1)], (1,), [broadcast_to(th, (n, p))])
+    assert s.shape == (p,) and isinstance(s, Map) and sp.simplify(s.fn - n * ARG[0]) == 0
+    assert np.isclose(float(s.fn.subs({n: 4, ARG[0]: 2.5})), 10.0)

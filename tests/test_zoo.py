@@ -86,7 +86,7 @@ def test_logistic_delta_is_sigma_minus_y() -> None:
     m = derive.models.get("logistic_regression")
     assert derive.latex(_eq(m, "delta")) == r"\delta = \hat{y} - y"
     # \hat y is sigma(z): the adjoint of z is sigma(z) - y
-    assert derive.latex(m.equations[1]) == r"\hat{y} = \sigma\left(z\right)"
+    assert derive.latex(m.equations[1]) == r"\hat{y} = \sigma(z)"
 
 
 def test_logistic_hessian_is_a_diagonal_scaling() -> None:
@@ -96,9 +96,10 @@ def test_logistic_hessian_is_a_diagonal_scaling() -> None:
     assert isinstance(h.rhs, Einsum)
     assert sorted(o.ndim for o in h.rhs.operands) == [0, 1, 1]
     assert all(node.ndim <= 2 for node in walk([h.rhs]))
+    # the book's (1/n) X~^T D X~, with the samples as the columns of X (each batch matrix defined)
     assert derive.latex(h, batch=True) == (
-        r"H_{w} = \frac{1}{n} X^\top D X,\quad D = \operatorname{diag}\left(\hat{y} \odot "
-        r"\left(1 - \hat{y}\right)\right)")
+        r"H_{w} = \frac{1}{n} X D X^\top,\quad X = \left[x^{(1)}, \dots, x^{(n)}\right],\quad \hat{y} = "
+        r"\left[\hat{y}^{(1)}, \dots, \hat{y}^{(n)}\right],\quad D = \operatorname{diag}(\hat{y} \odot (1 - \hat{y}))")
     # and numerically: against torch.autograd.functional.hessian
     rng = np.random.default_rng(0)
     X, y, w, b = rng.normal(size=(40, 6)), rng.uniform(size=40), rng.normal(size=6), rng.normal(size=())
@@ -169,8 +170,9 @@ def test_newton_step_matches_closed_form() -> None:
 
 
 def test_batch_norm_backward_is_the_three_term_form() -> None:
-    r"""From the generic rules: \bar Z = (1/sigma) [\bar G - (1/n) sum_i \bar G - (1/n) \bar Z sum_i \bar G \bar Z]
-    with \bar G = G gamma, in terms of the named \bar Z (normalized input) and sigma only."""
+    r"""From the generic rules, per sample as the book writes it (case 32): delta^{(i)} = (1/sigma) [g^{(i)} -
+    (1/n) sum_j g^{(j)} - (1/n) zbar^{(i)} sum_j g^{(j)} zbar^{(j)}] with g = gamma * zeta, in terms of the
+    named zbar (normalized input) and sigma only."""
     m = derive.models.get("batch_norm")
     eq = derive.grad(m, "Z")
     assert isinstance(eq.rhs, Map)
@@ -178,10 +180,9 @@ def test_batch_norm_backward_is_the_three_term_form() -> None:
     leaves = {v.name for v in walk([eq.rhs]) if isinstance(v, Var)}
     assert leaves == {"zbar_bar", "sigma", "zbar"}  # no z - mu, no mu: the centered sums vanished
     assert derive.latex(eq) == (
-        r"\bar{Z} = \frac{\bar{G}}{\left(\mathbf{1} \hat{\sigma}^\top\right)} - \frac{\mathbf{1} \left(\left("
-        r"\frac{1}{\hat{\sigma}}\right) \odot \left(\bar{G}^\top \mathbf{1}\right)\right)^\top}{n} - \frac{1}{n} "
-        r"\mathbf{1} \left(\left(\frac{1}{\hat{\sigma}}\right) \odot \left(\left(\bar{G} \odot \bar{Z}\right)^\top "
-        r"\mathbf{1}\right)\right)^\top \odot \bar{Z}")
+        r"\delta^{(i)} = \frac{\zeta_{\bar{z}}^{(i)}}{\hat{\sigma}} - \frac{1}{n} \frac{1}{\hat{\sigma}} \odot "
+        r"\sum_{j=1}^{n} \zeta_{\bar{z}}^{(j)} - \frac{1}{n} \left(\frac{1}{\hat{\sigma}} \odot \sum_{j=1}^{n} "
+        r"\zeta_{\bar{z}}^{(j)} \odot \bar{z}^{(j)}\right) \odot \bar{z}^{(i)}")
     # and the numbers: against the textbook three-term formula
     rng = np.random.default_rng(3)
     Z, G, gamma, beta = rng.normal(size=(7, 3)), rng.normal(size=(7, 3)), rng.normal(size=3), rng.normal(size=3)
@@ -216,24 +217,29 @@ def test_convolution_gradients_come_out_as_correlations() -> None:
     got = {e.lhs.name: derive.latex(e) for e in [*m.equations, *derive.backprop(m)]}
     assert got["z"] == r"z = W \star_{S=2,P=1} x + b"
     assert got["g_W"] == r"g_{W} = x \star_{S=2,P=1} \delta"
-    assert got["g_X"] == (r"\bar{x} = \operatorname{pad}\left(\delta\right) \star_{S=2,P=1} "
-                          r"\operatorname{rot}_{180}\left(W\right)")
+    # the transposed convolution: delta dilated by the stride, padded by D(k - 1) - P (and the rows a strided
+    # sweep never reached), correlated with the flipped kernel; test_printed_strided_input_gradient runs it
+    assert got["g_X"].startswith(r"\begin{aligned}\zeta_{x} &= \operatorname{pad}_{1}(\operatorname{dil}_{2}(\delta)) "
+                                 r"\star \operatorname{rot}_{180}(W) \\")
 
 
 def test_attention_backward_has_the_rank_one_term() -> None:
     m = derive.models.get("attention")
     got = {e.lhs.name: derive.latex(e) for e in derive.backprop(m)}
-    assert got["S_bar"].startswith(r"\bar{S} = A \odot \left(\left(\bar{U} V^\top\right) - ")
-    assert got["g_Q"] == r"\bar{Q} = \frac{1}{\sqrt{d}} \bar{S} K"
+    # (7.24)'s layout: time steps are columns, so the rank-one term is a column sum 1^T (A * V^T zeta_U)
+    assert got["S_bar"] == (r"\zeta_{S} = A \odot (V^\top \zeta_{U} - \mathbf{1}^\top (A \odot "
+                            r"(V^\top \zeta_{U})))")
+    assert got["g_Q"] == r"\zeta_{Q} = \frac{1}{\sqrt{d}} K \zeta_{S}"
 
 
 def test_positional_encoding_closed_form_values() -> None:
-    """(7.29): r_{2k} = sin(t / M^{2k/p}), r_{2k+1} = cos(t / M^{2k/p}), against math.sin/cos directly."""
+    """(7.29): r_{2k} = sin(t / M^{2k/p}), r_{2k+1} = cos(t / M^{2k/p}) for t = 1, ..., T (the book's and its
+    figure code's count: the table's first row is t = 1), against math.sin/cos directly."""
     m = derive.models.get("positional_encoding")
     T, p = 7, 6
     vals = numeric.trace(m, "reverse", X=np.zeros((1, T, p)), G=np.ones((1, T, p)))
     want = np.array([[math.sin(t / 1e4 ** (c / p)) if c % 2 == 0 else math.cos(t / 1e4 ** ((c - 1) / p))
-                      for c in range(p)] for t in range(T)])
+                      for c in range(p)] for t in range(1, T + 1)])
     np.testing.assert_allclose(np.broadcast_to(vals["r"], (T, p)), want, rtol=1e-13, atol=1e-15)
 
 
@@ -251,10 +257,10 @@ def test_recurrences_verify_and_keep_T_symbolic(name: str, opts: dict[str, objec
 def test_bptt_prints_the_book_recursion() -> None:
     m = derive.models.get("rnn")
     got = {e.lhs.name: derive.latex(e) for e in derive.backprop(m)}
-    assert got["zeta"] == (r"\zeta^{\langle t\rangle} = \left(W_{hh}^\top \delta^{\langle t+1\rangle}\right) + "
+    assert got["zeta"] == (r"\zeta^{\langle t\rangle} = W_{hh}^\top \delta^{\langle t+1\rangle} + "
                            r"W_{yh}^\top \delta_y^{\langle t\rangle}")
-    assert got["delta"] == r"\delta^{\langle t\rangle} = \dot{S}\left(z^{\langle t\rangle}\right) \odot \zeta^{\langle t\rangle}"
-    assert got["g_W_hh"].startswith(r"g_{W_{hh}} = \delta^{\langle t\rangle} h^{\langle t-1\rangle\top}")
+    assert got["delta"] == r"\delta^{\langle t\rangle} = \dot{S}(z^{\langle t\rangle}) \odot \zeta^{\langle t\rangle}"
+    assert got["g_W_hh"] == r"g_{W_{hh}} = \sum_{t=1}^{T} \delta^{\langle t\rangle} h^{\langle t-1\rangle\top}"
     src = numeric.source(m)
     assert "for t in range(T)" in src and "for t in range(T - 1, -1, -1)" in src  # loops over the actual T
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import ast
 import importlib
-import re
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -44,28 +43,12 @@ def _model(args: argparse.Namespace) -> derive.Model:
     return derive.models.get(args.model, **_options(args.option or []))
 
 
-_DETEX = [
-    (r"\\left|\\right", ""), (r"\\mathbf\{1\}", "1"), (r"\\odot", "⊙"), (r"\\oslash", "⊘"),
-    (r"\^\\top", "ᵀ"), (r"\\top", "ᵀ"), (r"\\hat\{(\w)\}", r"\1̂"), (r"\\tilde\{(\w)\}", r"\1̃"),
-    (r"\\bar\{(\w)\}", r"\1̄"), (r"\\dot\{(\w)\}", r"\1̇"), (r"\\mathrm\{softmax\}", "softmax"),
-    (r"\\operatorname\{(\w+)\}", r"\1"), (r"\\frac\{([^{}]*)\}\{([^{}]*)\}", r"(\1)/(\2)"),
-    (r"\\sigma", "σ"),
-    (r"\\alpha(?![a-zA-Z])", "α"), (r"\\beta(?![a-zA-Z])", "β"), (r"\\gamma(?![a-zA-Z])", "γ"), (r"\\epsilon(?![a-zA-Z])", "ε"), (r"\\mu(?![a-zA-Z])", "μ"), (r"\\Sigma(?![a-zA-Z])", "Σ"), (r"\\pi(?![a-zA-Z])", "π"), (r"\\Gamma(?![a-zA-Z])", "Γ"), (r"\\hat\{([^{}]*)\}", r"\1̂"), (r"\\bar\{([^{}]*)\}", r"\1̄"), (r"\\delta", "δ"), (r"\\zeta", "ζ"), (r"\\theta", "θ"), (r"\\lambda", "λ"),
-    (r"\\Delta", "Δ"), (r"\\ell", "ℓ"), (r"\\log", "log"), (r"\\exp", "exp"), (r"\\tanh", "tanh"),
-    (r"\\sin", "sin"), (r"\\cos", "cos"), (r"\\mathcal\{C\}", "𝒞"), (r"\\mathbb\{1\}", "1"),
-    (r"\\qquad", ", for "), (r"\\quad|\\;|\\,", " "), (r"\\dots", "…"), (r"\\sum", "Σ"),
-    (r"\\langle ?", "⟨"), (r"\\rangle", "⟩"), (r"\\text\{([^{}]*)\}", r"\1"), (r"\\star", "⋆"), (r"\\le", "≤"), (r"\\\|", "‖"),
-]
-
-
 def detex(s: str) -> str:
-    """A plain-text rendering of the LaTeX this package prints (for terminals)."""
-    for pat, rep in _DETEX:
-        s = re.sub(pat, rep, s)
-    for _ in range(8):  # innermost groups first; a fraction's own braces wait until its parts are flat
-        s = re.sub(r"\\frac\{([^{}]*)\}\{([^{}]*)\}", r"(\1)/(\2)", s)
-        s = re.sub(r"(?<!\\frac)(?<!\})\{([^{}]*)\}", r"\1", s)
-    return re.sub(r"\s+", " ", s).strip()
+    """A plain-text rendering of the LaTeX this package prints (for terminals): read by the LaTeX reader of
+    :mod:`derive.textform`, not rewritten by regular expressions."""
+    from derive.textform import to_text
+
+    return to_text(s)
 
 
 def _layers(m: derive.Model, args: argparse.Namespace) -> int | None:
@@ -73,10 +56,8 @@ def _layers(m: derive.Model, args: argparse.Namespace) -> int | None:
     return L if isinstance(L, int) and not getattr(args, "unfold", False) else None
 
 
-def _print_eqs(eqs: Sequence[derive.Equation], fmt: str, batch: bool = False, layers: int | None = None) -> None:
-    from derive.latex import equations_tex
-
-    for tex in equations_tex(eqs, batch, layers):
+def _show(texs: Sequence[str], fmt: str) -> None:
+    for tex in texs:
         print(tex if fmt == "latex" else detex(tex))
 
 
@@ -97,6 +78,22 @@ def _table(head: Sequence[str], rows: Sequence[Sequence[str]], width: int | None
         print("  ".join([*cells, last]).rstrip())
 
 
+def _print_eqs(eqs: Sequence[derive.Equation], fmt: str, batch: bool = False, layers: int | None = None,
+               model: derive.Model | None = None) -> None:
+    from derive.latex import program_tex
+
+    _show(program_tex(eqs, batch, layers, model=model), fmt)
+
+
+def _print_constants(m: derive.Model, fmt: str) -> None:
+    """The hyperparameters' values, listed once under the equations."""
+    from derive.latex import constants_tex
+
+    c = constants_tex(m)
+    if c:
+        _show([r"\text{with } " + c], fmt)
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     names = derive.models.names()
     if not args.wide:  # from the registry: builds no model (fast)
@@ -114,21 +111,44 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_derive(args: argparse.Namespace) -> int:
+    from derive.latex import init_tex, jacobian_tex, newton_tex
+
     m = _model(args)
-    print(f"% {m.name} ({m.section}): {m.title}" if args.format == "latex" else f"# {m.name} ({m.section}): {m.title}")
-    _print_eqs(m.equations, args.format, layers=_layers(m, args))
+    fmt = args.format
+    print(f"% {m.name} ({m.section}): {m.title}" if fmt == "latex" else f"# {m.name} ({m.section}): {m.title}")
+    L = _layers(m, args)
+    _print_eqs(m.equations, fmt, layers=L, model=m)
+    if getattr(args, "init", False):
+        if not any(n.startswith("W") for n in m.params):
+            raise UsageError(f"--init: {m.name} has no weight matrices to initialise")
+        _show(init_tex(m), fmt)
+    if m.is_update:  # an optimizer: its update is the whole derivation
+        if args.wrt or args.batch:
+            raise UsageError(f"{m.name} is an update rule (state in, next state out): it has no gradient to "
+                             "derive; drop --wrt/--batch")
+        _print_constants(m, fmt)
+        return 0
     if args.wrt:
         eqs = [derive.grad(m, w) for w in args.wrt]
         adj = [e for e in derive.backprop(m) if e.kind == "adjoint"]
-        _print_eqs(adj + eqs, args.format, args.batch, _layers(m, args))
+        _print_eqs(adj + eqs, fmt, args.batch, L, model=m)
     else:
-        _print_eqs(derive.backprop(m), args.format, args.batch, _layers(m, args))
+        _print_eqs(derive.backprop(m), fmt, args.batch, L, model=m)
+    if m.scan is not None:
+        _show(jacobian_tex(m), fmt)
+    if m.newton:
+        _show(newton_tex(m), fmt)
+    _print_constants(m, fmt)
     return 0
 
 
 def cmd_backprop(args: argparse.Namespace) -> int:
     m = _model(args)
-    _print_eqs(derive.backprop(m), args.format, args.batch, _layers(m, args))
+    if m.is_update:
+        raise UsageError(f"{m.name} is an update rule (state in, next state out) and has no backpropagation; "
+                         f"print it with `dlmath derive {m.name}`")
+    _print_eqs(derive.backprop(m), args.format, args.batch, _layers(m, args), model=m)
+    _print_constants(m, args.format)
     return 0
 
 
@@ -136,7 +156,8 @@ def cmd_hessian(args: argparse.Namespace) -> int:
     m = _model(args)
     wrt = args.wrt or (list(m.hessian_wrt[:1]) or list(m.params)[:1])
     eqs = derive.hessian(m, wrt[0], wrt[1] if len(wrt) > 1 else None)
-    _print_eqs(eqs, args.format, args.batch)
+    _print_eqs(eqs, args.format, args.batch, model=m)
+    _print_constants(m, args.format)
     return 0
 
 
@@ -237,6 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--unfold", action="store_true", help="print every layer's equations (no symbolic layer index)")
     s.add_argument("--format", choices=("latex", "text"), default="latex")
     s.add_argument("--batch", action="store_true", help="print gradients in batch (matrix) form")
+    s.add_argument("--init", action="store_true", help="also print the initialisation variances (§5.5)")
     s.set_defaults(func=cmd_derive)
     s = model_cmd("backprop", "print the backpropagation (adjoint) equations")
     s.add_argument("--unfold", action="store_true", help="print every layer's equations (no symbolic layer index)")

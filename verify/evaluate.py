@@ -160,7 +160,9 @@ def _scalar(expr: sp.Expr, env: Mapping[sp.Symbol, Any], like: Tensor) -> Any:
     if fn is None:
         raise UnsupportedReference(f"the eager reference has no torch form of {type(expr).__name__}()")
     if isinstance(expr, _NO_TENSOR_ARGS):
-        return fn(_t(_scalar(expr.args[0], env, like), like), *(float(a) for a in expr.args[1:]))
+        # the extra arguments (a slope) are numbers or named constants (hyperparameters) of the model
+        rest = [float(_scalar(a, env, like)) for a in expr.args[1:]]
+        return fn(_t(_scalar(expr.args[0], env, like), like), *rest)
     args = [_scalar(a, env, like) for a in expr.args]
     if not any(isinstance(a, Tensor) for a in args):
         return float(fn(*[torch.as_tensor(float(a), dtype=like.dtype) for a in args]))
@@ -216,7 +218,8 @@ class _Evaluator:
             shape = self.shape(n.shape)
             view = [1] * len(shape)
             view[n.axis] = shape[n.axis]
-            return torch.arange(shape[n.axis], dtype=like.dtype, device=like.device).reshape(view).expand(shape)
+            grid = torch.arange(n.start, n.start + shape[n.axis], dtype=like.dtype, device=like.device)
+            return grid.reshape(view).expand(shape)
         if isinstance(n, Map):
             env = {**self.env, **{ARG[i]: a for i, a in enumerate(args)}}
             out = _scalar(n.fn, env, like)

@@ -408,7 +408,8 @@ def dropout(*, A: torch.Tensor, M: torch.Tensor, G: torch.Tensor, p_keep: float 
 @_register()
 def residual_block(*, W1: torch.Tensor, b1: torch.Tensor, W2: torch.Tensor, b2: torch.Tensor, A: torch.Tensor,
                    G: torch.Tensor, activation: str = "relu") -> torch.Tensor:
-    """C = sum(G * (A + S(F.linear(S(F.linear(A, W1, b1)), W2, b2)))), the block of Fig 6.14.
+    """C = sum(G * S(F.linear(S(F.linear(A, W1, b1)), W2, b2) + A)), the block of Fig 6.14: the skip is added
+    before the last activation, a^{[l+2]} = S(z^{[l+2]} + a^{[l]}).
 
     Args:
         W1, b1, W2, b2: the two dense layers (nn.Linear layout).
@@ -420,7 +421,7 @@ def residual_block(*, W1: torch.Tensor, b1: torch.Tensor, W2: torch.Tensor, b2: 
         The scalar probe loss.
     """
     h = _activation(activation, F.linear(A, W1, b1))
-    return _layer_loss(A + _activation(activation, F.linear(h, W2, b2)), G)
+    return _layer_loss(_activation(activation, F.linear(h, W2, b2) + A), G)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -752,8 +753,9 @@ def gru(*, X: torch.Tensor, Y: torch.Tensor, variant: str = "book", **P: torch.T
 
 
 def positional_table(T: int, p: int, M: float, dtype: torch.dtype = torch.float64) -> torch.Tensor:
-    """r[t, 2k] = sin(t / M^(2k/p)), r[t, 2k+1] = cos(t / M^(2k/p)), written independently with arange."""
-    pos = torch.arange(T, dtype=dtype)[:, None]
+    """r[t, 2k] = sin(t / M^(2k/p)), r[t, 2k+1] = cos(t / M^(2k/p)) for t = 1, ..., T (as (7.29) and the
+    figure code count it; row 0 of the table is t = 1), written independently with arange."""
+    pos = torch.arange(1, T + 1, dtype=dtype)[:, None]
     k = torch.arange(0, p, 2, dtype=dtype)
     angle = pos / M ** (k / p)
     r = torch.zeros(T, p, dtype=dtype)

@@ -18,7 +18,8 @@ def _least_squares(name: str, title: str, section: str, lam: float | None) -> Mo
     if lam is None:
         b.eq("C", (y - yhat) ** 2, "C")
     else:
-        penalty = b.eq("R", lam * norm2(theta), r"R_{\lambda}")
+        lamda = b.const("lamda", lam)  # SymPy prints the name lamda as \lambda (lambda is a Python keyword)
+        penalty = b.eq("R", lamda * norm2(theta), r"R_{\lambda}")
         b.eq("C", (y - yhat) ** 2 + penalty, "C")
     return b.model(hessian=("theta",))
 

@@ -79,8 +79,10 @@ def _layer(name: str, title: str, section: str, fn_name: str, **opts: object) ->
         out = softmax(z)
     elif fn_name == "log_softmax":
         out = log_softmax(z)
+    elif fn_name == "leaky_relu":  # the slope is a hyperparameter: a symbol in the equations (the book's epsilon)
+        out = act(fn_name, z, b.const("slope", opts.get("slope", 0.01), r"\epsilon"))  # type: ignore[arg-type]
     else:
-        out = act(fn_name, z, opts.get("slope", 0.01))
+        out = act(fn_name, z)
     a = b.eq("a", out, "a")
     b.eq("C", dot(G, a), "C")
     return b.model(reduction="sum", diff_inputs=("Z",), kinks=fn_name in ("relu", "leaky_relu"))

@@ -114,17 +114,19 @@ def dropout(p_keep: float = 0.8) -> Model:
     b = Builder("dropout", "inverted dropout with a given mask", "§5.7", {"p_keep": p_keep})
     b.samples("n", 4, 1, 6)
     N = b.dim("N", 4, 1, 6)
-    a = b.input("A", (N,), "a", batched=True, adjoint=("g_A", r"\bar{a}"))
+    a = b.input("A", (N,), "a", batched=True, adjoint=("g_A", r"\zeta"))
     mask = b.input("M", (N,), "m", batched=True, domain="mask")
-    G = b.input("G", (N,), r"\zeta", batched=True)
-    at = b.eq("a_tilde", mask * a / p_keep, r"\tilde{a}")
+    G = b.input("G", (N,), r"\zeta_{\tilde{a}}", batched=True)
+    pk = b.const("p_keep", p_keep, r"p_{\mathrm{keep}}")
+    at = b.eq("a_tilde", mask * a / pk, r"\tilde{a}")
     b.eq("C", dot(G, at), "C")
     return b.model(reduction="sum", diff_inputs=("A",))
 
 
 @register("residual_block", "§6.5", "residual (skip) connection around two dense layers")
 def residual_block(activation: str = "relu") -> Model:
-    r"""Residual block a^{[l+2]} = a^{[l]} + S(W^{[2]} S(W^{[1]} a^{[l]} + b^{[1]}) + b^{[2]}) (Fig 6.14)."""
+    r"""Residual block of Fig 6.14: a^{[l+2]} = S(z^{[l+2]} + a^{[l]}), z^{[l+2]} = W^{[l+2]} S(W^{[l+1]} a^{[l]} +
+    b^{[l+1]}) + b^{[l+2]}: the skip is added before the last activation."""
     from ..functions import named_activation
     from ..nn import dot
     from ..program import Builder
@@ -135,16 +137,18 @@ def residual_block(activation: str = "relu") -> Model:
     b.samples("n", 4, 1, 6)
     N = b.dim("N", 3, 1, 5)
     S = named_activation(activation)
-    W1 = b.param("W1", (N, N), "W^{[1]}")
-    b1 = b.param("b1", (N,), "b^{[1]}")
-    W2 = b.param("W2", (N, N), "W^{[2]}")
-    b2 = b.param("b2", (N,), "b^{[2]}")
-    a = b.input("A", (N,), "a", batched=True, adjoint=("g_A", r"\zeta"))
-    G = b.input("G", (N,), r"\zeta^{[+]}", batched=True)
-    z1 = b.eq("z1", W1 @ a + b1, "z^{[1]}", adjoint=("delta1", r"\delta^{[1]}"))
-    a1 = b.eq("a1", map_(S(ARG0), [z1]), "a^{[1]}", adjoint=("zeta1", r"\zeta^{[1]}"))
-    z2 = b.eq("z2", W2 @ a1 + b2, "z^{[2]}", adjoint=("delta2", r"\delta^{[2]}"))
-    out = b.eq("a_out", a + map_(S(ARG0), [z2]), "a^{[+]}")
+    W1 = b.param("W1", (N, N), r"W^{[\ell+1]}")
+    b1 = b.param("b1", (N,), r"b^{[\ell+1]}")
+    W2 = b.param("W2", (N, N), r"W^{[\ell+2]}")
+    b2 = b.param("b2", (N,), r"b^{[\ell+2]}")
+    a = b.input("A", (N,), r"a^{[\ell]}", batched=True, adjoint=("g_A", r"\zeta^{[\ell]}"))
+    G = b.input("G", (N,), r"\zeta^{[\ell+2]}", batched=True)
+    z1 = b.eq("z1", W1 @ a + b1, r"z^{[\ell+1]}", adjoint=("delta1", r"\delta^{[\ell+1]}"))
+    a1 = b.eq("a1", map_(S(ARG0), [z1]), r"a^{[\ell+1]}", adjoint=("zeta1", r"\zeta^{[\ell+1]}"))
+    z2 = b.eq("z2", W2 @ a1 + b2, r"z^{[\ell+2]}")
+    # the skip sum is named once (forward and backward share it) and printed as itself
+    skip = b.eq("z2_skip", z2 + a, r"z^{[\ell+2]} + a^{[\ell]}", adjoint=("delta2", r"\delta^{[\ell+2]}"))
+    out = b.eq("a_out", map_(S(ARG0), [skip]), r"a^{[\ell+2]}")
     b.eq("C", dot(G, out), "C")
     return b.model(reduction="sum", diff_inputs=("A",), kinks=activation in ("relu", "leaky_relu"))
 
@@ -162,12 +166,14 @@ def batch_norm(eps: float = 1e-5) -> Model:
     ep = b.const("epsilon", eps)
     gamma = b.param("gamma", (N,), r"\gamma")
     beta = b.param("beta", (N,), r"\beta")
-    Z = b.input("Z", (n, N), "Z", adjoint=("g_Z", r"\bar{Z}"))
-    G = b.input("G", (n, N), "G")
+    # printed per sample as the book writes it (z^{(i)}, sums over the batch as sum_i): the arrays are (n, N)
+    b.notation["index"] = {n: "(i)"}
+    Z = b.input("Z", (n, N), "z", adjoint=("g_Z", r"\delta"))
+    G = b.input("G", (n, N), r"\zeta_{\tilde{z}}")
     mu = b.eq("mu", mean(Z, 0), r"\hat{\mu}")
-    zc = b.eq("zc", Z - mu, r"Z_{c}", adjoint="inline")
+    zc = b.eq("zc", Z - mu, r"z_{c}", adjoint="inline")
     sd = b.eq("sigma", sqrt(mean(zc**2, 0) + ep), r"\hat{\sigma}")
-    zbar = b.eq("zbar", zc / sd, r"\bar{Z}", adjoint=("zbar_bar", r"\bar{G}"))
-    zt = b.eq("ztilde", gamma * zbar + beta, r"\tilde{Z}")
+    zbar = b.eq("zbar", zc / sd, r"\bar{z}", adjoint=("zbar_bar", r"\zeta_{\bar{z}}"))
+    zt = b.eq("ztilde", gamma * zbar + beta, r"\tilde{z}")
     b.eq("C", sum_(G * zt), "C")
     return b.model(reduction="sum", diff_inputs=("Z",))

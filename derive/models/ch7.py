@@ -12,15 +12,21 @@ from ..tensor import ARG, CausalMask, Node, Var, map_
 from . import register
 
 
-def _layer_norm(b: Builder, z: Node, gamma: Var, beta: Var, eps: sp.Symbol, tag: str, tex: str) -> Var:
-    """z -> gamma * (z - mu) / sqrt(sigma^2 + eps) + beta over the last axis (written per vector)."""
+def _layer_norm(b: Builder, z: Node, gamma: Var, beta: Var, eps: sp.Symbol, tag: str,
+                names: tuple[str, str, str, str, str, str]) -> Var:
+    """z -> gamma * (z - mu) / sqrt(sigma^2 + eps) + beta over the last axis (written per vector).
+
+    ``names`` is the LaTeX of (the input, its mean, the centred input, the deviation, the normalised input,
+    the output): normalised values carry a hat, never an adjoint's symbol.
+    """
+    tz, tmu, tc, tsd, that, tout = names
     if not isinstance(z, Var):
-        z = b.eq(f"r{tag}", z, tex)
-    mu = b.eq(f"mu{tag}", mean(z, -1), rf"\mu_{{{tex}}}")
-    zc = b.eq(f"zc{tag}", z - mu if z.ndim == 1 else z - _spread_last(mu, z), rf"{tex}_{{c}}", adjoint="inline")
-    sd = b.eq(f"sigma{tag}", sqrt(mean(zc**2, -1) + eps), rf"\sigma_{{{tex}}}")
-    zbar = b.eq(f"zbar{tag}", zc / sd if z.ndim == 1 else zc / _spread_last(sd, z), rf"\bar{{{tex}}}")
-    return b.eq(f"ln{tag}", gamma * zbar + beta, rf"\mathrm{{LN}}({tex})")
+        z = b.eq(f"r{tag}", z, tz)
+    mu = b.eq(f"mu{tag}", mean(z, -1), tmu)
+    zc = b.eq(f"zc{tag}", z - mu if z.ndim == 1 else z - _spread_last(mu, z), tc, adjoint="inline")
+    sd = b.eq(f"sigma{tag}", sqrt(mean(zc**2, -1) + eps), tsd)
+    zhat = b.eq(f"zbar{tag}", zc / sd if z.ndim == 1 else zc / _spread_last(sd, z), that)
+    return b.eq(f"ln{tag}", gamma * zhat + beta, tout)
 
 
 def _spread_last(x: Node, like: Node) -> Node:
@@ -38,9 +44,9 @@ def layer_norm(eps: float = 1e-5) -> Model:
     ep = b.const("epsilon", eps)
     gamma = b.param("gamma", (p,), r"\gamma")
     beta = b.param("beta", (p,), r"\beta")
-    z = b.input("Z", (p,), "z", batched=True, adjoint=("g_Z", r"\bar{z}"))
-    G = b.input("G", (p,), r"\zeta", batched=True)
-    out = _layer_norm(b, z, gamma, beta, ep, "", "z")
+    z = b.input("Z", (p,), "z", batched=True, adjoint=("g_Z", r"\delta"))
+    G = b.input("G", (p,), r"\zeta_{\tilde{z}}", batched=True)
+    out = _layer_norm(b, z, gamma, beta, ep, "", ("z", r"\mu_{z}", r"z_{c}", r"\sigma_{z}", r"\hat{z}", r"\tilde{z}"))
     b.eq("C", dot(G, out), "C")
     return b.model(reduction="sum", diff_inputs=("Z",))
 
@@ -54,12 +60,11 @@ def _attention(b: Builder, Q: Node, K: Node, V: Node, d: sp.Expr, causal: bool, 
     S = einsum([lead + (q, t), lead + (k, t)], lead + (q, k), [Q, K], dims=dims, coef=1 / sp.sqrt(d))
     if causal:
         S = S + CausalMask(Tq, Tk)
-    sup = "^{h}" if lead else ""
-    scores = b.eq(f"S{tag}", S, f"S{sup}")
-    A = b.eq(f"A{tag}", softmax(scores, -1), f"A{sup}")
+    scores = b.eq(f"S{tag}", S, "S")  # a head axis prints as the superscript h (the model's notation)
+    A = b.eq(f"A{tag}", softmax(scores, -1), "A")
     U = einsum([lead + (q, k), lead + (k, v)], lead + (q, v), [A, V], dims=dims)
     del s
-    return b.eq(f"U{tag}", U, f"U{sup}")
+    return b.eq(f"U{tag}", U, "U")
 
 
 @register("attention", "§7.4", "scaled dot-product attention (optionally causal)")
@@ -72,16 +77,23 @@ def attention(causal: bool = False) -> Model:
     Tk = b.dim("T_k", 4, 1, 5)
     d = b.dim("d", 3, 1, 4)
     dv = b.dim("d_v", 2, 1, 4)
-    Q = b.input("Q", (Tq, d), "Q", batched=True, adjoint=("g_Q", r"\bar{Q}"))
-    K = b.input("K", (Tk, d), "K", batched=True, adjoint=("g_K", r"\bar{K}"))
-    V = b.input("V", (Tk, dv), "V", batched=True, adjoint=("g_V", r"\bar{V}"))
-    G = b.input("G", (Tq, dv), r"\bar{U}", batched=True)
+    # the book's matrix form (7.24): time steps are columns, Q in R^{d x T_q}, U = V S_softmax(K^T Q / sqrt(d))
+    b.notation["columns"] = (Tq, Tk)
+    Q = b.input("Q", (Tq, d), "Q", batched=True, adjoint=("g_Q", r"\zeta_{Q}"))
+    K = b.input("K", (Tk, d), "K", batched=True, adjoint=("g_K", r"\zeta_{K}"))
+    V = b.input("V", (Tk, dv), "V", batched=True, adjoint=("g_V", r"\zeta_{V}"))
+    G = b.input("G", (Tq, dv), r"\zeta_{U}", batched=True)
     U = _attention(b, Q, K, V, d, causal)
     b.eq("C", sum_(G * U), "C")
     return b.model(reduction="sum", diff_inputs=("Q", "K", "V"))
 
 
-def _mha(b: Builder, X: Node, H: sp.Symbol, m: sp.Symbol, p: sp.Expr, causal: bool, tag: str = "") -> Var:
+def _mha(b: Builder, X: Node, H: sp.Symbol, m: sp.Symbol, p: sp.Expr, causal: bool, tag: str = "",
+         out_tex: str = "U") -> Var:
+    """Multi-head self-attention (7.24)-(7.27), printed in matrix form with the heads as a superscript:
+    Q^h = W_q^h X, S^h = K^{h T} Q^h / sqrt(m), A^h = S_softmax(S^h), U^h = V^h A^h, U = sum_h W_c^h U^h."""
+    b.notation.setdefault("columns", (X.shape[0],))
+    b.notation.setdefault("index", {})[H] = "h"
     Wq = b.param(f"W_q{tag}", (H, m, p), "W_q")
     Wk = b.param(f"W_k{tag}", (H, m, p), "W_k")
     Wv = b.param(f"W_v{tag}", (H, m, p), "W_v")
@@ -89,11 +101,11 @@ def _mha(b: Builder, X: Node, H: sp.Symbol, m: sp.Symbol, p: sp.Expr, causal: bo
     T = X.shape[0]
     h, t, i, j, c = "h", "t", "i", "j", "c"
     dims = {h: H, t: T, i: p, j: m, c: p}
-    Qh = b.eq(f"Qh{tag}", einsum([(t, i), (h, j, i)], (h, t, j), [X, Wq], dims=dims), "Q^{h}")
-    Kh = b.eq(f"Kh{tag}", einsum([(t, i), (h, j, i)], (h, t, j), [X, Wk], dims=dims), "K^{h}")
-    Vh = b.eq(f"Vh{tag}", einsum([(t, i), (h, j, i)], (h, t, j), [X, Wv], dims=dims), "V^{h}")
+    Qh = b.eq(f"Qh{tag}", einsum([(t, i), (h, j, i)], (h, t, j), [X, Wq], dims=dims), "Q")
+    Kh = b.eq(f"Kh{tag}", einsum([(t, i), (h, j, i)], (h, t, j), [X, Wk], dims=dims), "K")
+    Vh = b.eq(f"Vh{tag}", einsum([(t, i), (h, j, i)], (h, t, j), [X, Wv], dims=dims), "V")
     U = _attention(b, Qh, Kh, Vh, m, causal, tag="h" + tag)
-    return b.eq(f"mha{tag}", einsum([(h, t, j), (c, h, j)], (t, c), [U, Wo], dims=dims), "u")
+    return b.eq(f"mha{tag}", einsum([(h, t, j), (c, h, j)], (t, c), [U, Wo], dims=dims), out_tex)
 
 
 @register("multihead_attention", "§7.5", "multi-head self-attention")
@@ -105,9 +117,9 @@ def multihead_attention(heads: int = 2, causal: bool = False) -> Model:
     m = b.dim("m", 2, 1, 3)
     T = b.dim("T", 3, 1, 4)
     p = H * m
-    X = b.input("X", (T, p), "X", batched=True, adjoint=("g_X", r"\bar{X}"))
-    G = b.input("G", (T, p), r"\bar{u}", batched=True)
-    u = _mha(b, X, H, m, p, causal)
+    X = b.input("X", (T, p), "X", batched=True, adjoint=("g_X", r"\zeta_{X}"))
+    G = b.input("G", (T, p), r"\zeta_{\mathrm{MHA}}", batched=True)
+    u = _mha(b, X, H, m, p, causal, out_tex=r"U_{\mathrm{MHA}}")
     b.eq("C", sum_(G * u), "C")
     return b.model(reduction="sum", diff_inputs=("X",))
 
@@ -124,12 +136,13 @@ def transformer_block(heads: int = 2, eps: float = 1e-5) -> Model:
     N1 = b.dim("N1", 4, 1, 5, tex="N_1")
     p = H * m
     ep = b.const("epsilon", eps)
-    X = b.input("X", (T, p), "X", batched=True, adjoint=("g_X", r"\bar{X}"))
-    G = b.input("G", (T, p), r"\bar{a}", batched=True)
-    u1 = _mha(b, X, H, m, p, False)
+    X = b.input("X", (T, p), "X", batched=True, adjoint=("g_X", r"\zeta_{X}"))
+    G = b.input("G", (T, p), r"\zeta_{\mathrm{out}}", batched=True)
+    u1 = _mha(b, X, H, m, p, False, out_tex=r"U_{[1]}")
     g1 = b.param("gamma1", (p,), r"\gamma")
     be1 = b.param("beta1", (p,), r"\beta")
-    u2 = _layer_norm(b, X + u1, g1, be1, ep, "1", "u")
+    u2 = _layer_norm(b, X + u1, g1, be1, ep, "1",
+                     (r"R_{[1]}", r"\mu_{[1]}", r"R^{c}_{[1]}", r"\sigma_{[1]}", r"\hat{R}_{[1]}", r"U_{[2]}"))
     W1 = b.param("W1", (N1, p), "W^{[1]}")
     b1 = b.param("b1", (N1,), "b^{[1]}")
     W2 = b.param("W2", (p, N1), "W^{[2]}")
@@ -137,12 +150,14 @@ def transformer_block(heads: int = 2, eps: float = 1e-5) -> Model:
     S = named_activation("relu")
     t, i, j = "t", "i", "j"
     dims = {t: T, i: p, j: N1}
-    z1 = b.eq("z1", einsum([(t, i), (j, i)], (t, j), [u2, W1], dims=dims) + b1, "z^{[1]}")
-    a1 = b.eq("a1", map_(S(ARG[0]), [z1]), "a^{[1]}")
-    u3 = b.eq("u3", einsum([(t, j), (i, j)], (t, i), [a1, W2], dims=dims) + b2, "u_{[3]}")
+    z1 = b.eq("z1", einsum([(t, i), (j, i)], (t, j), [u2, W1], dims=dims) + b1, "Z^{[1]}",
+              adjoint=("delta1", r"\Delta^{[1]}"))
+    a1 = b.eq("a1", map_(S(ARG[0]), [z1]), "A^{[1]}")
+    u3 = b.eq("u3", einsum([(t, j), (i, j)], (t, i), [a1, W2], dims=dims) + b2, "U_{[3]}")
     g2 = b.param("gamma2", (p,), r"\tilde{\gamma}")
     be2 = b.param("beta2", (p,), r"\tilde{\beta}")
-    out = _layer_norm(b, u2 + u3, g2, be2, ep, "2", "v")
+    out = _layer_norm(b, u2 + u3, g2, be2, ep, "2",
+                      (r"R_{[2]}", r"\mu_{[2]}", r"R^{c}_{[2]}", r"\sigma_{[2]}", r"\hat{R}_{[2]}", r"A_{\mathrm{out}}"))
     b.eq("C", sum_(G * out), "C")
     return b.model(reduction="sum", diff_inputs=("X",), kinks=True)
 
@@ -195,14 +210,16 @@ def rnn(activation: str = "tanh") -> Model:
 def _gate(b: Builder, tag: str, h: Node, x: Node, d: dict[str, sp.Symbol], fn: str = "sigmoid",
           tex: str | None = None, reset: Node | None = None) -> Var:
     """g = S(W_{tag h} h + W_{tag x} x + b_tag), with h replaced by reset * h when given."""
-    Wh = b.param(f"W_{tag}h", (d["m"], d["m"]), f"W_{{{tag}h}}")
-    Wx = b.param(f"W_{tag}x", (d["m"], d["p"]), f"W_{{{tag}x}}")
-    bb = b.param(f"b_{tag}", (d["m"],), f"b_{{{tag}}}")
+    sym = r"\tilde{c}" if tag == "c" else tag  # the LSTM candidate's weights are W_{c~h}, W_{c~x}, b_{c~} (7.16)
+    Wh = b.param(f"W_{tag}h", (d["m"], d["m"]), f"W_{{{sym}h}}")
+    Wx = b.param(f"W_{tag}x", (d["m"], d["p"]), f"W_{{{sym}x}}")
+    bb = b.param(f"b_{tag}", (d["m"],), f"b_{{{sym}}}")
     pre = Wh @ h + Wx @ x + bb
     act = named_activation(fn) if fn != "sigmoid" else None
     val = map_(act(ARG[0]), [pre]) if act else _sig(pre)
     gate = tex or rf"g_{{{tag}}}^{{\langle t\rangle}}"
-    return b.eq(f"g_{tag}", val, gate, adjoint=(f"gbar_{tag}", rf"\bar{{g}}_{{{tag}}}^{{\langle t\rangle}}"))
+    name = gate.split("^")[0]
+    return b.eq(f"g_{tag}", val, gate, adjoint=(f"gbar_{tag}", rf"\zeta_{{{name}}}^{{\langle t\rangle}}"))
 
 
 def _sig(x: Node) -> Node:
@@ -270,13 +287,14 @@ def positional_encoding(M: float = 10000.0) -> Model:
     T = b.dim("T", 4, 1, 6)
     p = b.dim("p", 4, 1, 6)
     Mc = b.const("M", M)
-    X = b.input("X", (T, p), "x", batched=True, adjoint=("g_X", r"\bar{x}"))
-    G = b.input("G", (T, p), r"\bar{\tilde{x}}", batched=True)
-    t, i = IndexGrid((T, p), 0, "t"), IndexGrid((T, p), 1, "i")
+    b.notation["index"] = {T: r"\langle t\rangle"}  # printed per time step, x^{<t>}, as (7.30)
+    X = b.input("X", (T, p), "x", batched=True, adjoint=("g_X", r"\zeta_{x}"))
+    G = b.input("G", (T, p), r"\zeta_{\tilde{x}}", batched=True)
+    t, i = IndexGrid((T, p), 0, "t", start=1), IndexGrid((T, p), 1, "i")  # t = 1, ..., T as (7.29)
     two_k = 2 * sp.floor(ARG[1] / 2)  # the even index 2k of column i
     # sin(theta + pi/2) = cos(theta): one formula for the even (sin) and odd (cos) columns
     r = b.eq("r", map_(sp.sin(ARG[0] / Mc ** (two_k / p) + sp.pi / 2 * (ARG[1] - two_k)), [t, i]),
-             r"r^{\langle t\rangle}",
+             "r",
              note=r"r^{\langle t\rangle}_{2k} = \sin(t / M^{2k/p}),\ r^{\langle t\rangle}_{2k+1} = \cos(t / M^{2k/p})")
     xt = b.eq("x_tilde", X + r, r"\tilde{x}")
     b.eq("C", sum_(G * xt), "C")

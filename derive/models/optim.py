@@ -101,7 +101,9 @@ def _adam(name: str, lr: float, beta1: float, beta2: float, eps: float, weight_d
     ep, wd = b.const("epsilon", eps), b.const("lambda_wd", weight_decay)
     if weight_decay and not decoupled:
         g = b.eq("g_wd", g + wd * theta, r"\tilde{g}^{(t)}")
-    t1 = b.eq("t_next", t + 1, r"t_{\mathrm{next}}")
+    # the step counter t + 1, named once (the kernels compute it once) and printed as itself: the exponent
+    # reads beta_1^{t+1}, with no auxiliary symbol
+    t1 = b.eq("t_next", t + 1, "t + 1")
     v1 = b.eq("v_next", b1 * v + (1 - b1) * g, "v^{(t+1)}")
     s1 = b.eq("s_next", b2 * s + (1 - b2) * g * g, "s^{(t+1)}")
     vh = b.eq("v_hat", v1 / (1 - b1**t1), r"\hat{v}")

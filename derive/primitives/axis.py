@@ -165,7 +165,7 @@ class ArgMaxMask(AxisOp):
         return None
 
     def latex(self, args: Sequence[str], printer: Any) -> str:
-        return rf"\mathbb{{1}}_{{\arg\max}}\left({args[0]}\right)"
+        return rf"\mathbf{{1}}_{{\arg\max}}\left({args[0]}\right)"
 
     def lower(self, args: Sequence[str], backend: str, ctx: Any) -> str:
         return f"ops.argmax_mask({args[0]}, {self._code_axis()})"

@@ -142,6 +142,13 @@ def einsum(
                         ren[lab] = new_label()
                         size[ren[lab]] = o.dims[lab]
                 coef *= o.coef
+                # a broadcast axis of the inner contraction that the outer one sums over multiplies by its
+                # size (sum_i of a value that does not depend on i): it vanishes from every operand below
+                inner_used = {x for m in o.ins for x in m}
+                others = set(out_t).union(*(set(m) for j, m in enumerate(ins_l) if j != k))
+                for pos, lab in enumerate(o.out):
+                    if lab not in inner_used and l[pos] not in others:
+                        coef *= size[l[pos]]
                 new_ins = [tuple(ren[x] for x in m) for m in o.ins]
                 ins_l[k : k + 1] = new_ins
                 ops[k : k + 1] = list(o.operands)

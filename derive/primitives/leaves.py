@@ -147,20 +147,23 @@ class CausalMask(Node):
 
 
 class IndexGrid(Node):
-    """The tensor whose entries are their own index along ``axis`` (0, 1, 2, ...): positions and
-    frequencies in closed-form tables such as the positional encoding (7.29)."""
+    """The tensor whose entries are their own index along ``axis``, counted from ``start`` (0, 1, 2, ... by
+    default): positions and frequencies in closed-form tables such as the positional encoding (7.29), whose
+    positions t count from 1."""
 
     kind = "index_grid"
     axis: int
     letter: str
+    start: int
 
-    def __new__(cls, shape: Shape, axis: int, letter: str = "i") -> IndexGrid:
+    def __new__(cls, shape: Shape, axis: int, letter: str = "i", start: int = 0) -> IndexGrid:
         shape = tuple(as_expr(d) for d in shape)
+        start = int(start)
 
         def init(n: Any) -> None:
-            n.shape, n.axis, n.letter = shape, axis, letter
+            n.shape, n.axis, n.letter, n.start = shape, axis, letter, start
 
-        return _intern(cls, (shape, axis, letter), init)
+        return _intern(cls, (shape, axis, letter, start), init)
 
     def vjp(self, g: Node, out: Node) -> list[Node | None]:
         return []
@@ -173,7 +176,8 @@ class IndexGrid(Node):
 
     def lower(self, args: Sequence[str], backend: str, ctx: Any) -> str:
         shape = "(" + ", ".join(ctx.dim(d) for d in self.shape) + ("," if self.ndim == 1 else "") + ")"
-        return f"ops.index_grid({shape}, {self.axis}, {ctx.ref})"
+        grid = f"ops.index_grid({shape}, {self.axis}, {ctx.ref})"
+        return f"({grid} + {self.start})" if self.start else grid
 
 
 def zeros(shape: Shape) -> Const:

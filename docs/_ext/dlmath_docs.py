@@ -161,7 +161,7 @@ def _differs(a: Sequence[str], b: Sequence[str]) -> bool:
 def entry_rst(name: str) -> list[str]:
     """The rST section of one zoo entry; every equation in it is printed by ``derive``."""
     import derive
-    from derive.latex import equations_tex
+    from derive.latex import constants_tex, program_tex
 
     m = derive.models.get(name)
     opts = derive.models.options(name)
@@ -201,14 +201,18 @@ def entry_rst(name: str) -> list[str]:
 
     update = any(e.kind == "update" for e in m.equations)
     lines += _section(("Update rule" if update else "Forward program") + f" of {_literal(name)}", "~")
-    lines += math_rst(equations_tex(m.equations))
+    L = m.options.get("layers") if isinstance(m.options.get("layers"), int) else None
+    lines += math_rst(program_tex(m.equations, layers=L, model=m))
     mean = _mean_row(m)
     if mean and not update:
         lines += ["The loss of a batch:", "", *math_rst([mean])]
+    consts = constants_tex(m)
+    if consts:
+        lines += ["with the hyperparameters (the entry's options):", "", *math_rst([consts])]
 
     if not update and m.grad_names:
         bp = derive.backprop(m)
-        per_sample, batch = equations_tex(bp), equations_tex(bp, batch=True)
+        per_sample, batch = program_tex(bp, layers=L, model=m), program_tex(bp, batch=True, layers=L, model=m)
         lines += _section(f"Backpropagation in {_literal(name)}", "~")
         where = ", per sample:" if m.sample is not None else ":"
         lines += [f"The adjoint program, ``derive.backprop(m)``{where}", "", *math_rst(per_sample)]
@@ -217,7 +221,7 @@ def entry_rst(name: str) -> list[str]:
 
     for p in m.hessian_wrt:
         h = derive.hessian(m, p)
-        per_sample, batch = equations_tex(h), equations_tex(h, batch=True)
+        per_sample, batch = program_tex(h, model=m), program_tex(h, batch=True, model=m)
         lines += _section(f"Hessian of {_literal(name)} in {_literal(p)}", "~")
         lines += [
             f'``derive.hessian(m, "{p}")``' + (", per sample:" if _differs(per_sample, batch) else ":"),
