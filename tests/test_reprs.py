@@ -9,8 +9,22 @@ import verify
 
 
 def _rows(tex: str) -> list[str]:
+    """The top-level rows of an aligned block (row breaks inside a nested matrix or aligned block stay)."""
     assert tex.startswith("$$\\begin{aligned}") and tex.endswith("\\end{aligned}$$"), tex
-    return tex[len("$$\\begin{aligned}") : -len("\\end{aligned}$$")].split("\\\\")
+    body = tex[len("$$\\begin{aligned}") : -len("\\end{aligned}$$")]
+    rows, depth, start, i = [], 0, 0, 0
+    while i < len(body):
+        if body.startswith("\\begin{", i):
+            depth += 1
+        elif body.startswith("\\end{", i):
+            depth -= 1
+        elif body.startswith("\\\\", i) and depth == 0:
+            rows.append(body[start:i])
+            start = i + 2
+            i += 2
+            continue
+        i += 1
+    return [*rows, body[start:]]
 
 
 def test_backprop_and_programs_render_as_aligned_latex() -> None:
