@@ -195,12 +195,25 @@ class Model:
         """Concrete array shape of a tensor symbol (with the leading sample axis if batched, and the time
         axis before it for the sequences of a recurrence)."""
         shape = tuple(int(as_expr(d).subs(sizes)) for d in var.shape)
+        for d, k in zip(var.shape, shape):
+            if k < 1:
+                raise ShapeError(self.too_small(var.name, d, k, sizes))
         if var.batched:
             assert self.sample is not None
             shape = (sizes[self.sample], *shape)
         if self.scan is not None and var.name in self.scan.sequences:
             shape = (sizes[self.scan.time], *shape)
         return shape
+
+    def too_small(self, name: str, d: Any, k: int, sizes: Mapping[Any, int]) -> str:
+        """The message for an axis of ``name`` whose size ``d`` comes out as ``k < 1`` at ``sizes``: the
+        sizes given, the model's window options (a kernel larger than the padded input), and the fix."""
+        used = ", ".join(f"{s} = {sizes[s]}" for s in sorted(as_expr(d).free_symbols, key=str) if s in sizes)
+        opts = ", ".join(f"{o}={self.options[o]!r}" for o in ("kernel", "stride", "padding", "dilation")
+                         if o in self.options)
+        why = f" with {opts}" if opts else ""
+        return (f"{self.name}: {name} would have an axis of size {d} = {k} at {used}{why}: the input is "
+                f"smaller than the window; give larger inputs (or a smaller kernel, more padding)")
 
     def array_dims(self, var: Var) -> tuple[Any, ...]:
         """The symbolic shape of ``var``'s array (sample and time axes included)."""
@@ -414,10 +427,11 @@ class Builder:
             notation=self.notation,
         )
 
-    def state(self, name: str, shape: Sequence[Any], tex: str | None = None) -> Var:
-        """A state variable of an update program (``theta``, ``v``, ``s``, ``t``)."""
+    def state(self, name: str, shape: Sequence[Any], tex: str | None = None, domain: str = "real") -> Var:
+        """A state variable of an update program (``theta``, ``v``, ``s``, ``t``); ``domain="count"`` for a
+        step count (a non-negative integer, checked by the kernels)."""
         self._claim(name, "state")
-        v = Var(name, tuple(shape), "param", tex)
+        v = Var(name, tuple(shape), "param", tex, domain=domain)
         self.params[name] = v
         return v
 
