@@ -24,7 +24,8 @@ bug moves results by far more.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -160,8 +161,22 @@ def compare(got: Any, want: Any, rtol: float = RTOL, noise: float = 0.0) -> tupl
     return float(err.flat[k]), idx
 
 
+def _low_precision(out: dict[str, Any]) -> str | None:
+    """The dtype of the first float32/float16/bfloat16 value among ``out``'s loss and gradients, if any."""
+    values = [out.get("loss"), *((out.get("grad") or {}).values() if isinstance(out.get("grad"), dict) else [])]
+    for v in values:
+        d = str(getattr(v, "dtype", "")).replace("torch.", "")
+        if d in ("float32", "float16", "bfloat16"):
+            return d
+    return None
+
+
+#: the relative tolerance a correct result of each low precision reaches (a few hundred ulps)
+LOW_PRECISION_RTOL = {"float32": 1e-5, "float16": 1e-2, "bfloat16": 5e-2}
+
+
 def _fail(m: Model, who: str, what: str, got: Any, want: Any, err: float, idx: tuple[int, ...] | None,
-          ex: Example, rtol: float, noise: float = 0.0) -> Mismatch:
+          ex: Example, rtol: float, noise: float = 0.0, low: str | None = None) -> Mismatch:
     g, w = _np(got), _np(want)
     at = f" at index {idx}" if idx else ""
     gv = g[idx] if idx else g
@@ -173,6 +188,9 @@ def _fail(m: Model, who: str, what: str, got: Any, want: Any, err: float, idx: t
         f"got {float(gv):.17g}, expected {float(wv):.17g} "
         f"({_diff_text(float(gv), float(wv), rtol, scale)}); "
         f"{ex.describe()}. Reproduce: {reproduce(m, ex)}"
+        + (f". Note: {who} computes in {low}, which agrees with float64 only to about "
+           f"{LOW_PRECISION_RTOL[low]:g}: compute in float64, or check at that precision with "
+           f"verify.check(..., rtol={LOW_PRECISION_RTOL[low]:g})" if low and rtol < LOW_PRECISION_RTOL[low] else "")
     )
 
 
@@ -433,7 +451,37 @@ def _drive(m: Model, one: Callable[[Example], None], n: int, shrink: bool, deran
     def run(data: st.DataObject) -> None:
         one(data.draw(examples(m, hard=hard, kinks=kinks), label="example"))
 
-    run()
+    with _private_hypothesis_storage():
+        run()
+
+
+@contextlib.contextmanager
+def _private_hypothesis_storage() -> Iterator[None]:
+    """Hypothesis keeps files (cached constants of local modules) in ``./.hypothesis`` of the working folder,
+    even with no database: while ``check`` runs, they go to a private per-user folder instead
+    (``~/.cache/dlmath/hypothesis``, or under ``$XDG_CACHE_HOME``), unless ``HYPOTHESIS_STORAGE_DIRECTORY``
+    says where (then hypothesis uses that, as asked)."""
+    import os
+    from pathlib import Path
+
+    from hypothesis import configuration
+
+    if os.environ.get("HYPOTHESIS_STORAGE_DIRECTORY"):
+        yield
+        return
+    before = vars(configuration).get("__hypothesis_home_directory")
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "dlmath" / "hypothesis"
+    try:
+        base.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError:  # no writable home: a fresh temporary folder, never the working folder
+        import tempfile
+
+        base = Path(tempfile.mkdtemp(prefix="dlmath-hypothesis-"))
+    configuration.set_hypothesis_home_dir(base)
+    try:
+        yield
+    finally:
+        configuration.set_hypothesis_home_dir(before)
 
 
 def _compare_out(m: Model, who: str, out: Any, loss: float, grads: dict[str, np.ndarray],
@@ -442,11 +490,16 @@ def _compare_out(m: Model, who: str, out: Any, loss: float, grads: dict[str, np.
     if not isinstance(out, dict) or "loss" not in out or "grad" not in out:
         raise Mismatch(f"{m.name}: {who} must return a dict with 'loss' and 'grad', got "
                        f"{type(out).__name__}{' with keys ' + str(list(out)) if isinstance(out, dict) else ''}")
-    err, idx = compare(np.asarray(_np(out["loss"]), dtype=np.float64).reshape(()), np.array(loss), rtol,
-                       NOISE.get("loss", 0.0))
+    got_loss = _np(out["loss"])
+    if got_loss.size != 1:
+        how = "mean" if m.reduction == "mean" else "sum"
+        raise Mismatch(f"{m.name}: {who} returned a loss of shape {tuple(got_loss.shape)}, a loss per sample (or per "
+                       f"entry); return one number, the {how} over the batch (e.g. loss.{how}()); {ex.describe()}")
+    low = _low_precision(out)
+    err, idx = compare(got_loss.reshape(()), np.array(loss), rtol, NOISE.get("loss", 0.0))
     if err > rtol:
-        raise _fail(m, who, "the loss", _np(out["loss"]).reshape(()), np.array(loss), err, idx, ex, rtol,
-                    NOISE.get("loss", 0.0))
+        raise _fail(m, who, "the loss", got_loss.reshape(()), np.array(loss), err, idx, ex, rtol,
+                    NOISE.get("loss", 0.0), low)
     report.record(f"{who}: loss", err)
     for k, want in grads.items():
         if k not in out["grad"]:
@@ -459,7 +512,7 @@ def _compare_out(m: Model, who: str, out: Any, loss: float, grads: dict[str, np.
         except ValueError as e:
             raise Mismatch(f"{m.name}: {who} returned gradient {k!r} with {e}; {ex.describe()}") from None
         if err > rtol:
-            raise _fail(m, who, f"gradient {k}", got, want, err, idx, ex, rtol, NOISE.get(k, 0.0))
+            raise _fail(m, who, f"gradient {k}", got, want, err, idx, ex, rtol, NOISE.get(k, 0.0), low)
         report.record(f"{who}: gradients", err)
     if require_all:
         return
