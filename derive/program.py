@@ -15,6 +15,7 @@ from typing import Any
 
 import sympy as sp
 
+from .primitives.base import RESERVED_NAMES, check_name
 from .tensor import Node, ShapeError, Var, as_expr, fmt_shape, walk
 
 __all__ = ["Equation", "Equations", "Model", "Builder", "ModelError"]
@@ -194,12 +195,25 @@ class Model:
         """Concrete array shape of a tensor symbol (with the leading sample axis if batched, and the time
         axis before it for the sequences of a recurrence)."""
         shape = tuple(int(as_expr(d).subs(sizes)) for d in var.shape)
+        for d, k in zip(var.shape, shape):
+            if k < 1:
+                raise ShapeError(self.too_small(var.name, d, k, sizes))
         if var.batched:
             assert self.sample is not None
             shape = (sizes[self.sample], *shape)
         if self.scan is not None and var.name in self.scan.sequences:
             shape = (sizes[self.scan.time], *shape)
         return shape
+
+    def too_small(self, name: str, d: Any, k: int, sizes: Mapping[Any, int]) -> str:
+        """The message for an axis of ``name`` whose size ``d`` comes out as ``k < 1`` at ``sizes``: the
+        sizes given, the model's window options (a kernel larger than the padded input), and the fix."""
+        used = ", ".join(f"{s} = {sizes[s]}" for s in sorted(as_expr(d).free_symbols, key=str) if s in sizes)
+        opts = ", ".join(f"{o}={self.options[o]!r}" for o in ("kernel", "stride", "padding", "dilation")
+                         if o in self.options)
+        why = f" with {opts}" if opts else ""
+        return (f"{self.name}: {name} would have an axis of size {d} = {k} at {used}{why}: the input is "
+                f"smaller than the window; give larger inputs (or a smaller kernel, more padding)")
 
     def array_dims(self, var: Var) -> tuple[Any, ...]:
         """The symbolic shape of ``var``'s array (sample and time axes included)."""
@@ -249,11 +263,18 @@ class Builder:
 
     def dim(self, name: str, default: int, lo: int = 1, hi: int = 5, tex: str | None = None) -> sp.Symbol:
         """Declare a dimension with its default size and the range the verifier draws from."""
+        for what, v in (("default size", default), ("lo", lo), ("hi", hi)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ModelError(f"{self.name}: dimension {name!r}: {what} must be a positive integer, got {v!r}")
+        if lo > hi:
+            raise ModelError(f"{self.name}: dimension {name!r}: lo={lo} is above hi={hi}")
+        if not isinstance(tex or name, str):
+            raise ModelError(f"{self.name}: a dimension's name must be a string, got {type(tex or name).__name__}")
         sym = sp.Symbol(tex or name, integer=True, positive=True)
         if not str(sym).isidentifier() or str(sym) in self._names:
             raise ModelError(f"{self.name}: dimension {str(sym)!r} must be a Python identifier distinct from the "
                              f"parameter and input names (generated code reads it off an array shape)")
-        self._claim(str(sym))
+        self._claim(str(sym), "dimension")
         self.dims[name] = sym
         self.defaults[name] = default
         self.ranges[name] = (lo, hi)
@@ -270,17 +291,27 @@ class Builder:
         The LaTeX follows SymPy's names (``alpha`` prints as ``\\alpha``, ``beta1`` as ``\\beta_{1}``) unless
         ``tex`` is given; the printed equations list the values once below them.
         """
-        if not name.isidentifier():
-            raise ModelError(f"constant name {name!r} is not a valid Python identifier")
+        import math
+
         if not isinstance(value, (int, float)) or isinstance(value, bool):
             raise ModelError(f"{self.name}: constant {name} must be a number, got {value!r}")
-        self._claim(name)
+        if not math.isfinite(value):
+            raise ModelError(f"{self.name}: constant {name} must be finite, got {value!r}")
+        self._claim(name, "constant")
         self.constants[name] = float(value)
         if tex is not None:
             self.notation.setdefault("symbols", {})[name] = tex
         return sp.Symbol(name, real=True)
 
-    def _claim(self, name: str) -> None:
+    def _claim(self, name: str, what: str = "name") -> None:
+        """Take ``name`` for a variable of the generated code: a valid, unused, unreserved identifier."""
+        try:
+            check_name(name, f"{self.name}: {what}")
+        except (TypeError, ValueError) as e:
+            raise ModelError(str(e)) from None
+        if name in RESERVED_NAMES:
+            raise ModelError(f"{self.name}: {what} {name!r} is reserved: the generated code uses "
+                             f"{', '.join(sorted(RESERVED_NAMES))}; choose another name (e.g. {name}_)")
         if name in self._names:
             raise ModelError(f"{self.name}: the name {name!r} is used twice")
         self._names.add(name)
@@ -293,7 +324,7 @@ class Builder:
         if domain == "labels":
             raise ModelError(f"{self.name}: parameter {name!r} cannot hold integer labels (they have no "
                              f"gradient); declare it with Builder.input(..., domain='labels')")
-        self._claim(name)
+        self._claim(name, "parameter")
         self._claim("g_" + name)  # its gradient's name in generated code
         v = Var(name, tuple(shape), "param", tex, domain=domain)
         self.params[name] = v
@@ -306,7 +337,7 @@ class Builder:
         """An input; ``batched`` inputs are per-sample tensors with a leading sample axis in arrays."""
         if batched and self.sample is None:
             raise ModelError(f"{self.name}: declare the sample dimension before batched input {name!r}")
-        self._claim(name)
+        self._claim(name, "input")
         v = Var(name, tuple(shape), "input", tex, batched=batched, domain=domain)
         self.inputs[name] = v
         if adjoint:
@@ -325,7 +356,7 @@ class Builder:
         for n in walk([rhs]):
             if isinstance(n, Map):
                 check_scalar(n.fn, f"equation {name!r} of {self.name}")
-        self._claim(name)
+        self._claim(name, "equation")
         batched = any(isinstance(n, Var) and n.batched for n in walk([rhs]))
         axis = self._centered_axis(rhs)
         v = Var(name, rhs.shape, "var", tex, batched=batched,
@@ -396,10 +427,11 @@ class Builder:
             notation=self.notation,
         )
 
-    def state(self, name: str, shape: Sequence[Any], tex: str | None = None) -> Var:
-        """A state variable of an update program (``theta``, ``v``, ``s``, ``t``)."""
-        self._claim(name)
-        v = Var(name, tuple(shape), "param", tex)
+    def state(self, name: str, shape: Sequence[Any], tex: str | None = None, domain: str = "real") -> Var:
+        """A state variable of an update program (``theta``, ``v``, ``s``, ``t``); ``domain="count"`` for a
+        step count (a non-negative integer, checked by the kernels)."""
+        self._claim(name, "state")
+        v = Var(name, tuple(shape), "param", tex, domain=domain)
         self.params[name] = v
         return v
 
@@ -408,6 +440,10 @@ class Builder:
         """Finish a recurrence: the equations are one step; ``carries`` maps each previous-state input
         (``h^{<t-1>}``, zero at t = 0) to the equation of its next value; ``sequences`` are the inputs with
         a time axis; the loss is ``weight * sum_t`` of the last equation (per sample, then averaged)."""
+        taken = {n for n in self._names if n == "t" or any(n == f"{s}_t" for s in sequences)}
+        if taken:
+            raise ModelError(f"{self.name}: the name {sorted(taken)[0]!r} is reserved in a recurrence (the generated "
+                             f"loop uses t and <sequence>_t); choose another name")
         model = self.model(kinks=kinks, hard=())
         for k, v in carries.items():
             if k not in self.inputs or v.shape != self.inputs[k].shape:

@@ -16,7 +16,7 @@ from derive.tensor import as_expr
 
 from .codegen import BACKENDS, build_program, generate, generate_values
 
-__all__ = ["Kernel", "compile", "source", "InputError", "clear_cache", "trace"]
+__all__ = ["Kernel", "compile", "source", "InputError", "clear_cache", "trace", "run_generated", "normalise_device"]
 
 
 class InputError(ValueError):
@@ -62,13 +62,11 @@ class Kernel:
         self.hessian = hessian
         self.check = check
         self.source = source(m, backend, hessian)
-        filename = f"<dlmath:{m.name}:{backend}>"
-        linecache.cache[filename] = (len(self.source), None, self.source.splitlines(True), filename)
-        ns: dict[str, Any] = {}
-        exec(builtins.compile(self.source, filename, "exec"), ns)  # our own generated code, identifiers validated
-        self.raw = ns["kernel"]
+        self.raw = run_generated(self.source, f"<dlmath:{m.name}:{backend}>")
         if fuse:
             import torch
+
+            _private_compile_cache()
 
             # torch.compile fuses the elementwise passes of the generated module into a few loops (the
             # generated code is plain PyTorch, so it traces whole); compiled on first call, per shape
@@ -97,12 +95,12 @@ class Kernel:
     # -- checks -----------------------------------------------------------------------------------
     def _convert(self, arrays: dict[str, Any]) -> dict[str, Any]:
         if self.backend == "numpy":
-            return {k: np.asarray(v) for k, v in arrays.items()}
+            return {k: _to_numpy(self.model.name, k, v) for k, v in arrays.items()}
         import torch
 
         out = {}
         for k, v in arrays.items():
-            t = v if isinstance(v, torch.Tensor) else torch.as_tensor(np.asarray(v))
+            t = v if isinstance(v, torch.Tensor) else torch.as_tensor(_to_numpy(self.model.name, k, v))
             out[k] = t.to(self.device) if self.device is not None else t
         return out
 
@@ -162,8 +160,17 @@ class Kernel:
                                          f"(shape {got}, expected {text})")
                 else:
                     later.append((name, d, g, got, text))
+        for k, (v, where) in sizes.items():
+            if v == 0:
+                fix = ("pass at least one sample (an empty batch has no mean loss)" if m.sample is not None
+                       and k == str(m.sample) else "pass at least one time step" if m.scan is not None
+                       and k == str(m.scan.time) else "every dimension needs at least 1")
+                raise InputError(f"{m.name}: dimension {k} is 0 in {where} (shape {tuple(conv[where].shape)}); {fix}")
         for name, d, g, got, text in later:  # dimensions that are expressions, e.g. p = H m
-            value = d.subs({sp.Symbol(k, integer=True, positive=True): v for k, (v, _) in sizes.items()})
+            subs = {sp.Symbol(k, integer=True, positive=True): v for k, (v, _) in sizes.items()}
+            value = d.subs(subs)
+            if value.is_Integer and int(value) < 1:
+                raise InputError(m.too_small(name, d, int(value), subs))
             if value.is_Integer and int(value) != g:
                 raise InputError(f"{m.name}: {name} should have shape {text} = {value} along that axis, got {got}")
         if self._domains:
@@ -213,6 +220,27 @@ class Kernel:
         return res
 
 
+def _to_numpy(model: str, name: str, v: Any) -> np.ndarray:
+    """``v`` as a NumPy array, or an :class:`InputError` naming the array and the fix (a tensor that
+    requires grad, a tensor on a GPU, ragged nested lists, text)."""
+    if type(v).__module__.startswith("torch"):
+        if getattr(v, "requires_grad", False):
+            raise InputError(f"{model}: array {name} is a torch tensor that requires grad; the kernel computes the "
+                             f"gradients itself: pass {name}.detach()")
+        dev = getattr(v, "device", None)
+        if dev is not None and dev.type != "cpu":
+            raise InputError(f"{model}: array {name} is a torch tensor on {dev}; the numpy kernel takes host "
+                             f"arrays: pass {name}.cpu(), or compile with backend='torch', device='{dev}'")
+    if isinstance(v, (str, bytes)):
+        raise InputError(f"{model}: array {name} is text ({v!r}); pass numbers (a NumPy array)")
+    try:
+        a = np.asarray(v)
+    except (ValueError, TypeError) as e:
+        raise InputError(f"{model}: array {name} cannot be read as an array ({str(e).splitlines()[0]}); pass a "
+                         f"NumPy array of numbers") from None
+    return a
+
+
 def _fmt(shape: tuple[Any, ...]) -> str:
     return "(" + ", ".join(str(d) for d in shape) + ("," if len(shape) == 1 else "") + ")"
 
@@ -250,13 +278,18 @@ def compile(m: Model, backend: str = "numpy", device: str | None = None, hessian
     Args:
         m: a zoo model (``derive.models.get(name)``).
         backend: ``"numpy"`` or ``"torch"``.
-        device: torch device (``"cpu"``, ``"cuda"``); arrays are moved there.
+        device: torch device (``"cpu"``, ``"cuda"``, ``"cuda:1"``, a ``torch.device``, or a CUDA index
+            such as ``0``); arrays are moved there. An unknown or unavailable device is a ``ValueError``
+            now, not an error from torch when the kernel is called.
         hessian: parameters whose Hessian blocks to return (``out["hessian"]["w"]``; cross blocks keyed by
             pairs). Defaults to none; models with a Newton step default to all their Hessian parameters.
         check: check names, shapes, dtypes and finiteness of the arrays on every call.
         fuse: torch backend only: compile the generated module with ``torch.compile`` (seconds on the first
             call per shape), which fuses its elementwise passes; normalization layers then beat eager
-            autograd (see ``dlmath bench --only layers``).
+            autograd (see ``dlmath bench --only layers``). Its compiled code is cached in a private per-user
+            folder, ``~/.cache/dlmath/torch_compile`` (mode 0700; ``$XDG_CACHE_HOME`` is honoured, and
+            ``TORCHINDUCTOR_CACHE_DIR``/``TRITON_CACHE_DIR`` win when set), not torch's default in the
+            shared temporary folder.
 
     Compiled kernels are cached per model, backend, device and Hessian request.
     """
@@ -266,13 +299,17 @@ def compile(m: Model, backend: str = "numpy", device: str | None = None, hessian
         raise ValueError(f"unknown backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
     if device is not None and backend != "torch":
         raise ValueError("device= is for the torch backend; pass backend='torch'")
-    if device is not None and device.startswith("cuda"):
-        import torch
-
-        if not torch.cuda.is_available():
-            raise ValueError("device='cuda' was asked for but torch sees no CUDA device; use device='cpu'")
+    device = normalise_device(device)
+    if not isinstance(fuse, bool) or not isinstance(check, bool):
+        raise TypeError(f"fuse= and check= are True or False, got fuse={fuse!r}, check={check!r}")
     if fuse and backend != "torch":
         raise ValueError("fuse=True compiles the torch module with torch.compile; pass backend='torch'")
+    if hessian is not None and (isinstance(hessian, str) or not all(isinstance(h, str) for h in hessian)):
+        raise TypeError(f"hessian= is a list of parameter names (e.g. hessian=['w']), got {hessian!r}")
+    for h in hessian or ():
+        if h not in m.params:
+            raise ValueError(f"hessian=: {m.name} has no parameter {h!r}; its parameters are: "
+                             f"{', '.join(m.params) or '(none)'}")
     hs = tuple(hessian) if hessian is not None else (m.hessian_wrt if m.newton else ())
     key = (id(m), backend, device, hs, check, fuse)
     hit = _CACHE.get(key)
@@ -281,6 +318,85 @@ def compile(m: Model, backend: str = "numpy", device: str | None = None, hessian
     k = Kernel(m, backend, device, hs, check, fuse)
     _CACHE[key] = (m, k)
     return k
+
+
+#: the torch device types a kernel can run on (where torch has them); ``meta`` tensors hold no values
+_DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu")
+
+
+def normalise_device(device: Any) -> str | None:
+    """A torch device as text (``"cpu"``, ``"cuda:0"``), checked now rather than failing when the kernel is
+    called: ``None``, a string, a ``torch.device`` or a CUDA index (``0`` is ``"cuda:0"``, as in torch).
+
+    Raises:
+        ValueError: an unknown device (``"gpu"``, ``"CUDA"``, ``"bogus"``), one torch cannot use here
+            (``"mps"`` without Metal, ``"cuda"`` without CUDA) or ``"meta"`` (no values), naming the fix.
+        TypeError: anything else.
+    """
+    if device is None:
+        return None
+    if isinstance(device, bool):
+        raise TypeError(f"device must be a string such as 'cpu' or 'cuda', a torch.device or a CUDA index, "
+                        f"got {device!r}")
+    import torch
+
+    if isinstance(device, int):
+        if device < 0:
+            raise ValueError(f"device={device}: a CUDA device index is >= 0")
+        device = f"cuda:{device}"
+    if isinstance(device, torch.device):
+        device = str(device)
+    if not isinstance(device, str):
+        raise TypeError(f"device must be a string such as 'cpu' or 'cuda', a torch.device or a CUDA index, "
+                        f"got {type(device).__name__}")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        raise ValueError(f"unknown device {device!r}; use 'cpu' or 'cuda' (or 'cuda:1', 'mps' where "
+                         f"available)") from None
+    if dev.type == "meta":
+        raise ValueError("device='meta' holds no values, so a kernel cannot compute on it; use 'cpu' or 'cuda'")
+    if dev.type not in _DEVICE_TYPES:
+        raise ValueError(f"device {device!r} is not supported; use 'cpu' or 'cuda' (or 'mps' where available)")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device={device!r} was asked for but torch sees no CUDA device; use device='cpu'")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device={device!r}: torch sees {torch.cuda.device_count()} CUDA device(s), "
+                             f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    elif dev.type != "cpu":
+        backend = getattr(torch.backends, dev.type, None) or getattr(torch, dev.type, None)
+        if backend is None or not backend.is_available():
+            raise ValueError(f"device={device!r} was asked for but torch has no {dev.type} device here; use "
+                             f"device='cpu'")
+    return str(dev)
+
+
+def _private_compile_cache() -> None:
+    """Point torch.compile's caches (Inductor's and Triton's) at a private per-user folder,
+    ``~/.cache/dlmath/torch_compile`` (or ``$XDG_CACHE_HOME/dlmath/torch_compile``), mode 0700, unless the
+    user set ``TORCHINDUCTOR_CACHE_DIR`` / ``TRITON_CACHE_DIR`` already. torch's default is a folder in the
+    shared temporary directory, where another user could plant compiled code that this process would load.
+    """
+    import os
+    from pathlib import Path
+
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "dlmath" / "torch_compile"
+    for var, sub in (("TORCHINDUCTOR_CACHE_DIR", "inductor"), ("TRITON_CACHE_DIR", "triton")):
+        if os.environ.get(var):
+            continue
+        d = base / sub
+        d.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(base, 0o700)
+        os.chmod(d, 0o700)
+        os.environ[var] = str(d)
+    try:  # Inductor may have read its setting at import: set it there as well
+        from torch._inductor import config as inductor_config
+
+        if hasattr(inductor_config, "cache_dir"):
+            inductor_config.cache_dir = os.environ["TORCHINDUCTOR_CACHE_DIR"]  # type: ignore[attr-defined]
+    except Exception:  # noqa: BLE001 - an internal setting; the environment variable is the documented one
+        pass
 
 
 def trace(m: Model, mode: str = "reverse", wrt: str | None = None, **arrays: Any) -> dict[str, Any]:
@@ -298,12 +414,24 @@ def trace(m: Model, mode: str = "reverse", wrt: str | None = None, **arrays: Any
         extra = derive.forward_mode(m, wrt or next(iter(m.params)))
     else:
         raise ValueError(f"mode must be 'forward' or 'reverse', got {mode!r}")
-    src = generate_values(m, extra, "numpy")
-    ns: dict[str, Any] = {}
-    exec(builtins.compile(src, f"<dlmath:{m.name}:trace>", "exec"), ns)
+    fn = run_generated(generate_values(m, extra, "numpy"), f"<dlmath:{m.name}:trace>")
     k = compile(m, "numpy")
     args = k._prepare(arrays)
-    return {name: np.asarray(v) for name, v in ns["kernel"](**args).items()}
+    return {name: np.asarray(v) for name, v in fn(**args).items()}
+
+
+def run_generated(source: str, filename: str) -> Any:
+    """The ``kernel`` function of a generated module.
+
+    This is the one place where dlmath executes code: text its own code generators wrote, from validated
+    identifiers (:func:`derive.primitives.base.check_name`), numbers printed by ``repr`` and comments
+    through :func:`numeric.codegen.comment`; no user string reaches it as code. ``tests/test_no_eval.py``
+    fails on any other ``eval``/``exec``/``sympify``/``nsimplify``/``parse_expr`` call site.
+    """
+    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+    ns: dict[str, Any] = {}
+    exec(builtins.compile(source, filename, "exec"), ns)  # the allowed call site (see the docstring)
+    return ns["kernel"]
 
 
 # -- declared domains checked at the boundary (integer labels, symmetric positive definite matrices) --------
@@ -317,11 +445,65 @@ def _domain_plan(m: Model) -> list[tuple[str, str, Any]]:
     bounds = {v.name: k for v, k in label_sizes([eq.rhs for eq in m.equations]).items()}
     plan: list[tuple[str, str, Any]] = []
     for name, v in {**m.params, **m.inputs}.items():
+        if name in m.carries:
+            continue
         if v.domain == LABELS:
             plan.append((name, LABELS, bounds.get(name)))
-        elif v.domain == SPD:
-            plan.append((name, SPD, None))
+        elif v.domain in (SPD, SIMPLEX, COUNT, MODERATE) and (v.domain != SIMPLEX or v.ndim):
+            plan.append((name, v.domain, None))
     return plan
+
+
+#: probability vectors along the last axis: the derivation folds sum(y) = 1 (softmax cross entropy's
+#: gradient yhat - y), so the kernels check it
+SIMPLEX = "simplex"
+#: a step count: a non-negative integer (Adam's t)
+COUNT = "count"
+#: values the program squares and sums (normalisation layers' variance): their squares must stay finite, or
+#: the deviation overflows to infinity and the normalised values silently become 0
+MODERATE = "moderate"
+
+
+def _check_moderate(model: str, name: str, a: Any) -> None:
+    """The sum of the squares of ``a`` is finite: ``max|a| <= sqrt(max float / size)``, one pass."""
+    size = a.size if isinstance(a, np.ndarray) else a.numel()
+    if size == 0:
+        return
+    info = np.finfo(np.float32 if "float32" in str(a.dtype) else np.float64)
+    limit = math.sqrt(float(info.max) / size)
+    big = float(abs(a).max())
+    if big <= limit:
+        return
+    if not math.isfinite(big):
+        raise InputError(f"{model}: array {name} contains NaN or infinity; pass finite values")
+    raise InputError(f"{model}: {name} holds values up to {big:.3g}; the program squares and sums them, which "
+                     f"overflows {info.dtype} above {limit:.3g} (the result would be infinite or silently 0): "
+                     f"rescale {name} (e.g. divide it by {big:.0e})")
+
+
+def _check_simplex(model: str, name: str, a: Any) -> None:
+    """Each row of ``a`` (along its last axis) sums to 1, to rounding: one pass over the array (its row
+    sums), on the array's own device; a NaN or infinity shows in the sums and is named as such."""
+    if a.size == 0 if isinstance(a, np.ndarray) else a.numel() == 0:
+        return
+    k = a.shape[-1]
+    eps = float(np.finfo(np.float32 if "float32" in str(a.dtype) else np.float64).eps)
+    tol = 8 * max(k, 1) * eps
+    s = a.sum(-1)
+    dev = abs(s - 1)
+    worst = float(dev.max())
+    if worst <= tol:  # False for NaN as well
+        return
+    sums = s.detach().cpu().numpy() if hasattr(s, "detach") else np.asarray(s)
+    devs = np.abs(sums - 1)
+    bad = np.isnan(devs) | (devs > tol)
+    row = tuple(int(i) for i in np.argwhere(bad)[0])
+    at = f"row {row[0] if len(row) == 1 else row}"
+    if not np.isfinite(sums[row]):
+        raise InputError(f"{model}: array {name} contains NaN or infinity (its {at}); pass finite values")
+    raise InputError(f"{model}: {name} holds probability vectors (domain 'simplex': each row sums to 1, which "
+                     f"the derived gradient uses), but its {at} sums to {float(sums[row]):.17g}; normalise it "
+                     f"({name} / {name}.sum(-1, keepdims=True)) or pass one-hot rows")
 
 
 def _check_domains(m: Model, plan: list[tuple[str, str, Any]], arrays: dict[str, Any], sizes: dict[str, int]) -> None:
@@ -329,7 +511,19 @@ def _check_domains(m: Model, plan: list[tuple[str, str, Any]], arrays: dict[str,
 
     for name, domain, bound in plan:
         a = arrays[name]
+        if domain == SIMPLEX:
+            _check_simplex(m.name, name, a)
+            continue
+        if domain == MODERATE:
+            _check_moderate(m.name, name, a)
+            continue
         v = a.detach().cpu().numpy() if not isinstance(a, np.ndarray) and hasattr(a, "detach") else np.asarray(a)
+        if domain == COUNT:
+            if v.size and not np.all(np.isfinite(v) & (v == np.round(v)) & (v >= 0)):
+                bad = v[~(np.isfinite(v) & (v == np.round(v)) & (v >= 0))].flat[0]
+                raise InputError(f"{m.name}: {name} is a step count (domain 'count': 0, 1, 2, ...); got {bad:g}: "
+                                 f"start at {name} = 0")
+            continue
         if domain == LABELS:
             if v.size and not np.all(np.isfinite(v) & (v == np.round(v))):
                 raise InputError(f"{m.name}: {name} holds integer labels (domain 'labels'); got non-integer "

@@ -47,7 +47,10 @@ def _cli_error(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
 def softmax_arrays() -> dict[str, np.ndarray]:
     m = derive.models.get("softmax_regression")
     rng = np.random.default_rng(0)
-    return {k: rng.normal(size=s) for k, s in m.shapes(**SIZES).items()}
+    arrays = {k: rng.normal(size=s) for k, s in m.shapes(**SIZES).items()}
+    # targets are probability vectors (domain 'simplex', checked by the kernels)
+    arrays["Y"] = np.exp(arrays["Y"]) / np.exp(arrays["Y"]).sum(-1, keepdims=True)
+    return arrays
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -24,7 +24,8 @@ bug moves results by far more.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,7 +44,7 @@ from .references import OPTIMIZERS, REFERENCES, optimizer_trajectory
 from .strategies import Example, examples
 from .strategies import modes as strategy_modes
 
-__all__ = ["check", "Mismatch", "Report", "compare", "resolve_reference", "reproduce"]
+__all__ = ["check", "Mismatch", "Report", "compare", "resolve_reference", "reproduce", "tolerance"]
 
 Reference = Callable[..., Any]
 
@@ -109,43 +110,94 @@ def _np(x: Any) -> np.ndarray:
     return np.asarray(x, dtype=np.float64)
 
 
+def tolerance(value: Any, what: str = "rtol") -> float:
+    """``value`` as a tolerance: a finite number >= 0 (not a bool, not a string), else ``ValueError``.
+
+    A NaN tolerance would pass everything (every comparison with NaN is false), a negative one nothing.
+    """
+    import numbers
+
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{what} must be a finite number >= 0 (e.g. {what}=1e-10), got {value!r} "
+                         f"({type(value).__name__})")
+    v = float(value)
+    if not np.isfinite(v) or v < 0:
+        raise ValueError(f"{what} must be a finite number >= 0 (e.g. {what}=1e-10), got {value!r}")
+    return v
+
+
 def compare(got: Any, want: Any, rtol: float = RTOL, noise: float = 0.0) -> tuple[float, tuple[int, ...] | None]:
     """Largest ``|got - want| / (|want| + scale)``, and where it occurs; passes when it is ``<= rtol``.
 
-    ``scale = max(1, max|want|, noise / rtol)``: entries that are zero up to rounding are compared at the
-    tensor's scale, and ``noise`` is the reference's own rounding noise (see :func:`check`). Shape
-    mismatches raise ``ValueError``.
+    ``scale = max(1, max|want|, noise / rtol)`` over the finite entries of ``want``: entries that are zero up
+    to rounding are compared at the tensor's scale, and ``noise`` is the reference's own rounding noise (see
+    :func:`check`). NaN and infinity are values: an expected NaN agrees only with a NaN, an expected
+    ``+inf`` only with ``+inf`` (``-inf`` likewise), and a non-finite value where a finite one is expected
+    is an error of ``inf``. Shape mismatches and invalid tolerances (NaN, negative, not a number) raise
+    ``ValueError``.
     """
+    rtol = tolerance(rtol, "rtol")
+    noise = tolerance(noise, "noise")
     g, w = _np(got), _np(want)
     if g.shape != w.shape:
         raise ValueError(f"shape {g.shape} where {w.shape} is expected")
     if g.size == 0:
         return 0.0, None
-    scale = max(1.0, float(np.max(np.abs(w))), noise / rtol) if np.all(np.isfinite(w)) else 1.0
-    bad_nan = ~np.isfinite(g) & np.isfinite(w)
-    if bad_nan.any():
-        idx = tuple(int(i) for i in np.argwhere(bad_nan)[0])
+    fin_w, fin_g = np.isfinite(w), np.isfinite(g)
+    # non-finite entries must be the same value: NaN with NaN, +inf with +inf, -inf with -inf
+    same = np.where(np.isnan(w), np.isnan(g), g == w)
+    bad = (fin_w != fin_g) | (~fin_w & ~same)
+    if bad.any():
+        idx = tuple(int(i) for i in np.argwhere(bad)[0])
         return float("inf"), idx
-    err = np.abs(g - w) / (np.abs(w) + scale)
-    err = np.where(np.isfinite(w), err, 0.0)
+    if not fin_w.any():
+        return 0.0, None
+    scale = max(1.0, float(np.max(np.abs(w[fin_w]))), noise / rtol if rtol > 0 else 0.0)
+    with np.errstate(invalid="ignore", over="ignore"):
+        err = np.where(fin_w, np.abs(np.where(fin_w, g, 0.0) - np.where(fin_w, w, 0.0))
+                       / (np.abs(np.where(fin_w, w, 0.0)) + scale), 0.0)
     k = int(np.argmax(err))
     idx = tuple(int(i) for i in np.unravel_index(k, g.shape))
     return float(err.flat[k]), idx
 
 
+def _low_precision(out: dict[str, Any]) -> str | None:
+    """The dtype of the first float32/float16/bfloat16 value among ``out``'s loss and gradients, if any."""
+    values = [out.get("loss"), *((out.get("grad") or {}).values() if isinstance(out.get("grad"), dict) else [])]
+    for v in values:
+        d = str(getattr(v, "dtype", "")).replace("torch.", "")
+        if d in ("float32", "float16", "bfloat16"):
+            return d
+    return None
+
+
+#: the relative tolerance a correct result of each low precision reaches (a few hundred ulps)
+LOW_PRECISION_RTOL = {"float32": 1e-5, "float16": 1e-2, "bfloat16": 5e-2}
+
+
 def _fail(m: Model, who: str, what: str, got: Any, want: Any, err: float, idx: tuple[int, ...] | None,
-          ex: Example, rtol: float, noise: float = 0.0) -> Mismatch:
+          ex: Example, rtol: float, noise: float = 0.0, low: str | None = None) -> Mismatch:
     g, w = _np(got), _np(want)
     at = f" at index {idx}" if idx else ""
     gv = g[idx] if idx else g
     wv = w[idx] if idx else w
-    scale = max(1.0, float(np.max(np.abs(w))) if w.size else 1.0, noise / rtol)
+    fin = w[np.isfinite(w)]
+    scale = max(1.0, float(np.max(np.abs(fin))) if fin.size else 1.0, noise / rtol if rtol > 0 else 0.0)
     return Mismatch(
         f"{m.name}: {what} (shape {tuple(w.shape)}) from {who} disagrees with torch autograd{at}: "
         f"got {float(gv):.17g}, expected {float(wv):.17g} "
-        f"(|diff| {abs(float(gv) - float(wv)):.3e} > rtol {rtol:g} * (|expected| + {scale:.3g})); "
+        f"({_diff_text(float(gv), float(wv), rtol, scale)}); "
         f"{ex.describe()}. Reproduce: {reproduce(m, ex)}"
+        + (f". Note: {who} computes in {low}, which agrees with float64 only to about "
+           f"{LOW_PRECISION_RTOL[low]:g}: compute in float64, or check at that precision with "
+           f"verify.check(..., rtol={LOW_PRECISION_RTOL[low]:g})" if low and rtol < LOW_PRECISION_RTOL[low] else "")
     )
+
+
+def _diff_text(g: float, w: float, rtol: float, scale: float) -> str:
+    if np.isfinite(g) and np.isfinite(w):
+        return f"|diff| {abs(g - w):.3e} > rtol {rtol:g} * (|expected| + {scale:.3g})"
+    return "a non-finite value agrees only with the same non-finite value"
 
 
 def reproduce(m: Model, ex: Example) -> str:
@@ -331,10 +383,15 @@ def check(
         raise TypeError(f"verify.check takes a model or a model name, not {type(m).__name__}")
     if backend not in ("numpy", "torch"):
         raise ValueError(f"unknown backend {backend!r}; choose numpy or torch")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("device='cuda' was asked for but torch sees no CUDA device; use device='cpu'")
+    device = numeric.kernel.normalise_device(device) or "cpu"
+    if isinstance(examples, bool) or not isinstance(examples, (int, np.integer)):
+        raise TypeError(f"examples must be an integer >= 1, got {examples!r} ({type(examples).__name__})")
     if examples < 1:
         raise ValueError(f"examples must be at least 1, got {examples}")
+    rtol = tolerance(rtol, "rtol")
+    if implementation is not None and not callable(implementation):
+        raise TypeError(f"implementation= must be a callable f(**arrays) -> {{'loss', 'grad'}}, not "
+                        f"{type(implementation).__name__}")
     if m.is_update:
         return _check_update(m, implementation, backend, device, examples, rtol, shrink, derandomize)
     ref, source = resolve_reference(m, reference)
@@ -394,7 +451,37 @@ def _drive(m: Model, one: Callable[[Example], None], n: int, shrink: bool, deran
     def run(data: st.DataObject) -> None:
         one(data.draw(examples(m, hard=hard, kinks=kinks), label="example"))
 
-    run()
+    with _private_hypothesis_storage():
+        run()
+
+
+@contextlib.contextmanager
+def _private_hypothesis_storage() -> Iterator[None]:
+    """Hypothesis keeps files (cached constants of local modules) in ``./.hypothesis`` of the working folder,
+    even with no database: while ``check`` runs, they go to a private per-user folder instead
+    (``~/.cache/dlmath/hypothesis``, or under ``$XDG_CACHE_HOME``), unless ``HYPOTHESIS_STORAGE_DIRECTORY``
+    says where (then hypothesis uses that, as asked)."""
+    import os
+    from pathlib import Path
+
+    from hypothesis import configuration
+
+    if os.environ.get("HYPOTHESIS_STORAGE_DIRECTORY"):
+        yield
+        return
+    before = vars(configuration).get("__hypothesis_home_directory")
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "dlmath" / "hypothesis"
+    try:
+        base.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError:  # no writable home: a fresh temporary folder, never the working folder
+        import tempfile
+
+        base = Path(tempfile.mkdtemp(prefix="dlmath-hypothesis-"))
+    configuration.set_hypothesis_home_dir(base)
+    try:
+        yield
+    finally:
+        configuration.set_hypothesis_home_dir(before)
 
 
 def _compare_out(m: Model, who: str, out: Any, loss: float, grads: dict[str, np.ndarray],
@@ -403,11 +490,16 @@ def _compare_out(m: Model, who: str, out: Any, loss: float, grads: dict[str, np.
     if not isinstance(out, dict) or "loss" not in out or "grad" not in out:
         raise Mismatch(f"{m.name}: {who} must return a dict with 'loss' and 'grad', got "
                        f"{type(out).__name__}{' with keys ' + str(list(out)) if isinstance(out, dict) else ''}")
-    err, idx = compare(np.asarray(_np(out["loss"]), dtype=np.float64).reshape(()), np.array(loss), rtol,
-                       NOISE.get("loss", 0.0))
+    got_loss = _np(out["loss"])
+    if got_loss.size != 1:
+        how = "mean" if m.reduction == "mean" else "sum"
+        raise Mismatch(f"{m.name}: {who} returned a loss of shape {tuple(got_loss.shape)}, a loss per sample (or per "
+                       f"entry); return one number, the {how} over the batch (e.g. loss.{how}()); {ex.describe()}")
+    low = _low_precision(out)
+    err, idx = compare(got_loss.reshape(()), np.array(loss), rtol, NOISE.get("loss", 0.0))
     if err > rtol:
-        raise _fail(m, who, "the loss", _np(out["loss"]).reshape(()), np.array(loss), err, idx, ex, rtol,
-                    NOISE.get("loss", 0.0))
+        raise _fail(m, who, "the loss", got_loss.reshape(()), np.array(loss), err, idx, ex, rtol,
+                    NOISE.get("loss", 0.0), low)
     report.record(f"{who}: loss", err)
     for k, want in grads.items():
         if k not in out["grad"]:
@@ -420,7 +512,7 @@ def _compare_out(m: Model, who: str, out: Any, loss: float, grads: dict[str, np.
         except ValueError as e:
             raise Mismatch(f"{m.name}: {who} returned gradient {k!r} with {e}; {ex.describe()}") from None
         if err > rtol:
-            raise _fail(m, who, f"gradient {k}", got, want, err, idx, ex, rtol, NOISE.get(k, 0.0))
+            raise _fail(m, who, f"gradient {k}", got, want, err, idx, ex, rtol, NOISE.get(k, 0.0), low)
         report.record(f"{who}: gradients", err)
     if require_all:
         return

@@ -27,14 +27,22 @@ class UsageError(ValueError):
 
 
 def _options(pairs: Sequence[str]) -> dict[str, Any]:
+    """``-O key=value`` pairs: a value is read as a Python literal (``ast.literal_eval``: numbers, strings,
+    tuples, ``True``), never evaluated; anything else stays text, which the entry's option spec then refuses
+    or accepts (``-O activation=relu``)."""
     out: dict[str, Any] = {}
     for p in pairs:
         if "=" not in p:
             raise UsageError(f"option {p!r} should look like key=value (e.g. -O slope=0.1)")
         k, v = p.split("=", 1)
+        k = k.strip()
+        if not k.isidentifier():
+            raise UsageError(f"option {p!r}: {k!r} is not an option name (e.g. -O slope=0.1)")
+        if k in out:
+            raise UsageError(f"option {k} is given twice")
         try:
-            out[k] = ast.literal_eval(v)  # literals only: numbers, strings, lists
-        except (ValueError, SyntaxError):
+            out[k] = ast.literal_eval(v.strip())  # literals only: numbers, strings, lists
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
             out[k] = v
     return out
 
@@ -182,13 +190,31 @@ def cmd_trace(args: argparse.Namespace) -> int:
     return 0
 
 
+def _output_path(path: str) -> str:
+    """``-o FILE`` checked before anything is generated: a file name, in a folder that exists."""
+    import os
+
+    if not path.strip():
+        raise UsageError("-o needs a file name (e.g. -o kernel.py); leave -o out to print to standard output")
+    if os.path.isdir(path) or path.endswith(os.sep):
+        raise UsageError(f"-o {path!r} is a folder; give a file name (e.g. -o {os.path.join(path, 'kernel.py')})")
+    folder = os.path.dirname(path) or "."
+    if not os.path.isdir(folder):
+        raise UsageError(f"-o {path!r}: the folder {folder!r} does not exist; create it first")
+    return path
+
+
 def cmd_codegen(args: argparse.Namespace) -> int:
+    out = _output_path(args.output) if args.output is not None else None
     m = _model(args)
     src = numeric.source(m, args.backend, hessian=args.hessian or ())
-    if args.output:
-        with open(args.output, "w", encoding="utf-8") as f:
-            f.write(src)
-        print(f"wrote {args.output}")
+    if out is not None:
+        try:
+            with open(out, "w", encoding="utf-8") as f:
+                f.write(src)
+        except OSError as e:
+            raise UsageError(f"-o {out!r}: cannot write it ({e.strerror or e})") from None
+        print(f"wrote {out}")
     else:
         print(src, end="")
     return 0
@@ -202,6 +228,9 @@ def _load_impl(spec: str) -> Callable[..., Any]:
         obj = getattr(importlib.import_module(mod), fn)
     except (ImportError, AttributeError) as e:
         raise UsageError(f"--impl {spec!r}: {e}") from None
+    except Exception as e:  # noqa: BLE001 - the user's module failed while importing: say so in one line
+        first = str(e).splitlines()[0] if str(e) else ""
+        raise UsageError(f"--impl {spec!r}: importing {mod} raised {type(e).__name__}: {first}") from None
     if not callable(obj):
         raise UsageError(f"--impl {spec!r} is not callable")
     return obj  # type: ignore[no-any-return]
@@ -214,9 +243,21 @@ def cmd_verify(args: argparse.Namespace) -> int:
         raise UsageError("give one MODEL or --all")
     names = derive.models.names() if args.all else [args.model]
     impl = _load_impl(args.impl) if args.impl else None
+    opts = _options(args.option or [])
+    models = {}
+    if args.all:
+        # -O applies to every entry that has the option (checked against each one's spec first)
+        unused = set(opts) - {k for n in names for k in derive.models.options(n)}
+        if unused:
+            raise UsageError(f"no zoo entry has the option {', '.join(sorted(unused))}")
+        for name in names:
+            models[name] = derive.models.get(name, **{k: v for k, v in opts.items()
+                                                       if k in derive.models.options(name)})
+    else:
+        models[args.model] = derive.models.get(args.model, **opts)
     failed = 0
     for name in names:
-        m = derive.models.get(name, **(_options(args.option or []) if not args.all else {}))
+        m = models[name]
         try:
             rep = check(m, implementation=impl, backend=args.backend, device=args.device, examples=args.examples)
         except Mismatch as e:
@@ -304,15 +345,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv[:1] == ["bench"] and not ({"-h", "--help"} & set(argv[1:2])):
         from numeric import bench  # its own options (--quick, --only ...) go to it unparsed
 
-        return int(bench.main(argv[1:]))
-    args = parser.parse_args(argv)
+        try:
+            return int(bench.main(argv[1:]))
+        except KeyboardInterrupt:
+            print("dlmath bench: interrupted", file=sys.stderr)
+            return 130
+    try:
+        args = parser.parse_args(argv)
+    except KeyboardInterrupt:
+        print("dlmath: interrupted", file=sys.stderr)
+        return 130
     try:
         return int(args.func(args))
+    except KeyboardInterrupt:  # Ctrl-C: one line and the shell's code for SIGINT, no traceback
+        print(f"dlmath {args.command}: interrupted", file=sys.stderr)
+        return 130
     except BrokenPipeError:  # the reader (e.g. `head`) closed the pipe: not an error of ours
         return 0
     except (UsageError, derive.ModelError, derive.ShapeError, derive.UnsupportedError, numeric.InputError,
             ValueError, TypeError) as e:
-        print(f"dlmath {args.command}: error: {e}", file=sys.stderr)
+        text = " ".join(str(e).split("\n")[:1]) or type(e).__name__
+        print(f"dlmath {args.command}: error: {text}", file=sys.stderr)
         return 2
 
 

@@ -25,9 +25,22 @@ if TYPE_CHECKING:
 
 def pytest_addoption(parser: Any) -> None:
     group = parser.getgroup("dlmath")
-    group.addoption("--dlmath-examples", type=int, default=None,
+    group.addoption("--dlmath-examples", type=_examples, default=None,
                     help="examples per dlmath verification (default: the hypothesis profile's max_examples)")
     group.addoption("--dlmath-device", default="cpu", help="torch device for dlmath verification")
+
+
+def _examples(text: str) -> int:
+    """``--dlmath-examples N``: an integer >= 1 (0 would silently mean the profile's default)."""
+    import argparse
+
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--dlmath-examples takes an integer >= 1, got {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"--dlmath-examples takes an integer >= 1, got {n}")
+    return n
 
 
 @pytest.fixture
@@ -37,7 +50,9 @@ def dlmath_verify(request: Any) -> Callable[..., Report]:
 
     from .check import check
 
-    examples = request.config.getoption("--dlmath-examples") or settings().max_examples
+    examples = request.config.getoption("--dlmath-examples")
+    if examples is None:
+        examples = settings().max_examples
     device = request.config.getoption("--dlmath-device")
 
     def run(model: Any, implementation: Callable[..., Any] | None = None, **kwargs: Any) -> Report:

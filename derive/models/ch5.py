@@ -168,7 +168,7 @@ def batch_norm(eps: float = 1e-5) -> Model:
     beta = b.param("beta", (N,), r"\beta")
     # printed per sample as the book writes it (z^{(i)}, sums over the batch as sum_i): the arrays are (n, N)
     b.notation["index"] = {n: "(i)"}
-    Z = b.input("Z", (n, N), "z", adjoint=("g_Z", r"\delta"))
+    Z = b.input("Z", (n, N), "z", adjoint=("g_Z", r"\delta"), domain="moderate")  # squared: checked finite
     G = b.input("G", (n, N), r"\zeta_{\tilde{z}}")
     mu = b.eq("mu", mean(Z, 0), r"\hat{\mu}")
     zc = b.eq("zc", Z - mu, r"z_{c}", adjoint="inline")

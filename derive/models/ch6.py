@@ -19,10 +19,10 @@ from . import register
 
 def _check(kernel: tuple[int, int], stride: int, padding: int, dilation: int) -> tuple[int, int]:
     if (not isinstance(kernel, (tuple, list)) or len(kernel) != 2
-            or not all(isinstance(k, int) and k >= 1 for k in kernel)):
+            or not all(isinstance(k, int) and not isinstance(k, bool) and k >= 1 for k in kernel)):
         raise ModelError(f"kernel must be two positive integers (k_h, k_w), got {kernel!r}")
     for name, v, lo in (("stride", stride, 1), ("padding", padding, 0), ("dilation", dilation, 1)):
-        if not isinstance(v, int) or v < lo:
+        if isinstance(v, bool) or not isinstance(v, int) or v < lo:
             raise ModelError(f"{name} must be an integer >= {lo}, got {v!r}")
     return int(kernel[0]), int(kernel[1])
 
@@ -50,8 +50,10 @@ def conv2d(kernel: tuple[int, int] = (2, 2), stride: int = 1, padding: int = 0, 
     b.samples("n", 2, 1, 3)
     Ci = b.dim("C_in", 2, 1, 3)
     Co = b.dim("C_out", 2, 1, 3)
-    H = b.dim("H_in", 5, _image_range(kh, padding, dilation), 7)
-    Wd = b.dim("W_in", 5, _image_range(kw, padding, dilation), 7)
+    # the smallest image with an output position bounds the sizes drawn and the default (kernel 9x9: 9)
+    lo_h, lo_w = _image_range(kh, padding, dilation), _image_range(kw, padding, dilation)
+    H = b.dim("H_in", max(5, lo_h), lo_h, max(7, lo_h + 2))
+    Wd = b.dim("W_in", max(5, lo_w), lo_w, max(7, lo_w + 2))
     W = b.param("W", (Co, Ci, kh, kw), "W")
     bias = b.param("b", (Co,), "b")
     x = b.input("X", (Ci, H, Wd), "x", batched=True, adjoint=("g_X", r"\zeta_{x}"))
@@ -63,15 +65,19 @@ def conv2d(kernel: tuple[int, int] = (2, 2), stride: int = 1, padding: int = 0, 
 
 
 def _pool(name: str, kind: str, kernel: int, stride: int | None, padding: int) -> Model:
-    s = stride or kernel
-    if not isinstance(kernel, int) or kernel < 1:
+    if isinstance(kernel, bool) or not isinstance(kernel, int) or kernel < 1:
         raise ModelError(f"{name}: kernel must be a positive integer, got {kernel!r}")
+    s = kernel if stride is None else stride  # stride=0 is refused below, not read as the default
     _check((kernel, kernel), s, padding, 1)
+    if 2 * padding > kernel:
+        raise ModelError(f"{name}: padding={padding} is more than half the kernel ({kernel}): a window could hold "
+                         f"only padding; use padding <= {kernel // 2}")
     b = Builder(name, f"{kind} pooling", "§6.4", {"kernel": kernel, "stride": s, "padding": padding})
     b.samples("n", 2, 1, 3)
     C = b.dim("C_in", 2, 1, 3)
-    H = b.dim("H_in", 4, _image_range(kernel, padding, 1), 7)
-    Wd = b.dim("W_in", 4, _image_range(kernel, padding, 1), 7)
+    lo = _image_range(kernel, padding, 1)
+    H = b.dim("H_in", max(4, lo), lo, max(7, lo + 2))
+    Wd = b.dim("W_in", max(4, lo), lo, max(7, lo + 2))
     x = b.input("X", (C, H, Wd), "x", batched=True, adjoint=("g_X", r"\zeta_{x}"))
     oh, ow = conv_out(H, kernel, s, padding, 1), conv_out(Wd, kernel, s, padding, 1)
     G = b.input("G", (C, oh, ow), r"\zeta", batched=True)

@@ -44,7 +44,8 @@ def layer_norm(eps: float = 1e-5) -> Model:
     ep = b.const("epsilon", eps)
     gamma = b.param("gamma", (p,), r"\gamma")
     beta = b.param("beta", (p,), r"\beta")
-    z = b.input("Z", (p,), "z", batched=True, adjoint=("g_Z", r"\delta"))
+    # moderate: its squares are summed (the variance); the kernels check they stay finite
+    z = b.input("Z", (p,), "z", batched=True, adjoint=("g_Z", r"\delta"), domain="moderate")
     G = b.input("G", (p,), r"\zeta_{\tilde{z}}", batched=True)
     out = _layer_norm(b, z, gamma, beta, ep, "", ("z", r"\mu_{z}", r"z_{c}", r"\sigma_{z}", r"\hat{z}", r"\tilde{z}"))
     b.eq("C", dot(G, out), "C")
@@ -136,7 +137,7 @@ def transformer_block(heads: int = 2, eps: float = 1e-5) -> Model:
     N1 = b.dim("N1", 4, 1, 5, tex="N_1")
     p = H * m
     ep = b.const("epsilon", eps)
-    X = b.input("X", (T, p), "X", batched=True, adjoint=("g_X", r"\zeta_{X}"))
+    X = b.input("X", (T, p), "X", batched=True, adjoint=("g_X", r"\zeta_{X}"), domain="moderate")
     G = b.input("G", (T, p), r"\zeta_{\mathrm{out}}", batched=True)
     u1 = _mha(b, X, H, m, p, False, out_tex=r"U_{[1]}")
     g1 = b.param("gamma1", (p,), r"\gamma")

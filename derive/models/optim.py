@@ -96,7 +96,7 @@ def _adam(name: str, lr: float, beta1: float, beta2: float, eps: float, weight_d
     theta, g = _theta(b, p)
     v = b.state("v", (p,), "v^{(t)}")
     s = b.state("s", (p,), "s^{(t)}")
-    t = b.state("t", (), "t")
+    t = b.state("t", (), "t", domain="count")  # steps taken: 0, 1, 2, ... (checked by the kernels)
     alpha, b1, b2 = b.const("alpha", lr), b.const("beta1", beta1), b.const("beta2", beta2)
     ep, wd = b.const("epsilon", eps), b.const("lambda_wd", weight_decay)
     if weight_decay and not decoupled:

@@ -31,6 +31,37 @@ def fmt_shape(shape: Shape) -> str:
     return "(" + ", ".join(str(d) for d in shape) + ("," if len(shape) == 1 else "") + ")"
 
 
+#: names the generated modules themselves use (imports, the kernel, its result): a model's tensors,
+#: dimensions and constants may not take them
+RESERVED_NAMES = frozenset({"np", "torch", "ops", "math", "loss", "kernel", "tape"})
+
+
+def check_name(name: Any, what: str = "a name") -> str:
+    """``name`` if it can name a variable of generated Python code, else a ``ValueError`` saying why.
+
+    Refused: non-strings, non-identifiers, Python keywords (``lambda``, ``None``), names starting with ``__``,
+    and names Python would read as another name (it NFKC-normalises identifiers: ``µ``, the micro sign,
+    becomes ``μ``, the Greek letter, so a kernel argument ``µ`` could not be passed by that name).
+    """
+    import keyword
+    import unicodedata
+
+    if not isinstance(name, str):
+        raise TypeError(f"{what} must be a string (a Python identifier), got {type(name).__name__}")
+    if not name.isidentifier():
+        raise ValueError(f"{what} {name!r} is not a valid Python identifier (letters, digits and _, "
+                         f"not starting with a digit)")
+    if keyword.iskeyword(name):
+        raise ValueError(f"{what} {name!r} is a Python keyword; choose another name (e.g. {name}_)")
+    if name.startswith("__"):
+        raise ValueError(f"{what} {name!r} starts with '__' (reserved for Python): use an identifier without it")
+    norm = unicodedata.normalize("NFKC", name)
+    if norm != name:
+        raise ValueError(f"{what} {name!r} is not in Python's normal form: Python reads it as {norm!r} "
+                         f"(NFKC); write {norm!r}, or an ASCII name")
+    return name
+
+
 def as_expr(x: Any, what: str = "a size") -> sp.Expr:
     """A SymPy expression from an int, a SymPy expression or a float; never from a string.
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import sympy as sp
 
-from .base import Dim, Node, Shape, _intern, as_expr, fmt_shape
+from .base import Dim, Node, Shape, _intern, as_expr, check_name, fmt_shape
 
 # --------------------------------------------------------------------------------------------------
 # Leaves
@@ -34,8 +34,7 @@ class Var(Node):
         cls, name: str, shape: Shape, role: str = "var", tex: str | None = None,
         batched: bool = False, domain: str = "real",
     ) -> Var:
-        if not name.isidentifier() or name.startswith("__"):
-            raise ValueError(f"tensor name {name!r} is not a valid Python identifier")
+        check_name(name, "tensor name")
         shape = tuple(as_expr(d) for d in shape)
 
         def init(n: Any) -> None:
