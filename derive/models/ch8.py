@@ -51,7 +51,13 @@ def kl_gaussian() -> Model:
     lv1 = b.input("LV1", (k,), r"\ell_{1}", batched=True, adjoint=("g_LV1", r"g_{\ell_{1}}"))
     m2 = b.input("M2", (k,), r"\mu_{2}", batched=True, adjoint=("g_M2", r"g_{\mu_{2}}"))
     lv2 = b.input("LV2", (k,), r"\ell_{2}", batched=True, adjoint=("g_LV2", r"g_{\ell_{2}}"))
-    b.eq("C", sum_(exp(lv1 - lv2) + (m1 - m2) ** 2 * exp(-lv2) - 1 + lv2 - lv1) / 2, "C")
+    # the variance ratio sigma_1^2 / sigma_2^2, the precision 1 / sigma_2^2 and the difference of the means, named
+    # once: the loss and its gradients share them
+    rho = b.eq("rho", exp(lv1 - lv2), r"\rho")
+    prec = b.eq("prec", exp(-lv2), r"\sigma_{2}^{-2}")
+    dmu = b.eq("dmu", m1 - m2, r"\Delta\mu")
+    kappa = b.eq("kappa", dmu**2 * prec, r"\kappa")  # (mu_1 - mu_2)^2 / sigma_2^2
+    b.eq("C", sum_(rho + kappa - 1 + lv2 - lv1) / 2, "C")
     # no "large" mode: log-variances of a few hundred make e^{l_1 - l_2} overflow (a KL of 1e260 has no
     # digits to compare); normal and small values cover the formula
     return b.model(diff_inputs=("M1", "LV1", "M2", "LV2"), hard=())
@@ -98,10 +104,12 @@ def vae() -> Model:
 # -- §8.3: GANs -----------------------------------------------------------------------------------------------
 
 
-def _mlp(b: Builder, x: Node, W1: Var, b1: Var, w2: Node, b2: Node, hname: str, htex: str, oname: str,
+def _mlp(b: Builder, x: Node, W1: Var, b1: Var, w2: Node, b2: Node, tag: str, sub: str, oname: str,
          otex: str) -> Var:
-    """h = tanh(W_1 x + b_1), then the affine output w_2^T h + b_2 (a vector output when w_2 is a matrix)."""
-    h = b.eq(hname, tanh(W1 @ x + b1), htex)
+    """z = W_1 x + b_1 (its adjoint named delta), h = tanh(z), then the affine output w_2^T h + b_2 (a vector
+    output when w_2 is a matrix); ``sub`` is the LaTeX subscript of z, h and delta."""
+    z = b.eq(f"z_{tag}", W1 @ x + b1, f"z_{{{sub}}}", adjoint=(f"delta_{tag}", rf"\delta_{{{sub}}}"))
+    h = b.eq(f"h_{tag}", tanh(z), f"h_{{{sub}}}")
     return b.eq(oname, (dot(w2, h) if w2.ndim == 1 else w2 @ h) + b2, otex)
 
 
@@ -145,11 +153,11 @@ def gan(player: str = "discriminator", generator_loss: str = "minimax") -> Model
     W1, b1, w2, b2, V1, c1, V2, c2 = _gan_players(b, player, h, h2, p, k)
     x = b.input("X", (p,), "x", batched=True)
     zz = b.input("Z", (k,), "z", batched=True)
-    xg = _mlp(b, zz, V1, c1, V2, c2, "h_G", "h_{G}", "x_G", r"\tilde{x}")
+    xg = _mlp(b, zz, V1, c1, V2, c2, "G", "G", "x_G", r"\tilde{x}")
     uses_real = player == "discriminator" or generator_loss == "minimax"
     if uses_real:
-        ur = _mlp(b, x, W1, b1, w2, b2, "h_real", r"h_{x}", "u_real", "u")
-    uf = _mlp(b, xg, W1, b1, w2, b2, "h_fake", r"h_{\tilde{x}}", "u_fake", r"\tilde{u}")
+        ur = _mlp(b, x, W1, b1, w2, b2, "real", "x", "u_real", "u")
+    uf = _mlp(b, xg, W1, b1, w2, b2, "fake", r"\tilde{x}", "u_fake", r"\tilde{u}")
     if player == "discriminator":
         loss = -(log(sigmoid(ur)) + log(1 - sigmoid(uf)))
     elif generator_loss == "minimax":
@@ -180,11 +188,11 @@ def wgan_gp(lam: float = 10.0) -> Model:
     x = b.input("X", (p,), "x", batched=True)
     zz = b.input("Z", (k,), "z", batched=True)
     eps = b.input("eps", (), r"\epsilon", batched=True, domain="unit")
-    xg = _mlp(b, zz, V1, c1, V2, c2, "h_G", "h_{G}", "x_G", r"\tilde{x}")
-    d_real = _mlp(b, x, W1, b1, w2, b2, "h_real", "h_{x}", "D_real", "D(x)")
-    d_fake = _mlp(b, xg, W1, b1, w2, b2, "h_fake", r"h_{\tilde{x}}", "D_fake", r"D(\tilde{x})")
+    xg = _mlp(b, zz, V1, c1, V2, c2, "G", "G", "x_G", r"\tilde{x}")
+    d_real = _mlp(b, x, W1, b1, w2, b2, "real", "x", "D_real", "D(x)")
+    d_fake = _mlp(b, xg, W1, b1, w2, b2, "fake", r"\tilde{x}", "D_fake", r"D(\tilde{x})")
     xh = b.eq("x_hat", eps * x + (1 - eps) * xg, r"\hat{x}")
-    d_hat = _mlp(b, xh, W1, b1, w2, b2, "h_hat", r"h_{\hat{x}}", "D_hat", r"D(\hat{x})")
+    d_hat = _mlp(b, xh, W1, b1, w2, b2, "hat", r"\hat{x}", "D_hat", r"D(\hat{x})")
     grad = b.gradient(d_hat, xh, "grad_D", r"\nabla_{\hat{x}} D(\hat{x})")
     pen = b.eq("penalty", (norm(grad) - 1) ** 2, "P")
     b.eq("C", d_fake - d_real + L * pen, "C")
