@@ -131,3 +131,18 @@ def q_learning(*, Q: torch.Tensor, s: torch.Tensor, a: torch.Tensor, r: torch.Te
     Q = Q.clone()
     Q[i, j] += alpha * (r + gamma * (1 - done) * Q[k].max() - Q[i, j])
     return {"Q": Q}
+
+
+@_register()
+def diffusion(*, W1: torch.Tensor, b1: torch.Tensor, W2: torch.Tensor, b2: torch.Tensor, X0: torch.Tensor,
+              E: torch.Tensor, t: torch.Tensor, T_steps: int = 100, beta_1: float = 1e-4,
+              beta_T: float = 0.02) -> torch.Tensor:
+    """DDPM: betas = linspace(beta_1, beta_T, T), abar = cumprod(1 - betas) with abar_0 = 1, x_t = sqrt(abar_t) x0
+    + sqrt(1 - abar_t) e, ehat = W2 relu(W1 [x_t; t/T] + b1) + b2, C = mean ||e - ehat||^2."""
+    betas = torch.linspace(beta_1, beta_T, T_steps, dtype=X0.dtype, device=X0.device)
+    abar = torch.cat([torch.ones(1, dtype=X0.dtype, device=X0.device), torch.cumprod(1 - betas, 0)])
+    a = abar[t.long()][:, None]
+    x_t = a.sqrt() * X0 + (1 - a).sqrt() * E
+    inp = torch.cat([x_t, (t / T_steps)[:, None]], dim=1)
+    ehat = F.linear(F.relu(F.linear(inp, W1, b1)), W2, b2)
+    return ((E - ehat) ** 2).sum(dim=1).mean()

@@ -13,10 +13,26 @@ from __future__ import annotations
 
 import sympy as sp
 
+from ..functions import step
 from ..nn import activation as act
-from ..nn import clamp, dot, einsum, exp, log, max_, norm, norm2, outer, sigmoid, stop_gradient, sum_, tanh
+from ..nn import (
+    clamp,
+    dot,
+    einsum,
+    exp,
+    log,
+    max_,
+    norm,
+    norm2,
+    outer,
+    sigmoid,
+    sqrt,
+    stop_gradient,
+    sum_,
+    tanh,
+)
 from ..program import Builder, Model, ModelError
-from ..tensor import Node, Var
+from ..tensor import ARG, IndexGrid, Node, Var, gather, map_
 from . import register
 
 _GCN_ACTIVATIONS = ("relu", "tanh", "sigmoid", "leaky_relu", "softplus", "identity")
@@ -99,6 +115,57 @@ def vae() -> Model:
     # no "large" mode: inputs of a few hundred saturate both tanh layers, where 1 - tanh^2 is decided by the
     # rounding of tanh itself (the reconstruction loss has no logits for that mode to stress)
     return b.model(hard=())
+
+
+# -- §8.2: the diffusion (DDPM) loss --------------------------------------------------------------------------
+
+
+@register("diffusion", "§8.2", "DDPM epsilon-prediction loss (linear noise schedule)")
+def diffusion(T_steps: int = 100, beta_1: float = 1e-4, beta_T: float = 0.02) -> Model:
+    r"""DDPM loss: x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps, ehat = W_2 ReLU(W_1 [x_t; t/T] + b_1) + b_2,
+    C = ||eps - ehat||^2, batch mean; beta_s linear from beta_1 to beta_T over s = 1, ..., T and
+    abar_t = prod_{s <= t} (1 - beta_s), for the integer steps t = 0, ..., T (abar_0 = 1: step 0 is the data)."""
+    if isinstance(T_steps, bool) or not isinstance(T_steps, int) or T_steps < 2:
+        raise ModelError(f"diffusion: T_steps must be an integer >= 2, got {T_steps!r}")
+    for option, v in (("beta_1", beta_1), ("beta_T", beta_T)):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < 1:
+            raise ModelError(f"diffusion: {option} must be a number in (0, 1) (a noise variance), got {v!r}")
+    b = Builder("diffusion", "DDPM epsilon-prediction loss (linear noise schedule)", "§8.2",
+                {"T_steps": T_steps, "beta_1": beta_1, "beta_T": beta_T})
+    b.samples("n", 4, 1, 6)
+    p = b.dim("p", 2, 1, 4)
+    hdim = b.dim("h", 3, 1, 4)
+    T = b.const("T_steps", T_steps, "T")
+    be1 = b.const("beta_1", beta_1, r"\beta_{1}")
+    beT = b.const("beta_T", beta_T, r"\beta_{T}")
+    W1 = b.param("W1", (hdim, p + 1), "W^{[1]}")
+    b1 = b.param("b1", (hdim,), "b^{[1]}")
+    W2 = b.param("W2", (p, hdim), "W^{[2]}")
+    b2 = b.param("b2", (p,), "b^{[2]}")
+    x0 = b.input("X0", (p,), "x_{0}", batched=True)
+    e = b.input("E", (p,), r"\epsilon", batched=True)
+    t = b.input("t", (), "t", batched=True, domain="labels")
+    # the schedule, a table over the steps: beta_s for s = 1..T, and log abar_j = sum_s 1{s <= j} log(1 - beta_s)
+    # for j = 0..T (a contraction with the indicator of s <= j; integers, so s <= j iff j - s + 1/2 > 0)
+    s = IndexGrid((T_steps,), 0, "s", start=1)
+    beta = b.eq("beta", be1 + (s - 1) * (beT - be1) / (T - 1), r"\beta")
+    grid = (T_steps + 1, T_steps)
+    upto = map_(step(ARG[0] - ARG[1] + sp.Rational(1, 2)), [IndexGrid(grid, 0, "j"), IndexGrid(grid, 1, "s", start=1)])
+    labar = b.eq("log_abar", einsum([("j", "s"), ("s",)], ("j",), [upto, log(1 - beta)]), r"\log\bar{\alpha}",
+                 note=r"\log\bar{\alpha}_{j} = \sum_{s \leq j} \log(1 - \beta_{s})")
+    la_t = b.eq("log_abar_t", gather(labar, t), r"\log\bar{\alpha}_{t}")
+    xt = b.eq("x_t", exp(la_t / 2) * x0 + sqrt(1 - exp(la_t)) * e, "x_{t}")
+    # [x_t; t/T]: x_t in the first p entries (the padded identity), t/T in the last
+    cells = (p + 1, p)
+    pad = map_(step(ARG[0] - ARG[1] + sp.Rational(1, 2)) * step(ARG[1] - ARG[0] + sp.Rational(1, 2)),
+               [IndexGrid(cells, 0, "i"), IndexGrid(cells, 1, "j")])
+    last = map_(step(ARG[0] - p + sp.Rational(1, 2)), [IndexGrid((p + 1,), 0, "i")])
+    u = b.eq("u", pad @ xt + last * (t / T), r"\tilde{x}_{t}", note=r"\tilde{x}_{t} = [x_{t}; t/T]")
+    z1 = b.eq("z1", W1 @ u + b1, "z^{[1]}", adjoint=("delta1", r"\delta^{[1]}"))
+    a1 = b.eq("a1", act("relu", z1), "a^{[1]}")
+    eh = b.eq("ehat", W2 @ a1 + b2, r"\hat{\epsilon}", adjoint=("delta2", r"\delta^{[2]}"))
+    b.eq("C", norm2(e - eh), "C")
+    return b.model(kinks=True, hard=())
 
 
 # -- §8.3: GANs -----------------------------------------------------------------------------------------------
