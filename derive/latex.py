@@ -573,7 +573,7 @@ class BookPrinter:
             return None
         entries: dict[int, str] = {}
         for t in sp.Add.make_args(n.fn):
-            if not t.is_Symbol:
+            if not t.is_Symbol or t not in ARG:  # a named constant is no stacked entry
                 return None
             i = ARG.index(t)
             a = n.args[i]

@@ -410,6 +410,82 @@ class Builder:
                         return p
         return None
 
+    def gradient(self, of: Var, wrt: Var, name: str, tex: str | None = None) -> Var:
+        r"""Append the derived gradient :math:`\nabla_{w} f` of the scalar ``of`` with respect to ``wrt`` to the
+        program, as equations (a gradient inside a program: a gradient penalty, a Lipschitz constraint).
+
+        The gradient is derived by reverse mode over the equations written so far (``of`` and the equations
+        it depends on), exactly as :func:`derive.backprop` derives a loss's gradient, and appended as
+        ordinary equations; the program stays a program, so the loss's own gradient (``derive.backprop`` of
+        the whole model) differentiates these equations again: second derivatives, derived, not written.
+
+        Equations are per sample: for a per-sample ``of`` (the critic's value :math:`D(\hat x^{(i)})`) the
+        gradient is per sample too, :math:`\nabla_{\hat x^{(i)}} D(\hat x^{(i)})`.
+
+        Args:
+            of: a scalar: the left-hand side of an equation of this program.
+            wrt: a parameter, an input or the left-hand side of an earlier equation.
+            name: the identifier of the gradient (an equation name).
+            tex: its LaTeX (default ``\nabla_{w} f`` from the two names).
+
+        Returns:
+            The gradient, a variable shaped like ``wrt``. Intermediate adjoints that several uses share are
+            named ``<name>_<variable>`` and print as :math:`\partial_{v} f`.
+
+        Raises:
+            ModelError: ``of`` is not a scalar equation of this program, or ``wrt`` is not a tensor of it.
+
+        Example:
+            >>> import derive
+            >>> from derive import nn
+            >>> b = derive.Builder("penalty", "a gradient penalty", "own model")
+            >>> n = b.samples("n", 3)
+            >>> p = b.dim("p", 2)
+            >>> w = b.param("w", (p,))
+            >>> x = b.input("X", (p,), "x", batched=True)
+            >>> f = b.eq("f", nn.tanh(nn.dot(w, x)), "f")
+            >>> g = b.gradient(f, x, "g_x")
+            >>> derive.latex(b.equations[-1])
+            '\\nabla_{x} f = (1 - f^{2}) w'
+        """
+        from .autodiff import backprop
+        from .tensor import substitute
+
+        lhs = {eq.lhs: i for i, eq in enumerate(self.equations)}
+        if not isinstance(of, Var) or of not in lhs:
+            known = ", ".join(eq.lhs.name for eq in self.equations) or "(none yet)"
+            raise ModelError(f"{self.name}: Builder.gradient takes the gradient of an equation of the program "
+                             f"(one of: {known}), got {of!r}")
+        if of.shape != ():
+            raise ShapeError(f"{self.name}: Builder.gradient needs a scalar (per sample) to differentiate; "
+                             f"{of.name} has shape {fmt_shape(of.shape)} (sum it first)")
+        known_vars = {**self.params, **self.inputs, **{eq.lhs.name: eq.lhs for eq in self.equations}}
+        if not isinstance(wrt, Var) or known_vars.get(wrt.name) is not wrt:
+            raise ModelError(f"{self.name}: Builder.gradient differentiates with respect to a parameter, an input "
+                             f"or an equation of the program ({', '.join(known_vars) or 'none'}), got {wrt!r}")
+        if wrt in lhs and lhs[wrt] >= lhs[of]:
+            raise ModelError(f"{self.name}: {of.name} does not depend on {wrt.name}, which is defined after it")
+        grad_tex = tex or rf"\nabla_{{{wrt.tex}}} {of.tex}"
+        # the sub-program from wrt to of (earlier equations do not depend on wrt: their variables are leaves)
+        start = lhs[wrt] + 1 if wrt in lhs else 0
+        sub = Model(name=f"{self.name}.{name}", title="", section="", dims=self.dims, defaults=self.defaults,
+                    params={}, inputs={wrt.name: wrt}, equations=list(self.equations[start : lhs[of] + 1]),
+                    reduction="sum", sample=self.sample, diff_inputs=(wrt.name,),
+                    adjoint_names={wrt.name: (name, grad_tex)}, inline_adjoints=frozenset(self.inline))
+        mapping: dict[Node, Node] = {}
+        out: Var | None = None
+        for eq in backprop(sub):
+            rhs = substitute(eq.rhs, mapping) if mapping else eq.rhs
+            if eq.kind == "grad":
+                out = self.eq(name, rhs, grad_tex)
+            else:  # a shared intermediate adjoint: named after the gradient, printed as a partial derivative
+                base = eq.lhs.name[: -len("_bar")] if eq.lhs.name.endswith("_bar") else eq.lhs.name
+                src = known_vars.get(base)
+                part = rf"\partial_{{{src.tex if src is not None else base}}} {of.tex}"
+                mapping[eq.lhs] = self.eq(f"{name}_{base}", rhs, part)
+        assert out is not None
+        return out
+
     def model(self, reduction: str = "mean", diff_inputs: Sequence[str] = (), hessian: Sequence[str] = (),
               newton: bool = False, kinks: bool = False, hard: Sequence[str] = ("large",)) -> Model:
         if not self.equations:

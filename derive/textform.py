@@ -21,7 +21,7 @@ _SYMBOLS = {
     "Sigma": "Σ", "Phi": "Φ", "Psi": "Ψ", "Omega": "Ω", "ell": "ℓ",
     "odot": "⊙", "oslash": "⊘", "star": "⋆", "cdot": "·", "times": "×", "top": "ᵀ", "le": "≤", "leq": "≤",
     "ge": "≥", "geq": "≥", "ne": "≠", "neq": "≠", "dots": "…", "ldots": "…", "cdots": "⋯", "infty": "∞",
-    "in": "∈", "partial": "∂", "leftarrow": "←", "to": "→", "sim": "~", "approx": "≈", "pm": "±",
+    "in": "∈", "partial": "∂", "nabla": "∇", "leftarrow": "←", "to": "→", "sim": "~", "approx": "≈", "pm": "±",
     "sum": "Σ", "prod": "Π", "langle": "⟨", "rangle": "⟩", "lfloor": "⌊", "rfloor": "⌋", "|": "‖",
     "{": "{", "}": "}", ",": " ", ";": " ", ":": " ", "!": "", " ": " ", "quad": "  ", "qquad": "\x01",
     "log": "log", "exp": "exp", "tanh": "tanh", "sin": "sin", "cos": "cos", "max": "max", "min": "min",

@@ -94,6 +94,9 @@ def _draw(rng: np.random.Generator, domain: str, shape: tuple[int, ...], mode: s
             return np.eye(k)[idx]
         a = rng.gamma(0.7, size=shape) + 1e-12
         return a / a.sum(-1, keepdims=True)
+    if domain == "one_hot":  # one-hot rows along the last axis (a state, an action)
+        k = shape[-1]
+        return np.eye(k)[rng.integers(0, k, shape[:-1])]
     if domain == "mask":
         return (rng.uniform(size=shape) < 0.7).astype(np.float64)
     if domain == "positive":

@@ -131,8 +131,7 @@ def stable_forms(expr: sp.Expr) -> sp.Expr:
         if len(exps) == 2:
             a, b = exps[0].args[0], exps[1].args[0]
             return b + softplus(a - b)
-        sig = [t for t in terms if isinstance(t, sigmoid)]
-        if other == [sp.S.One] and not sig and len(terms) == 2:
+        if sp.S.One in terms:  # 1 - sigma(u)
             t = next(t for t in terms if t != 1)
             if t.is_Mul and t.as_coeff_Mul()[0] == -1 and isinstance(t.as_coeff_Mul()[1], sigmoid):
                 return -softplus(t.as_coeff_Mul()[1].args[0])
