@@ -98,4 +98,4 @@ def _hashable(v: Any) -> Any:
 
 
 # the chapters register their entries on import, in book order
-from . import ch2, ch3, ch4, ch5, ch6, ch7, optim  # noqa: E402,F401
+from . import ch2, ch3, ch4, ch5, ch6, ch7, ch7_seq, optim  # noqa: E402,F401
