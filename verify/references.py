@@ -776,3 +776,6 @@ def positional_encoding(*, X: torch.Tensor, G: torch.Tensor, M: float = 10000.0)
         The scalar probe loss.
     """
     return _layer_loss(X + positional_table(X.shape[1], X.shape[2], M, X.dtype).to(X.device), G)
+
+
+from . import references_seq  # noqa: E402,F401  (seq2seq, decoder_block, birnn, stacked_rnn)
