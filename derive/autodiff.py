@@ -92,7 +92,7 @@ def backprop(m: Model) -> list[Equation]:
     if m.is_update:
         raise ModelError(f"{m.name} is an update program (state in, next state out) and has no loss to "
                          f"differentiate; print it with derive.latex(m) and run it with numeric.compile(m)")
-    if m.scan is not None:
+    if m.recurrences:
         from .scan import backprop_scan
 
         res = Equations(backprop_scan(m))
@@ -191,10 +191,10 @@ def _batched(expr: Node, like: Var) -> bool:
 
 def grad(m: Model, name: str) -> Equation:
     """The gradient equation ``g_<name> = ...`` of the loss with respect to a parameter or input."""
-    if m.scan is not None and name in m.params:
-        from .scan import scan_program
+    if m.recurrences and name in m.params:
+        from .scan import scan_programs
 
-        return scan_program(m).params[name]
+        return next(p.params[name] for p in scan_programs(m) if name in p.params)
     if name not in m.grad_names:
         raise ModelError(f"{m.name} has no gradient with respect to {name!r}; "
                          f"gradients exist for: {', '.join(m.grad_names)}")
@@ -291,7 +291,7 @@ def hessian(m: Model, name: str, name2: str | None = None) -> list[Equation]:
     for logistic regression gives ``X^T D X / n`` with ``D = diag(yhat (1 - yhat))``.
     """
     name2 = name2 or name
-    if m.scan is not None or m.is_update:
+    if m.recurrences or m.is_update:
         raise ModelError(f"{m.name}: Hessians are offered for loss programs without recurrences")
     for nm in (name, name2):
         if nm not in m.params:

@@ -421,19 +421,23 @@ class BookPrinter:
         self.defined: set[str] = set()
         self.lifted: dict[Var, Var] = {}
         self.carried: dict[Var, Node] = {}
+        self.shifts: dict[Var, int] = {}
+        self.sum_time: dict[str, Any] = {}
         self.sample_sup = ""
         self._memo: dict[Any, tuple[str, int]] = {}
         self._dim_names = {str(d) for d in (model.dims.values() if model is not None else ())}
-        if model is not None and model.scan is not None:
+        if model is not None and model.recurrences:
             self._carries(model)
 
     def _carries(self, m: Model) -> None:
-        """The adjoint carried from step t + 1 prints as that step's expression (BPTT as the book writes it)."""
-        from .scan import scan_program
+        """The adjoint carried from step t + 1 prints as that step's expression (BPTT as the book writes it;
+        from step t - 1 in a reverse scan), and the adjoint a later scan sends back as that scan's expression."""
+        from .scan import printed_adjoints, sum_times
 
-        prog = scan_program(m)
-        for prev, zin in prog.carry_in.items():
-            self.carried[zin] = prog.carry_out[prev].rhs
+        for v, (node, shift) in printed_adjoints(m).items():
+            self.carried[v] = node
+            self.shifts[v] = shift
+        self.sum_time = sum_times(m)
 
     # -- nodes ------------------------------------------------------------------------------------
     def _idx_axes(self, n: Node) -> list[int]:
@@ -479,7 +483,7 @@ class BookPrinter:
         if isinstance(n, Var):
             if n in self.carried:
                 tex, prec = self.node(self.carried[n])
-                return shift_time(tex), prec
+                return shift_time(tex, self.shifts.get(n, 1)), prec
             return self._var(n, letters), ATOM
         if isinstance(n, Einsum):
             return self.einsum(n, letters, scope)
@@ -1033,9 +1037,8 @@ class BookPrinter:
         else:
             mat = self.matrix(eq.rhs) if eq.kind in ("grad", "hessian", "tangent") else None
             rhs = mat if mat is not None else self.node(eq.rhs, letters)[0]
-        if scan_sum:
-            assert self.model is not None and self.model.scan is not None
-            T = sp.latex(self.model.scan.time)
+        if scan_sum and eq.lhs.name in self.sum_time:
+            T = sp.latex(self.sum_time[eq.lhs.name])
             if rhs.startswith(r"\frac{1}{") and self.batch:
                 k = rhs.index("}", 7) + 1
                 k = rhs.index("}", k) + 1
@@ -1054,10 +1057,10 @@ class BookPrinter:
         """The printed program: with ``display``, shared subexpressions named, intermediates named by their
         own expression left out and layers folded; without it, exactly one string per equation."""
         if not display:
-            return [self.equation(e, scan_sum=self.model is not None and self.model.scan is not None
+            return [self.equation(e, scan_sum=self.model is not None and bool(self.model.recurrences)
                                   and e.kind == "grad") for e in eqs]
         eqs = self._named(list(eqs))
-        scan = self.model is not None and self.model.scan is not None
+        scan = self.model is not None and bool(self.model.recurrences)
         texs = []
         for e in eqs:
             s = self.equation(e, scan_sum=scan and e.kind == "grad")
@@ -1090,7 +1093,7 @@ class BookPrinter:
             roots = [x.rhs for x in eqs if x is not e] + extra_roots
             if not any(e.rhs in walk([r], stop=lambda m: isinstance(m, Var)) for r in roots):
                 continue
-            time = r"\langle t\rangle" if self.model is not None and self.model.scan is not None else ""
+            time = r"\langle t\rangle" if self.model is not None and self.model.recurrences else ""
             tex = _compose(r"\delta", psub, psup + sup + time)
             if tex in used_lhs:
                 continue
@@ -1629,12 +1632,59 @@ def aligned(eqs: Sequence[Equation], model: Model | None, batch: bool = False, l
         n = sp.latex(model.sample)
         red = (rf"\frac{{1}}{{{n}}}\sum_{{i=1}}^{{{n}}}" if model.reduction == "mean"
                else rf"\sum_{{i=1}}^{{{n}}}")
-        if model.scan is not None:
+        if model.scans:
+            rows.extend(_scan_rows(model))
+            terms = []
+            for sc in model.scans:
+                if sc.loss is None:
+                    continue
+                T = sp.latex(sc.time)
+                w = "" if sc.weight == 1 else sp.latex(sc.weight) + " "
+                loss = next(e.lhs.tex for e in model.equations if e.lhs.name == sc.loss)
+                terms.append(rf"{w}\sum_{{t=1}}^{{{T}}} " + with_sup(loss, "(i)"))
+            rows.append(r"\mathcal{C} &= " + red + " " + " + ".join(terms))
+        elif model.scan is not None:
             T = sp.latex(model.scan.time)
             rows.append(r"\mathcal{C} &= " + red + rf" \frac{{1}}{{{T}}}\sum_{{t=1}}^{{{T}}} C^{{\langle t\rangle(i)}}")
         else:
             rows.append(r"\mathcal{C} &= " + red + " C^{(i)}")
     return r"\\".join(rows)
+
+
+def _at_time(tex: str, at: str) -> str:
+    r"""``tex`` with its time index ``\langle t+k\rangle`` at ``t = at`` (``at`` a LaTeX value: 1, T)."""
+
+    def sub(mt: re.Match[str]) -> str:
+        k = (int(mt.group(2)) * (1 if mt.group(1) == "+" else -1)) if mt.group(1) else 0
+        if at.isdigit():
+            return rf"\langle {int(at) + k}\rangle"
+        return rf"\langle {at}" + ("" if k == 0 else f"{k:+d}") + r"\rangle"
+
+    return _TIME.sub(sub, tex)
+
+
+def _scan_rows(m: Model) -> list[str]:
+    r"""How the scans of a program connect: stacked states ``H = [h^{<1>}, \dots, h^{<T>}]`` and carries that
+    start from an earlier scan's final state ``s^{<0>} = h^{<T_{in}>}`` (other states start at 0)."""
+    defs = {e.lhs.name: e.lhs for e in m.equations}
+    rows = []
+    for sc in m.scans:
+        T = sp.latex(sc.time)
+        for prev, src in sc.init:
+            first = "1" if not sc.reverse else T
+            lhs = _at_time(m.inputs[prev].tex, first)
+            rows.append(f"{lhs} &= {_at_time(defs[src].tex, _final(m, src))}")
+        for sv, src in sc.stacks:
+            owner = next(s for s in m.scans if src in s.equations)
+            To = sp.latex(owner.time)
+            h = defs[src].tex
+            rows.append(rf"{sv.tex} &= \left[{_at_time(h, '1')}, \dots, {_at_time(h, To)}\right]")
+    return rows
+
+
+def _final(m: Model, src: str) -> str:
+    sc = next(s for s in m.scans if src in s.equations)
+    return "1" if sc.reverse else sp.latex(sc.time)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -63,12 +63,37 @@ class Equations(list[Equation]):
 
 @dataclass(frozen=True)
 class Scan:
-    """A recurrence over a symbolic number of steps (see :class:`Model`)."""
+    """A recurrence over a symbolic number of steps (see :class:`Model`).
+
+    A model that is one recurrence (``Model.scan``) uses the first four fields: its equations are the step.
+    A program of several recurrences (``Model.scans``, made with :meth:`Builder.scan`) also names each
+    scan's step equations, its step loss (or none), its direction, the carries that start from the final
+    state of an earlier scan, and the stacked states of earlier scans it reads whole.
+
+    Attributes:
+        time: the time dimension T of the scan.
+        carries: (previous-state input, the equation or sequence input giving its next value); a carry
+            whose next value is a sequence input (teacher forcing: ``y^{<t-1>}``) is data, not differentiated.
+        sequences: the inputs read at step t (arrays (T, n, ...)).
+        weight: the weight of each step's loss (1/T).
+        name: the scan's name (programs of several scans).
+        equations: the names of its step equations (empty: all of the model's).
+        loss: the name of its step loss (``None``: the scan has no loss of its own).
+        reverse: it runs t = T, ..., 1 and its carries hold the state of step t + 1.
+        init: (carry, equation of an earlier scan): the carry starts from that equation's final value.
+        stacks: (stacked variable (T, ...), equation of an earlier scan): all of its steps as one tensor.
+    """
 
     time: sp.Symbol
     carries: tuple[tuple[str, str], ...]
     sequences: tuple[str, ...]
     weight: sp.Expr
+    name: str = ""
+    equations: tuple[str, ...] = ()
+    loss: str | None = None
+    reverse: bool = False
+    init: tuple[tuple[str, str], ...] = ()
+    stacks: tuple[tuple[Var, str], ...] = ()
 
 
 @dataclass
@@ -125,6 +150,9 @@ class Model:
     #: (previous-state input -> the equation of its next value), the inputs with a time axis (arrays
     #: (T, n, ...)), and the weight of each step's loss (1/T)
     scan: Scan | None = None
+    #: programs of several recurrences (a stacked or bidirectional RNN, an encoder and a decoder): the scans
+    #: in order, each naming its step equations (``m.equations`` holds them all, scan after scan)
+    scans: tuple[Scan, ...] = ()
     #: printing hints for the book's notation (read by :mod:`derive.latex`, never by the engine):
     #: ``columns`` (dimensions printed as the column axis of a matrix: time steps, as X in R^{p x T}),
     #: ``index`` (dimension -> index style, e.g. ``{H: "h"}`` prints heads as W_q^h, ``{n: "(i)"}`` samples
@@ -153,18 +181,30 @@ class Model:
         return self.equations[-1].rhs
 
     @property
+    def recurrences(self) -> tuple[Scan, ...]:
+        """The scans of the program: ``(scan,)`` for a recurrence, ``scans`` for several, else empty."""
+        return (self.scan,) if self.scan is not None else self.scans
+
+    @property
     def carries(self) -> list[str]:
-        """The previous-state inputs of a recurrence (empty otherwise)."""
-        return [k for k, _ in self.scan.carries] if self.scan else []
+        """The previous-state inputs of the recurrences (empty otherwise): internal, never arrays."""
+        return [k for sc in self.recurrences for k, _ in sc.carries]
 
     @property
     def grad_names(self) -> list[str]:
         """Every parameter, then the differentiable inputs: the names of the gradient entries."""
         if self.update:
             return []
-        if self.scan is not None:
+        if self.recurrences:
             return list(self.params)
         return list(self.params) + list(self.diff_inputs)
+
+    def time_of(self, name: str) -> sp.Symbol | None:
+        """The time dimension of the scan that reads input ``name`` as a sequence (else ``None``)."""
+        for sc in self.recurrences:
+            if name in sc.sequences:
+                return sc.time
+        return None
 
     def tensor(self, name: str) -> Var:
         """The parameter or input called ``name``."""
@@ -201,8 +241,9 @@ class Model:
         if var.batched:
             assert self.sample is not None
             shape = (sizes[self.sample], *shape)
-        if self.scan is not None and var.name in self.scan.sequences:
-            shape = (sizes[self.scan.time], *shape)
+        time = self.time_of(var.name)
+        if time is not None:
+            shape = (sizes[time], *shape)
         return shape
 
     def too_small(self, name: str, d: Any, k: int, sizes: Mapping[Any, int]) -> str:
@@ -218,8 +259,9 @@ class Model:
     def array_dims(self, var: Var) -> tuple[Any, ...]:
         """The symbolic shape of ``var``'s array (sample and time axes included)."""
         dims = ((self.sample,) if var.batched else ()) + tuple(var.shape)
-        if self.scan is not None and var.name in self.scan.sequences:
-            dims = (self.scan.time, *dims)
+        time = self.time_of(var.name)
+        if time is not None:
+            dims = (time, *dims)
         return dims
 
     def shapes(self, **sizes: int) -> dict[str, tuple[int, ...]]:
@@ -260,6 +302,9 @@ class Builder:
         self.constants: dict[str, float] = {}
         self.notation: dict[str, Any] = {}
         self._names: set[str] = set()
+        self._scans: list[Scan] = []
+        self._scan_start = 0
+        self._stacks: dict[Var, str] = {}
 
     def dim(self, name: str, default: int, lo: int = 1, hi: int = 5, tex: str | None = None) -> sp.Symbol:
         """Declare a dimension with its default size and the range the verifier draws from."""
@@ -525,6 +570,115 @@ class Builder:
             if k not in self.inputs or v.shape != self.inputs[k].shape:
                 raise ModelError(f"{self.name}: carry {k!r} must be an input shaped like {v.name}")
         model.scan = Scan(time, tuple((k, v.name) for k, v in carries.items()), tuple(sequences), as_expr(weight, 'a step weight'))
+        return model
+
+    # -- programs of several recurrences ------------------------------------------------------------
+    def scan(self, name: str, time: sp.Symbol, carries: Mapping[str, Var], sequences: Sequence[str] = (),
+             loss: Var | None = None, weight: Any = None, reverse: bool = False,
+             init: Mapping[str, Var] | None = None) -> Scan:
+        """Close a scan of a program of several recurrences: the equations written since the previous scan
+        are its step at a general t.
+
+        Args:
+            name: the scan's name (an identifier: it names the loops of the generated code).
+            time: its time dimension.
+            carries: previous-state input -> its next value: an equation of this step, or a sequence input
+                (teacher forcing: the step reads ``y^{<t-1>}``, zero at the first step; data, not differentiated).
+            sequences: the inputs it reads at step t (arrays (T, n, ...)).
+            loss: its step loss ``C^{<t>}`` (a scalar equation of the step), if it has one; the program's loss
+                sums ``weight * sum_t C^{<t>}`` over the scans that have one.
+            weight: the weight of each step's loss (default 1/T).
+            reverse: run t = T, ..., 1; its carries then hold the state of step t + 1 (a bidirectional RNN).
+            init: carry -> an equation of an earlier scan that is a carried state: the carry starts from its
+                final value (a decoder starting from the encoder's last state) instead of zero.
+
+        Equations of earlier scans with the same time dimension are read at the same step t (a stacked
+        layer reads the states of the layer below, a head reads both directions); :meth:`stack` gives all
+        steps of one as a tensor (attention over the encoder states).
+        """
+        if not name.isidentifier():
+            raise ModelError(f"{self.name}: scan name {name!r} must be a Python identifier")
+        if any(sc.name == name for sc in self._scans):
+            raise ModelError(f"{self.name}: the scan name {name!r} is used twice")
+        step = self.equations[self._scan_start:]
+        if not step:
+            raise ModelError(f"{self.name}: scan {name!r} has no equations; write its step before closing it")
+        own = {eq.lhs.name: eq.lhs for eq in step}
+        earlier = {n: sc for sc in self._scans for n in sc.equations}
+        for k in sequences:
+            if k not in self.inputs:
+                raise ModelError(f"{self.name}: sequence {k!r} of scan {name!r} is not an input; inputs: "
+                                 f"{', '.join(self.inputs) or '(none)'}")
+            for sc in self._scans:
+                if k in sc.sequences and sc.time != time:
+                    raise ModelError(f"{self.name}: input {k!r} is read over {sc.time} by scan {sc.name!r} and "
+                                     f"over {time} by {name!r}; a sequence has one time axis")
+        pairs = []
+        for k, v in carries.items():
+            if k not in self.inputs or v.shape != self.inputs[k].shape:
+                raise ModelError(f"{self.name}: carry {k!r} must be an input shaped like {v.name}")
+            if v.name not in own and v.name not in sequences:
+                raise ModelError(f"{self.name}: the next value of carry {k!r} must be an equation of scan "
+                                 f"{name!r} or one of its sequences, got {v.name!r}")
+            pairs.append((k, v.name))
+        finals = {nxt: sc for sc in self._scans for _, nxt in sc.carries if nxt in sc.equations}
+        starts = []
+        for k, v in (init or {}).items():
+            if k not in carries:
+                raise ModelError(f"{self.name}: init names {k!r}, which is not a carry of scan {name!r}")
+            if v.name not in finals:
+                raise ModelError(f"{self.name}: carry {k!r} can start from the final state of an earlier scan "
+                                 f"(one of: {', '.join(finals) or '(none)'}), not {v.name!r}")
+            if v.shape != self.inputs[k].shape:
+                raise ShapeError(f"{self.name}: carry {k!r} has shape {fmt_shape(self.inputs[k].shape)}, its "
+                                 f"start {v.name} has {fmt_shape(v.shape)}")
+            starts.append((k, v.name))
+        stacks = []
+        for n in walk([eq.rhs for eq in step]):
+            if not isinstance(n, Var):
+                continue
+            if n.name in earlier and earlier[n.name].time != time:
+                raise ModelError(f"{self.name}: scan {name!r} reads {n.name} of scan {earlier[n.name].name!r} "
+                                 f"step by step, but their times differ ({earlier[n.name].time} and {time}); "
+                                 f"read all of its steps with Builder.stack")
+            if n in self._stacks and (n, self._stacks[n]) not in stacks:
+                stacks.append((n, self._stacks[n]))
+        if loss is not None and (loss.name not in own or loss.shape != ()):
+            raise ModelError(f"{self.name}: the loss of scan {name!r} must be a scalar equation of its step")
+        w = as_expr(weight if weight is not None else (1 / time if loss is not None else 0), "a step weight")
+        sc = Scan(time, tuple(pairs), tuple(sequences), w, name, tuple(own), loss.name if loss else None,
+                  bool(reverse), tuple(starts), tuple(stacks))
+        self._scans.append(sc)
+        self._scan_start = len(self.equations)
+        return sc
+
+    def stack(self, name: str, source: Var, tex: str | None = None) -> Var:
+        """All steps of ``source`` (an equation of a closed scan) as one tensor of shape ``(T, ...)``, e.g.
+        the encoder states ``H = [h^{<1>}, ..., h^{<T>}]`` that a decoder attends over."""
+        sc = next((sc for sc in self._scans if source.name in sc.equations), None)
+        if sc is None:
+            raise ModelError(f"{self.name}: {source.name!r} is not an equation of a closed scan; stack the "
+                             f"states of a scan after closing it with Builder.scan")
+        self._claim(name)
+        v = Var(name, (sc.time, *source.shape), "var", tex, batched=source.batched)
+        self._stacks[v] = source.name
+        return v
+
+    def scans_model(self, kinks: bool = False) -> Model:
+        """Finish a program of several recurrences (each closed with :meth:`scan`)."""
+        if not self._scans:
+            raise ModelError(f"{self.name}: no scan was closed; use Builder.scan, or Builder.scan_model for "
+                             f"a single recurrence")
+        if self._scan_start != len(self.equations):
+            left = ", ".join(eq.lhs.name for eq in self.equations[self._scan_start:])
+            raise ModelError(f"{self.name}: equations {left} belong to no scan; close them with Builder.scan")
+        if not any(sc.loss for sc in self._scans):
+            raise ModelError(f"{self.name}: no scan has a loss; pass loss= to Builder.scan")
+        last = self._scans[-1]
+        if last.loss != self.equations[-1].lhs.name:
+            raise ModelError(f"{self.name}: the last equation must be the loss of the last scan")
+        model = self.model(kinks=kinks, hard=())
+        model.scans = tuple(self._scans)
         return model
 
     def update_model(self, next_state: Mapping[str, Var]) -> Model:

@@ -62,7 +62,7 @@ def build_program(m: Model, hessian: Sequence[str] = ()) -> Program:
         if h not in m.params:
             raise ValueError(f"{m.name} has no parameter {h!r} to take a Hessian in; "
                              f"its parameters are: {', '.join(m.params)}")
-    if m.is_update or m.scan is not None:
+    if m.is_update or m.recurrences:
         return Program(m, (), list(m.equations), [])
     prog = Program(m, tuple(hessian), list(m.equations), list(derive.backprop(m)))
     for a in hessian:
@@ -624,11 +624,11 @@ def _constants(m: Model) -> list[str]:
 
 
 def _module(m: Model, backend: str, doc: Sequence[str], names: Sequence[str], body: Sequence[str], ret: str,
-            eqs: Sequence[Equation]) -> str:
+            eqs: Sequence[Equation], dims: Sequence[sp.Symbol] = ()) -> str:
     """A generated module: docstring, imports, named constants, and ``kernel`` with the dimensions it uses
-    read off the array shapes."""
+    (those of ``eqs``, and ``dims``) read off the array shapes."""
     text = "\n".join(body)
-    header = [f"    {d} = {c}" for d, c in _dim_sources(m, _dims_needed(eqs, m)).items()
+    header = [f"    {d} = {c}" for d, c in _dim_sources(m, _dims_needed(eqs, m) | set(dims)).items()
               if re.search(rf"\b{re.escape(d)}\b", text)]
     lib = "numpy as np\nfrom numeric import ops_numpy as ops" if backend == "numpy" else \
         "torch\nfrom numeric import ops_torch as ops"
@@ -736,6 +736,141 @@ def generate_scan(m: Model, backend: str) -> str:
                    list(m.equations) + sp_.adjoint)
 
 
+def generate_scans(m: Model, backend: str) -> str:
+    """The module of a program of several scans: each scan's step equations in a loop over its time steps
+    (t = T..1 for a reverse scan), in the program's order, keeping the states later scans read; then
+    backpropagation through time scan by scan from the last, each loop carrying its state's adjoint and
+    adding the adjoints its scan sends back to the earlier scans it read."""
+    from derive.scan import scan_programs
+
+    progs = scan_programs(m)
+    scans = {sc.name: sc for sc in m.scans}
+    names = [k for k in [*m.params, *m.inputs] if k not in m.carries]
+    like = names[0]
+    low = Lowering(backend, m, like)
+    defs = {eq.lhs: eq.rhs for eq in m.equations}
+    texs = dict(zip([e.lhs.name for e in m.equations], equations_tex(list(m.equations))))
+    zeros = "np.zeros" if backend == "numpy" else "torch.zeros"
+    kw = f"dtype={like}.dtype" + (f", device={like}.device" if backend == "torch" else "")
+    stack = "np.stack" if backend == "numpy" else "torch.stack"
+    body: list[str] = ["    loss = 0.0"]
+    saved: list[list[str]] = []
+    renames: list[dict[str, str]] = []
+    # -- forward: the scans in order -------------------------------------------------------------------
+    for pr in progs:
+        sc = pr.scan
+        assert sc is not None
+        T = dim_code(sc.time)
+        loop = f"range({T} - 1, -1, -1)" if sc.reverse else f"range({T})"
+        body.append(f"    # scan {sc.name}: t = {'T, ..., 1' if sc.reverse else '1, ..., T'} over {_safe(str(sc.time))}")
+        starts = dict(sc.init)
+        for prev, _ in sc.carries:
+            if prev in starts:
+                src_prev = next(p for sc2 in m.scans for p, nxt in sc2.carries if nxt == starts[prev])
+                body.append(f"    {prev} = {src_prev}")
+            else:
+                body.append(f"    {prev} = {zeros}({low.shape_code(m.inputs[prev])}, {kw})")
+        for sv, src in sc.stacks:
+            body.append(f"    {sv.name} = {stack}({src}_seq, 1)")
+        rename = {s: f"{s}_t" for s in sc.sequences}
+        renames.append(rename)
+        forward = stabilize(pr.forward, defs)
+        upstream = list(pr.upstream)
+        keep = [*(p for p, _ in sc.carries), *sc.sequences, *upstream, *(e.lhs.name for e in forward)]
+        saved.append(keep)
+        body.append(f"    tape_{sc.name} = [None] * {T}")
+        for v in pr.outputs_in:
+            body.append(f"    {v}_seq = [None] * {T}")
+        body.append(f"    for t in {loop}:")
+        for s_ in sc.sequences:
+            body.append(f"        {s_}_t = {s_}[t]")
+        for u in upstream:
+            body.append(f"        {u} = {u}_seq[t]")
+        fwd = _Emitter([e.rhs for e in forward], backend, low, f"{sc.name}_f")
+        for eq in forward:
+            code = fwd.code(eq.rhs)
+            body.extend(f"        {t} = {_rename(c, rename)}" for t, c in fwd.take())
+            body.append("        # " + texs[eq.lhs.name].replace("\n", " "))
+            body.append(f"        {eq.lhs.name} = {_rename(code, rename)}")
+        if sc.loss is not None:
+            body.append(f"        loss = loss + {sc.loss}.mean() * {_paren(dim_code(sc.weight))}")
+        body.append(f"        tape_{sc.name}[t] = (" + ", ".join(rename.get(v, v) for v in keep) + ",)")
+        for v in pr.outputs_in:
+            body.append(f"        {v}_seq[t] = {v}")
+        for prev, nxt in sc.carries:
+            body.append(f"        {prev} = {rename.get(nxt, nxt)}")
+    # -- backward: the scans from the last -------------------------------------------------------------
+    grads: dict[str, str] = {}
+    for pr in progs:
+        for p, eq in pr.params.items():
+            grads.setdefault(p, eq.lhs.name)
+    for g in dict.fromkeys(grads.values()):
+        body.append(f"    {g} = 0.0")
+    for pr in progs:  # per step, the adjoints that later scans send back to the states they read
+        assert pr.scan is not None
+        for v in pr.outputs_in:
+            body.append(f"    {v}_up = [0.0] * {dim_code(pr.scan.time)}")
+    seeds: dict[str, str] = {}  # a carried state's name -> the adjoint a later scan hands its last step
+    for k in range(len(progs) - 1, -1, -1):
+        pr = progs[k]
+        sc = pr.scan
+        assert sc is not None
+        T = dim_code(sc.time)
+        rename = renames[k]
+        loop = f"range({T})" if sc.reverse else f"range({T} - 1, -1, -1)"
+        body.append(f"    # backpropagation through scan {sc.name}")
+        for prev, zin in pr.carry_in.items():
+            nxt = dict(sc.carries)[prev]
+            zl = "np.zeros_like" if backend == "numpy" else "torch.zeros_like"
+            body.append(f"    {zin.name} = " + seeds.get(nxt, f"{zl}({prev})"))
+        for sv, _ in sc.stacks:
+            body.append(f"    {pr.stacks[sv.name].lhs.name} = 0.0")
+        adjoint = reuse_outputs([e for e in pr.adjoint if e.kind != "grad"], defs)
+        grad_eqs = reuse_outputs([e for e in pr.adjoint if e.kind == "grad"], defs)
+        atexs = dict(zip([e.lhs.name for e in pr.adjoint], equations_tex(pr.adjoint)))
+        body.append(f"    for t in {loop}:")
+        body.append("        (" + ", ".join(rename.get(v, v) for v in saved[k]) + f",) = tape_{sc.name}[t]")
+        for v, oin in pr.outputs_in.items():
+            body.append(f"        {oin.name} = {v}_up[t]")
+        bwd = _Emitter([e.rhs for e in adjoint + grad_eqs], backend, low, f"{sc.name}_b")
+        for eq in adjoint:
+            code = bwd.code(eq.rhs)
+            body.extend(f"        {t} = {_rename(c, rename)}" for t, c in bwd.take())
+            body.append("        # " + atexs[eq.lhs.name].replace("\n", " "))
+            body.append(f"        {eq.lhs.name} = {_rename(code, rename)}")
+        carried = {e.lhs.name: p for p, e in pr.carry_out.items()}
+        ups = {e.lhs.name: u for u, e in pr.upstream.items()}
+        stacked = {e.lhs.name for e in pr.stacks.values()}
+        for eq in grad_eqs:
+            per_sample = eq.lhs.name in carried or eq.lhs.name in ups or eq.lhs.name in stacked
+            code = bwd.code(eq.rhs) if per_sample else bwd.reduced(eq.rhs)
+            body.extend(f"        {t} = {_rename(c, rename)}" for t, c in bwd.take())
+            body.append("        # " + atexs[eq.lhs.name].replace("\n", " "))
+            if eq.lhs.name in carried:
+                body.append(f"        {pr.carry_in[carried[eq.lhs.name]].name} = {_rename(code, rename)}")
+            elif eq.lhs.name in ups:
+                u = ups[eq.lhs.name]
+                body.append(f"        {u}_up[t] = {u}_up[t] + {_rename(code, rename)}")
+            else:
+                body.append(f"        {eq.lhs.name} = {eq.lhs.name} + {_rename(code, rename)}")
+        for sv, src in sc.stacks:
+            To = dim_code(next(sc2.time for sc2 in scans.values() if src in sc2.equations))
+            g = pr.stacks[sv.name].lhs.name
+            body.append(f"    for t in range({To}):")
+            body.append(f"        {src}_up[t] = {src}_up[t] + {g}[:, t]")
+        for prev, nxt in sc.init:
+            seeds[nxt] = pr.carry_in[prev].name
+    ret = ", ".join(f'"{p}": {g}' for p, g in grads.items())
+    doc = [f"dlmath kernel for the recurrences {_safe(m.name)} ({_safe(m.section)}), {backend} backend. Generated "
+           "by dlmath; do not edit.", "",
+           "Each scan's step equations run in a loop over its time steps, in order; backpropagation through",
+           "time runs the scans backwards from the last, each carrying the adjoint of its state and sending",
+           "the adjoints of the states it read back to the earlier scans. Sequences are time-major: (T, n, ...)."]
+    eqs = list(m.equations) + [e for pr in progs for e in pr.adjoint]
+    return _module(m, backend, doc, names, body, f'{{"loss": loss, "grad": {{{ret}}}}}', eqs,
+                   [pr.scan.time for pr in progs if pr.scan is not None])
+
+
 class _Emitter:
     """Code of expressions with shared subexpressions hoisted into temporaries (``t1 = ...``), and of
     per-sample gradients reduced over the batch. ``take()`` hands over the temporaries made since."""
@@ -831,6 +966,8 @@ def generate(prog: Program, backend: str) -> str:
     m = prog.model
     if m.is_update:
         return generate_update(m, backend)
+    if m.scans:
+        return generate_scans(m, backend)
     if m.scan is not None:
         return generate_scan(m, backend)
     names = list(m.params) + list(m.inputs)

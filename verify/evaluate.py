@@ -400,11 +400,13 @@ def evaluate(m: Model, tensors: Mapping[str, Tensor]) -> Tensor:
     base: dict[Any, Any] = {**sizes, **{sp.Symbol(k, real=True): v for k, v in m.constants.items()}}
     batched = [k for k, v in {**m.params, **m.inputs}.items() if v.batched and k in tensors]
     plain = {k: t for k, t in tensors.items() if k not in batched}
-    seqs = set(m.scan.sequences) if m.scan is not None else set()
+    seqs = {k for sc in m.recurrences for k in sc.sequences}
 
     def one_sample(*per_sample: Tensor) -> Tensor:
         env = {**base, **plain, **dict(zip(batched, per_sample))}
         ev = _Evaluator(env, like)
+        if m.scans:
+            return _scans(m, env, ev, sizes, like)
         if m.scan is None:
             for eq in m.equations:
                 env[eq.lhs.name] = ev.value(eq.rhs)
@@ -431,7 +433,46 @@ def evaluate(m: Model, tensors: Mapping[str, Tensor]) -> Tensor:
         return loss
     dims = tuple(1 if k in seqs else 0 for k in batched)  # sequences are time-major: (T, n, ...)
     per = torch.func.vmap(one_sample, in_dims=dims)(*[tensors[k] for k in batched])
-    return per.mean() if m.reduction == "mean" or m.scan is not None else per.sum()
+    return per.mean() if m.reduction == "mean" or m.recurrences else per.sum()
+
+
+def _scans(m: Model, env: dict[Any, Any], ev: _Evaluator, sizes: dict[sp.Symbol, int], like: Tensor) -> Any:
+    """One sample of a program of several scans: each scan's step for its t = 1..T (T..1 when reversed), in
+    order; later scans read the states of earlier ones at the same t, stacked, or (a carry's start) final."""
+    by_name = {eq.lhs.name: eq for eq in m.equations}
+    history: dict[str, list[Tensor]] = {}
+    final: dict[str, Tensor] = {}
+    total: Any = 0.0
+    sequences = {k: env[k] for sc in m.scans for k in sc.sequences}  # whole, before any step reads one
+    for sc in m.scans:
+        T = sizes[sc.time]
+        steps = {k: sequences[k] for k in sc.sequences}
+        starts = dict(sc.init)
+        for prev, _ in sc.carries:
+            if prev in starts:
+                env[prev] = final[starts[prev]]
+            else:
+                env[prev] = torch.zeros(ev.shape(m.inputs[prev].shape), dtype=like.dtype, device=like.device)
+        for sv, src in sc.stacks:
+            env[sv.name] = torch.stack(history[src], 0)
+        used = {v.name for n in sc.equations for v in walk([by_name[n].rhs]) if isinstance(v, Var)}
+        upstream = used & set(history)
+        weight = _scalar(sc.weight, env, like) if sc.loss else 0.0
+        own: dict[str, list[Any]] = {n: [None] * T for n in sc.equations}
+        order = range(T - 1, -1, -1) if sc.reverse else range(T)
+        for t in order:
+            env.update({k: s[t] for k, s in steps.items()})
+            env.update({n: history[n][t] for n in upstream})
+            for n in sc.equations:
+                env[n] = ev.value(by_name[n].rhs)
+                own[n][t] = env[n]
+            if sc.loss:
+                total = total + weight * env[sc.loss]
+            env.update({prev: env[nxt] for prev, nxt in sc.carries})
+        for prev, nxt in sc.carries:
+            final[nxt] = env[prev]
+        history.update(own)
+    return total
 
 
 def eager_reference(m: Model) -> Callable[..., Tensor]:

@@ -779,3 +779,4 @@ def positional_encoding(*, X: torch.Tensor, G: torch.Tensor, M: float = 10000.0)
 
 
 from . import references_ch8  # noqa: E402,F401  (Chapter 8 and Appendix B register themselves)
+from . import references_seq  # noqa: E402,F401  (seq2seq, decoder_block, birnn, stacked_rnn)

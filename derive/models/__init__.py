@@ -130,5 +130,5 @@ def _hashable(v: Any) -> Any:
 
 
 # the chapters register their entries on import, in book order
-from . import ch2, ch3, ch4, ch5, ch6, ch7, optim  # noqa: E402,F401,I001
+from . import ch2, ch3, ch4, ch5, ch6, ch7, ch7_seq, optim  # noqa: E402,F401,I001
 from . import ch8  # noqa: E402,F401  (Chapter 8 and Appendix B, after the optimizers of Chapter 4)
