@@ -161,20 +161,31 @@ def logistic_regression(
     return F.binary_cross_entropy_with_logits(X @ w + b, y)
 
 
+def _ce(logits: torch.Tensor, Y: torch.Tensor | None, y: torch.Tensor | None) -> torch.Tensor:
+    """F.cross_entropy with probability (one-hot) rows ``Y`` or integer class indices ``y`` (batch mean)."""
+    if y is not None:
+        return F.cross_entropy(logits, y.long())
+    assert Y is not None
+    return F.cross_entropy(logits, Y)
+
+
 @_register()
-def softmax_regression(*, W: torch.Tensor, b: torch.Tensor, X: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
-    """C = -1/n sum_i sum_k Y_ik log S(W x_i + b)_k.
+def softmax_regression(*, W: torch.Tensor, b: torch.Tensor, X: torch.Tensor, Y: torch.Tensor | None = None,
+                       y: torch.Tensor | None = None, targets: str = "probabilities") -> torch.Tensor:
+    """C = -1/n sum_i sum_k Y_ik log S(W x_i + b)_k (or -1/n sum_i log S(W x_i + b)_{y_i} for labels).
 
     Args:
         W: weights, shape (K, p).
         b: biases, shape (K,).
         X: features, shape (n, p).
         Y: probability (or one-hot) targets, rows summing to 1, shape (n, K).
+        y: integer class indices, shape (n,) (``targets="labels"``).
+        targets: probabilities, one_hot or labels (which of Y, y is given).
 
     Returns:
-        The mean cross-entropy with probability targets (scalar).
+        The mean cross-entropy (scalar).
     """
-    return F.cross_entropy(F.linear(X, W, b), Y)
+    return _ce(F.linear(X, W, b), Y, y)
 
 
 @_register()
@@ -361,8 +372,9 @@ def log_softmax(*, Z: torch.Tensor, G: torch.Tensor) -> torch.Tensor:
 
 
 @_register()
-def mlp(*, X: torch.Tensor, Y: torch.Tensor, layers: int = 3, activation: str = "sigmoid",
-        output: str = "softmax_ce", widths: Any = None, **params: torch.Tensor) -> torch.Tensor:
+def mlp(*, X: torch.Tensor, Y: torch.Tensor | None = None, y: torch.Tensor | None = None, layers: int = 3,
+        activation: str = "sigmoid", output: str = "softmax_ce", widths: Any = None,
+        targets: str = "probabilities", **params: torch.Tensor) -> torch.Tensor:
     """An ``nn.Linear``-style stack: a = S(a W^T + b) for the hidden layers, then the output loss.
 
     Args:
@@ -373,6 +385,8 @@ def mlp(*, X: torch.Tensor, Y: torch.Tensor, layers: int = 3, activation: str = 
         output: softmax_ce (F.cross_entropy with probability targets), sigmoid_bce
             (F.binary_cross_entropy_with_logits summed over outputs), identity_mse (||z - y||^2).
         widths: unused (sizes come from the arrays).
+        y: integer class indices (n,) with ``targets="labels"`` (softmax_ce).
+        targets: probabilities, one_hot or labels (which of Y, y is given).
         **params: W1, b1, ..., WL, bL.
 
     Returns:
@@ -383,7 +397,8 @@ def mlp(*, X: torch.Tensor, Y: torch.Tensor, layers: int = 3, activation: str = 
         z = F.linear(a, params[f"W{l}"], params[f"b{l}"])
         a = _activation(activation, z) if l < layers else z
     if output == "softmax_ce":
-        return F.cross_entropy(a, Y)
+        return _ce(a, Y, y)
+    assert Y is not None
     if output == "sigmoid_bce":
         return F.binary_cross_entropy_with_logits(a, Y, reduction="sum") / a.shape[0]
     return ((a - Y) ** 2).sum(dim=1).mean()
@@ -656,30 +671,35 @@ def avg_pool2d(*, X: torch.Tensor, G: torch.Tensor, kernel: int = 2, stride: int
 
 @_register()
 def cnn(*, W1: torch.Tensor, b1: torch.Tensor, W2: torch.Tensor, b2: torch.Tensor, X: torch.Tensor,
-        Y: torch.Tensor, channels: int = 2, classes: int = 3) -> torch.Tensor:
+        Y: torch.Tensor | None = None, y: torch.Tensor | None = None, channels: int = 2, classes: int = 3,
+        targets: str = "probabilities") -> torch.Tensor:
     """F.cross_entropy(Linear(flatten(max_pool2d(relu(conv2d(X, W1, b1, padding=1)), 2))), Y).
 
     Args:
         W1: conv kernel (C_1, C_in, 3, 3); b1: (C_1,).
         W2: dense weight (K, C_1, H/2, W/2), flattened to nn.Linear's (K, C_1 H/2 W/2); b2: (K,).
-        X: images (n, C_in, H, W); Y: probability rows (n, K).
+        X: images (n, C_in, H, W); Y: probability rows (n, K); y: class indices (n,) for labels targets.
         channels, classes: C_1 and K (implied by the weights).
+        targets: probabilities, one_hot or labels.
 
     Returns:
         The mean loss.
     """
     h = F.max_pool2d(F.relu(F.conv2d(X, W1, b1, padding=1)), 2)
-    return F.cross_entropy(F.linear(h.flatten(1), W2.flatten(1), b2), Y)
+    return _ce(F.linear(h.flatten(1), W2.flatten(1), b2), Y, y)
 
 
-def _seq_loss(logits: list[torch.Tensor], Y: torch.Tensor) -> torch.Tensor:
-    """1/T sum_t F.cross_entropy(head(h_t), Y_t) (probability targets, mean over samples)."""
-    return torch.stack([F.cross_entropy(o, Y[t]) for t, o in enumerate(logits)]).mean()
+def _seq_loss(logits: list[torch.Tensor], Y: torch.Tensor | None, y: torch.Tensor | None = None) -> torch.Tensor:
+    """1/T sum_t F.cross_entropy(head(h_t), Y_t) (probability rows Y (T, n, q) or labels y (T, n); mean over
+    samples)."""
+    return torch.stack([_ce(o, None if Y is None else Y[t], None if y is None else y[t])
+                        for t, o in enumerate(logits)]).mean()
 
 
 @_register()
 def rnn(*, W_hh: torch.Tensor, W_hx: torch.Tensor, b_h: torch.Tensor, W_yh: torch.Tensor, b_y: torch.Tensor,
-        X: torch.Tensor, Y: torch.Tensor, activation: str = "tanh") -> torch.Tensor:
+        X: torch.Tensor, Y: torch.Tensor | None = None, y: torch.Tensor | None = None, activation: str = "tanh",
+        targets: str = "probabilities") -> torch.Tensor:
     """nn.RNN (weight_ih = W_hx, weight_hh = W_hh, bias_ih = b_h, bias_hh = 0) + a linear softmax head.
 
     Args:
@@ -693,11 +713,12 @@ def rnn(*, W_hh: torch.Tensor, W_hx: torch.Tensor, b_h: torch.Tensor, W_yh: torc
     state = {"weight_ih_l0": W_hx, "weight_hh_l0": W_hh, "bias_ih_l0": b_h, "bias_hh_l0": torch.zeros_like(b_h)}
     cell = torch.nn.RNN(W_hx.shape[1], W_hh.shape[0], nonlinearity=activation, dtype=X.dtype, device=X.device)
     H, _ = torch.func.functional_call(cell, state, (X,))
-    return _seq_loss([F.linear(H[t], W_yh, b_y) for t in range(X.shape[0])], Y)
+    return _seq_loss([F.linear(H[t], W_yh, b_y) for t in range(X.shape[0])], Y, y)
 
 
 @_register()
-def lstm(*, X: torch.Tensor, Y: torch.Tensor, **P: torch.Tensor) -> torch.Tensor:
+def lstm(*, X: torch.Tensor, Y: torch.Tensor | None = None, y: torch.Tensor | None = None,
+         targets: str = "probabilities", **P: torch.Tensor) -> torch.Tensor:
     """nn.LSTM with weights mapped (gate order i, f, g, o: weight_ih = [W_ix; W_fx; W_cx; W_ox]) + head.
 
     Args:
@@ -714,11 +735,12 @@ def lstm(*, X: torch.Tensor, Y: torch.Tensor, **P: torch.Tensor) -> torch.Tensor
              "bias_hh_l0": torch.zeros(4 * m, dtype=X.dtype, device=X.device)}
     cell = torch.nn.LSTM(X.shape[-1], m, dtype=X.dtype, device=X.device)
     H, _ = torch.func.functional_call(cell, state, (X,))
-    return _seq_loss([F.linear(H[t], P["W_yh"], P["b_y"]) for t in range(X.shape[0])], Y)
+    return _seq_loss([F.linear(H[t], P["W_yh"], P["b_y"]) for t in range(X.shape[0])], Y, y)
 
 
 @_register()
-def gru(*, X: torch.Tensor, Y: torch.Tensor, variant: str = "book", **P: torch.Tensor) -> torch.Tensor:
+def gru(*, X: torch.Tensor, Y: torch.Tensor | None = None, y: torch.Tensor | None = None, variant: str = "book",
+        targets: str = "probabilities", **P: torch.Tensor) -> torch.Tensor:
     """variant="torch": nn.GRU with weights mapped (gates r, z, n; bias_hh = 0) + head. variant="book": the
     book's equations (7.18)-(7.19), written out step by step in torch.
 
@@ -749,7 +771,7 @@ def gru(*, X: torch.Tensor, Y: torch.Tensor, variant: str = "book", **P: torch.T
             cand = torch.tanh(F.linear(r * h, P["W_hh"]) + F.linear(X[t], P["W_hx"], P["b_h"]))
             h = (1 - u) * h + u * cand
             hs.append(h)
-    return _seq_loss([F.linear(h_t, P["W_yh"], P["b_y"]) for h_t in hs], Y)
+    return _seq_loss([F.linear(h_t, P["W_yh"], P["b_y"]) for h_t in hs], Y, y)
 
 
 def positional_table(T: int, p: int, M: float, dtype: torch.dtype = torch.float64) -> torch.Tensor:

@@ -43,7 +43,7 @@ _OUTPUTS = ("softmax_ce", "sigmoid_bce", "identity_mse")
 
 @register("mlp", "§5.1-5.4", "feedforward network (any depth, activation and output loss)")
 def mlp(layers: int = 3, widths: tuple[int, ...] | None = None, activation: str = "sigmoid",
-        output: str = "softmax_ce") -> Model:
+        output: str = "softmax_ce", targets: str = "probabilities") -> Model:
     r"""Feedforward network z^{[l]} = W^{[l]} a^{[l-1]} + b^{[l]}, a^{[l]} = S(z^{[l]}), with an output loss.
 
     Args:
@@ -52,7 +52,10 @@ def mlp(layers: int = 3, widths: tuple[int, ...] | None = None, activation: str 
         activation: S for the hidden layers: sigmoid, tanh, relu, leaky_relu, softplus.
         output: softmax_ce (softmax and categorical cross entropy), sigmoid_bce (sigmoid and binary cross
             entropy summed over outputs) or identity_mse (squared error ||yhat - y||^2).
+        targets: with softmax_ce, "probabilities" (Y (n, N_L) rows on the simplex, the default), "one_hot"
+            (the same Y, drawn one-hot) or "labels" (integer class indices y (n,); C = -log yhat_y).
     """
+    from ._targets import check_targets, cross_entropy, target_input
     from ..functions import named_activation
     from ..nn import dot, log, norm2, sigmoid, softmax
     from ..program import Builder, ModelError
@@ -65,6 +68,10 @@ def mlp(layers: int = 3, widths: tuple[int, ...] | None = None, activation: str 
     acts = ("sigmoid", "tanh", "relu", "leaky_relu", "softplus")
     if activation not in acts:
         raise ModelError(f"mlp activation {activation!r} is unknown; choose one of: {', '.join(acts)}")
+    targets = check_targets("mlp", targets)
+    if targets != "probabilities" and output != "softmax_ce":
+        raise ModelError(f"mlp targets={targets!r} needs output='softmax_ce' (categorical targets), got "
+                         f"output={output!r}")
     L = layers
     if widths is None:
         widths = tuple([3] + [4] * (L - 1) + [3])
@@ -72,13 +79,15 @@ def mlp(layers: int = 3, widths: tuple[int, ...] | None = None, activation: str 
     if len(widths) != L + 1 or any(not isinstance(w, int) or w < 1 for w in widths):
         raise ModelError(f"mlp with layers={L} needs widths of L + 1 = {L + 1} positive integers, got {widths!r}")
     b = Builder("mlp", f"feedforward network, {L} layers, {activation} hidden, {output} output", "§5.1-5.4",
-                {"layers": L, "widths": widths, "activation": activation, "output": output})
+                {"layers": L, "widths": widths, "activation": activation, "output": output,
+                 **({"targets": targets} if targets != "probabilities" else {})})
     b.samples("n", 5, 1, 6)
     N = [b.dim(f"N{l}", widths[l], 1, 4, tex=f"N_{l}") for l in range(L + 1)]
     S = named_activation(activation)
     a = b.input("X", (N[0],), "a^{[0]}", batched=True)
     domain = {"softmax_ce": "simplex", "sigmoid_bce": "unit", "identity_mse": "real"}[output]
-    y = b.input("Y", (N[L],), "y", batched=True, domain=domain)
+    y = (target_input(b, targets, N[L]) if output == "softmax_ce" else
+         b.input("Y", (N[L],), "y", batched=True, domain=domain))
     Ws = [b.param(f"W{l}", (N[l], N[l - 1]), f"W^{{[{l}]}}") for l in range(1, L + 1)]
     bs = [b.param(f"b{l}", (N[l],), f"b^{{[{l}]}}") for l in range(1, L + 1)]
     for l in range(1, L + 1):
@@ -87,7 +96,7 @@ def mlp(layers: int = 3, widths: tuple[int, ...] | None = None, activation: str 
             a = b.eq(f"a{l}", map_(S(ARG0), [z]), f"a^{{[{l}]}}", adjoint=(f"zeta{l}", rf"\zeta^{{[{l}]}}"))
     if output == "softmax_ce":
         yhat = b.eq("yhat", softmax(z), r"\hat{y}")
-        b.eq("C", -dot(y, log(yhat)), "C")
+        b.eq("C", cross_entropy(y, yhat), "C")
     elif output == "sigmoid_bce":
         yhat = b.eq("yhat", sigmoid(z), r"\hat{y}")
         from ..tensor import sum_

@@ -96,9 +96,20 @@ def avg_pool2d(kernel: int = 2, stride: int | None = None, padding: int = 0) -> 
 
 
 @register("cnn", "§6.4", "conv-ReLU-pool-dense-softmax network")
-def cnn(channels: int = 2, classes: int = 3) -> Model:
-    r"""conv(3x3, padding 1) - ReLU - max pool(2) - dense - softmax cross entropy."""
-    b = Builder("cnn", "conv-ReLU-pool-dense-softmax network", "§6.4", {"channels": channels, "classes": classes})
+def cnn(channels: int = 2, classes: int = 3, targets: str = "probabilities") -> Model:
+    r"""conv(3x3, padding 1) - ReLU - max pool(2) - dense - softmax cross entropy.
+
+    Args:
+        channels: C_1, the conv layer's output channels.
+        classes: K.
+        targets: "probabilities" (Y (n, K) rows on the simplex, the default), "one_hot" (the same Y, drawn
+            one-hot) or "labels" (integer class indices y (n,); C = -log yhat_y).
+    """
+    from ._targets import check_targets, cross_entropy, target_input
+
+    targets = check_targets("cnn", targets)
+    b = Builder("cnn", "conv-ReLU-pool-dense-softmax network", "§6.4",
+                {"channels": channels, "classes": classes, **({"targets": targets} if targets != "probabilities" else {})})
     b.samples("n", 2, 1, 3)
     Ci = b.dim("C_in", 1, 1, 2)
     C1 = b.dim("C_1", channels, 1, 3)
@@ -111,7 +122,7 @@ def cnn(channels: int = 2, classes: int = 3) -> Model:
     W2 = b.param("W2", (K, C1, ph, pw), "W^{[2]}")
     b2 = b.param("b2", (K,), "b^{[2]}")
     x = b.input("X", (Ci, H, Wd), "x", batched=True)
-    y = b.input("Y", (K,), "y", batched=True, domain="simplex")
+    y = target_input(b, targets, K)
     z1 = b.eq("z1", conv(W1, b1, x, (3, 3), 1, 1, 1), "z^{[1]}", adjoint=("delta1", r"\delta^{[1]}"))
     a1 = b.eq("a1", map_(named_activation("relu")(ARG[0]), [z1]), "a^{[1]}")
     p1 = b.eq("p1", Max(Unfold(a1, (2, 2), 2, 0, 1, flat=True), 1), "p^{[1]}")
@@ -120,7 +131,7 @@ def cnn(channels: int = 2, classes: int = 3) -> Model:
     z2 = b.eq("z2", einsum([(k, c, i, j), (c, i, j)], (k,), [W2, p1], dims=dims) + b2, "z^{[2]}",
               adjoint=("delta2", r"\delta^{[2]}"))
     yhat = b.eq("yhat", softmax(z2), r"\hat{y}")
-    b.eq("C", -dot(y, log(yhat)), "C")
+    b.eq("C", cross_entropy(y, yhat), "C")
     model = b.model(kinks=True)
     # ReLU zeros tie inside pooling windows and near-ties switch within any usable step: no finite
     # difference measures this derivative reliably; torch autograd (same conventions) checks it at 1e-10
