@@ -444,6 +444,53 @@ def residual_block(*, W1: torch.Tensor, b1: torch.Tensor, W2: torch.Tensor, b2: 
 # --------------------------------------------------------------------------------------------------
 
 
+def optimizer_reference(name: str, **options: Any) -> str:
+    """What an update program is verified against: ``torch.optim.Adam`` (and its mapped options), or the
+    hand-written torch update where ``torch.optim`` has no such convention (epsilon inside the root)."""
+    cls = {"sgd": "SGD", "momentum": "SGD", "nesterov": "SGD", "adagrad": "Adagrad", "rmsprop": "RMSprop",
+           "adam": "Adam", "adamw": "AdamW"}.get(name, name)
+    if options.get("eps_placement", "outside") == "inside":
+        return f"torch.optim.{cls}'s update with epsilon inside the square root (written out in torch)"
+    extra = {"momentum": " (momentum; the book's form mapped: lr alpha (1 - beta))" if options.get("form", "book") == "book"
+             else " (momentum)", "nesterov": " (nesterov=True)"}.get(name, "")
+    return f"torch.optim.{cls}{extra}"
+
+
+def _eps_inside(name: str, theta: torch.Tensor, grads: list[torch.Tensor], o: dict[str, Any]
+                ) -> list[dict[str, torch.Tensor]]:
+    """torch.optim's Adagrad, RMSprop, Adam and AdamW with epsilon inside the square root: sqrt(s + eps)
+    (a common convention of from-scratch code), written out step by step in torch."""
+    th = theta.clone()
+    s = torch.zeros_like(th)
+    v = torch.zeros_like(th)
+    out = []
+    for t, g in enumerate(grads, start=1):
+        if name == "adagrad":
+            lr, eps = o.get("lr", 0.01), o.get("eps", 1e-10)
+            s = s + g * g
+            th = th - lr * g / torch.sqrt(s + eps)
+            out.append({"theta": th.clone(), "s": s.clone()})
+        elif name == "rmsprop":
+            lr, gam, eps = o.get("lr", 0.01), o.get("gamma", 0.99), o.get("eps", 1e-8)
+            s = gam * s + (1 - gam) * g * g
+            th = th - lr * g / torch.sqrt(s + eps)
+            out.append({"theta": th.clone(), "s": s.clone()})
+        else:
+            lr, b1, b2, eps = o.get("lr", 1e-3), o.get("beta1", 0.9), o.get("beta2", 0.999), o.get("eps", 1e-8)
+            wd = o.get("weight_decay", 0.0 if name == "adam" else 1e-2)
+            if name == "adam" and wd:
+                g = g + wd * th
+            if name == "adamw":
+                th = th * (1 - lr * wd)
+            v = b1 * v + (1 - b1) * g
+            s = b2 * s + (1 - b2) * g * g
+            vh, sh = v / (1 - b1**t), s / (1 - b2**t)
+            th = th - lr * vh / torch.sqrt(sh + eps)
+            out.append({"theta": th.clone(), "v": v.clone(), "s": s.clone(),
+                        "t": torch.tensor(float(t), dtype=theta.dtype)})
+    return out
+
+
 def optimizer_trajectory(name: str, theta: torch.Tensor, grads: list[torch.Tensor],
                          **options: Any) -> list[dict[str, torch.Tensor]]:
     """Run ``torch.optim`` for ``len(grads)`` steps from ``theta`` (zero optimizer state).
@@ -453,6 +500,8 @@ def optimizer_trajectory(name: str, theta: torch.Tensor, grads: list[torch.Tenso
     momentum (``v = beta v + (1 - beta) g``, ``theta -= alpha v``) is torch's SGD momentum with
     ``lr = alpha (1 - beta)``, and ``v_book = (1 - beta) v_torch``.
     """
+    if options.get("eps_placement", "outside") == "inside":
+        return _eps_inside(name, theta, grads, dict(options))
     p = theta.clone().detach().requires_grad_(True)
     o = options
     opt: torch.optim.Optimizer

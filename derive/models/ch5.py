@@ -55,11 +55,11 @@ def mlp(layers: int = 3, widths: tuple[int, ...] | None = None, activation: str 
         targets: with softmax_ce, "probabilities" (Y (n, N_L) rows on the simplex, the default), "one_hot"
             (the same Y, drawn one-hot) or "labels" (integer class indices y (n,); C = -log yhat_y).
     """
-    from ._targets import check_targets, cross_entropy, target_input
     from ..functions import named_activation
-    from ..nn import dot, log, norm2, sigmoid, softmax
+    from ..nn import log, norm2, sigmoid, softmax
     from ..program import Builder, ModelError
     from ..tensor import map_
+    from ._targets import check_targets, cross_entropy, target_input
 
     if not isinstance(layers, int) or layers < 1:
         raise ModelError(f"mlp needs layers >= 1, got {layers!r}")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 
 from ..functions import named_activation
-from ..nn import dot, einsum, log, softmax, sum_
+from ..nn import einsum, softmax, sum_
 from ..program import Builder, Model, ModelError
 from ..tensor import ARG, Max, Node, Unfold, conv_out, map_, mean
 from . import register

@@ -177,7 +177,6 @@ def _seq_builder(name: str, title: str, section: str, options: dict[str, object]
 
 def _head(b: Builder, h: Node, q: sp.Symbol, m: sp.Symbol) -> None:
     """yhat^{<t>} = S_softmax(W_yh h^{<t>} + b_y), C^{<t>} = CE(y^{<t>}, yhat^{<t>})."""
-    from ..nn import log
 
     W_yh = b.param("W_yh", (q, m), "W_{yh}")
     b_y = b.param("b_y", (q,), "b_{y}")
