@@ -50,6 +50,8 @@ def layout_perm(m: Model, name: str, spec: Any) -> tuple[int, ...]:
     nd = len(m.array_dims(m.tensor(name)))
     if isinstance(spec, str) and spec.strip().upper() in ("T", "TRANSPOSE", "TRANSPOSED"):
         return tuple(reversed(range(nd)))
+    if isinstance(spec, str) and all(p.strip().isdigit() for p in spec.split(",")):
+        spec = tuple(int(p) for p in spec.split(","))
     if isinstance(spec, str):
         want = [s.strip() for s in spec.split(",")]
         ours = _axis_names(m, name)

@@ -672,7 +672,7 @@ def transformer_block(*, X: torch.Tensor, G: torch.Tensor, heads: int = 2, eps: 
 
 
 @_register()
-def conv2d(*, W: torch.Tensor, b: torch.Tensor, X: torch.Tensor, G: torch.Tensor, kernel: Any = (2, 2),
+def conv2d(*, W: torch.Tensor, b: torch.Tensor, X: torch.Tensor, G: torch.Tensor, kernel: Any = None,
            stride: int = 1, padding: int = 0, dilation: int = 1) -> torch.Tensor:
     """C = sum(G * F.conv2d(X, W, b, stride, padding, dilation)) (cross-correlation, NCHW).
 
@@ -847,3 +847,128 @@ def positional_encoding(*, X: torch.Tensor, G: torch.Tensor, M: float = 10000.0)
         The scalar probe loss.
     """
     return _layer_loss(X + positional_table(X.shape[1], X.shape[2], M, X.dtype).to(X.device), G)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Layer entries users reach for: dense layer, GELU/SiLU/ELU, single recurrent steps
+# ---------------------------------------------------------------------------------------------------
+
+
+@_register()
+def linear(*, W: torch.Tensor, b: torch.Tensor, A: torch.Tensor, G: torch.Tensor) -> torch.Tensor:
+    """C = sum(G * F.linear(A, W, b)).
+
+    Args:
+        W: (N_out, N_in); b: (N_out,); A: (n, N_in); G: upstream gradient (n, N_out).
+
+    Returns:
+        The scalar probe loss.
+    """
+    return _layer_loss(F.linear(A, W, b), G)
+
+
+@_register()
+def gelu(*, Z: torch.Tensor, G: torch.Tensor, approximate: str = "none") -> torch.Tensor:
+    """C = sum(G * F.gelu(Z, approximate=approximate)).
+
+    Args:
+        Z: (n, N); G: (n, N); approximate: "none" or "tanh".
+
+    Returns:
+        The scalar probe loss.
+    """
+    return _layer_loss(F.gelu(Z, approximate=approximate), G)
+
+
+@_register()
+def silu(*, Z: torch.Tensor, G: torch.Tensor) -> torch.Tensor:
+    """C = sum(G * F.silu(Z)).
+
+    Args:
+        Z: (n, N); G: (n, N).
+
+    Returns:
+        The scalar probe loss.
+    """
+    return _layer_loss(F.silu(Z), G)
+
+
+@_register()
+def elu(*, Z: torch.Tensor, G: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
+    """C = sum(G * F.elu(Z, alpha)).
+
+    Args:
+        Z: (n, N); G: (n, N); alpha: the negative-side scale.
+
+    Returns:
+        The scalar probe loss.
+    """
+    return _layer_loss(F.elu(Z, alpha=alpha), G)
+
+
+@_register()
+def rnn_cell(*, W_hh: torch.Tensor, W_hx: torch.Tensor, b_h: torch.Tensor, X: torch.Tensor, H_prev: torch.Tensor,
+             G_h: torch.Tensor, activation: str = "tanh") -> torch.Tensor:
+    """C = sum(G_h * nn.RNNCell(X, H_prev)) with weight_ih = W_hx, weight_hh = W_hh, bias_ih = b_h, bias_hh = 0.
+
+    Args:
+        W_hh (m, m), W_hx (m, p), b_h (m,); X (n, p); H_prev (n, m); G_h (n, m).
+        activation: tanh or relu.
+
+    Returns:
+        The scalar probe loss.
+    """
+    cell = torch.nn.RNNCell(W_hx.shape[1], W_hh.shape[0], nonlinearity=activation, dtype=X.dtype, device=X.device)
+    state = {"weight_ih": W_hx, "weight_hh": W_hh, "bias_ih": b_h, "bias_hh": torch.zeros_like(b_h)}
+    return _layer_loss(torch.func.functional_call(cell, state, (X, H_prev)), G_h)
+
+
+@_register()
+def lstm_cell(*, X: torch.Tensor, H_prev: torch.Tensor, C_prev: torch.Tensor, G_h: torch.Tensor, G_c: torch.Tensor,
+              **P: torch.Tensor) -> torch.Tensor:
+    """C = sum(G_h * h) + sum(G_c * c) for (h, c) = nn.LSTMCell(X, (H_prev, C_prev)), weights mapped (gate order
+    i, f, g, o; bias_hh = 0).
+
+    Args:
+        X (n, p); H_prev, C_prev, G_h, G_c (n, m).
+        **P: W_fh, W_fx, b_f, W_ih, W_ix, b_i, W_oh, W_ox, b_o, W_ch, W_cx, b_c.
+
+    Returns:
+        The scalar probe loss.
+    """
+    m = P["W_fh"].shape[0]
+    state = {"weight_ih": torch.cat([P["W_ix"], P["W_fx"], P["W_cx"], P["W_ox"]]),
+             "weight_hh": torch.cat([P["W_ih"], P["W_fh"], P["W_ch"], P["W_oh"]]),
+             "bias_ih": torch.cat([P["b_i"], P["b_f"], P["b_c"], P["b_o"]]),
+             "bias_hh": torch.zeros(4 * m, dtype=X.dtype, device=X.device)}
+    cell = torch.nn.LSTMCell(X.shape[-1], m, dtype=X.dtype, device=X.device)
+    h, c = torch.func.functional_call(cell, state, (X, (H_prev, C_prev)))
+    return _layer_loss(h, G_h) + _layer_loss(c, G_c)
+
+
+@_register()
+def gru_cell(*, X: torch.Tensor, H_prev: torch.Tensor, G_h: torch.Tensor, variant: str = "book",
+             **P: torch.Tensor) -> torch.Tensor:
+    """variant="torch": C = sum(G_h * nn.GRUCell(X, H_prev)) with weights mapped (gates r, z, n; bias_hh = 0);
+    variant="book": the book's step (7.18)-(7.19) written out in torch.
+
+    Args:
+        X (n, p); H_prev, G_h (n, m); variant: "book" or "torch".
+        **P: W_rh, W_rx, b_r, W_uh, W_ux, b_u, W_hh, W_hx, b_h.
+
+    Returns:
+        The scalar probe loss.
+    """
+    m = P["W_rh"].shape[0]
+    if variant == "torch":
+        state = {"weight_ih": torch.cat([P["W_rx"], P["W_ux"], P["W_hx"]]),
+                 "weight_hh": torch.cat([P["W_rh"], P["W_uh"], P["W_hh"]]),
+                 "bias_ih": torch.cat([P["b_r"], P["b_u"], P["b_h"]]),
+                 "bias_hh": torch.zeros(3 * m, dtype=X.dtype, device=X.device)}
+        cell = torch.nn.GRUCell(X.shape[-1], m, dtype=X.dtype, device=X.device)
+        return _layer_loss(torch.func.functional_call(cell, state, (X, H_prev)), G_h)
+    h = H_prev
+    r = torch.sigmoid(F.linear(h, P["W_rh"]) + F.linear(X, P["W_rx"], P["b_r"]))
+    u = torch.sigmoid(F.linear(h, P["W_uh"]) + F.linear(X, P["W_ux"], P["b_u"]))
+    cand = torch.tanh(F.linear(r * h, P["W_hh"]) + F.linear(X, P["W_hx"], P["b_h"]))
+    return _layer_loss((1 - u) * h + u * cand, G_h)

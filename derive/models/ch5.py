@@ -3,6 +3,8 @@ softplus), each as a layer entry with loss C = sum(G * S(Z))."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from ..program import Model
 from . import register
 from .ch3 import _layer
@@ -36,6 +38,100 @@ def leaky_relu_layer(slope: float = 0.01) -> Model:
 def softplus_layer() -> Model:
     r"""Softplus layer a = log(1 + e^z); delta = zeta * sigma(z)."""
     return _layer("softplus", "softplus activation layer", "§5.3", "softplus")
+
+
+def _smooth_layer(name: str, title: str, fn: Any, opts: dict[str, Any], kinks: bool = False,
+                  consts: tuple[tuple[str, float, str], ...] = ()) -> Model:
+    """A layer entry a = f(z), C = sum(G * a), with ``fn(z_arg, *const_symbols)`` the scalar function."""
+    from ..nn import dot
+    from ..program import Builder
+    from ..tensor import map_
+
+    b = Builder(name, title, "§5.3", opts)
+    b.samples("n", 4, 1, 6)
+    N = b.dim("N", 4, 1, 6)
+    z = b.input("Z", (N,), "z", batched=True, adjoint=("g_Z", r"\delta"))
+    G = b.input("G", (N,), r"\zeta", batched=True)
+    cs = [b.const(c, v, tex) for c, v, tex in consts]
+    a = b.eq("a", map_(fn(ARG0, *cs), [z]), "a")
+    b.eq("C", dot(G, a), "C")
+    return b.model(reduction="sum", diff_inputs=("Z",), kinks=kinks)
+
+
+@register("gelu", "§5.3", "GELU activation layer")
+def gelu_layer(approximate: str = "none") -> Model:
+    r"""GELU layer a = z Phi(z) = z (1 + erf(z / sqrt 2)) / 2 (``approximate="none"``), or its tanh form
+    z (1 + tanh(sqrt(2/pi) (z + 0.044715 z^3))) / 2 (``approximate="tanh"``), as F.gelu.
+
+    Args:
+        approximate: "none" (the exact erf form) or "tanh".
+    """
+    import sympy as sp
+
+    from ..program import ModelError
+
+    if approximate not in ("none", "tanh"):
+        raise ModelError(f"gelu approximate {approximate!r} is unknown; choose 'none' or 'tanh'")
+    if approximate == "none":
+        def fn(x: Any) -> Any:
+            return x * (1 + sp.erf(x / sp.sqrt(2))) / 2
+    else:
+        def fn(x: Any) -> Any:
+            return x * (1 + sp.tanh(sp.sqrt(2 / sp.pi) * (x + sp.Float(0.044715) * x**3))) / 2
+    return _smooth_layer("gelu", "GELU activation layer", fn,
+                         {"approximate": approximate} if approximate != "none" else {})
+
+
+@register("silu", "§5.3", "SiLU (swish) activation layer")
+def silu_layer() -> Model:
+    r"""SiLU layer a = z sigma(z); delta = zeta * sigma(z) (1 + z (1 - sigma(z)))."""
+    from ..functions import sigmoid as sig
+
+    return _smooth_layer("silu", "SiLU (swish) activation layer", lambda x: x * sig(x), {})
+
+
+@register("elu", "§5.3", "ELU activation layer")
+def elu_layer(alpha: float = 1.0) -> Model:
+    r"""ELU layer a = z for z > 0, alpha (e^z - 1) otherwise (F.elu; its derivative at 0 is alpha, as PyTorch).
+
+    Args:
+        alpha: the negative-side scale.
+    """
+    from ..functions import step, where
+    from ..program import ModelError
+
+    if not isinstance(alpha, (int, float)) or isinstance(alpha, bool):
+        raise ModelError(f"elu alpha must be a number, got {alpha!r}")
+
+    def fn(x: Any, al: Any) -> Any:
+        import sympy as sp
+
+        pos = step(x)
+        # the exponential only of the non-positive part: no overflow in the branch not taken
+        return where(pos, x, al * (sp.exp(where(pos, 0, x)) - 1))
+
+    return _smooth_layer("elu", "ELU activation layer", fn, {"alpha": alpha}, kinks=True,
+                         consts=(("alpha", float(alpha), r"\alpha"),))
+
+
+@register("linear", "§5.1", "dense (affine) layer")
+def linear() -> Model:
+    r"""Dense layer z = W a + b (F.linear: W (N_out, N_in), arrays batch-first); a layer entry with
+    C = sum(G * z), so its gradients are g_W = delta a^T, g_b = delta, g_A = W^T delta with delta = G."""
+    from ..nn import dot
+    from ..program import Builder
+
+    b = Builder("linear", "dense (affine) layer", "§5.1")
+    b.samples("n", 4, 1, 6)
+    Ni = b.dim("N_in", 3, 1, 5)
+    No = b.dim("N_out", 2, 1, 5)
+    W = b.param("W", (No, Ni), "W")
+    bias = b.param("b", (No,), "b")
+    a = b.input("A", (Ni,), "a", batched=True, adjoint=("g_A", r"\zeta_{a}"))
+    G = b.input("G", (No,), r"\delta", batched=True)
+    z = b.eq("z", W @ a + bias, "z")
+    b.eq("C", dot(G, z), "C")
+    return b.model(reduction="sum", diff_inputs=("A",))
 
 
 _OUTPUTS = ("softmax_ce", "sigmoid_bce", "identity_mse")

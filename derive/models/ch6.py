@@ -9,6 +9,7 @@ gradient as the adjoint of the window map, i.e. the full convolution with the fl
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from ..functions import named_activation
 from ..nn import einsum, softmax, sum_
@@ -32,7 +33,7 @@ def _image_range(k: int, padding: int, dilation: int) -> int:
     return max(1, dilation * (k - 1) + 1 - 2 * padding)
 
 
-def conv(W: Node, b: Node, x: Node, kernel: tuple[int, int], stride: int, padding: int, dilation: int) -> Node:
+def conv(W: Node, b: Node, x: Node, kernel: tuple[Any, Any], stride: int, padding: int, dilation: int) -> Node:
     """Cross-correlation of a (C_in, H, W) image with W (C_out, C_in, k_h, k_w), plus b."""
     U = Unfold(x, kernel, stride, padding, dilation)
     o, c, i, j, p, q = "o", "c", "i", "j", "p", "q"
@@ -42,16 +43,33 @@ def conv(W: Node, b: Node, x: Node, kernel: tuple[int, int], stride: int, paddin
 
 
 @register("conv2d", "§6.2-6.3", "2-D convolution (cross-correlation)")
-def conv2d(kernel: tuple[int, int] = (2, 2), stride: int = 1, padding: int = 0, dilation: int = 1) -> Model:
-    r"""2-D convolution (cross-correlation, NCHW): z = W \star x + b with stride S, padding P, dilation D."""
-    kh, kw = _check(kernel, stride, padding, dilation)
-    b = Builder("conv2d", "2-D convolution (cross-correlation)", "§6.2-6.3",
-                {"kernel": (kh, kw), "stride": stride, "padding": padding, "dilation": dilation})
+def conv2d(kernel: tuple[int, int] | None = None, stride: int = 1, padding: int = 0, dilation: int = 1) -> Model:
+    r"""2-D convolution (cross-correlation, NCHW): z = W \star x + b with stride S, padding P, dilation D.
+
+    Args:
+        kernel: None (the default): the kernel size is a pair of dimensions k_h, k_w read off W's shape (drawn
+            1..3 by the verifier, default 2 x 2), so any W (C_out, C_in, k_h, k_w) is accepted; or (k_h, k_w)
+            to fix it.
+        stride, padding, dilation: as F.conv2d.
+    """
+    if kernel is None:
+        _check((1, 1), stride, padding, dilation)
+        opts: dict[str, object] = {"stride": stride, "padding": padding, "dilation": dilation}
+    else:
+        kernel = _check(kernel, stride, padding, dilation)
+        opts = {"kernel": kernel, "stride": stride, "padding": padding, "dilation": dilation}
+    b = Builder("conv2d", "2-D convolution (cross-correlation)", "§6.2-6.3", opts)
     b.samples("n", 2, 1, 3)
     Ci = b.dim("C_in", 2, 1, 3)
     Co = b.dim("C_out", 2, 1, 3)
-    H = b.dim("H_in", 5, _image_range(kh, padding, dilation), 7)
-    Wd = b.dim("W_in", 5, _image_range(kw, padding, dilation), 7)
+    if kernel is None:
+        kh, kw = b.dim("k_h", 2, 1, 3), b.dim("k_w", 2, 1, 3)
+        H = b.dim("H_in", 5, _image_range(3, padding, dilation), 7)
+        Wd = b.dim("W_in", 5, _image_range(3, padding, dilation), 7)
+    else:
+        kh, kw = kernel
+        H = b.dim("H_in", 5, _image_range(kh, padding, dilation), 7)
+        Wd = b.dim("W_in", 5, _image_range(kw, padding, dilation), 7)
     W = b.param("W", (Co, Ci, kh, kw), "W")
     bias = b.param("b", (Co,), "b")
     x = b.input("X", (Ci, H, Wd), "x", batched=True, adjoint=("g_X", r"\zeta_{x}"))

@@ -325,3 +325,85 @@ def positional_encoding(M: float = 10000.0) -> Model:
     xt = b.eq("x_tilde", X + r, r"\tilde{x}")
     b.eq("C", sum_(G * xt), "C")
     return b.model(reduction="sum", diff_inputs=("X",))
+
+
+def _cell_builder(name: str, title: str, section: str, options: dict[str, object]) -> tuple[Builder, dict[str, sp.Symbol]]:
+    b = Builder(name, title, section, options)
+    b.samples("n", 3, 1, 4)
+    return b, {"p": b.dim("p", 3, 1, 4), "m": b.dim("m", 3, 1, 4)}
+
+
+@register("rnn_cell", "§7.2", "one step of a recurrent layer (nn.RNNCell)")
+def rnn_cell(activation: str = "tanh") -> Model:
+    r"""One RNN step (7.2): h = S(W_hh h^{<t-1>} + W_hx x + b_h); a layer entry with upstream gradient G_h,
+    C = sum(G_h * h), gradients in the weights, x and h^{<t-1>}.
+
+    Args:
+        activation: S (tanh or relu, as nn.RNNCell's nonlinearity).
+    """
+    b, d = _cell_builder("rnn_cell", "one step of a recurrent layer (nn.RNNCell)", "§7.2", {"activation": activation})
+    S = named_activation(activation)
+    W_hh = b.param("W_hh", (d["m"], d["m"]), "W_{hh}")
+    W_hx = b.param("W_hx", (d["m"], d["p"]), "W_{hx}")
+    b_h = b.param("b_h", (d["m"],), "b_{h}")
+    x = b.input("X", (d["p"],), r"x^{\langle t\rangle}", batched=True, adjoint=("g_X", r"\zeta_{x}"))
+    h0 = b.input("H_prev", (d["m"],), r"h^{\langle t-1\rangle}", batched=True, adjoint=("g_H_prev", r"\zeta_{h}^{\langle t-1\rangle}"))
+    G = b.input("G_h", (d["m"],), r"\zeta^{\langle t\rangle}", batched=True)
+    z = b.eq("z", W_hh @ h0 + W_hx @ x + b_h, r"z^{\langle t\rangle}", adjoint=("delta", r"\delta^{\langle t\rangle}"))
+    h = b.eq("h", map_(S(ARG[0]), [z]), r"h^{\langle t\rangle}")
+    b.eq("C", dot(G, h), "C")
+    return b.model(reduction="sum", diff_inputs=("X", "H_prev"), kinks=activation in ("relu", "leaky_relu"))
+
+
+@register("lstm_cell", "§7.3", "one step of an LSTM layer (nn.LSTMCell)")
+def lstm_cell() -> Model:
+    r"""One LSTM step (7.16)-(7.17) from (h^{<t-1>}, c^{<t-1>}); a layer entry with upstream gradients G_h, G_c
+    of h and c, C = sum(G_h * h) + sum(G_c * c), gradients in the weights, x, h^{<t-1>} and c^{<t-1>}."""
+    from ..nn import tanh
+
+    b, d = _cell_builder("lstm_cell", "one step of an LSTM layer (nn.LSTMCell)", "§7.3", {})
+    x = b.input("X", (d["p"],), r"x^{\langle t\rangle}", batched=True, adjoint=("g_X", r"\zeta_{x}"))
+    h0 = b.input("H_prev", (d["m"],), r"h^{\langle t-1\rangle}", batched=True, adjoint=("g_H_prev", r"\zeta_{h}^{\langle t-1\rangle}"))
+    c0 = b.input("C_prev", (d["m"],), r"c^{\langle t-1\rangle}", batched=True, adjoint=("g_C_prev", r"\zeta_{c}^{\langle t-1\rangle}"))
+    Gh = b.input("G_h", (d["m"],), r"\zeta_{h}^{\langle t\rangle}", batched=True)
+    Gc = b.input("G_c", (d["m"],), r"\zeta_{c}^{\langle t\rangle}", batched=True)
+    gf = _gate(b, "f", h0, x, d)
+    gi = _gate(b, "i", h0, x, d)
+    go = _gate(b, "o", h0, x, d)
+    ct = _gate(b, "c", h0, x, d, fn="tanh", tex=r"\tilde{c}^{\langle t\rangle}")
+    c = b.eq("c", gf * c0 + gi * ct, r"c^{\langle t\rangle}")
+    h = b.eq("h", go * tanh(c), r"h^{\langle t\rangle}")
+    b.eq("C", dot(Gh, h) + dot(Gc, c), "C")
+    return b.model(reduction="sum", diff_inputs=("X", "H_prev", "C_prev"))
+
+
+@register("gru_cell", "§7.3", "one step of a GRU layer (book form; nn.GRUCell with variant='torch')")
+def gru_cell(variant: str = "book") -> Model:
+    r"""One GRU step (7.18)-(7.19) in the book's form, or nn.GRUCell's (``variant="torch"``; see ``gru``); a
+    layer entry with upstream gradient G_h, C = sum(G_h * h), gradients in the weights, x and h^{<t-1>}.
+
+    Args:
+        variant: "book" or "torch".
+    """
+    from ..nn import tanh
+    from ..program import ModelError
+
+    if variant not in ("book", "torch"):
+        raise ModelError(f"gru_cell variant {variant!r} is unknown; choose 'book' or 'torch'")
+    b, d = _cell_builder("gru_cell", f"one step of a GRU layer ({variant} form)", "§7.3", {"variant": variant})
+    x = b.input("X", (d["p"],), r"x^{\langle t\rangle}", batched=True, adjoint=("g_X", r"\zeta_{x}"))
+    h0 = b.input("H_prev", (d["m"],), r"h^{\langle t-1\rangle}", batched=True, adjoint=("g_H_prev", r"\zeta_{h}^{\langle t-1\rangle}"))
+    G = b.input("G_h", (d["m"],), r"\zeta^{\langle t\rangle}", batched=True)
+    gr = _gate(b, "r", h0, x, d)
+    gu = _gate(b, "u", h0, x, d)
+    W_hh = b.param("W_hh", (d["m"], d["m"]), r"W_{\tilde{h}h}")
+    W_hx = b.param("W_hx", (d["m"], d["p"]), r"W_{\tilde{h}x}")
+    b_h = b.param("b_h", (d["m"],), r"b_{\tilde{h}}")
+    if variant == "book":
+        ht = b.eq("h_tilde", tanh(W_hh @ (gr * h0) + W_hx @ x + b_h), r"\tilde{h}^{\langle t\rangle}")
+        h = b.eq("h", (1 - gu) * h0 + gu * ht, r"h^{\langle t\rangle}")
+    else:
+        ht = b.eq("h_tilde", tanh(W_hx @ x + b_h + gr * (W_hh @ h0)), r"\tilde{h}^{\langle t\rangle}")
+        h = b.eq("h", (1 - gu) * ht + gu * h0, r"h^{\langle t\rangle}")
+    b.eq("C", dot(G, h), "C")
+    return b.model(reduction="sum", diff_inputs=("X", "H_prev"))
