@@ -221,51 +221,176 @@ def cmd_codegen(args: argparse.Namespace) -> int:
 
 
 def _load_impl(spec: str) -> Callable[..., Any]:
+    """``module:function`` (or ``module:Class`` for an ``nn.Module`` class or a ``torch.autograd.Function``),
+    the module found in the working folder first (``mymodule.py`` next to where dlmath runs), then on the
+    path."""
+    import os
+
     mod, sep, fn = spec.partition(":")
-    if not sep or not mod or not fn.isidentifier():
-        raise UsageError(f"--impl {spec!r} should look like package.module:function")
+    if not sep or not mod or not all(p.isidentifier() for p in mod.split(".")) or not fn.isidentifier():
+        raise UsageError(f"--impl {spec!r} should look like module:function (e.g. mylayers:relu_layer, with "
+                         "mylayers.py in the working folder)")
+    cwd = os.getcwd()
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)
     try:
-        obj = getattr(importlib.import_module(mod), fn)
-    except (ImportError, AttributeError) as e:
-        raise UsageError(f"--impl {spec!r}: {e}") from None
+        module = importlib.import_module(mod)
+    except ImportError as e:
+        raise UsageError(f"--impl {spec!r}: cannot import {mod!r} ({e}); put {mod.replace('.', '/')}.py in the "
+                         f"working folder ({cwd}) or install it") from None
     except Exception as e:  # noqa: BLE001 - the user's module failed while importing: say so in one line
         first = str(e).splitlines()[0] if str(e) else ""
         raise UsageError(f"--impl {spec!r}: importing {mod} raised {type(e).__name__}: {first}") from None
+    try:
+        obj = getattr(module, fn)
+    except AttributeError:
+        raise UsageError(f"--impl {spec!r}: {mod} has no {fn!r}") from None
     if not callable(obj):
         raise UsageError(f"--impl {spec!r} is not callable")
-    return obj  # type: ignore[no-any-return]
+    return _instantiate(obj)  # type: ignore[no-any-return]
+
+
+def _instantiate(obj: Any) -> Any:
+    """An ``nn.Module`` subclass named on the command line is instantiated (its parameters are replaced by the
+    example's); functions and ``autograd.Function`` classes are used as they are."""
+    if isinstance(obj, type):
+        import torch
+
+        if issubclass(obj, torch.nn.Module):
+            try:
+                return obj()
+            except TypeError as e:
+                raise UsageError(f"--impl: {obj.__name__}() needs arguments ({e}); name a factory function that "
+                                 "returns the module instead") from None
+    return obj
+
+
+def _names(pairs: Sequence[str] | None, flag: str) -> dict[str, str]:
+    out = {}
+    for p in pairs or []:
+        k, sep, v = p.partition("=")
+        if not sep or not k or not v:
+            raise UsageError(f"{flag} {p!r} should look like DLMATH_NAME=YOURS (e.g. {flag} W=weight)")
+        out[k] = v
+    return out
+
+
+def _verify_options(name: str, args: argparse.Namespace) -> dict[str, Any]:
+    opts = _options(args.option or [])
+    if args.all:  # -O applies to the entries that have the option
+        opts = {k: v for k, v in opts.items() if k in derive.models.options(name)}
+    if args.targets:
+        known = derive.models.options(name)
+        if "targets" in known:
+            opts["targets"] = args.targets
+        elif not args.all:
+            raise UsageError(f"--targets: {name} has no categorical target (entries with one: "
+                             f"{', '.join(n for n in derive.models.names() if 'targets' in derive.models.options(n))})")
+    return opts
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
+    import time
+
     from .check import Mismatch, check
 
     if args.all == bool(args.model):
         raise UsageError("give one MODEL or --all")
+    if args.rtol is not None and not 0 < args.rtol < 1:
+        raise UsageError(f"--rtol must be in (0, 1), got {args.rtol}")
+    if args.seed is not None and args.seed < 0:
+        raise UsageError(f"--seed must be a non-negative integer, got {args.seed}")
+    if args.examples < 1:
+        raise UsageError(f"--examples must be at least 1, got {args.examples}")
     names = derive.models.names() if args.all else [args.model]
+    if not args.all:
+        derive.models.entry(args.model)  # an unknown name: one line listing the known ones
     impl = _load_impl(args.impl) if args.impl else None
-    opts = _options(args.option or [])
-    models = {}
     if args.all:
-        # -O applies to every entry that has the option (checked against each one's spec first)
-        unused = set(opts) - {k for n in names for k in derive.models.options(n)}
+        # -O applies to every entry that has the option (checked against each one's spec when built)
+        unused = set(_options(args.option or [])) - {k for n in names for k in derive.models.options(n)}
         if unused:
             raise UsageError(f"no zoo entry has the option {', '.join(sorted(unused))}")
-        for name in names:
-            models[name] = derive.models.get(name, **{k: v for k, v in opts.items()
-                                                       if k in derive.models.options(name)})
-    else:
-        models[args.model] = derive.models.get(args.model, **opts)
+    values = tuple(v.strip() for v in args.values.split(",")) if args.values else None
+    kw: dict[str, Any] = {"names": _names(args.name, "--name") or None,
+                          "layouts": _names(args.layout, "--layout") or None}
+    rows: list[dict[str, Any]] = []
+    start = time.perf_counter()
     failed = 0
-    for name in names:
-        m = models[name]
+    for i, name in enumerate(names, 1):
+        t0 = time.perf_counter()
+        if args.all:
+            print(f"[{i}/{len(names)}] {name} ...", file=sys.stderr, flush=True)
+        row: dict[str, Any] = {"model": name}
         try:
-            rep = check(m, implementation=impl, backend=args.backend, device=args.device, examples=args.examples)
+            m = derive.models.get(name, **_verify_options(name, args))
+            rep = check(m, implementation=impl, backend=args.backend, device=args.device, examples=args.examples,
+                        rtol=args.rtol, seed=args.seed, values=values, kinks=args.kinks, **kw)
         except Mismatch as e:
             failed += 1
+            row.update(status="failed", message=str(e), failures=[f.as_dict() for f in e.failures],
+                       reproduce=e.reproduce, diagnosis=e.diagnosis)
             print(f"FAIL {e}", file=sys.stderr)
-            continue
-        print(rep)
+        except (derive.ModelError, ValueError, TypeError) as e:
+            if not args.all:
+                raise
+            failed += 1
+            row.update(status="error", message=f"{type(e).__name__}: {e}")
+            print(f"ERROR {name}: {e}", file=sys.stderr)
+        else:
+            row.update(status="passed", examples=rep.examples, checks=rep.checks, reference=rep.reference,
+                       values=list(rep.modes), seed=rep.seed, notes=rep.notes)
+            print(rep, flush=True)
+        row["seconds"] = round(time.perf_counter() - t0, 3)
+        if args.all:
+            print(f"[{i}/{len(names)}] {name} {row['status']} ({row['seconds']:.1f} s)", file=sys.stderr, flush=True)
+        rows.append(row)
+    total = time.perf_counter() - start
+    passed = sum(r["status"] == "passed" for r in rows)
+    if args.all or len(rows) > 1:
+        bad = ", ".join(r["model"] for r in rows if r["status"] != "passed")
+        print(f"dlmath verify: {passed} passed, {failed} failed{' (' + bad + ')' if bad else ''} in {total:.1f} s",
+              file=sys.stderr)
+    if args.json:
+        _write_json(args.json, rows, total)
+    if args.junit:
+        _write_junit(args.junit, rows, total)
     return 1 if failed else 0
+
+
+def _write_json(path: str, rows: list[dict[str, Any]], total: float) -> None:
+    import json
+
+    doc = {"passed": sum(r["status"] == "passed" for r in rows), "failed": sum(r["status"] != "passed" for r in rows),
+           "seconds": round(total, 3), "results": rows}
+    try:
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(doc, f, indent=2, default=str)
+    except OSError as e:
+        raise UsageError(f"--json {path!r}: {e.strerror}") from None
+
+
+def _write_junit(path: str, rows: list[dict[str, Any]], total: float) -> None:
+    """A JUnit XML report (one testsuite, one testcase per entry) for CI systems."""
+    import xml.etree.ElementTree as ET
+
+    suite = ET.Element("testsuite", name="dlmath verify", tests=str(len(rows)),
+                       failures=str(sum(r["status"] == "failed" for r in rows)),
+                       errors=str(sum(r["status"] == "error" for r in rows)), time=f"{total:.3f}")
+    for r in rows:
+        case = ET.SubElement(suite, "testcase", classname="dlmath.verify", name=r["model"], time=f"{r['seconds']:.3f}")
+        if r["status"] != "passed":
+            msg = r["message"]
+            el = ET.SubElement(case, "failure" if r["status"] == "failed" else "error",
+                               message=msg.splitlines()[0][:500], type="Mismatch" if r["status"] == "failed" else "Error")
+            el.text = msg
+        else:
+            out = ET.SubElement(case, "system-out")
+            out.text = f"{r['examples']} examples passed; values {', '.join(r['values'])}; seed {r['seed']}"
+    try:
+        ET.ElementTree(suite).write(path, encoding="utf-8", xml_declaration=True)
+    except OSError as e:
+        raise UsageError(f"--junit {path!r}: {e.strerror}") from None
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -327,10 +452,26 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--all", action="store_true", help="every zoo entry")
     s.add_argument("-O", "--option", action="append", metavar="KEY=VALUE", help="model option")
     s.add_argument("--impl", metavar="MODULE:FUNCTION", help="your implementation f(**arrays) -> "
-                   "{'loss', 'grad'}")
+                   "{'loss', 'grad'} (or an nn.Module / autograd.Function); MODULE.py is found in the working folder")
     s.add_argument("--backend", choices=("numpy", "torch"), default="torch")
     s.add_argument("--device", default="cpu", help="cpu or cuda")
     s.add_argument("--examples", type=int, default=50)
+    s.add_argument("--rtol", type=float, default=None, help="relative tolerance for everything (default: 1e-10 "
+                   "for float64, the result's own precision's tolerance for a lower-precision implementation)")
+    s.add_argument("--seed", type=int, default=None, help="draw other examples (default: the same every run: "
+                   "0, or DLMATH_SEED)")
+    s.add_argument("--targets", choices=("probabilities", "one_hot", "labels"), help="the categorical targets "
+                   "of the entries that have them")
+    s.add_argument("--values", metavar="MODES", help="value modes to draw, comma-separated: normal, small, large, "
+                   "kinks")
+    s.add_argument("--kinks", choices=("torch", "any"), default="torch", help="at kinks and ties: PyTorch's "
+                   "one-sided convention (default) or either one-sided derivative")
+    s.add_argument("--name", action="append", metavar="OURS=YOURS", help="map a dlmath name onto your "
+                   "implementation's keyword and result key, e.g. --name W=weight (repeatable)")
+    s.add_argument("--layout", action="append", metavar="NAME=AXES", help="how your implementation stores a "
+                   "tensor, e.g. --layout W=in,out (repeatable)")
+    s.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    s.add_argument("--junit", metavar="FILE", help="also write a JUnit XML testsuite (for CI)")
     s.set_defaults(func=cmd_verify)
     s = sub.add_parser("bench", help="run the benchmarks (ratios measured side by side)",
                        description="Run the benchmarks; arguments are passed on (try --help after --).")

@@ -161,20 +161,31 @@ def logistic_regression(
     return F.binary_cross_entropy_with_logits(X @ w + b, y)
 
 
+def _ce(logits: torch.Tensor, Y: torch.Tensor | None, y: torch.Tensor | None) -> torch.Tensor:
+    """F.cross_entropy with probability (one-hot) rows ``Y`` or integer class indices ``y`` (batch mean)."""
+    if y is not None:
+        return F.cross_entropy(logits, y.long())
+    assert Y is not None
+    return F.cross_entropy(logits, Y)
+
+
 @_register()
-def softmax_regression(*, W: torch.Tensor, b: torch.Tensor, X: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
-    """C = -1/n sum_i sum_k Y_ik log S(W x_i + b)_k.
+def softmax_regression(*, W: torch.Tensor, b: torch.Tensor, X: torch.Tensor, Y: torch.Tensor | None = None,
+                       y: torch.Tensor | None = None, targets: str = "probabilities") -> torch.Tensor:
+    """C = -1/n sum_i sum_k Y_ik log S(W x_i + b)_k (or -1/n sum_i log S(W x_i + b)_{y_i} for labels).
 
     Args:
         W: weights, shape (K, p).
         b: biases, shape (K,).
         X: features, shape (n, p).
         Y: probability (or one-hot) targets, rows summing to 1, shape (n, K).
+        y: integer class indices, shape (n,) (``targets="labels"``).
+        targets: probabilities, one_hot or labels (which of Y, y is given).
 
     Returns:
-        The mean cross-entropy with probability targets (scalar).
+        The mean cross-entropy (scalar).
     """
-    return F.cross_entropy(F.linear(X, W, b), Y)
+    return _ce(F.linear(X, W, b), Y, y)
 
 
 @_register()
@@ -361,8 +372,9 @@ def log_softmax(*, Z: torch.Tensor, G: torch.Tensor) -> torch.Tensor:
 
 
 @_register()
-def mlp(*, X: torch.Tensor, Y: torch.Tensor, layers: int = 3, activation: str = "sigmoid",
-        output: str = "softmax_ce", widths: Any = None, **params: torch.Tensor) -> torch.Tensor:
+def mlp(*, X: torch.Tensor, Y: torch.Tensor | None = None, y: torch.Tensor | None = None, layers: int = 3,
+        activation: str = "sigmoid", output: str = "softmax_ce", widths: Any = None,
+        targets: str = "probabilities", **params: torch.Tensor) -> torch.Tensor:
     """An ``nn.Linear``-style stack: a = S(a W^T + b) for the hidden layers, then the output loss.
 
     Args:
@@ -373,6 +385,8 @@ def mlp(*, X: torch.Tensor, Y: torch.Tensor, layers: int = 3, activation: str = 
         output: softmax_ce (F.cross_entropy with probability targets), sigmoid_bce
             (F.binary_cross_entropy_with_logits summed over outputs), identity_mse (||z - y||^2).
         widths: unused (sizes come from the arrays).
+        y: integer class indices (n,) with ``targets="labels"`` (softmax_ce).
+        targets: probabilities, one_hot or labels (which of Y, y is given).
         **params: W1, b1, ..., WL, bL.
 
     Returns:
@@ -383,7 +397,8 @@ def mlp(*, X: torch.Tensor, Y: torch.Tensor, layers: int = 3, activation: str = 
         z = F.linear(a, params[f"W{l}"], params[f"b{l}"])
         a = _activation(activation, z) if l < layers else z
     if output == "softmax_ce":
-        return F.cross_entropy(a, Y)
+        return _ce(a, Y, y)
+    assert Y is not None
     if output == "sigmoid_bce":
         return F.binary_cross_entropy_with_logits(a, Y, reduction="sum") / a.shape[0]
     return ((a - Y) ** 2).sum(dim=1).mean()
@@ -429,6 +444,53 @@ def residual_block(*, W1: torch.Tensor, b1: torch.Tensor, W2: torch.Tensor, b2: 
 # --------------------------------------------------------------------------------------------------
 
 
+def optimizer_reference(name: str, **options: Any) -> str:
+    """What an update program is verified against: ``torch.optim.Adam`` (and its mapped options), or the
+    hand-written torch update where ``torch.optim`` has no such convention (epsilon inside the root)."""
+    cls = {"sgd": "SGD", "momentum": "SGD", "nesterov": "SGD", "adagrad": "Adagrad", "rmsprop": "RMSprop",
+           "adam": "Adam", "adamw": "AdamW"}.get(name, name)
+    if options.get("eps_placement", "outside") == "inside":
+        return f"torch.optim.{cls}'s update with epsilon inside the square root (written out in torch)"
+    extra = {"momentum": " (momentum; the book's form mapped: lr alpha (1 - beta))" if options.get("form", "book") == "book"
+             else " (momentum)", "nesterov": " (nesterov=True)"}.get(name, "")
+    return f"torch.optim.{cls}{extra}"
+
+
+def _eps_inside(name: str, theta: torch.Tensor, grads: list[torch.Tensor], o: dict[str, Any]
+                ) -> list[dict[str, torch.Tensor]]:
+    """torch.optim's Adagrad, RMSprop, Adam and AdamW with epsilon inside the square root: sqrt(s + eps)
+    (a common convention of from-scratch code), written out step by step in torch."""
+    th = theta.clone()
+    s = torch.zeros_like(th)
+    v = torch.zeros_like(th)
+    out = []
+    for t, g in enumerate(grads, start=1):
+        if name == "adagrad":
+            lr, eps = o.get("lr", 0.01), o.get("eps", 1e-10)
+            s = s + g * g
+            th = th - lr * g / torch.sqrt(s + eps)
+            out.append({"theta": th.clone(), "s": s.clone()})
+        elif name == "rmsprop":
+            lr, gam, eps = o.get("lr", 0.01), o.get("gamma", 0.99), o.get("eps", 1e-8)
+            s = gam * s + (1 - gam) * g * g
+            th = th - lr * g / torch.sqrt(s + eps)
+            out.append({"theta": th.clone(), "s": s.clone()})
+        else:
+            lr, b1, b2, eps = o.get("lr", 1e-3), o.get("beta1", 0.9), o.get("beta2", 0.999), o.get("eps", 1e-8)
+            wd = o.get("weight_decay", 0.0 if name == "adam" else 1e-2)
+            if name == "adam" and wd:
+                g = g + wd * th
+            if name == "adamw":
+                th = th * (1 - lr * wd)
+            v = b1 * v + (1 - b1) * g
+            s = b2 * s + (1 - b2) * g * g
+            vh, sh = v / (1 - b1**t), s / (1 - b2**t)
+            th = th - lr * vh / torch.sqrt(sh + eps)
+            out.append({"theta": th.clone(), "v": v.clone(), "s": s.clone(),
+                        "t": torch.tensor(float(t), dtype=theta.dtype)})
+    return out
+
+
 def optimizer_trajectory(name: str, theta: torch.Tensor, grads: list[torch.Tensor],
                          **options: Any) -> list[dict[str, torch.Tensor]]:
     """Run ``torch.optim`` for ``len(grads)`` steps from ``theta`` (zero optimizer state).
@@ -438,6 +500,8 @@ def optimizer_trajectory(name: str, theta: torch.Tensor, grads: list[torch.Tenso
     momentum (``v = beta v + (1 - beta) g``, ``theta -= alpha v``) is torch's SGD momentum with
     ``lr = alpha (1 - beta)``, and ``v_book = (1 - beta) v_torch``.
     """
+    if options.get("eps_placement", "outside") == "inside":
+        return _eps_inside(name, theta, grads, dict(options))
     p = theta.clone().detach().requires_grad_(True)
     o = options
     opt: torch.optim.Optimizer
@@ -608,7 +672,7 @@ def transformer_block(*, X: torch.Tensor, G: torch.Tensor, heads: int = 2, eps: 
 
 
 @_register()
-def conv2d(*, W: torch.Tensor, b: torch.Tensor, X: torch.Tensor, G: torch.Tensor, kernel: Any = (2, 2),
+def conv2d(*, W: torch.Tensor, b: torch.Tensor, X: torch.Tensor, G: torch.Tensor, kernel: Any = None,
            stride: int = 1, padding: int = 0, dilation: int = 1) -> torch.Tensor:
     """C = sum(G * F.conv2d(X, W, b, stride, padding, dilation)) (cross-correlation, NCHW).
 
@@ -656,30 +720,35 @@ def avg_pool2d(*, X: torch.Tensor, G: torch.Tensor, kernel: int = 2, stride: int
 
 @_register()
 def cnn(*, W1: torch.Tensor, b1: torch.Tensor, W2: torch.Tensor, b2: torch.Tensor, X: torch.Tensor,
-        Y: torch.Tensor, channels: int = 2, classes: int = 3) -> torch.Tensor:
+        Y: torch.Tensor | None = None, y: torch.Tensor | None = None, channels: int = 2, classes: int = 3,
+        targets: str = "probabilities") -> torch.Tensor:
     """F.cross_entropy(Linear(flatten(max_pool2d(relu(conv2d(X, W1, b1, padding=1)), 2))), Y).
 
     Args:
         W1: conv kernel (C_1, C_in, 3, 3); b1: (C_1,).
         W2: dense weight (K, C_1, H/2, W/2), flattened to nn.Linear's (K, C_1 H/2 W/2); b2: (K,).
-        X: images (n, C_in, H, W); Y: probability rows (n, K).
+        X: images (n, C_in, H, W); Y: probability rows (n, K); y: class indices (n,) for labels targets.
         channels, classes: C_1 and K (implied by the weights).
+        targets: probabilities, one_hot or labels.
 
     Returns:
         The mean loss.
     """
     h = F.max_pool2d(F.relu(F.conv2d(X, W1, b1, padding=1)), 2)
-    return F.cross_entropy(F.linear(h.flatten(1), W2.flatten(1), b2), Y)
+    return _ce(F.linear(h.flatten(1), W2.flatten(1), b2), Y, y)
 
 
-def _seq_loss(logits: list[torch.Tensor], Y: torch.Tensor) -> torch.Tensor:
-    """1/T sum_t F.cross_entropy(head(h_t), Y_t) (probability targets, mean over samples)."""
-    return torch.stack([F.cross_entropy(o, Y[t]) for t, o in enumerate(logits)]).mean()
+def _seq_loss(logits: list[torch.Tensor], Y: torch.Tensor | None, y: torch.Tensor | None = None) -> torch.Tensor:
+    """1/T sum_t F.cross_entropy(head(h_t), Y_t) (probability rows Y (T, n, q) or labels y (T, n); mean over
+    samples)."""
+    return torch.stack([_ce(o, None if Y is None else Y[t], None if y is None else y[t])
+                        for t, o in enumerate(logits)]).mean()
 
 
 @_register()
 def rnn(*, W_hh: torch.Tensor, W_hx: torch.Tensor, b_h: torch.Tensor, W_yh: torch.Tensor, b_y: torch.Tensor,
-        X: torch.Tensor, Y: torch.Tensor, activation: str = "tanh") -> torch.Tensor:
+        X: torch.Tensor, Y: torch.Tensor | None = None, y: torch.Tensor | None = None, activation: str = "tanh",
+        targets: str = "probabilities") -> torch.Tensor:
     """nn.RNN (weight_ih = W_hx, weight_hh = W_hh, bias_ih = b_h, bias_hh = 0) + a linear softmax head.
 
     Args:
@@ -693,11 +762,12 @@ def rnn(*, W_hh: torch.Tensor, W_hx: torch.Tensor, b_h: torch.Tensor, W_yh: torc
     state = {"weight_ih_l0": W_hx, "weight_hh_l0": W_hh, "bias_ih_l0": b_h, "bias_hh_l0": torch.zeros_like(b_h)}
     cell = torch.nn.RNN(W_hx.shape[1], W_hh.shape[0], nonlinearity=activation, dtype=X.dtype, device=X.device)
     H, _ = torch.func.functional_call(cell, state, (X,))
-    return _seq_loss([F.linear(H[t], W_yh, b_y) for t in range(X.shape[0])], Y)
+    return _seq_loss([F.linear(H[t], W_yh, b_y) for t in range(X.shape[0])], Y, y)
 
 
 @_register()
-def lstm(*, X: torch.Tensor, Y: torch.Tensor, **P: torch.Tensor) -> torch.Tensor:
+def lstm(*, X: torch.Tensor, Y: torch.Tensor | None = None, y: torch.Tensor | None = None,
+         targets: str = "probabilities", **P: torch.Tensor) -> torch.Tensor:
     """nn.LSTM with weights mapped (gate order i, f, g, o: weight_ih = [W_ix; W_fx; W_cx; W_ox]) + head.
 
     Args:
@@ -714,11 +784,12 @@ def lstm(*, X: torch.Tensor, Y: torch.Tensor, **P: torch.Tensor) -> torch.Tensor
              "bias_hh_l0": torch.zeros(4 * m, dtype=X.dtype, device=X.device)}
     cell = torch.nn.LSTM(X.shape[-1], m, dtype=X.dtype, device=X.device)
     H, _ = torch.func.functional_call(cell, state, (X,))
-    return _seq_loss([F.linear(H[t], P["W_yh"], P["b_y"]) for t in range(X.shape[0])], Y)
+    return _seq_loss([F.linear(H[t], P["W_yh"], P["b_y"]) for t in range(X.shape[0])], Y, y)
 
 
 @_register()
-def gru(*, X: torch.Tensor, Y: torch.Tensor, variant: str = "book", **P: torch.Tensor) -> torch.Tensor:
+def gru(*, X: torch.Tensor, Y: torch.Tensor | None = None, y: torch.Tensor | None = None, variant: str = "book",
+        targets: str = "probabilities", **P: torch.Tensor) -> torch.Tensor:
     """variant="torch": nn.GRU with weights mapped (gates r, z, n; bias_hh = 0) + head. variant="book": the
     book's equations (7.18)-(7.19), written out step by step in torch.
 
@@ -749,7 +820,7 @@ def gru(*, X: torch.Tensor, Y: torch.Tensor, variant: str = "book", **P: torch.T
             cand = torch.tanh(F.linear(r * h, P["W_hh"]) + F.linear(X[t], P["W_hx"], P["b_h"]))
             h = (1 - u) * h + u * cand
             hs.append(h)
-    return _seq_loss([F.linear(h_t, P["W_yh"], P["b_y"]) for h_t in hs], Y)
+    return _seq_loss([F.linear(h_t, P["W_yh"], P["b_y"]) for h_t in hs], Y, y)
 
 
 def positional_table(T: int, p: int, M: float, dtype: torch.dtype = torch.float64) -> torch.Tensor:
@@ -776,6 +847,131 @@ def positional_encoding(*, X: torch.Tensor, G: torch.Tensor, M: float = 10000.0)
         The scalar probe loss.
     """
     return _layer_loss(X + positional_table(X.shape[1], X.shape[2], M, X.dtype).to(X.device), G)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Layer entries users reach for: dense layer, GELU/SiLU/ELU, single recurrent steps
+# ---------------------------------------------------------------------------------------------------
+
+
+@_register()
+def linear(*, W: torch.Tensor, b: torch.Tensor, A: torch.Tensor, G: torch.Tensor) -> torch.Tensor:
+    """C = sum(G * F.linear(A, W, b)).
+
+    Args:
+        W: (N_out, N_in); b: (N_out,); A: (n, N_in); G: upstream gradient (n, N_out).
+
+    Returns:
+        The scalar probe loss.
+    """
+    return _layer_loss(F.linear(A, W, b), G)
+
+
+@_register()
+def gelu(*, Z: torch.Tensor, G: torch.Tensor, approximate: str = "none") -> torch.Tensor:
+    """C = sum(G * F.gelu(Z, approximate=approximate)).
+
+    Args:
+        Z: (n, N); G: (n, N); approximate: "none" or "tanh".
+
+    Returns:
+        The scalar probe loss.
+    """
+    return _layer_loss(F.gelu(Z, approximate=approximate), G)
+
+
+@_register()
+def silu(*, Z: torch.Tensor, G: torch.Tensor) -> torch.Tensor:
+    """C = sum(G * F.silu(Z)).
+
+    Args:
+        Z: (n, N); G: (n, N).
+
+    Returns:
+        The scalar probe loss.
+    """
+    return _layer_loss(F.silu(Z), G)
+
+
+@_register()
+def elu(*, Z: torch.Tensor, G: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
+    """C = sum(G * F.elu(Z, alpha)).
+
+    Args:
+        Z: (n, N); G: (n, N); alpha: the negative-side scale.
+
+    Returns:
+        The scalar probe loss.
+    """
+    return _layer_loss(F.elu(Z, alpha=alpha), G)
+
+
+@_register()
+def rnn_cell(*, W_hh: torch.Tensor, W_hx: torch.Tensor, b_h: torch.Tensor, X: torch.Tensor, H_prev: torch.Tensor,
+             G_h: torch.Tensor, activation: str = "tanh") -> torch.Tensor:
+    """C = sum(G_h * nn.RNNCell(X, H_prev)) with weight_ih = W_hx, weight_hh = W_hh, bias_ih = b_h, bias_hh = 0.
+
+    Args:
+        W_hh (m, m), W_hx (m, p), b_h (m,); X (n, p); H_prev (n, m); G_h (n, m).
+        activation: tanh or relu.
+
+    Returns:
+        The scalar probe loss.
+    """
+    cell = torch.nn.RNNCell(W_hx.shape[1], W_hh.shape[0], nonlinearity=activation, dtype=X.dtype, device=X.device)
+    state = {"weight_ih": W_hx, "weight_hh": W_hh, "bias_ih": b_h, "bias_hh": torch.zeros_like(b_h)}
+    return _layer_loss(torch.func.functional_call(cell, state, (X, H_prev)), G_h)
+
+
+@_register()
+def lstm_cell(*, X: torch.Tensor, H_prev: torch.Tensor, C_prev: torch.Tensor, G_h: torch.Tensor, G_c: torch.Tensor,
+              **P: torch.Tensor) -> torch.Tensor:
+    """C = sum(G_h * h) + sum(G_c * c) for (h, c) = nn.LSTMCell(X, (H_prev, C_prev)), weights mapped (gate order
+    i, f, g, o; bias_hh = 0).
+
+    Args:
+        X (n, p); H_prev, C_prev, G_h, G_c (n, m).
+        **P: W_fh, W_fx, b_f, W_ih, W_ix, b_i, W_oh, W_ox, b_o, W_ch, W_cx, b_c.
+
+    Returns:
+        The scalar probe loss.
+    """
+    m = P["W_fh"].shape[0]
+    state = {"weight_ih": torch.cat([P["W_ix"], P["W_fx"], P["W_cx"], P["W_ox"]]),
+             "weight_hh": torch.cat([P["W_ih"], P["W_fh"], P["W_ch"], P["W_oh"]]),
+             "bias_ih": torch.cat([P["b_i"], P["b_f"], P["b_c"], P["b_o"]]),
+             "bias_hh": torch.zeros(4 * m, dtype=X.dtype, device=X.device)}
+    cell = torch.nn.LSTMCell(X.shape[-1], m, dtype=X.dtype, device=X.device)
+    h, c = torch.func.functional_call(cell, state, (X, (H_prev, C_prev)))
+    return _layer_loss(h, G_h) + _layer_loss(c, G_c)
+
+
+@_register()
+def gru_cell(*, X: torch.Tensor, H_prev: torch.Tensor, G_h: torch.Tensor, variant: str = "book",
+             **P: torch.Tensor) -> torch.Tensor:
+    """variant="torch": C = sum(G_h * nn.GRUCell(X, H_prev)) with weights mapped (gates r, z, n; bias_hh = 0);
+    variant="book": the book's step (7.18)-(7.19) written out in torch.
+
+    Args:
+        X (n, p); H_prev, G_h (n, m); variant: "book" or "torch".
+        **P: W_rh, W_rx, b_r, W_uh, W_ux, b_u, W_hh, W_hx, b_h.
+
+    Returns:
+        The scalar probe loss.
+    """
+    m = P["W_rh"].shape[0]
+    if variant == "torch":
+        state = {"weight_ih": torch.cat([P["W_rx"], P["W_ux"], P["W_hx"]]),
+                 "weight_hh": torch.cat([P["W_rh"], P["W_uh"], P["W_hh"]]),
+                 "bias_ih": torch.cat([P["b_r"], P["b_u"], P["b_h"]]),
+                 "bias_hh": torch.zeros(3 * m, dtype=X.dtype, device=X.device)}
+        cell = torch.nn.GRUCell(X.shape[-1], m, dtype=X.dtype, device=X.device)
+        return _layer_loss(torch.func.functional_call(cell, state, (X, H_prev)), G_h)
+    h = H_prev
+    r = torch.sigmoid(F.linear(h, P["W_rh"]) + F.linear(X, P["W_rx"], P["b_r"]))
+    u = torch.sigmoid(F.linear(h, P["W_uh"]) + F.linear(X, P["W_ux"], P["b_u"]))
+    cand = torch.tanh(F.linear(r * h, P["W_hh"]) + F.linear(X, P["W_hx"], P["b_h"]))
+    return _layer_loss((1 - u) * h + u * cand, G_h)
 
 
 from . import references_ch8  # noqa: E402,F401  (Chapter 8 and Appendix B register themselves)

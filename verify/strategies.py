@@ -2,10 +2,21 @@
 
 An example is (sizes, seed, mode): sizes are drawn from each dimension's range, values come from a NumPy
 generator seeded with ``seed`` (so a failure is reproduced from three small numbers), and ``mode``
-selects hard values: ``normal``, ``small`` (values near 0), ``large`` (inputs of a few hundred, so logits of
-order 1e3; parameters stay O(1)), ``kinks``
-(exact zeros where activations are non-smooth, and ties). Integer ``labels`` are drawn below the size of the
-axis they index, ``spd`` matrices as ``A A^T / k + I``.
+selects the values (:data:`MODES`):
+
+``normal``
+    standard normal entries (parameters and inputs);
+``small``
+    the same times 1e-3 (values near 0: cancellation, tiny denominators);
+``large``
+    inputs times 300 (inputs of a few hundred, so logits of order 1e3, where only stable forms such as
+    ``logaddexp`` and the shifted softmax stay finite; parameters stay O(1));
+``kinks``
+    exact zeros (30% of the entries) and ties (the rest rounded to one decimal), where activations are
+    non-smooth (ReLU at 0, max pooling between equal entries).
+
+Integer ``labels`` are drawn below the size of the axis they index, ``spd`` matrices as ``A A^T / k + I``,
+``simplex`` rows as Dirichlet draws or one-hot rows, ``one_hot`` rows always one-hot.
 """
 
 from __future__ import annotations
@@ -19,7 +30,10 @@ from hypothesis import strategies as st
 from derive.program import Model
 from derive.tensor import LABELS, SPD, as_expr, label_sizes
 
-__all__ = ["Example", "examples", "make_arrays", "modes"]
+__all__ = ["Example", "examples", "make_arrays", "modes", "MODES"]
+
+#: every value mode, in the order they are described above
+MODES = ("normal", "small", "large", "kinks")
 
 
 @dataclass(frozen=True)
@@ -48,8 +62,10 @@ def modes(m: Model, hard: tuple[str, ...] | None = None, kinks: bool | None = No
     return out
 
 
-def examples(m: Model, hard: tuple[str, ...] | None = None, kinks: bool | None = None) -> st.SearchStrategy[Example]:
-    """Strategy of examples for model ``m`` (``hard``, ``kinks``: see :func:`modes`)."""
+def examples(m: Model, hard: tuple[str, ...] | None = None, kinks: bool | None = None,
+             values: tuple[str, ...] | None = None) -> st.SearchStrategy[Example]:
+    """Strategy of examples for model ``m`` (``hard``, ``kinks``: see :func:`modes`; ``values`` replaces the
+    modes drawn)."""
     dims = {
         name: st.integers(*m.ranges.get(name, (1, 4)))
         for name in m.dims
@@ -58,7 +74,7 @@ def examples(m: Model, hard: tuple[str, ...] | None = None, kinks: bool | None =
         Example,
         sizes=st.fixed_dictionaries(dims),
         seed=st.integers(0, 2**32 - 1),
-        mode=st.sampled_from(modes(m, hard, kinks)),
+        mode=st.sampled_from(list(values) if values else modes(m, hard, kinks)),
     )
 
 

@@ -31,19 +31,28 @@ def logistic_regression() -> Model:
 
 
 @register("softmax_regression", "§3.3", "multinomial regression with categorical cross entropy")
-def softmax_regression() -> Model:
-    r"""Softmax regression, yhat = S_softmax(W x + b), C = 1/n sum CE(y, yhat); dC/dz = yhat - y."""
-    b = Builder("softmax_regression", "multinomial regression with categorical cross entropy", "§3.3")
+def softmax_regression(targets: str = "probabilities") -> Model:
+    r"""Softmax regression, yhat = S_softmax(W x + b), C = 1/n sum CE(y, yhat); dC/dz = yhat - y.
+
+    Args:
+        targets: "probabilities" (Y (n, K) rows on the simplex, the default), "one_hot" (the same Y, drawn
+            one-hot) or "labels" (integer class indices y (n,); C = -log yhat_y).
+    """
+    from ._targets import check_targets, cross_entropy, target_input
+
+    targets = check_targets("softmax_regression", targets)
+    b = Builder("softmax_regression", "multinomial regression with categorical cross entropy", "§3.3",
+                {"targets": targets} if targets != "probabilities" else None)
     b.samples("n", 6, 1, 8)
     p = b.dim("p", 3, 1, 5)
     K = b.dim("K", 4, 2, 5)
     W = b.param("W", (K, p), "W")
     bias = b.param("b", (K,), "b")
     x = b.input("X", (p,), "x", batched=True)
-    y = b.input("Y", (K,), "y", batched=True, domain="simplex")
+    y = target_input(b, targets, K)
     z = b.eq("z", W @ x + bias, "z", adjoint=("delta", r"\delta"))
     yhat = b.eq("yhat", softmax(z), r"\hat{y}")
-    b.eq("C", -dot(y, log(yhat)), "C")
+    b.eq("C", cross_entropy(y, yhat), "C")
     return b.model()
 
 

@@ -3,6 +3,8 @@ softplus), each as a layer entry with loss C = sum(G * S(Z))."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from ..program import Model
 from . import register
 from .ch3 import _layer
@@ -38,12 +40,106 @@ def softplus_layer() -> Model:
     return _layer("softplus", "softplus activation layer", "§5.3", "softplus")
 
 
+def _smooth_layer(name: str, title: str, fn: Any, opts: dict[str, Any], kinks: bool = False,
+                  consts: tuple[tuple[str, float, str], ...] = ()) -> Model:
+    """A layer entry a = f(z), C = sum(G * a), with ``fn(z_arg, *const_symbols)`` the scalar function."""
+    from ..nn import dot
+    from ..program import Builder
+    from ..tensor import map_
+
+    b = Builder(name, title, "§5.3", opts)
+    b.samples("n", 4, 1, 6)
+    N = b.dim("N", 4, 1, 6)
+    z = b.input("Z", (N,), "z", batched=True, adjoint=("g_Z", r"\delta"))
+    G = b.input("G", (N,), r"\zeta", batched=True)
+    cs = [b.const(c, v, tex) for c, v, tex in consts]
+    a = b.eq("a", map_(fn(ARG0, *cs), [z]), "a")
+    b.eq("C", dot(G, a), "C")
+    return b.model(reduction="sum", diff_inputs=("Z",), kinks=kinks)
+
+
+@register("gelu", "§5.3", "GELU activation layer")
+def gelu_layer(approximate: str = "none") -> Model:
+    r"""GELU layer a = z Phi(z) = z (1 + erf(z / sqrt 2)) / 2 (``approximate="none"``), or its tanh form
+    z (1 + tanh(sqrt(2/pi) (z + 0.044715 z^3))) / 2 (``approximate="tanh"``), as F.gelu.
+
+    Args:
+        approximate: "none" (the exact erf form) or "tanh".
+    """
+    import sympy as sp
+
+    from ..program import ModelError
+
+    if approximate not in ("none", "tanh"):
+        raise ModelError(f"gelu approximate {approximate!r} is unknown; choose 'none' or 'tanh'")
+    if approximate == "none":
+        def fn(x: Any) -> Any:
+            return x * (1 + sp.erf(x / sp.sqrt(2))) / 2
+    else:
+        def fn(x: Any) -> Any:
+            return x * (1 + sp.tanh(sp.sqrt(2 / sp.pi) * (x + sp.Float(0.044715) * x**3))) / 2
+    return _smooth_layer("gelu", "GELU activation layer", fn,
+                         {"approximate": approximate} if approximate != "none" else {})
+
+
+@register("silu", "§5.3", "SiLU (swish) activation layer")
+def silu_layer() -> Model:
+    r"""SiLU layer a = z sigma(z); delta = zeta * sigma(z) (1 + z (1 - sigma(z)))."""
+    from ..functions import sigmoid as sig
+
+    return _smooth_layer("silu", "SiLU (swish) activation layer", lambda x: x * sig(x), {})
+
+
+@register("elu", "§5.3", "ELU activation layer")
+def elu_layer(alpha: float = 1.0) -> Model:
+    r"""ELU layer a = z for z > 0, alpha (e^z - 1) otherwise (F.elu; its derivative at 0 is alpha, as PyTorch).
+
+    Args:
+        alpha: the negative-side scale.
+    """
+    from ..functions import step, where
+    from ..program import ModelError
+
+    if not isinstance(alpha, (int, float)) or isinstance(alpha, bool):
+        raise ModelError(f"elu alpha must be a number, got {alpha!r}")
+
+    def fn(x: Any, al: Any) -> Any:
+        import sympy as sp
+
+        pos = step(x)
+        # the exponential only of the non-positive part: no overflow in the branch not taken
+        return where(pos, x, al * (sp.exp(where(pos, 0, x)) - 1))
+
+    return _smooth_layer("elu", "ELU activation layer", fn, {"alpha": alpha}, kinks=True,
+                         consts=(("alpha", float(alpha), r"\alpha"),))
+
+
+@register("linear", "§5.1", "dense (affine) layer")
+def linear() -> Model:
+    r"""Dense layer z = W a + b (F.linear: W (N_out, N_in), arrays batch-first); a layer entry with
+    C = sum(G * z), so its gradients are g_W = delta a^T, g_b = delta, g_A = W^T delta with delta = G."""
+    from ..nn import dot
+    from ..program import Builder
+
+    b = Builder("linear", "dense (affine) layer", "§5.1")
+    b.samples("n", 4, 1, 6)
+    Ni = b.dim("N_in", 3, 1, 5)
+    No = b.dim("N_out", 2, 1, 5)
+    W = b.param("W", (No, Ni), "W")
+    bias = b.param("b", (No,), "b")
+    a = b.input("A", (Ni,), "a", batched=True, adjoint=("g_A", r"\zeta_{a}"))
+    G = b.input("G", (No,), r"\delta", batched=True)
+    z = b.eq("z", W @ a + bias, "z")
+    b.eq("C", dot(G, z), "C")
+    return b.model(reduction="sum", diff_inputs=("A",))
+
+
 _OUTPUTS = ("softmax_ce", "sigmoid_bce", "identity_mse")
 
 
 @register("mlp", "§5.1-5.4", "feedforward network (any depth, activation and output loss)")
 def mlp(layers: int = 3, widths: tuple[int, ...] | None = None, activation: str = "sigmoid",
-        output: str = "softmax_ce") -> Model:
+        output: str = "softmax_ce", targets: str = "probabilities") -> Model:
     r"""Feedforward network z^{[l]} = W^{[l]} a^{[l-1]} + b^{[l]}, a^{[l]} = S(z^{[l]}), with an output loss.
 
     Args:
@@ -52,11 +148,14 @@ def mlp(layers: int = 3, widths: tuple[int, ...] | None = None, activation: str 
         activation: S for the hidden layers: sigmoid, tanh, relu, leaky_relu, softplus.
         output: softmax_ce (softmax and categorical cross entropy), sigmoid_bce (sigmoid and binary cross
             entropy summed over outputs) or identity_mse (squared error ||yhat - y||^2).
+        targets: with softmax_ce, "probabilities" (Y (n, N_L) rows on the simplex, the default), "one_hot"
+            (the same Y, drawn one-hot) or "labels" (integer class indices y (n,); C = -log yhat_y).
     """
     from ..functions import named_activation
-    from ..nn import dot, log, norm2, sigmoid, softmax
+    from ..nn import log, norm2, sigmoid, softmax
     from ..program import Builder, ModelError
     from ..tensor import map_
+    from ._targets import check_targets, cross_entropy, target_input
 
     if not isinstance(layers, int) or layers < 1:
         raise ModelError(f"mlp needs layers >= 1, got {layers!r}")
@@ -65,6 +164,10 @@ def mlp(layers: int = 3, widths: tuple[int, ...] | None = None, activation: str 
     acts = ("sigmoid", "tanh", "relu", "leaky_relu", "softplus")
     if activation not in acts:
         raise ModelError(f"mlp activation {activation!r} is unknown; choose one of: {', '.join(acts)}")
+    targets = check_targets("mlp", targets)
+    if targets != "probabilities" and output != "softmax_ce":
+        raise ModelError(f"mlp targets={targets!r} needs output='softmax_ce' (categorical targets), got "
+                         f"output={output!r}")
     L = layers
     if widths is None:
         widths = tuple([3] + [4] * (L - 1) + [3])
@@ -72,13 +175,15 @@ def mlp(layers: int = 3, widths: tuple[int, ...] | None = None, activation: str 
     if len(widths) != L + 1 or any(not isinstance(w, int) or w < 1 for w in widths):
         raise ModelError(f"mlp with layers={L} needs widths of L + 1 = {L + 1} positive integers, got {widths!r}")
     b = Builder("mlp", f"feedforward network, {L} layers, {activation} hidden, {output} output", "§5.1-5.4",
-                {"layers": L, "widths": widths, "activation": activation, "output": output})
+                {"layers": L, "widths": widths, "activation": activation, "output": output,
+                 **({"targets": targets} if targets != "probabilities" else {})})
     b.samples("n", 5, 1, 6)
     N = [b.dim(f"N{l}", widths[l], 1, 4, tex=f"N_{l}") for l in range(L + 1)]
     S = named_activation(activation)
     a = b.input("X", (N[0],), "a^{[0]}", batched=True)
     domain = {"softmax_ce": "simplex", "sigmoid_bce": "unit", "identity_mse": "real"}[output]
-    y = b.input("Y", (N[L],), "y", batched=True, domain=domain)
+    y = (target_input(b, targets, N[L]) if output == "softmax_ce" else
+         b.input("Y", (N[L],), "y", batched=True, domain=domain))
     Ws = [b.param(f"W{l}", (N[l], N[l - 1]), f"W^{{[{l}]}}") for l in range(1, L + 1)]
     bs = [b.param(f"b{l}", (N[l],), f"b^{{[{l}]}}") for l in range(1, L + 1)]
     for l in range(1, L + 1):
@@ -87,7 +192,7 @@ def mlp(layers: int = 3, widths: tuple[int, ...] | None = None, activation: str 
             a = b.eq(f"a{l}", map_(S(ARG0), [z]), f"a^{{[{l}]}}", adjoint=(f"zeta{l}", rf"\zeta^{{[{l}]}}"))
     if output == "softmax_ce":
         yhat = b.eq("yhat", softmax(z), r"\hat{y}")
-        b.eq("C", -dot(y, log(yhat)), "C")
+        b.eq("C", cross_entropy(y, yhat), "C")
     elif output == "sigmoid_bce":
         yhat = b.eq("yhat", sigmoid(z), r"\hat{y}")
         from ..tensor import sum_

@@ -9,9 +9,10 @@ gradient as the adjoint of the window map, i.e. the full convolution with the fl
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from ..functions import named_activation
-from ..nn import dot, einsum, log, softmax, sum_
+from ..nn import einsum, softmax, sum_
 from ..program import Builder, Model, ModelError
 from ..tensor import ARG, Max, Node, Unfold, conv_out, map_, mean
 from . import register
@@ -32,7 +33,7 @@ def _image_range(k: int, padding: int, dilation: int) -> int:
     return max(1, dilation * (k - 1) + 1 - 2 * padding)
 
 
-def conv(W: Node, b: Node, x: Node, kernel: tuple[int, int], stride: int, padding: int, dilation: int) -> Node:
+def conv(W: Node, b: Node, x: Node, kernel: tuple[Any, Any], stride: int, padding: int, dilation: int) -> Node:
     """Cross-correlation of a (C_in, H, W) image with W (C_out, C_in, k_h, k_w), plus b."""
     U = Unfold(x, kernel, stride, padding, dilation)
     o, c, i, j, p, q = "o", "c", "i", "j", "p", "q"
@@ -42,18 +43,36 @@ def conv(W: Node, b: Node, x: Node, kernel: tuple[int, int], stride: int, paddin
 
 
 @register("conv2d", "§6.2-6.3", "2-D convolution (cross-correlation)")
-def conv2d(kernel: tuple[int, int] = (2, 2), stride: int = 1, padding: int = 0, dilation: int = 1) -> Model:
-    r"""2-D convolution (cross-correlation, NCHW): z = W \star x + b with stride S, padding P, dilation D."""
-    kh, kw = _check(kernel, stride, padding, dilation)
-    b = Builder("conv2d", "2-D convolution (cross-correlation)", "§6.2-6.3",
-                {"kernel": (kh, kw), "stride": stride, "padding": padding, "dilation": dilation})
+def conv2d(kernel: tuple[int, int] | None = None, stride: int = 1, padding: int = 0, dilation: int = 1) -> Model:
+    r"""2-D convolution (cross-correlation, NCHW): z = W \star x + b with stride S, padding P, dilation D.
+
+    Args:
+        kernel: None (the default): the kernel size is a pair of dimensions k_h, k_w read off W's shape (drawn
+            1..3 by the verifier, default 2 x 2), so any W (C_out, C_in, k_h, k_w) is accepted; or (k_h, k_w)
+            to fix it.
+        stride, padding, dilation: as F.conv2d.
+    """
+    if kernel is None:
+        _check((1, 1), stride, padding, dilation)
+        opts: dict[str, object] = {"stride": stride, "padding": padding, "dilation": dilation}
+    else:
+        kernel = _check(kernel, stride, padding, dilation)
+        opts = {"kernel": kernel, "stride": stride, "padding": padding, "dilation": dilation}
+    b = Builder("conv2d", "2-D convolution (cross-correlation)", "§6.2-6.3", opts)
     b.samples("n", 2, 1, 3)
     Ci = b.dim("C_in", 2, 1, 3)
     Co = b.dim("C_out", 2, 1, 3)
-    # the smallest image with an output position bounds the sizes drawn and the default (kernel 9x9: 9)
-    lo_h, lo_w = _image_range(kh, padding, dilation), _image_range(kw, padding, dilation)
-    H = b.dim("H_in", max(5, lo_h), lo_h, max(7, lo_h + 2))
-    Wd = b.dim("W_in", max(5, lo_w), lo_w, max(7, lo_w + 2))
+    if kernel is None:
+        # the kernel size is a dimension read off W; images drawn big enough for the largest drawn kernel
+        kh, kw = b.dim("k_h", 2, 1, 3), b.dim("k_w", 2, 1, 3)
+        H = b.dim("H_in", 5, _image_range(3, padding, dilation), 7)
+        Wd = b.dim("W_in", 5, _image_range(3, padding, dilation), 7)
+    else:
+        kh, kw = kernel
+        # the smallest image with an output position bounds the sizes drawn and the default (kernel 9x9: 9)
+        lo_h, lo_w = _image_range(kh, padding, dilation), _image_range(kw, padding, dilation)
+        H = b.dim("H_in", max(5, lo_h), lo_h, max(7, lo_h + 2))
+        Wd = b.dim("W_in", max(5, lo_w), lo_w, max(7, lo_w + 2))
     W = b.param("W", (Co, Ci, kh, kw), "W")
     bias = b.param("b", (Co,), "b")
     x = b.input("X", (Ci, H, Wd), "x", batched=True, adjoint=("g_X", r"\zeta_{x}"))
@@ -102,9 +121,20 @@ def avg_pool2d(kernel: int = 2, stride: int | None = None, padding: int = 0) -> 
 
 
 @register("cnn", "§6.4", "conv-ReLU-pool-dense-softmax network")
-def cnn(channels: int = 2, classes: int = 3) -> Model:
-    r"""conv(3x3, padding 1) - ReLU - max pool(2) - dense - softmax cross entropy."""
-    b = Builder("cnn", "conv-ReLU-pool-dense-softmax network", "§6.4", {"channels": channels, "classes": classes})
+def cnn(channels: int = 2, classes: int = 3, targets: str = "probabilities") -> Model:
+    r"""conv(3x3, padding 1) - ReLU - max pool(2) - dense - softmax cross entropy.
+
+    Args:
+        channels: C_1, the conv layer's output channels.
+        classes: K.
+        targets: "probabilities" (Y (n, K) rows on the simplex, the default), "one_hot" (the same Y, drawn
+            one-hot) or "labels" (integer class indices y (n,); C = -log yhat_y).
+    """
+    from ._targets import check_targets, cross_entropy, target_input
+
+    targets = check_targets("cnn", targets)
+    b = Builder("cnn", "conv-ReLU-pool-dense-softmax network", "§6.4",
+                {"channels": channels, "classes": classes, **({"targets": targets} if targets != "probabilities" else {})})
     b.samples("n", 2, 1, 3)
     Ci = b.dim("C_in", 1, 1, 2)
     C1 = b.dim("C_1", channels, 1, 3)
@@ -117,7 +147,7 @@ def cnn(channels: int = 2, classes: int = 3) -> Model:
     W2 = b.param("W2", (K, C1, ph, pw), "W^{[2]}")
     b2 = b.param("b2", (K,), "b^{[2]}")
     x = b.input("X", (Ci, H, Wd), "x", batched=True)
-    y = b.input("Y", (K,), "y", batched=True, domain="simplex")
+    y = target_input(b, targets, K)
     z1 = b.eq("z1", conv(W1, b1, x, (3, 3), 1, 1, 1), "z^{[1]}", adjoint=("delta1", r"\delta^{[1]}"))
     a1 = b.eq("a1", map_(named_activation("relu")(ARG[0]), [z1]), "a^{[1]}")
     p1 = b.eq("p1", Max(Unfold(a1, (2, 2), 2, 0, 1, flat=True), 1), "p^{[1]}")
@@ -126,7 +156,7 @@ def cnn(channels: int = 2, classes: int = 3) -> Model:
     z2 = b.eq("z2", einsum([(k, c, i, j), (c, i, j)], (k,), [W2, p1], dims=dims) + b2, "z^{[2]}",
               adjoint=("delta2", r"\delta^{[2]}"))
     yhat = b.eq("yhat", softmax(z2), r"\hat{y}")
-    b.eq("C", -dot(y, log(yhat)), "C")
+    b.eq("C", cross_entropy(y, yhat), "C")
     model = b.model(kinks=True)
     # ReLU zeros tie inside pooling windows and near-ties switch within any usable step: no finite
     # difference measures this derivative reliably; torch autograd (same conventions) checks it at 1e-10

@@ -163,7 +163,12 @@ def transformer_block(heads: int = 2, eps: float = 1e-5) -> Model:
     return b.model(reduction="sum", diff_inputs=("X",), kinks=True)
 
 
-def _seq_builder(name: str, title: str, section: str, options: dict[str, object]) -> tuple[Builder, dict[str, sp.Symbol]]:
+def _seq_builder(name: str, title: str, section: str, options: dict[str, object],
+                 targets: str = "probabilities") -> tuple[Builder, dict[str, sp.Symbol]]:
+    from ._targets import check_targets
+
+    if check_targets(name, targets) != "probabilities":
+        options = {**options, "targets": targets}
     b = Builder(name, title, section, options)
     T = b.dim("T", 4, 1, 12)
     b.samples("n", 2, 1, 3)
@@ -173,30 +178,41 @@ def _seq_builder(name: str, title: str, section: str, options: dict[str, object]
 
 def _head(b: Builder, h: Node, q: sp.Symbol, m: sp.Symbol) -> None:
     """yhat^{<t>} = S_softmax(W_yh h^{<t>} + b_y), C^{<t>} = CE(y^{<t>}, yhat^{<t>})."""
-    from ..nn import log
 
     W_yh = b.param("W_yh", (q, m), "W_{yh}")
     b_y = b.param("b_y", (q,), "b_{y}")
-    y = b.inputs["Y"]
+    from ._targets import cross_entropy
+
+    y = b.inputs["Y"] if "Y" in b.inputs else b.inputs["y"]
     o = b.eq("o", W_yh @ h + b_y, r"o^{\langle t\rangle}", adjoint=("delta_y", r"\delta_y^{\langle t\rangle}"))
     yhat = b.eq("yhat", softmax(o), r"\hat{y}^{\langle t\rangle}")
-    b.eq("C", -dot(y, log(yhat)), r"C^{\langle t\rangle}")
+    b.eq("C", cross_entropy(y, yhat), r"C^{\langle t\rangle}")
 
 
-def _seq_inputs(b: Builder, d: dict[str, sp.Symbol], carries: tuple[str, ...]) -> dict[str, Var]:
+def _seq_inputs(b: Builder, d: dict[str, sp.Symbol], carries: tuple[str, ...],
+                targets: str = "probabilities") -> dict[str, Var]:
+    from ._targets import target_input
+
     out = {"X": b.input("X", (d["p"],), r"x^{\langle t\rangle}", batched=True),
-           "Y": b.input("Y", (d["q"],), r"y^{\langle t\rangle}", batched=True, domain="simplex")}
+           "Y": target_input(b, targets, d["q"], r"y^{\langle t\rangle}")}
     for c in carries:
         out[c] = b.input(f"{c}_prev", (d["m"],), rf"{c}^{{\langle t-1\rangle}}", batched=True)
     return out
 
 
 @register("rnn", "§7.2", "recurrent neural network with a softmax head")
-def rnn(activation: str = "tanh") -> Model:
+def rnn(activation: str = "tanh", targets: str = "probabilities") -> Model:
     r"""Recurrent network (7.2), (7.4): h^{<t>} = S(W_hh h^{<t-1>} + W_hx x^{<t>} + b_h), softmax head,
-    C = 1/T sum_t CE; written for a general step t, with BPTT as a recurrence."""
-    b, d = _seq_builder("rnn", "recurrent neural network with a softmax head", "§7.2", {"activation": activation})
-    io = _seq_inputs(b, d, ("h",))
+    C = 1/T sum_t CE; written for a general step t, with BPTT as a recurrence.
+
+    Args:
+        activation: S (tanh, relu, ...).
+        targets: "probabilities" (Y (T, n, q) rows on the simplex, the default), "one_hot" (the same Y,
+            drawn one-hot) or "labels" (integer class indices y (T, n); C^{<t>} = -log yhat^{<t>}_y).
+    """
+    b, d = _seq_builder("rnn", "recurrent neural network with a softmax head", "§7.2", {"activation": activation},
+                        targets)
+    io = _seq_inputs(b, d, ("h",), targets)
     S = named_activation(activation)
     W_hh = b.param("W_hh", (d["m"], d["m"]), "W_{hh}")
     W_hx = b.param("W_hx", (d["m"], d["p"]), "W_{hx}")
@@ -205,7 +221,8 @@ def rnn(activation: str = "tanh") -> Model:
              adjoint=("delta", r"\delta^{\langle t\rangle}"))
     h = b.eq("h", map_(S(ARG[0]), [z]), r"h^{\langle t\rangle}", adjoint=("zeta", r"\zeta^{\langle t\rangle}"))
     _head(b, h, d["q"], d["m"])
-    return b.scan_model(d["T"], {"h_prev": h}, ("X", "Y"), 1 / d["T"], kinks=activation in ("relu", "leaky_relu"))
+    return b.scan_model(d["T"], {"h_prev": h}, ("X", io["Y"].name), 1 / d["T"],
+                        kinks=activation in ("relu", "leaky_relu"))
 
 
 def _gate(b: Builder, tag: str, h: Node, x: Node, d: dict[str, sp.Symbol], fn: str = "sigmoid",
@@ -230,13 +247,17 @@ def _sig(x: Node) -> Node:
 
 
 @register("lstm", "§7.3", "long short-term memory network with a softmax head")
-def lstm() -> Model:
+def lstm(targets: str = "probabilities") -> Model:
     r"""LSTM (7.16)-(7.17): gates g_f, g_i, g_o = sigma(W h^{<t-1>} + W x^{<t>} + b), candidate
-    c~ = tanh(...), c^{<t>} = g_f * c^{<t-1>} + g_i * c~, h^{<t>} = g_o * tanh(c^{<t>}); softmax head."""
+    c~ = tanh(...), c^{<t>} = g_f * c^{<t-1>} + g_i * c~, h^{<t>} = g_o * tanh(c^{<t>}); softmax head.
+
+    Args:
+        targets: "probabilities" (Y (T, n, q), the default), "one_hot" or "labels" (y (T, n)).
+    """
     from ..nn import tanh
 
-    b, d = _seq_builder("lstm", "long short-term memory network with a softmax head", "§7.3", {})
-    io = _seq_inputs(b, d, ("h", "c"))
+    b, d = _seq_builder("lstm", "long short-term memory network with a softmax head", "§7.3", {}, targets)
+    io = _seq_inputs(b, d, ("h", "c"), targets)
     h0, c0, x = io["h"], io["c"], io["X"]
     gf = _gate(b, "f", h0, x, d)
     gi = _gate(b, "i", h0, x, d)
@@ -245,22 +266,27 @@ def lstm() -> Model:
     c = b.eq("c", gf * c0 + gi * ct, r"c^{\langle t\rangle}", adjoint=("zeta_c", r"\zeta_c^{\langle t\rangle}"))
     h = b.eq("h", go * tanh(c), r"h^{\langle t\rangle}", adjoint=("zeta", r"\zeta^{\langle t\rangle}"))
     _head(b, h, d["q"], d["m"])
-    return b.scan_model(d["T"], {"h_prev": h, "c_prev": c}, ("X", "Y"), 1 / d["T"])
+    return b.scan_model(d["T"], {"h_prev": h, "c_prev": c}, ("X", io["Y"].name), 1 / d["T"])
 
 
 @register("gru", "§7.3", "gated recurrent unit (book form) with a softmax head")
-def gru(variant: str = "book") -> Model:
+def gru(variant: str = "book", targets: str = "probabilities") -> Model:
     r"""GRU (7.18)-(7.19). ``variant="book"``: h = (1 - g_u) * h^{<t-1>} + g_u * tanh(W_hh (g_r * h^{<t-1>}) +
     W_hx x + b_h); ``variant="torch"``: nn.GRU's form, h = (1 - g_u) * tanh(W_hx x + b_h + g_r * (W_hh h)) +
-    g_u * h^{<t-1>} (its update gate is 1 - the book's, and the reset gate acts after W_hh)."""
+    g_u * h^{<t-1>} (its update gate is 1 - the book's, and the reset gate acts after W_hh).
+
+    Args:
+        variant: "book" or "torch".
+        targets: "probabilities" (Y (T, n, q), the default), "one_hot" or "labels" (y (T, n)).
+    """
     from ..nn import tanh
     from ..program import ModelError
 
     if variant not in ("book", "torch"):
         raise ModelError(f"gru variant {variant!r} is unknown; choose 'book' or 'torch'")
     b, d = _seq_builder("gru", f"gated recurrent unit ({variant} form) with a softmax head", "§7.3",
-                        {"variant": variant})
-    io = _seq_inputs(b, d, ("h",))
+                        {"variant": variant}, targets)
+    io = _seq_inputs(b, d, ("h",), targets)
     h0, x = io["h"], io["X"]
     gr = _gate(b, "r", h0, x, d)
     gu = _gate(b, "u", h0, x, d)
@@ -274,7 +300,7 @@ def gru(variant: str = "book") -> Model:
         ht = b.eq("h_tilde", tanh(W_hx @ x + b_h + gr * (W_hh @ h0)), r"\tilde{h}^{\langle t\rangle}")
         h = b.eq("h", (1 - gu) * ht + gu * h0, r"h^{\langle t\rangle}", adjoint=("zeta", r"\zeta^{\langle t\rangle}"))
     _head(b, h, d["q"], d["m"])
-    return b.scan_model(d["T"], {"h_prev": h}, ("X", "Y"), 1 / d["T"])
+    return b.scan_model(d["T"], {"h_prev": h}, ("X", io["Y"].name), 1 / d["T"])
 
 
 @register("positional_encoding", "§7.5 (7.29)", "sinusoidal positional encoding")
@@ -300,3 +326,85 @@ def positional_encoding(M: float = 10000.0) -> Model:
     xt = b.eq("x_tilde", X + r, r"\tilde{x}")
     b.eq("C", sum_(G * xt), "C")
     return b.model(reduction="sum", diff_inputs=("X",))
+
+
+def _cell_builder(name: str, title: str, section: str, options: dict[str, object]) -> tuple[Builder, dict[str, sp.Symbol]]:
+    b = Builder(name, title, section, options)
+    b.samples("n", 3, 1, 4)
+    return b, {"p": b.dim("p", 3, 1, 4), "m": b.dim("m", 3, 1, 4)}
+
+
+@register("rnn_cell", "§7.2", "one step of a recurrent layer (nn.RNNCell)")
+def rnn_cell(activation: str = "tanh") -> Model:
+    r"""One RNN step (7.2): h = S(W_hh h^{<t-1>} + W_hx x + b_h); a layer entry with upstream gradient G_h,
+    C = sum(G_h * h), gradients in the weights, x and h^{<t-1>}.
+
+    Args:
+        activation: S (tanh or relu, as nn.RNNCell's nonlinearity).
+    """
+    b, d = _cell_builder("rnn_cell", "one step of a recurrent layer (nn.RNNCell)", "§7.2", {"activation": activation})
+    S = named_activation(activation)
+    W_hh = b.param("W_hh", (d["m"], d["m"]), "W_{hh}")
+    W_hx = b.param("W_hx", (d["m"], d["p"]), "W_{hx}")
+    b_h = b.param("b_h", (d["m"],), "b_{h}")
+    x = b.input("X", (d["p"],), r"x^{\langle t\rangle}", batched=True, adjoint=("g_X", r"\zeta_{x}"))
+    h0 = b.input("H_prev", (d["m"],), r"h^{\langle t-1\rangle}", batched=True, adjoint=("g_H_prev", r"\zeta_{h}^{\langle t-1\rangle}"))
+    G = b.input("G_h", (d["m"],), r"\zeta^{\langle t\rangle}", batched=True)
+    z = b.eq("z", W_hh @ h0 + W_hx @ x + b_h, r"z^{\langle t\rangle}", adjoint=("delta", r"\delta^{\langle t\rangle}"))
+    h = b.eq("h", map_(S(ARG[0]), [z]), r"h^{\langle t\rangle}")
+    b.eq("C", dot(G, h), "C")
+    return b.model(reduction="sum", diff_inputs=("X", "H_prev"), kinks=activation in ("relu", "leaky_relu"))
+
+
+@register("lstm_cell", "§7.3", "one step of an LSTM layer (nn.LSTMCell)")
+def lstm_cell() -> Model:
+    r"""One LSTM step (7.16)-(7.17) from (h^{<t-1>}, c^{<t-1>}); a layer entry with upstream gradients G_h, G_c
+    of h and c, C = sum(G_h * h) + sum(G_c * c), gradients in the weights, x, h^{<t-1>} and c^{<t-1>}."""
+    from ..nn import tanh
+
+    b, d = _cell_builder("lstm_cell", "one step of an LSTM layer (nn.LSTMCell)", "§7.3", {})
+    x = b.input("X", (d["p"],), r"x^{\langle t\rangle}", batched=True, adjoint=("g_X", r"\zeta_{x}"))
+    h0 = b.input("H_prev", (d["m"],), r"h^{\langle t-1\rangle}", batched=True, adjoint=("g_H_prev", r"\zeta_{h}^{\langle t-1\rangle}"))
+    c0 = b.input("C_prev", (d["m"],), r"c^{\langle t-1\rangle}", batched=True, adjoint=("g_C_prev", r"\zeta_{c}^{\langle t-1\rangle}"))
+    Gh = b.input("G_h", (d["m"],), r"\zeta_{h}^{\langle t\rangle}", batched=True)
+    Gc = b.input("G_c", (d["m"],), r"\zeta_{c}^{\langle t\rangle}", batched=True)
+    gf = _gate(b, "f", h0, x, d)
+    gi = _gate(b, "i", h0, x, d)
+    go = _gate(b, "o", h0, x, d)
+    ct = _gate(b, "c", h0, x, d, fn="tanh", tex=r"\tilde{c}^{\langle t\rangle}")
+    c = b.eq("c", gf * c0 + gi * ct, r"c^{\langle t\rangle}")
+    h = b.eq("h", go * tanh(c), r"h^{\langle t\rangle}")
+    b.eq("C", dot(Gh, h) + dot(Gc, c), "C")
+    return b.model(reduction="sum", diff_inputs=("X", "H_prev", "C_prev"))
+
+
+@register("gru_cell", "§7.3", "one step of a GRU layer (book form; nn.GRUCell with variant='torch')")
+def gru_cell(variant: str = "book") -> Model:
+    r"""One GRU step (7.18)-(7.19) in the book's form, or nn.GRUCell's (``variant="torch"``; see ``gru``); a
+    layer entry with upstream gradient G_h, C = sum(G_h * h), gradients in the weights, x and h^{<t-1>}.
+
+    Args:
+        variant: "book" or "torch".
+    """
+    from ..nn import tanh
+    from ..program import ModelError
+
+    if variant not in ("book", "torch"):
+        raise ModelError(f"gru_cell variant {variant!r} is unknown; choose 'book' or 'torch'")
+    b, d = _cell_builder("gru_cell", f"one step of a GRU layer ({variant} form)", "§7.3", {"variant": variant})
+    x = b.input("X", (d["p"],), r"x^{\langle t\rangle}", batched=True, adjoint=("g_X", r"\zeta_{x}"))
+    h0 = b.input("H_prev", (d["m"],), r"h^{\langle t-1\rangle}", batched=True, adjoint=("g_H_prev", r"\zeta_{h}^{\langle t-1\rangle}"))
+    G = b.input("G_h", (d["m"],), r"\zeta^{\langle t\rangle}", batched=True)
+    gr = _gate(b, "r", h0, x, d)
+    gu = _gate(b, "u", h0, x, d)
+    W_hh = b.param("W_hh", (d["m"], d["m"]), r"W_{\tilde{h}h}")
+    W_hx = b.param("W_hx", (d["m"], d["p"]), r"W_{\tilde{h}x}")
+    b_h = b.param("b_h", (d["m"],), r"b_{\tilde{h}}")
+    if variant == "book":
+        ht = b.eq("h_tilde", tanh(W_hh @ (gr * h0) + W_hx @ x + b_h), r"\tilde{h}^{\langle t\rangle}")
+        h = b.eq("h", (1 - gu) * h0 + gu * ht, r"h^{\langle t\rangle}")
+    else:
+        ht = b.eq("h_tilde", tanh(W_hx @ x + b_h + gr * (W_hh @ h0)), r"\tilde{h}^{\langle t\rangle}")
+        h = b.eq("h", (1 - gu) * ht + gu * h0, r"h^{\langle t\rangle}")
+    b.eq("C", dot(G, h), "C")
+    return b.model(reduction="sum", diff_inputs=("X", "H_prev"))

@@ -254,8 +254,8 @@ def einsum(
 
 def _unit_axis(o: Node) -> int | None:
     """The axis along which ``o`` sums to 1, where its domain says so: the last axis of a probability
-    vector (``simplex``, checked at the kernel boundary), the class axis of a one-hot encoding."""
-    if isinstance(o, Var) and o.domain == "simplex" and o.ndim:
+    vector (``simplex`` or ``one_hot``, checked at the kernel boundary), the class axis of a one-hot encoding."""
+    if isinstance(o, Var) and o.domain in ("simplex", "one_hot") and o.ndim:
         return o.ndim - 1
     if isinstance(o, OneHot):
         return o.axis

@@ -13,7 +13,7 @@ from .base import Dim, Node, Shape, ShapeError, UnsupportedError, _intern, as_ex
 from .leaves import is_zero
 
 
-def conv_out(size: Dim, k: int, stride: int, padding: int, dilation: int) -> Dim:
+def conv_out(size: Dim, k: Dim, stride: int, padding: int, dilation: int) -> Dim:
     """Output size of a window sweep: floor((H + 2P - D(k - 1) - 1) / S) + 1."""
     return sp.floor((as_expr(size) + 2 * padding - dilation * (k - 1) - 1) / stride) + 1
 
@@ -37,14 +37,15 @@ class Unfold(Node):
 
     fill: float
 
-    def __new__(cls, x: Node, kernel: tuple[int, int], stride: int = 1, padding: int = 0, dilation: int = 1,
+    def __new__(cls, x: Node, kernel: tuple[Dim, Dim], stride: int = 1, padding: int = 0, dilation: int = 1,
                 flat: bool = False, fill: float = 0.0) -> Unfold:
         if x.ndim != 3:
             raise ShapeError(f"unfold takes a (C, H, W) image, got shape {fmt_shape(x.shape)}")
-        kh, kw = kernel
+        # the kernel size: integers, or dimension symbols (a kernel size read off the weight's shape)
+        kh, kw = (int(k) if isinstance(k, int) or as_expr(k).is_Integer else as_expr(k) for k in kernel)
         C, H, W = x.shape
         oh, ow = conv_out(H, kh, stride, padding, dilation), conv_out(W, kw, stride, padding, dilation)
-        win = (sp.Integer(kh * kw),) if flat else (sp.Integer(kh), sp.Integer(kw))
+        win = (as_expr(kh) * as_expr(kw),) if flat else (as_expr(kh), as_expr(kw))
 
         def init(n: Any) -> None:
             n.x, n.kernel, n.stride, n.padding, n.dilation, n.flat = x, (kh, kw), stride, padding, dilation, flat
@@ -75,7 +76,7 @@ class Unfold(Node):
         return rf"\mathcal{{U}}\left({args[0]}\right)"
 
     def lower(self, args: Sequence[str], backend: str, ctx: Any) -> str:
-        kh, kw = self.kernel
+        kh, kw = (ctx.dim(k) for k in self.kernel)
         fill = "" if self.fill == 0 else f", {'-math.inf' if self.fill == -math.inf else repr(self.fill)}"
         return (f"ops.unfold({args[0]}, ({kh}, {kw}), {self.stride}, {self.padding}, {self.dilation}, "
                 f"{self.flat}{fill})")
@@ -124,7 +125,7 @@ class Fold(Node):
         return rf"\mathcal{{U}}^{{*}}\left({args[0]}\right)"
 
     def lower(self, args: Sequence[str], backend: str, ctx: Any) -> str:
-        kh, kw = self.kernel
+        kh, kw = (ctx.dim(k) for k in self.kernel)
         H, W = (ctx.dim(d) for d in self.image[1:])
         return (f"ops.fold({args[0]}, ({H}, {W}), ({kh}, {kw}), {self.stride}, {self.padding}, {self.dilation}, "
                 f"{self.x.ndim == 4})")
