@@ -96,7 +96,8 @@ def _where(line: int, col: int, lines: int) -> str:
 
 
 def tokenize(text: str) -> list[Token]:
-    """The tokens of ``text``, lines ended by ``end`` tokens (a newline or ``;``)."""
+    """The tokens of ``text``, lines ended by ``end`` tokens (a newline or ``;``); a character outside the
+    language ends them with a ``bad`` token holding the message."""
     out: list[Token] = []
     line, start, pos = 1, 0, 0
     nlines = text.count("\n") + 1
@@ -106,8 +107,10 @@ def tokenize(text: str) -> list[Token]:
             ch = text[pos]
             hint = (" (strings and Python code are not part of the language)" if ch in "\"[]{}:@!<>&|~`$%\\" else
                     " (after '.', one of .* ./ .^)" if ch == "." else "")
-            raise ParseError(f"{_where(line, pos - start + 1, nlines)}: unexpected character {ch!r}{hint}; "
-                             "expected a name, a number, an operator (' * .* ./ .^ + - / ^), '(' or ')'")
+            msg = (f"{_where(line, pos - start + 1, nlines)}: unexpected character {ch!r}{hint}; "
+                   "expected a name, a number, an operator (' * .* ./ .^ + - / ^), '(' or ')'")
+            out.append(Token("bad", msg, line, pos - start + 1))  # raised when the parser reaches it
+            return out
         kind = m.lastgroup or ""
         col = pos - start + 1
         if kind == "nl":
@@ -223,7 +226,10 @@ class _Parser:
     # -- helpers ----------------------------------------------------------------------------------
     @property
     def tok(self) -> Token:
-        return self.toks[self.i]
+        t = self.toks[self.i]
+        if t.kind == "bad":  # a character outside the language: reported where reading reaches it
+            raise ParseError(t.text)
+        return t
 
     def where(self, t: Token | Expr) -> str:
         return _where(t.line, t.col, self.lines)
@@ -757,12 +763,12 @@ def parse(text: str, wrt: str | Iterable[str] | None = None, **types: str) -> Mo
     if wrt_names is not None and not all(isinstance(w, str) for w in wrt_names):
         raise TypeError(f"wrt must be a name or a list of names, got {wrt!r}")
     decls = {name: parse_type(name, t) for name, t in types.items()}
-    for name in decls:
-        if not name.isidentifier() or keyword.iskeyword(name) or name.startswith("_") or name in RESERVED:
-            raise ParseError(f"variable name {name!r} cannot be used (a keyword or a name the generated code "
+    for var in decls:
+        if not var.isidentifier() or keyword.iskeyword(var) or var.startswith("_") or var in RESERVED:
+            raise ParseError(f"variable name {var!r} cannot be used (a keyword or a name the generated code "
                              f"uses: {', '.join(sorted(RESERVED))})")
-        if name in FUNCTIONS or name in _SPECIAL:
-            raise ParseError(f"variable name {name!r} is the name of a function of the language")
+        if var in FUNCTIONS or var in _SPECIAL:
+            raise ParseError(f"variable name {var!r} is the name of a function of the language")
     dim_names = sorted({d for dec in decls.values() for d in dec.dims})
     bad = [d for d in dim_names if d in RESERVED or d in FUNCTIONS or d in _SPECIAL]
     if bad:
@@ -813,7 +819,7 @@ def parse(text: str, wrt: str | Iterable[str] | None = None, **types: str) -> Mo
 
     one_line = " ; ".join(ln.strip() for ln in text.strip().splitlines() if ln.strip())
     b = Builder("expression", one_line, "own expression")
-    dims = {d: b.dim(d, DIM_DEFAULT, *DIM_RANGE) for d in dim_names}
+    dims = {d: b.dim(d, DIM_DEFAULT, *DIM_RANGE) for d in dim_names if any(d in decls[k].dims for k in used)}
     values: dict[str, Node] = {}
     for k, dec in decls.items():
         if k not in used:
