@@ -13,6 +13,7 @@ _packages.require()  # one line with the fix if another distribution owns derive
 from . import functions, models, nn
 from .autodiff import backprop, count_nodes, forward_mode, grad, hessian, tangents
 from .latex import latex
+from .parse import ExpressionShapeError, ParseError, parse
 from .program import Builder, Equation, Equations, Model, ModelError
 from .tensor import PRIMITIVES, Node, ShapeError, UnsupportedError, Var
 
@@ -28,5 +29,5 @@ def clear_caches() -> None:
 __all__ = [
     "models", "nn", "forward_mode", "functions", "backprop", "grad", "hessian", "tangents", "latex", "clear_caches",
     "count_nodes", "Builder", "Equation", "Equations", "Model", "ModelError", "ShapeError", "UnsupportedError", "Node",
-    "Var", "PRIMITIVES",
+    "Var", "PRIMITIVES", "parse", "ParseError", "ExpressionShapeError",
 ]

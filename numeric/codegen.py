@@ -147,7 +147,7 @@ def _stable_map(n: Map, defs: dict[Var, Node]) -> Node:
     for i, a in enumerate(n.args):
         # a named output, or its entry at integer labels (a gather x_y: log of it is the gather of the log)
         var, swap = (a, lambda x: x) if isinstance(a, Var) else _gathered_var(a)
-        d = defs.get(var) if var is not None else None
+        d = defs.get(var) if var is not None else a if isinstance(a, Softmax) else None  # named or inline
         if isinstance(d, Map) and d.fn == sigmoid(ARG[0]) and len(d.args) == 1:
             u = ARG[len(args)]
             if swap(d.args[0]) is d.args[0]:

@@ -207,6 +207,14 @@ def resolve_reference(m: Model, reference: Reference | None = None) -> tuple[Ref
     return eager_reference(m), "the eager evaluation of its forward program"
 
 
+def _autograd(loss: Any, leaves: list[torch.Tensor]) -> Sequence[torch.Tensor | None]:
+    """The gradients of ``loss`` in ``leaves`` (None where it does not depend on one; all None for a loss
+    that depends on none of them, such as a parsed ``sum(x - x)``)."""
+    if not (isinstance(loss, torch.Tensor) and loss.requires_grad):
+        return [None] * len(leaves)
+    return torch.autograd.grad(loss, leaves, allow_unused=True)
+
+
 def _reference(m: Model, ref: Reference, arrays: dict[str, np.ndarray], device: str,
                hessian: bool, noise: bool = True
                ) -> tuple[float, dict[str, np.ndarray], dict[Any, np.ndarray], dict[str, np.ndarray]]:
@@ -214,7 +222,7 @@ def _reference(m: Model, ref: Reference, arrays: dict[str, np.ndarray], device: 
     t = {k: torch.tensor(v, dtype=torch.float64, device=device) for k, v in arrays.items()}
     leaves = {k: t[k].clone().requires_grad_(True) for k in m.grad_names}
     loss = ref(**{**t, **leaves}, **opts)
-    grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
+    grads = _autograd(loss, list(leaves.values()))
     g = {k: (_np(v) if v is not None else np.zeros(arrays[k].shape)) for k, v in zip(leaves, grads)}
     if not noise:
         return float(loss.detach()), g, {}, {}
@@ -232,7 +240,7 @@ def _reference(m: Model, ref: Reference, arrays: dict[str, np.ndarray], device: 
                               dtype=torch.float64, device=device) for k, v in arrays.items()}
         leaves2 = {k: t2[k].clone().requires_grad_(True) for k in m.grad_names}
         loss2 = ref(**{**t2, **leaves2}, **opts)
-        grads2 = torch.autograd.grad(loss2, list(leaves2.values()), allow_unused=True)
+        grads2 = _autograd(loss2, list(leaves2.values()))
         rounding["loss"] = max(rounding["loss"], factor * abs(float(loss2.detach()) - float(loss.detach())))
         for k, v2 in zip(leaves2, grads2):
             if v2 is not None and g[k].size:

@@ -47,8 +47,49 @@ def _options(pairs: Sequence[str]) -> dict[str, Any]:
     return out
 
 
+def _declarations(pairs: Sequence[str]) -> dict[str, str]:
+    """``-V x=vector(n)`` pairs -> ``{"x": "vector(n)"}`` (the type strings are read by :func:`derive.parse`)."""
+    out: dict[str, str] = {}
+    for p in pairs:
+        name, sep, typ = p.partition("=")
+        name, typ = name.strip(), typ.strip()
+        if not sep or not name or not typ:
+            raise UsageError(f"-V {p!r} should look like name=type, e.g. -V x=vector(n) or -V A=matrix(n,p)")
+        if name in out:
+            raise UsageError(f"-V declares {name} twice")
+        out[name] = typ
+    return out
+
+
 def _model(args: argparse.Namespace) -> derive.Model:
-    return derive.models.get(args.model, **_options(args.option or []))
+    """The MODEL argument, resolved in one place: a zoo entry (``-O`` options), or an expression of the
+    language of :func:`derive.parse` with ``-V name=type`` declarations (``--wrt``: the variables to
+    differentiate). A text that is not a Python identifier, or any ``-V``, makes it an expression."""
+    spec = args.model
+    decls = getattr(args, "var", None) or []
+    if decls or not spec.isidentifier():
+        if getattr(args, "option", None):
+            raise UsageError("-O options are for zoo entries; an expression takes -V name=type declarations")
+        if not spec.strip():
+            raise UsageError("MODEL is empty: give a zoo entry (see `dlmath list`) or an expression")
+        return derive.parse(spec, wrt=getattr(args, "wrt", None) or None, **_declarations(decls))
+    if spec not in derive.models.names():
+        try:
+            derive.models.get(spec)
+        except derive.ModelError as e:  # its message lists the known entries
+            raise UsageError(f"{e} (an expression declares its variables: -V name=type)") from None
+    return derive.models.get(spec, **_options(args.option or []))
+
+
+def _add_model_args(s: argparse.ArgumentParser, required: bool = True) -> None:
+    """The MODEL argument and the flags that qualify it (the same for every command that takes a model)."""
+    s.add_argument("model", nargs=None if required else "?", metavar="MODEL",
+                   help="a zoo entry (see `dlmath list`), or an expression such as \"x'*A*x\" with -V declarations")
+    s.add_argument("-O", "--option", action="append", metavar="KEY=VALUE",
+                   help="zoo entry option, e.g. -O slope=0.1 (repeatable)")
+    s.add_argument("-V", "--var", action="append", metavar="NAME=TYPE",
+                   help="an expression's variable and its type: scalar, vector(n), matrix(n,p) or spd(n) "
+                   "(repeatable)")
 
 
 def detex(s: str) -> str:
@@ -289,6 +330,15 @@ def _verify_options(name: str, args: argparse.Namespace) -> dict[str, Any]:
     return opts
 
 
+def _single(args: argparse.Namespace) -> derive.Model:
+    """The one MODEL of ``dlmath verify``: an expression, or a zoo entry with -O options and --targets."""
+    if args.targets and not (getattr(args, "var", None) or not args.model.isidentifier()):
+        if "targets" not in derive.models.options(args.model):
+            _verify_options(args.model, args)  # raises the one-line error listing the entries with targets
+        args.option = [*(args.option or []), f"targets={args.targets}"]
+    return _model(args)
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
     import time
 
@@ -303,8 +353,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if args.examples < 1:
         raise UsageError(f"--examples must be at least 1, got {args.examples}")
     names = derive.models.names() if args.all else [args.model]
-    if not args.all:
-        derive.models.entry(args.model)  # an unknown name: one line listing the known ones
+    if args.all and args.var:
+        raise UsageError("--all checks the zoo entries: -V declares an expression's variables; drop it")
     impl = _load_impl(args.impl) if args.impl else None
     if args.all:
         # -O applies to every entry that has the option (checked against each one's spec when built)
@@ -323,7 +373,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
             print(f"[{i}/{len(names)}] {name} ...", file=sys.stderr, flush=True)
         row: dict[str, Any] = {"model": name}
         try:
-            m = derive.models.get(name, **_verify_options(name, args))
+            m = derive.models.get(name, **_verify_options(name, args)) if args.all else _single(args)
             rep = check(m, implementation=impl, backend=args.backend, device=args.device, examples=args.examples,
                         rtol=args.rtol, seed=args.seed, values=values, kinks=args.kinks, **kw)
         except Mismatch as e:
@@ -409,9 +459,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def model_cmd(name: str, help: str) -> argparse.ArgumentParser:
         s = sub.add_parser(name, help=help, description=help)
-        s.add_argument("model", help="zoo entry (see `dlmath list`)")
-        s.add_argument("-O", "--option", action="append", metavar="KEY=VALUE",
-                       help="model option, e.g. -O slope=0.1 (repeatable)")
+        _add_model_args(s)
         return s
 
     s = sub.add_parser("list", help="list the zoo entries", description="List the zoo entries: name, book "
@@ -444,13 +492,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--backend", choices=("numpy", "torch"), default="numpy")
     s.add_argument("--hessian", action="append", metavar="P", help="also compute the Hessian in P")
     s.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of standard output")
+    s.add_argument("--wrt", action="append", metavar="X", help="an expression's variable to differentiate "
+                   "(repeatable; default: all)")
     s.set_defaults(func=cmd_codegen)
     s = sub.add_parser("verify", help="verify generated kernels (and an implementation) against PyTorch",
                        description="Verify generated kernels, and optionally your implementation, against "
                        "torch autograd on hypothesis-drawn examples.")
-    s.add_argument("model", nargs="?", help="zoo entry")
+    _add_model_args(s, required=False)
     s.add_argument("--all", action="store_true", help="every zoo entry")
-    s.add_argument("-O", "--option", action="append", metavar="KEY=VALUE", help="model option")
+    s.add_argument("--wrt", action="append", metavar="X", help="an expression's variable to differentiate "
+                   "(repeatable; default: all)")
     s.add_argument("--impl", metavar="MODULE:FUNCTION", help="your implementation f(**arrays) -> "
                    "{'loss', 'grad'} (or an nn.Module / autograd.Function); MODULE.py is found in the working folder")
     s.add_argument("--backend", choices=("numpy", "torch"), default="torch")
