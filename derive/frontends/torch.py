@@ -117,7 +117,8 @@ def _user_line(node: Any) -> str:
     trace = node.meta.get("stack_trace") or ""
     frames = re.findall(r'File "([^"]+)", line (\d+), in (\S+)\n\s*(.*)', trace)
     torch_dir = os.path.dirname(torch.__file__)
-    user = [f for f in frames if not f[0].startswith(torch_dir) and "/torch/" not in f[0]]
+    here = os.path.dirname(os.path.abspath(__file__))
+    user = [f for f in frames if not f[0].startswith((torch_dir, here)) and "/torch/" not in f[0]]
     pick = user[-1] if user else (frames[-1] if frames else None)
     if pick is None:
         return "(no source line recorded)"
@@ -267,6 +268,7 @@ def from_torch(module_or_function: Any, *example_args: Any, name: str | None = N
         module = _wrap(module_or_function)
         forward = module_or_function
         label = name or getattr(module_or_function, "__name__", "function")
+        label = label if label.isidentifier() else "function"
     else:
         raise TypeError(f"from_torch takes a torch.nn.Module or a function, not {type(module_or_function).__name__}")
     if not example_args:
@@ -280,15 +282,64 @@ def from_torch(module_or_function: Any, *example_args: Any, name: str | None = N
     specs = [{d: torch.export.Dim.AUTO for d in range(a.dim())} if isinstance(a, torch.Tensor) else None
              for a in args]
     dynamic: Any = (tuple(specs),) if not isinstance(module_or_function, torch.nn.Module) else tuple(specs)
+    ep = _export(module, args, dynamic, label, strict=False)
+    custom = _custom_functions(module, args)
     try:
-        ep = torch.export.export(module, args, dynamic_shapes=dynamic, strict=False)
-        ep = ep.run_decompositions()
+        # whole layers first (linear, layer_norm, attention: one operation each, as the book writes them)
+        return _Converter(ep, module, label, names, tensor_pos, args, custom).model()
+    except NotInTable:
+        pass
+    try:  # then the core ATen operations they decompose into
+        ep = _decompose(ep, label)
+        return _Converter(ep, module, label, names, tensor_pos, args, custom).model()
+    except NotInTable as e:
+        # torch.export's non-strict trace records only the forward's own line: the strict (Dynamo) trace
+        # has the user's whole stack, so the refusal names the line that called the operation
+        line = _strict_line(module, args, dynamic, e.node)
+        raise ModelError(e.message(line)) from None
+
+
+class NotInTable(ModelError):
+    """An operation without a rule in the ATen table (the front end then decomposes, then refuses)."""
+
+    def __init__(self, label: str, op: str, node: Any):
+        self.label, self.op, self.node = label, op, node
+        super().__init__(self.message(_user_line(node)))
+
+    def message(self, line: str) -> str:
+        return (f"{self.label}: the operation aten.{self.op} (at {line}) is not in dlmath's ATen table; see "
+                f"docs/torch_code.rst for the operations covered")
+
+
+def _export(module: Any, args: Sequence[Any], dynamic: Any, label: str, strict: bool) -> Any:
+    import torch
+
+    try:
+        return torch.export.export(module, tuple(args), dynamic_shapes=dynamic, strict=strict)
     except Exception as e:  # torch's own message, shortened to its first line, with what to do
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ModelError(f"torch.export could not capture {label}: {first} (from_torch needs code that "
                          f"torch.export can trace: no data-dependent Python control flow)") from None
-    custom = _custom_functions(module, args)
-    return _Converter(ep, module, label, names, tensor_pos, args, custom).model()
+
+
+def _decompose(ep: Any, label: str) -> Any:
+    try:
+        return ep.run_decompositions()
+    except Exception as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelError(f"torch.export could not decompose {label} to core ATen: {first}") from None
+
+
+def _strict_line(module: Any, args: Sequence[Any], dynamic: Any, node: Any) -> str:
+    """The user's line of ``node`` from a strict (Dynamo) export, which keeps the whole user stack."""
+    fallback = _user_line(node)
+    try:
+        ep = _export(module, args, dynamic, "", strict=True).run_decompositions()
+    except Exception:
+        return fallback
+    same = [n for n in ep.graph.nodes if n.op == "call_function" and n.target == node.target]
+    match = next((n for n in same if n.name == node.name), same[0] if same else None)
+    return _user_line(match) if match is not None else fallback
 
 
 def _arg_names(forward: Callable[..., Any], args: Sequence[Any]) -> list[str]:
@@ -520,6 +571,8 @@ class _Converter:
         target = n.target
         args = [self._value(a) for a in n.args]
         kwargs = {k: self._value(v) for k, v in n.kwargs.items()}
+        if any(isinstance(a, torch.fx.Node) and self.env.get(a.name, 0) is None for a in n.args):
+            return None  # bookkeeping on an integer buffer (num_batches_tracked += 1): no part of the math
         if target is operator.getitem:
             return args[0][args[1]]
         py = {operator.mul: lambda a, b: a * b, operator.add: lambda a, b: a + b, operator.sub: lambda a, b: a - b,
@@ -536,7 +589,7 @@ class _Converter:
         if base in ("_assert_tensor_metadata", "_assert_scalar", "sym_constrain_range_for_size", "sym_constrain_range"):
             return None
         rule = OPS.get(full) or OPS.get(base)
-        if base == "_to_copy":
+        if base in ("_to_copy", "to", "type_as"):
             src, val = n.args[0].meta.get("val"), n.meta.get("val")
             if (isinstance(src, torch.Tensor) and isinstance(val, torch.Tensor) and src.dtype.is_floating_point
                     and not val.dtype.is_floating_point):
@@ -545,8 +598,7 @@ class _Converter:
             raise ModelError(f"{self.label}: {base} at {_user_line(n)} is random; capture the module in eval mode "
                              f"(module.eval()) or with dropout=0")
         if rule is None:
-            raise ModelError(f"{self.label}: the operation aten.{full} (at {_user_line(n)}) is not in dlmath's "
-                             f"ATen table; see docs/torch_code.rst for the operations covered")
+            raise NotInTable(self.label, full, n)
         try:
             return rule(*args, **kwargs)
         except (Unsupported, ValueError, TypeError, AttributeError, IndexError) as e:

@@ -440,11 +440,16 @@ def _var(x: Node, dim: Any = None, unbiased: Any = None, keepdim: bool = False, 
 
 @rule("amax")
 def _amax(x: Node, dim: Any = None, keepdim: bool = False) -> Node:
+    """``amax``: the maximum, its gradient split evenly among tied maxima (as torch.amax; ``max_`` alone
+    routes it to the first): ``sum(x t) / sum(t)`` with the tie mask ``t = 1{x >= max}`` held constant."""
     axes = _axes(x, dim)
-    out = x
+    m = x
     for a in reversed(axes):  # max over each axis in turn (the result's remaining axes shift down)
-        out = max_(out, a)
-    return _keep(out, x, axes, keepdim)
+        m = max_(m, a)
+    m = _keep(stop_gradient(m), x, axes, True)
+    ties = elementwise(1 - F.step(a0 - a1), m, x)
+    return elementwise(a0 / a1, _sum(elementwise(a0 * a1, x, ties), list(axes), keepdim),
+                       _sum(ties, list(axes), keepdim))
 
 
 @rule("_softmax")
@@ -617,7 +622,7 @@ def _identity(x: Any, *args: Any, **kwargs: Any) -> Any:
     return x
 
 
-for _name in ("clone", "alias", "lift_fresh_copy", "contiguous", "_to_copy", "to.dtype", "dropout"):
+for _name in ("clone", "alias", "lift_fresh_copy", "contiguous", "_to_copy", "to.dtype", "to.dtype_layout", "type_as"):
     OPS[_name] = _identity
 
 
@@ -668,3 +673,152 @@ def _gather(x: Node, dim: int, idx: Node, sparse_grad: bool = False) -> Node:
         out = einsum([labels, labels], labels[:ax] + labels[ax + 1:], [x, oh])
         return reshape(out, x.shape[:ax] + (sp.S.One,) + x.shape[ax + 1:])
     raise Unsupported("gather with indices that are not integer labels of one entry per row")
+
+
+# ---------------------------------------------------------------------------------------------------
+# the training IR (torch.export before run_decompositions): whole layers as one operation each. The front
+# end converts this graph first, and decomposes to core ATen only when it meets an operation without a rule.
+# ---------------------------------------------------------------------------------------------------
+
+
+@rule("linear")
+def _linear(x: Node, w: Node, b: Node | None = None) -> Node:
+    lead = tuple(range(x.ndim - 1))
+    out = einsum([lead + ("i",), ("o", "i")], lead + ("o",), [x, w]) if w.ndim == 2 else \
+        einsum([lead + ("i",), ("i",)], lead, [x, w])
+    return out if b is None else elementwise(a0 + a1, out, b)
+
+
+@rule("matmul")
+def _matmul(a: Node, b: Node) -> Node:
+    if a.ndim == 1 and b.ndim == 1:
+        return _dot(a, b)
+    va, vb = a.ndim == 1, b.ndim == 1
+    A = reshape(a, (sp.S.One,) + a.shape) if va else a
+    B = reshape(b, b.shape + (sp.S.One,)) if vb else b
+    batch = broadcast_shape(A.shape[:-2], B.shape[:-2])
+    A = broadcast(A, batch + A.shape[-2:])
+    B = broadcast(B, batch + B.shape[-2:])
+    lead = tuple(range(len(batch)))
+    out = einsum([lead + ("i", "k"), lead + ("k", "j")], lead + ("i", "j"), [A, B])
+    if va:
+        out = reshape(out, out.shape[:-2] + out.shape[-1:])
+    if vb:
+        out = reshape(out, out.shape[:-1])
+    return out
+
+
+@rule("layer_norm")
+def _layer_norm_op(x: Node, shape: Sequence[Any], w: Node | None = None, b: Node | None = None,
+                   eps: float = 1e-5, cudnn_enable: bool = True) -> Node:
+    return _layer_norm(x, shape, w, b, eps)[0]
+
+
+@rule("batch_norm")
+def _batch_norm_op(x: Node, w: Node | None, b: Node | None, rmean: Any, rvar: Any, training: bool,
+                   momentum: float, eps: float, cudnn_enabled: bool = True) -> Node:
+    return _batch_norm(x, w, b, rmean, rvar, training, momentum, eps)[0]
+
+
+@rule("dropout", "dropout.default", "feature_dropout", "alpha_dropout")
+def _dropout(x: Node, p: float = 0.5, train: bool = False) -> Node:
+    if p == 0 or not train:
+        return x
+    raise Unsupported(f"dropout with p={p} in training mode is random: capture in eval mode or with p=0")
+
+
+@rule("unflatten.int")
+def _unflatten(x: Node, dim: int, sizes: Sequence[Any]) -> Node:
+    ax = _ax(x, dim)
+    inner = [sp.sympify(d) for d in sizes]
+    if any(d == -1 for d in inner):
+        known = sp.Mul(*(d for d in inner if d != -1))
+        inner = [sp.simplify(x.shape[ax] / known) if d == -1 else d for d in inner]
+    inner = tuple(inner)
+    return reshape(x, x.shape[:ax] + inner + x.shape[ax + 1:])
+
+
+@rule("flatten.using_ints")
+def _flatten(x: Node, start: int = 0, end: int = -1) -> Node:
+    if x.ndim == 0:
+        return reshape(x, (sp.S.One,))
+    s, e = _ax(x, start), _ax(x, end)
+    return reshape(x, x.shape[:s] + (sp.Mul(*x.shape[s:e + 1]),) + x.shape[e + 1:])
+
+
+@rule("softmax.int")
+def _softmax_int(x: Node, dim: int, dtype: Any = None) -> Node:
+    return softmax(x, _ax(x, dim))
+
+
+@rule("log_softmax.int")
+def _log_softmax_int(x: Node, dim: int, dtype: Any = None) -> Node:
+    return log_softmax(x, _ax(x, dim))
+
+
+@rule("scaled_dot_product_attention")
+def _sdpa(q: Node, k: Node, v: Node, attn_mask: Any = None, dropout_p: float = 0.0, is_causal: bool = False,
+          scale: Any = None, enable_gqa: bool = False) -> Node:
+    if dropout_p:
+        raise Unsupported(f"attention dropout {dropout_p} is random")
+    if enable_gqa and not _same(q.shape[-3] if q.ndim > 2 else 1, k.shape[-3] if k.ndim > 2 else 1):
+        raise Unsupported("grouped-query attention with fewer key heads")
+    d = q.shape[-1]
+    c = sp.S.One / sp.sqrt(d) if scale is None else _number(scale)
+    lead = tuple(range(q.ndim - 2))
+    s = einsum([lead + ("q", "d"), lead + ("k", "d")], lead + ("q", "k"), [q, k], coef=c)
+    if is_causal:
+        s = elementwise(a0 + a1, s, CausalMask(q.shape[-2], k.shape[-2]))
+    if isinstance(attn_mask, Node):
+        s = elementwise(a0 + a1, s, attn_mask)
+    elif attn_mask is not None:
+        raise Unsupported("an attention mask that is not a tensor")
+    a = softmax(s, s.ndim - 1)
+    return einsum([lead + ("q", "k"), lead + ("k", "e")], lead + ("q", "e"), [a, v])
+
+
+_REDUCTIONS = {0: "none", 1: "mean", 2: "sum"}
+
+
+def _reduce(x: Node, reduction: int) -> Node:
+    r = _REDUCTIONS.get(reduction)
+    if r == "mean":
+        return _mean(x)
+    if r == "sum":
+        return _sum(x)
+    return x
+
+
+@rule("mse_loss")
+def _mse(a: Node, b: Node, reduction: int = 1) -> Node:
+    return _reduce(elementwise((a0 - a1) ** 2, a, b), reduction)
+
+
+@rule("binary_cross_entropy_with_logits")
+def _bce_logits(x: Node, y: Node, weight: Any = None, pos_weight: Any = None, reduction: int = 1) -> Node:
+    if weight is not None or pos_weight is not None:
+        raise Unsupported("binary_cross_entropy_with_logits with weight or pos_weight")
+    return _reduce(elementwise(F.softplus(a0) - a1 * a0, x, y), reduction)
+
+
+@rule("cross_entropy_loss")
+def _cross_entropy(x: Node, y: Node, weight: Any = None, reduction: int = 1, ignore_index: int = -100,
+                   label_smoothing: float = 0.0) -> Node:
+    if weight is not None or label_smoothing:
+        raise Unsupported("cross_entropy with class weights or label smoothing")
+    if ignore_index >= 0:
+        raise Unsupported(f"cross_entropy with ignore_index={ignore_index} (a class that labels may hold)")
+    ax = 1 if x.ndim > 1 else 0
+    logp = log_softmax(x, ax)
+    if isinstance(y, Var) and y.domain == "labels":
+        oh = OneHot(y, x.shape[ax], ax)
+        labels = tuple(range(x.ndim))
+        nll = einsum([labels, labels], labels[:ax] + labels[ax + 1:], [logp, oh], coef=-1)
+        return _reduce(nll, reduction)
+    if y.shape == x.shape:  # probability targets
+        labels = tuple(range(x.ndim))
+        per = einsum([labels, labels], labels[:ax] + labels[ax + 1:], [logp, y], coef=-1)
+        if _REDUCTIONS.get(reduction) == "mean" and x.ndim > 1:
+            return einsum([tuple(range(per.ndim))], (), [per], coef=1 / sp.Mul(*per.shape))
+        return _reduce(per, reduction)
+    raise Unsupported("cross_entropy targets that are neither integer labels nor probabilities")
