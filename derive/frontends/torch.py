@@ -76,11 +76,14 @@ def _name_tex(name: str) -> str:
 def _param_tex(fqn: str, types: dict[str, str]) -> str:
     path, _, attr = fqn.rpartition(".")
     kind = types.get(path, "")
+    norm = kind in _NORMS or "Norm" in kind
     if not path:
+        if attr in ("weight", "bias"):
+            return (r"\gamma" if attr == "weight" else r"\beta") if norm else ("W" if attr == "weight" else "b")
         return _name_tex(attr)
     sub = _subscript(path)
     if attr in ("weight", "bias"):
-        if kind in _NORMS:
+        if norm:
             letter = r"\gamma" if attr == "weight" else r"\beta"
         else:
             letter = "W" if attr == "weight" else "b"
@@ -671,7 +674,7 @@ class _Converter:
                 prev = self.tex.get(id(self.env[src[0].name])) if src else None
                 m = re.fullmatch(r"z_\{(.+)\}", prev or "")
                 tex = f"a_{{{m.group(1)}}}" if m else f"a_{{{sub}}}"
-            elif kind in _NORMS:
+            elif kind in _NORMS or "Norm" in kind:
                 tex = rf"\hat{{z}}_{{{sub}}}"
             else:
                 tex = f"h_{{{sub}}}"

@@ -98,6 +98,16 @@ def broadcast(x: Node, shape: Sequence[Any]) -> Node:
     shape = tuple(sp.sympify(d) for d in shape)
     if tuple(x.shape) == shape:
         return x
+    from ..tensor import Reshape
+
+    if isinstance(x, Reshape) and [d for d in x.shape if d != 1] == [d for d in x.x.shape if d != 1] \
+            and all(d != 1 for d in x.x.shape):
+        # a keepdim reduction broadcast back: broadcast the reduction itself (prints as the book's mean)
+        k = len(shape) - x.ndim
+        pos = [i + k for i, d in enumerate(x.shape) if d != 1]
+        if all(_same(x.shape[p - k], shape[p]) for p in pos):
+            dims = {i: d for i, d in enumerate(shape)}
+            return einsum([tuple(pos)], tuple(range(len(shape))), [x.x], dims=dims)
     k = len(shape) - x.ndim
     if k < 0:
         raise ShapeError(f"cannot broadcast shape {tuple(x.shape)} to {shape}")
@@ -155,7 +165,10 @@ def _number(x: Any) -> sp.Expr:
             return sp.oo if x > 0 else -sp.oo
         if math.isnan(x):
             raise Unsupported("a NaN constant")
-        return sp.Float(x) if x != int(x) or abs(x) > 2**53 else sp.Integer(int(x))
+        if x == int(x) and abs(x) < 2**53:
+            return sp.Integer(int(x))
+        r = sp.Rational(repr(x))  # 1e-06 as written (10^{-6}); values with long expansions stay floats
+        return r if r.q <= 10**6 else sp.Float(x)
     raise Unsupported(f"a {type(x).__name__} argument where a number or tensor is expected")
 
 
