@@ -83,10 +83,7 @@ def _param_tex(fqn: str, types: dict[str, str]) -> str:
         return _name_tex(attr)
     sub = _subscript(path)
     if attr in ("weight", "bias"):
-        if norm:
-            letter = r"\gamma" if attr == "weight" else r"\beta"
-        else:
-            letter = "W" if attr == "weight" else "b"
+        letter = (r"\gamma" if attr == "weight" else r"\beta") if norm else "W" if attr == "weight" else "b"
         return f"{letter}_{{{sub}}}"
     for suffix, letter in (("_weight", "W"), ("_bias", "b")):
         if attr.endswith(suffix):
@@ -405,6 +402,7 @@ class _Converter:
         self.types = {p: type(m).__name__ for p, m in module.named_modules()}
         self.tex: dict[int, str] = {}
         self.hidden = 0
+        self.consts: dict[tuple[str, float], sp.Expr] = {}
 
     # -- names ---------------------------------------------------------------------------------------
     def _fresh(self, base: str) -> str:
@@ -452,7 +450,7 @@ class _Converter:
         import torch
 
         sig = self.ep.graph_signature
-        from torch.export.graph_signature import InputKind, OutputKind
+        from torch.export.graph_signature import InputKind
 
         specs = {s.arg.name: s for s in sig.input_specs}
         params: dict[str, str] = {}
@@ -517,6 +515,26 @@ class _Converter:
                 raise ModelError(f"{self.label}: unsupported input kind {spec.kind} ({node.name})")
         for k in (*inputs, *params, *buffers):
             self.taken.add(k)
+        from . import torch_ops
+
+        token = torch_ops.CONSTANT.set(self._const)
+        try:
+            return self._convert(inputs, params, buffers, labels)
+        finally:
+            torch_ops.CONSTANT.reset(token)
+
+    def _const(self, name: str, value: float) -> sp.Expr:
+        key = (name, value)
+        if key not in self.consts:
+            nm = self._fresh(name)
+            self.consts[key] = self.b.const(nm, value)
+        return self.consts[key]
+
+    def _convert(self, inputs: list[str], params: dict[str, str], buffers: dict[str, str],
+                 labels: set[str]) -> Model:
+        from torch.export.graph_signature import OutputKind
+
+        sig = self.ep.graph_signature
         nodes = [n for n in self.ep.graph.nodes if n.op == "call_function"]
         out_node = next(n for n in self.ep.graph.nodes if n.op == "output")
         user_outs = [a for a, s in zip(out_node.args[0], sig.output_specs) if s.kind == OutputKind.USER_OUTPUT]
@@ -554,7 +572,8 @@ class _Converter:
         if self.symbols:
             first = next(iter(self.symbols.values()))
             first_input = self.b.inputs.get(inputs[0]) if inputs else None
-            if first_input is not None and first_input.shape and first_input.shape[0] == first:
+            if (first_input is not None and first_input.shape and first_input.shape[0] == first
+                    and self._per_sample(first)):
                 self.b.notation.setdefault("index", {})[first] = "(i)"
         m = self.b.model(reduction="sum", diff_inputs=tuple(float_inputs))
         m.reference = TorchReference(self.module, params, buffers, inputs, labels,
@@ -562,6 +581,22 @@ class _Converter:
                                      len(self.args), m.grad_names, outputs, self.custom)
         m.options = {}
         return m
+
+    def _per_sample(self, d: sp.Symbol) -> bool:
+        """Whether every reshape, slice and pad keeps dimension ``d`` as its own leading axis: then the
+        equations read per sample (``z^{(i)}``), as the book writes them."""
+        from ..tensor import Pad, Reshape, Slice, walk
+
+        for n in walk([eq.rhs for eq in self.b.equations]):
+            if isinstance(n, Reshape):
+                a, b = n.x.shape, n.shape
+                if any(d in sp.sympify(x).free_symbols for x in (*a, *b)) and not (
+                        a and b and a[0] == d and b[0] == d and all(d not in sp.sympify(x).free_symbols
+                                                                  for x in (*a[1:], *b[1:]))):
+                    return False
+            if isinstance(n, (Slice, Pad)) and (n.axis == 0 and d in sp.sympify(n.x.shape[0]).free_symbols):
+                return False
+        return True
 
     def _loss(self, value: Node, fx: Any) -> None:
         self.b.eq(self._fresh("C"), value, "C")
@@ -642,15 +677,43 @@ class _Converter:
             return False
         cheap = isinstance(v, (Einsum, Reshape)) and all(isinstance(c, (Var, Const)) for c in v.children()) \
             and (not isinstance(v, Einsum) or len(v.operands) == 1)
+        if cheap:
+            return False
         scope = self._scope(n)
         leaf = scope[-1] if scope else ""
-        if leaf:
-            for u in n.users:
-                if leaf not in self._scope(u) and not self._passes(u):
-                    return True
-        if len(n.users) > 1 and not cheap:
-            return sum(1 for u in n.users if not self._passes(u)) > 1 or any(
-                len(u.users) > 1 for u in n.users)
+        users = self._users(n)
+        for u in users:
+            su = self._scope(u)
+            if leaf and leaf not in su:  # the output of a module
+                return True
+            if su and su[-1] and su[-1] not in scope:  # the input of a module (an activation between layers)
+                return True
+        return len(users) > 1
+
+    def _users(self, n: Any) -> list[Any]:
+        """The users of ``n``, looking through those that pass its value on unchanged (getitem, identities)."""
+        out: list[Any] = []
+        for u in n.users:
+            if u.op != "call_function":
+                out.append(u)
+            elif self._passes(u) or self._is_identity(u):
+                out.extend(self._users(u))
+            else:
+                out.append(u)
+        return out
+
+    def _is_identity(self, u: Any) -> bool:
+        """An operation that returns its input unchanged (a copy, a contiguous view, dropout with p = 0)."""
+        from . import torch_ops
+
+        full, base = _op_name(u.target)
+        rule = OPS.get(full) or OPS.get(base)
+        if rule is torch_ops._identity:
+            return True
+        if rule is torch_ops._dropout:
+            p = u.args[1] if len(u.args) > 1 else u.kwargs.get("p", 0.5)
+            train = u.args[2] if len(u.args) > 2 else u.kwargs.get("train", False)
+            return p == 0 or not train
         return False
 
     def _passes(self, u: Any) -> bool:
@@ -682,9 +745,16 @@ class _Converter:
                 self.hidden += 1
                 tex = f"{tex[:-1]},{self.hidden}}}"
         else:
-            self.hidden += 1
-            ident = self._fresh(f"h{self.hidden}")
-            tex = f"h_{{{self.hidden}}}"
+            from ..tensor import Map
+
+            prev = self.tex.get(id(v.args[0])) if isinstance(v, Map) and len(v.args) == 1 else None
+            m = re.fullmatch(r"z_\{(.+)\}", prev or "")
+            if m and not any(t == f"a_{{{m.group(1)}}}" for t in self.tex.values()):
+                ident, tex = self._fresh(f"a_{re.sub(r'[^0-9A-Za-z]', '', m.group(1))}"), f"a_{{{m.group(1)}}}"
+            else:
+                self.hidden += 1
+                ident = self._fresh(f"h{self.hidden}")
+                tex = f"h_{{{self.hidden}}}"
         var = self.b.eq(ident, v, tex)
         self.tex[id(var)] = tex
         return var

@@ -12,6 +12,7 @@ with PyTorch's derivative conventions (the branch not taken gets zero gradient).
 
 from __future__ import annotations
 
+import contextvars
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -49,6 +50,15 @@ class Unsupported(ValueError):
 
 Rule = Callable[..., Any]
 OPS: dict[str, Rule] = {}
+
+#: how a rule names a hyperparameter (a norm's epsilon): the front end sets it to ``Builder.const`` while it
+#: converts, so the equations print ``epsilon`` and list its value once; unset, the number itself is used
+CONSTANT: contextvars.ContextVar[Callable[[str, float], sp.Expr] | None] = contextvars.ContextVar("CONSTANT", default=None)
+
+
+def constant(name: str, value: Any) -> sp.Expr:
+    make = CONSTANT.get()
+    return make(name, float(value)) if make is not None else _number(value)
 
 
 def rule(*names: str) -> Callable[[Rule], Rule]:
@@ -150,7 +160,19 @@ def elementwise(fn: sp.Expr, *xs: Any) -> Node:
     body = body.xreplace(final)
     if not nodes:
         raise Unsupported("an operation on numbers only (no tensor)")
+    from ..tensor import Reshape
+
+    full = [n for n in nodes if n.shape != ()]
+    if full and all(isinstance(n, Reshape) and _unit(n) and n.x.shape == full[0].x.shape for n in full):
+        # keepdim reductions (shape (..., 1)) stay reductions: map first, add the unit axes after
+        inner = [n.x if isinstance(n, Reshape) and n.shape != () else n for n in nodes]
+        return reshape(map_(body, inner, full[0].x.shape), shape)
     return map_(body, nodes, shape)
+
+
+def _unit(n: Any) -> bool:
+    """A reshape that only adds or removes axes of size 1."""
+    return [d for d in n.shape if d != 1] == [d for d in n.x.shape if d != 1]
 
 
 def _number(x: Any) -> sp.Expr:
@@ -168,7 +190,7 @@ def _number(x: Any) -> sp.Expr:
         if x == int(x) and abs(x) < 2**53:
             return sp.Integer(int(x))
         r = sp.Rational(repr(x))  # 1e-06 as written (10^{-6}); values with long expansions stay floats
-        return r if r.q <= 10**6 else sp.Float(x)
+        return r if r.q <= 100 else sp.Float(x)
     raise Unsupported(f"a {type(x).__name__} argument where a number or tensor is expected")
 
 
@@ -481,7 +503,7 @@ def _layer_norm(x: Node, shape: Sequence[Any], w: Node | None, b: Node | None, e
     mu = _mean(x, axes, keepdim=True)
     xc = elementwise(a0 - a1, x, mu)
     var = _mean(elementwise(a0**2, xc), axes, keepdim=True)
-    rstd = elementwise(1 / sp.sqrt(a0 + _rational(eps)), var)
+    rstd = elementwise(1 / sp.sqrt(a0 + constant("epsilon", eps)), var)
     out = elementwise(a0 * a1, xc, rstd)
     if w is not None:
         out = elementwise(a0 * a1, out, w)
@@ -505,7 +527,7 @@ def _batch_norm(x: Node, w: Node | None, b: Node | None, rmean: Any, rvar: Any, 
             raise Unsupported("batch norm in eval mode without running statistics")
         mu, var = reshape(rmean, stat_shape), reshape(rvar, stat_shape)
         xc = elementwise(a0 - a1, x, mu)
-    rstd = elementwise(1 / sp.sqrt(a0 + _rational(eps)), var)
+    rstd = elementwise(1 / sp.sqrt(a0 + constant("epsilon", eps)), var)
     out = elementwise(a0 * a1, xc, rstd)
     if w is not None:
         out = elementwise(a0 * a1, out, reshape(w, stat_shape))
