@@ -568,7 +568,7 @@ def test_hessian_of_primitives(name: str, backend: str) -> None:
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from derive.tensor import gather  # noqa: E402
+from derive.tensor import concat, gather, pad, reshape, slice_  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -647,6 +647,14 @@ OP_TABLE: list[Op] = [
     Op("norm_squared", {"x": (("R", "S"), "real")}, lambda x: nn.norm(x) ** 2,
        lambda x: torch.linalg.vector_norm(x) ** 2),
     Op("norm1", {"x": (("R", "S"), "grid")}, nn.norm1, lambda x: torch.linalg.vector_norm(x, 1), kinks=True),
+    Op("reshape", {"x": (("R", "S"), "real")}, lambda x: nn.exp(reshape(x, (x.shape[0] * x.shape[1],))),
+       lambda x: torch.exp(x.reshape(-1))),
+    Op("slice_pad", {"x": (("R", "S"), "real")},
+       lambda x: nn.exp(pad(nn.sin(slice_(x, 1, 1, x.shape[1])), 1, 0, x.shape[1] + 2)),
+       lambda x: torch.exp(torch.nn.functional.pad(torch.sin(x[:, 1:]), (0, 3)))),
+    Op("concat", {"a": (("R", "S"), "real"), "b": (("R",), "real")},
+       lambda a, b: nn.sin(concat([a, reshape(b, (b.shape[0], 1))], 1)) ** 2,
+       lambda a, b: torch.sin(torch.cat([a, b[:, None]], 1)) ** 2),
 ]
 OPS = {o.name: o for o in OP_TABLE}
 assert len(OPS) == len(OP_TABLE), "duplicate op names"

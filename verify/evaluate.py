@@ -53,6 +53,9 @@ from derive.tensor import (
     Node,
     Norm,
     OneHot,
+    Pad,
+    Reshape,
+    Slice,
     Softmax,
     Solve,
     StopGrad,
@@ -271,6 +274,15 @@ class _Evaluator:
             return torch.diagonal(args[0])
         if isinstance(n, Norm):
             return torch.linalg.vector_norm(args[0])
+        if isinstance(n, Reshape):
+            return args[0].reshape(self.shape(n.shape))
+        if isinstance(n, Slice):
+            return args[0].narrow(n.axis, self.size(n.start), self.size(n.stop) - self.size(n.start))
+        if isinstance(n, Pad):
+            x = args[0]
+            before = self.size(n.start)
+            after = self.size(n.size) - before - x.shape[n.axis]
+            return torch.nn.functional.pad(x, (0, 0) * (x.ndim - n.axis - 1) + (before, after))
         raise UnsupportedReference(f"the eager reference has no torch form of the primitive {type(n).__name__}")
 
     def einsum(self, e: Einsum, args: list[Tensor]) -> Tensor:

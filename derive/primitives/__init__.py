@@ -16,6 +16,7 @@ model's dimension symbols, so nothing here depends on numeric sizes. The primiti
 ``Inv`` …      linear algebra: ``Inv``, ``Det``, ``LogDet``, ``Solve``, ``Trace``, ``DiagMatrix``,
                ``DiagPart``, ``Norm`` (Euclidean/Frobenius)
 ``StopGrad``   identity whose derivative is zero
+``Reshape`` …  shapes: ``Reshape`` (row-major), ``Slice`` of one axis and its adjoint ``Pad``
 =============  ==================================================================================
 
 Each primitive class holds, in one place, its shape rule, its reverse-mode rule (``vjp``), its
@@ -90,12 +91,13 @@ from .linalg import (
     solve,
     trace,
 )
+from .shape import Pad, Reshape, Slice, concat, pad, reshape, slice_
 from .windows import Fold, Unfold, conv_out
 
 #: The primitive table: every node type with its rules. A test checks each defines vjp, jvp, latex, lower.
 PRIMITIVES: tuple[type[Node], ...] = (
     Var, Const, Eye, CausalMask, Map, Einsum, Softmax, LogSoftmax, LogSumExp, Max, ArgMaxMask, StopGrad, Take, Embed,
-    Unfold, Fold, IndexGrid, OneHot, Inv, Det, LogDet, Solve, Trace, DiagMatrix, DiagPart, Norm,
+    Unfold, Fold, IndexGrid, OneHot, Inv, Det, LogDet, Solve, Trace, DiagMatrix, DiagPart, Norm, Reshape, Slice, Pad,
 )
 
 __all__ = [
@@ -105,7 +107,7 @@ __all__ = [
     "Einsum", "broadcast_to", "dot", "einsum", "matmul", "mean", "outer", "sum_", "sum_all",
     "ArgMaxMask", "AxisOp", "LogSoftmax", "LogSumExp", "Max", "Softmax", "log_softmax", "logsumexp", "max_", "softmax",
     "Embed", "StopGrad", "Take", "embed", "stop_gradient", "take", "LABELS", "OneHot", "gather", "label_sizes",
-    "Fold", "Unfold", "conv_out", "PRIMITIVES",
+    "Fold", "Unfold", "conv_out", "PRIMITIVES", "Pad", "Reshape", "Slice", "concat", "pad", "reshape", "slice_",
     "SPD", "Det", "DiagMatrix", "DiagPart", "Inv", "LogDet", "Norm", "Solve", "Trace", "det", "diag", "inv",
     "logdet", "norm", "norm1", "solve", "trace",
 ]
