@@ -23,6 +23,7 @@ default.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import gc
 import inspect
@@ -62,6 +63,7 @@ class Settings:
         min_sample_s: a sample repeats its call until it lasts at least this long.
         derive_rounds: cold repeats of each derivation timing.
         derive_models: zoo entries for the derivation table (``None``: all of them).
+        cases: the rows of the ``layers`` section to run (``None``: all).
         settle_s: idle time before every sample. NumPy's OpenBLAS and torch's OpenMP worker threads
             keep spinning for up to ~0.1 s after their last call; on a 2-core machine a contender
             timed right after the other library's one runs several times slower until they stop.
@@ -76,6 +78,7 @@ class Settings:
     derive_rounds: int
     derive_models: tuple[str, ...] | None
     settle_s: float
+    cases: tuple[str, ...] | None = None
 
 
 FULL = Settings(n=4096, p=256, K=10, rounds=21, warmup=3, min_sample_s=0.05, derive_rounds=3,
@@ -565,13 +568,19 @@ def _deep(section: str) -> Callable[[Settings], int]:
     return run
 
 
+def _layers(settings: Settings) -> int:
+    from . import bench_layers
+
+    return bench_layers.bench_layers(settings)
+
+
 SECTIONS: dict[str, Callable[[Settings], int]] = {
     "derive": bench_derive,
     "kernels": bench_kernels,
     "hessian": bench_hessian,
     "scaling": _deep("scaling"),
     "sizes": _deep("size_independence"),
-    "layers": _deep("layers"),
+    "layers": _layers,
 }
 
 
@@ -583,11 +592,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true",
                         help="small sizes, few rounds, two zoo entries: a smoke run of a few seconds")
     parser.add_argument("--only", choices=sorted(SECTIONS), help="run one section only")
+    parser.add_argument("--rounds", type=int, help="timed rounds per contender (default 21, --quick 3)")
+    parser.add_argument("--case", action="append", metavar="MODEL",
+                        help="layers section: run only this row (repeatable), e.g. --case layer_norm")
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["--"]:  # ``dlmath bench -- --quick`` hands the separator on
         argv = argv[1:]
     args = parser.parse_args(argv)
     settings = QUICK if args.quick else FULL
+    if args.rounds is not None:
+        if args.rounds < 1:
+            parser.error(f"--rounds takes a positive count, got {args.rounds}")
+        settings = dataclasses.replace(settings, rounds=args.rounds)
+    if args.case:
+        from .bench_layers import CASES
+
+        known = [c.name for c in CASES]
+        bad = [c for c in args.case if c not in known]
+        if bad:
+            parser.error(f"unknown --case {', '.join(bad)}; the layers rows are: {', '.join(known)}")
+        settings = dataclasses.replace(settings, cases=tuple(args.case))
 
     print(f"dlmath bench{' --quick' if args.quick else ''}: python {platform.python_version()}, "
           f"numpy {np.__version__}, torch {torch.__version__} ({torch.get_num_threads()} threads), "

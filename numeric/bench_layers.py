@@ -1,0 +1,439 @@
+"""The ``layers`` benchmark: generated kernels against torch eager autograd, layer by layer.
+
+For every layer the same forward+backward (the loss and the gradient of every parameter and differentiable
+input) is timed side by side, interleaved, in rounds (see :func:`numeric.bench.race`), and each column is
+the median over rounds of the per-round ratio to torch eager autograd on an independent
+``torch.nn.functional`` formulation (``nn.LSTM`` for the LSTM), in float32 / float64:
+
+* **torch**: ``numeric.compile(m, "torch")``, with its input checks, unfused (``raw``: without the checks);
+* **numpy**: ``numeric.compile(m, "numpy").raw`` on NumPy arrays;
+* **fuse**: ``numeric.compile(m, "torch", fuse=True)`` (its first-call compile time in parentheses);
+* **t.compile**: ``torch.compile`` of the eager formulation (forward compiled; AOTAutograd compiles the
+  backward);
+* **closed**: a hand-written closed-form forward+backward in torch, where the layer has a well-known one.
+
+Memory traffic is counted, not estimated: the kernel runs once under a ``TorchDispatchMode`` that records
+every ATen operation with the bytes it reads (the memory spanned by each tensor argument, so a broadcast
+vector counts as a vector) and writes (its outputs; views move nothing). ``passes`` is that traffic in
+units of the largest input array, for the generated kernel and for eager autograd (forward + backward);
+``floor`` is the least any implementation must move (every input read once, every gradient written once)
+and ``floor ms`` that traffic at this machine's measured copy bandwidth.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import derive
+import numeric
+
+from .bench import Settings, format_table, race
+
+__all__ = ["bench_layers", "count_traffic", "CASES"]
+
+THREADS = 2
+Tensors = dict[str, torch.Tensor]
+
+
+# --------------------------------------------------------------------------------------------------
+# Eager references and closed forms (torch)
+# --------------------------------------------------------------------------------------------------
+
+def _logistic_eager(t: Tensors) -> torch.Tensor:
+    return F.binary_cross_entropy_with_logits(t["X"] @ t["w"] + t["b"], t["y"])
+
+
+def _softmax_eager(t: Tensors) -> torch.Tensor:
+    return F.cross_entropy(F.linear(t["X"], t["W"], t["b"]), t["Y"])
+
+
+def _mlp_eager(t: Tensors) -> torch.Tensor:
+    h = t["X"]
+    for l in (1, 2, 3):
+        h = F.linear(h, t[f"W{l}"], t[f"b{l}"])
+        if l < 3:
+            h = torch.sigmoid(h)
+    return F.cross_entropy(h, t["Y"])
+
+
+def _ln_eager(t: Tensors) -> torch.Tensor:
+    out = F.layer_norm(t["Z"], (t["Z"].shape[-1],), t["gamma"], t["beta"], 1e-5)
+    return (t["G"] * out).sum()
+
+
+def _bn_eager(t: Tensors) -> torch.Tensor:
+    out = F.batch_norm(t["Z"], None, None, weight=t["gamma"], bias=t["beta"], training=True, eps=1e-5)
+    return (t["G"] * out).sum()
+
+
+def _attn_eager(t: Tensors) -> torch.Tensor:
+    return (t["G"] * F.scaled_dot_product_attention(t["Q"], t["K"], t["V"])).sum()
+
+
+def _conv_eager(t: Tensors) -> torch.Tensor:
+    return (t["G"] * F.conv2d(t["X"], t["W"], t["b"], padding=1)).sum()
+
+
+def _lstm_eager(t: Tensors) -> torch.Tensor:
+    """nn.LSTM (gate order i, f, g, o) and the softmax head on all steps at once; 1/T sum_t mean_i CE."""
+    P = t
+    m = P["W_fh"].shape[0]
+    X = P["X"]
+    state = {"weight_ih_l0": torch.cat([P["W_ix"], P["W_fx"], P["W_cx"], P["W_ox"]]),
+             "weight_hh_l0": torch.cat([P["W_ih"], P["W_fh"], P["W_ch"], P["W_oh"]]),
+             "bias_ih_l0": torch.cat([P["b_i"], P["b_f"], P["b_c"], P["b_o"]]),
+             "bias_hh_l0": torch.zeros(4 * m, dtype=X.dtype, device=X.device)}
+    cell = _lstm_module(X.shape[-1], m, X.dtype)
+    H, _ = torch.func.functional_call(cell, state, (X,))
+    q = P["W_yh"].shape[0]
+    return F.cross_entropy(F.linear(H, P["W_yh"], P["b_y"]).reshape(-1, q), P["Y"].reshape(-1, q))
+
+
+_LSTMS: dict[tuple[int, int, torch.dtype], torch.nn.LSTM] = {}
+
+
+def _lstm_module(p: int, m: int, dtype: torch.dtype) -> torch.nn.LSTM:
+    key = (p, m, dtype)
+    if key not in _LSTMS:
+        _LSTMS[key] = torch.nn.LSTM(p, m, dtype=dtype)
+    return _LSTMS[key]
+
+
+def _logistic_closed(w: torch.Tensor, b: torch.Tensor, X: torch.Tensor, y: torch.Tensor) -> Any:
+    n = X.shape[0]
+    z = torch.addmv(b, X, w)
+    loss = (F.softplus(z) - y * z).mean()
+    r = torch.sigmoid(z).sub_(y)
+    return loss, (r @ X).div_(n), r.mean()
+
+
+def _softmax_closed(W: torch.Tensor, b: torch.Tensor, X: torch.Tensor, Y: torch.Tensor) -> Any:
+    n = X.shape[0]
+    Z = torch.addmm(b, X, W.T)
+    ls = torch.log_softmax(Z, dim=1)
+    loss = -(Y * ls).sum() / n
+    delta = ls.exp_().sub_(Y).div_(n)
+    return loss, delta.T @ X, delta.sum(0)
+
+
+def _mlp_closed(W1: torch.Tensor, W2: torch.Tensor, W3: torch.Tensor, b1: torch.Tensor, b2: torch.Tensor,
+                b3: torch.Tensor, X: torch.Tensor, Y: torch.Tensor) -> Any:
+    n = X.shape[0]
+    a1 = torch.sigmoid(torch.addmm(b1, X, W1.T))
+    a2 = torch.sigmoid(torch.addmm(b2, a1, W2.T))
+    ls = torch.log_softmax(torch.addmm(b3, a2, W3.T), dim=1)
+    loss = -(Y * ls).sum() / n
+    d3 = ls.exp_().sub_(Y).div_(n)
+    d2 = torch.ops.aten.sigmoid_backward(d3 @ W3, a2)
+    d1 = torch.ops.aten.sigmoid_backward(d2 @ W2, a1)
+    return loss, d1.T @ X, d2.T @ a1, d3.T @ a2, d1.sum(0), d2.sum(0), d3.sum(0)
+
+
+def _norm_closed(axis: int) -> Callable[..., Any]:
+    def closed(gamma: torch.Tensor, beta: torch.Tensor, Z: torch.Tensor, G: torch.Tensor) -> Any:
+        var, mu = torch.var_mean(Z, dim=axis, correction=0, keepdim=True)
+        rstd = (var + 1e-5).rsqrt_()
+        zhat = (Z - mu).mul_(rstd)
+        loss = (G * torch.addcmul(beta, gamma, zhat)).sum()
+        g = G * gamma
+        red = 0  # parameters live along the features: their gradients sum over the samples
+        gz = (g - g.mean(axis, keepdim=True)).sub_(zhat * (g * zhat).mean(axis, keepdim=True)).mul_(rstd)
+        return loss, (G * zhat).sum(red), G.sum(red), gz
+
+    return closed
+
+
+# --------------------------------------------------------------------------------------------------
+# Cases
+# --------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Case:
+    """One row: a zoo entry, its options, full and quick sizes, the eager loss and an optional closed form
+    (returning the loss and the gradients in ``m.grad_names`` order)."""
+
+    name: str
+    label: str
+    options: dict[str, Any]
+    full: dict[str, int]
+    small: dict[str, int]
+    eager: Callable[[Tensors], torch.Tensor]
+    closed: Callable[..., Any] | None = None
+    compile_eager: bool = True
+    notes: tuple[str, ...] = field(default=())
+
+
+CASES: list[Case] = [
+    Case("logistic_regression", "logistic_regression", {}, {"n": 4096, "p": 256}, {"n": 256, "p": 16},
+         _logistic_eager, _logistic_closed),
+    Case("softmax_regression", "softmax_regression", {}, {"n": 4096, "p": 256, "K": 10},
+         {"n": 256, "p": 16, "K": 4}, _softmax_eager, _softmax_closed),
+    Case("mlp", "mlp 256-256-256-10 sigmoid", {"layers": 3, "widths": (256, 256, 256, 10)}, {"n": 4096},
+         {"n": 256}, _mlp_eager, _mlp_closed),
+    Case("layer_norm", "layer_norm", {}, {"n": 4096, "p": 256}, {"n": 256, "p": 32}, _ln_eager, _norm_closed(1)),
+    Case("batch_norm", "batch_norm", {}, {"n": 4096, "N": 256}, {"n": 256, "N": 32}, _bn_eager, _norm_closed(0)),
+    Case("attention", "attention", {}, {"n": 32, "T_q": 128, "T_k": 128, "d": 64, "d_v": 64},
+         {"n": 4, "T_q": 16, "T_k": 16, "d": 8, "d_v": 8}, _attn_eager),
+    Case("lstm", "lstm (vs nn.LSTM)", {}, {"T": 64, "n": 32, "p": 256, "m": 256, "q": 10},
+         {"T": 8, "n": 4, "p": 8, "m": 8, "q": 3}, _lstm_eager),
+    Case("conv2d", "conv2d 3x3 pad 1", {"kernel": (3, 3), "padding": 1},
+         {"n": 32, "C_in": 64, "C_out": 64, "H_in": 32, "W_in": 32},
+         {"n": 4, "C_in": 4, "C_out": 4, "H_in": 8, "W_in": 8}, _conv_eager),
+]
+
+
+def _arrays(m: derive.Model, names: list[str], sizes: dict[str, int], dtype: torch.dtype) -> Tensors:
+    g = torch.Generator().manual_seed(0)
+    shapes = m.shapes(**sizes)
+    out = {}
+    for name in names:
+        shape = shapes[name]
+        v = m.tensor(name)
+        x = torch.randn(shape, generator=g, dtype=dtype)
+        if v.domain == "simplex":
+            x = torch.softmax(x, -1)
+        elif v.domain == "unit":
+            x = torch.sigmoid(x)
+        elif v.role == "param" and len(shape) >= 2:
+            x = x / max(1, math.prod(shape[1:])) ** 0.5
+        out[name] = x
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Memory traffic
+# --------------------------------------------------------------------------------------------------
+
+def _span(t: torch.Tensor) -> int:
+    """Bytes of memory a tensor's elements span (a broadcast or expanded view counts what is stored)."""
+    if t.numel() == 0:
+        return 0
+    if t.layout != torch.strided:
+        return int(t.numel() * t.element_size())
+    elems = 1 + sum((s - 1) * abs(st) for s, st in zip(t.shape, t.stride()))
+    return int(min(elems, t.numel()) * t.element_size())
+
+
+class _Traffic(TorchDispatchMode):
+    """Sums the bytes each ATen operation reads and writes; views and metadata operations move nothing."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.read = 0
+        self.written = 0
+        self.ops = 0
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if getattr(func, "is_view", False) or func in _NO_TRAFFIC:
+            return out
+        ins = [a for a in torch.utils._pytree.tree_leaves((args, kwargs)) if isinstance(a, torch.Tensor)]
+        outs = [a for a in torch.utils._pytree.tree_leaves(out) if isinstance(a, torch.Tensor)]
+        self.ops += 1
+        seen: set[tuple[int, int]] = set()
+        for a in ins:
+            key = (a.data_ptr(), _span(a))
+            if key not in seen:
+                seen.add(key)
+                self.read += _span(a)
+        for o in outs:
+            self.written += _span(o)
+        return out
+
+
+_NO_TRAFFIC = {torch.ops.aten.empty.memory_format, torch.ops.aten.empty_strided.default,
+               torch.ops.aten.detach.default, torch.ops.aten._local_scalar_dense.default}
+
+
+def count_traffic(fn: Callable[[], Any]) -> tuple[int, int]:
+    """(bytes read, bytes written) by the ATen operations of one call of ``fn``."""
+    mode = _Traffic()
+    with mode:
+        fn()
+    return mode.read, mode.written
+
+
+def _bandwidth() -> float:
+    """Bytes per second of a large copy on this machine (read + write)."""
+    a = torch.randn(16 * 2**20)  # 64 MB
+    b = torch.empty_like(a)
+    b.copy_(a)
+    times = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        b.copy_(a)
+        times.append(time.perf_counter() - t0)
+    return 2 * a.numel() * a.element_size() / min(times)
+
+
+# --------------------------------------------------------------------------------------------------
+# The section
+# --------------------------------------------------------------------------------------------------
+
+def _grads_close(a: list[Any], b: list[Any], rtol: float) -> float:
+    """The largest |a - b| relative to max(|b|, 1) over paired arrays."""
+    worst = 0.0
+    for x, y in zip(a, b):
+        x64 = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x).double()
+        y64 = torch.as_tensor(y).double()
+        if x64.shape != y64.shape:
+            return math.inf
+        scale = max(float(y64.abs().max()) if y64.numel() else 0.0, 1.0)
+        worst = max(worst, float((x64 - y64).abs().max()) / scale if y64.numel() else 0.0)
+    return worst
+
+
+def _call(f: Callable[..., Any], a: dict[str, Any]) -> Any:
+    return f(**a)
+
+
+def bench_layers(settings: Settings) -> int:
+    """Print the layers table; returns the number of errors and mismatches."""
+    quick = settings.rounds < 5
+    threads = torch.get_num_threads()
+    torch.set_num_threads(THREADS)
+    try:
+        return _bench_layers(settings, quick)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _bench_layers(settings: Settings, quick: bool) -> int:
+    only = getattr(settings, "cases", None)
+    cases = [c for c in CASES if not only or c.name in only]
+    bw = _bandwidth()
+    dtypes = (torch.float32, torch.float64)
+    rows: list[list[str]] = []
+    errors = 0
+    problems: list[str] = []
+    for case in cases:
+        cells: dict[str, list[str]] = {}
+        try:
+            m = derive.models.get(case.name, **case.options)
+            k_raw = numeric.compile(m, "torch", check=False)
+            k_checked = numeric.compile(m, "torch")
+            k_np = numeric.compile(m, "numpy", check=False)
+            names = k_raw.names
+            leaves = list(m.grad_names)
+            sizes = case.small if quick else case.full
+            traffic: dict[str, float] = {}
+            for dtype in dtypes:
+                t = _arrays(m, names, sizes, dtype)
+                plain = {k: v.detach() for k, v in t.items()}
+                arrs = {k: v.numpy() for k, v in plain.items()}
+                req = {k: (v.clone().requires_grad_(True) if k in leaves else v) for k, v in t.items()}
+
+                def eager(req: Tensors = req, f: Any = case.eager, leaves: list[str] = leaves) -> Any:
+                    loss = f(req)
+                    return loss, torch.autograd.grad(loss, [req[k] for k in leaves])
+
+                contenders: dict[str, Callable[[], Any]] = {
+                    "raw": functools.partial(_call, k_raw.raw, plain),
+                    "checked": functools.partial(_call, k_checked, plain),
+                    "eager": eager,
+                    "numpy": functools.partial(_call, k_np.raw, arrs),
+                }
+                if case.closed is not None:
+                    contenders["closed"] = functools.partial(_call, case.closed, plain)
+                compile_s: dict[str, float] = {}
+                if not quick:
+                    if case.name != "lstm" or getattr(numeric, "FUSE_STEPS", False):
+                        k_fused = numeric.compile(m, "torch", check=False, fuse=True)
+                        t0 = time.perf_counter()
+                        k_fused.raw(**plain)
+                        compile_s["fused"] = time.perf_counter() - t0
+                        contenders["fused"] = functools.partial(_call, k_fused.raw, plain)
+                    if case.compile_eager:
+                        torch._dynamo.reset()
+                        cf = torch.compile(case.eager, dynamic=False)
+
+                        def compiled(req: Tensors = req, f: Any = cf, leaves: list[str] = leaves) -> Any:
+                            loss = f(req)
+                            return loss, torch.autograd.grad(loss, [req[k] for k in leaves])
+
+                        t0 = time.perf_counter()
+                        compiled()
+                        compile_s["compiled"] = time.perf_counter() - t0
+                        contenders["compiled"] = compiled
+                # the kernels must agree before their times mean anything
+                ref_loss, ref_grads = eager()
+                got = k_raw.raw(**plain)
+                tol = 1e-4 if dtype == torch.float32 else 1e-8
+                order = [got["loss"], *[got["grad"][k] for k in leaves]]
+                expect = [ref_loss.detach(), *ref_grads]
+                gnp = k_np.raw(**arrs)
+                order_np = [gnp["loss"], *[gnp["grad"][k] for k in leaves]]
+                checks = {"torch": order, "numpy": order_np}
+                if case.closed is not None:
+                    checks["closed"] = list(case.closed(**plain))
+                for who, vals in checks.items():
+                    err = _grads_close(vals, expect, tol)
+                    if not err <= tol:
+                        errors += 1
+                        problems.append(f"{case.name} {str(dtype)[6:]}: {who} differs from eager by {err:.1e}")
+                if dtype == torch.float32:
+                    unit = max(_span(v) for v in plain.values())
+                    rd, wr = count_traffic(contenders["checked"])
+                    traffic["gen"] = (rd + wr) / unit
+                    rd, wr = count_traffic(eager)
+                    traffic["eager"] = (rd + wr) / unit
+                    floor = sum(_span(v) for v in plain.values()) + sum(_span(g) for g in ref_grads)
+                    traffic["floor"] = floor / unit
+                    traffic["floor_ms"] = floor / bw * 1e3
+                r = race(contenders, settings)
+                for key in ("checked", "raw", "numpy", "fused", "compiled", "closed"):
+                    val = f"{r.ratio(key, 'eager'):.2f}" if key in r.seconds else "-"
+                    cells.setdefault(key, []).append(val)
+                cells.setdefault("checked/raw", []).append(f"{r.ratio('checked', 'raw'):.2f}")
+                cells.setdefault("eager ms", []).append(f"{r.seconds['eager'] * 1e3:.2f}")
+                for key, s in compile_s.items():
+                    cells.setdefault(key + " s", []).append(f"{s:.1f}")
+                cells.setdefault("iqr", []).append(f"{r.spread(('checked', 'eager')) * 100:.0f}%")
+        except Exception as exc:  # one broken row must not hide the others
+            errors += 1
+            problems.append(f"{case.name}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+            rows.append([case.label, "error"] + [""] * 11)
+            continue
+
+        def cell(key: str, cells: dict[str, list[str]] = cells) -> str:
+            vals = cells.get(key, [])
+            if not vals or all(v == "-" for v in vals):
+                return "-"
+            return " / ".join(vals)
+
+        fused = cell("fused")
+        if "fused s" in cells:
+            fused += f" ({cells['fused s'][0]} s)"
+        tcompiled = cell("compiled")
+        if "compiled s" in cells:
+            tcompiled += f" ({cells['compiled s'][0]} s)"
+        rows.append([case.label, cell("checked"), cell("raw"), cell("numpy"), fused, tcompiled, cell("closed"),
+                     cell("checked/raw"), f"{traffic['gen']:.1f}", f"{traffic['eager']:.1f}",
+                     f"{traffic['floor']:.1f}", f"{traffic['floor_ms']:.2f}", cell("eager ms"), cell("iqr")])
+    size_note = "quick sizes" if quick else "sizes: " + "; ".join(
+        f"{c.name} " + ",".join(f"{k}={v}" for k, v in c.full.items()) for c in cases)
+    print(f"== layers: forward+backward, ratio to torch eager autograd (float32 / float64), {THREADS} threads, "
+          f"median of {settings.rounds} interleaved rounds ==")
+    print(format_table(["layer", "torch", "raw", "numpy", "fuse", "t.compile", "closed", "checked/raw",
+                        "passes", "eager passes", "floor", "floor ms", "eager ms", "IQR"], rows))
+    print(size_note)
+    print("torch: numeric.compile(m, 'torch') with its input checks, unfused; raw: the generated function alone;")
+    print("numpy: the NumPy kernel (raw); fuse: fuse=True (first-call compile seconds); t.compile: torch.compile")
+    print("of the eager formulation; closed: hand-written torch forward+backward. passes: bytes read + written by")
+    print("the ATen ops of one float32 call (counted under a dispatch mode) over the largest input's bytes; floor:")
+    print(f"inputs read once + gradients written once; floor ms at {bw / 1e9:.1f} GB/s (measured copy).")
+    for p in problems:
+        print(f"MISMATCH/error: {p}")
+    print()
+    return errors
