@@ -11,8 +11,8 @@ from dlmath import _packages
 _packages.require()  # one line with the fix if another distribution owns derive, numeric or verify
 
 from . import functions, models, nn
-from .frontends import from_torch
 from .autodiff import backprop, count_nodes, forward_mode, grad, hessian, tangents
+from .frontends import from_torch
 from .latex import latex
 from .parse import ExpressionShapeError, ParseError, parse
 from .program import Builder, Equation, Equations, Model, ModelError

@@ -173,9 +173,10 @@ def _sweep(m: Model, eq: Equation, adj: dict[Var, list[Node]], targets: set[Var]
         name, tex = _adjoint_name(m, v)
         out.append(Equation(Var(name, v.shape, "adjoint", tex), g, "adjoint"))
     g = recognize(g, m)
-    # an adjoint that is a constant (the adjoint of a term of the loss, 1 or -1) stays inline: naming it would
-    # make a per-sample variable of a number
-    if (v is not m.loss_var and (v.name in m.adjoint_names or len(users) > 1) and not isinstance(g, (Var, Const))
+    # a per-sample adjoint that is a constant (the adjoint of a term of the loss, 1 or -1) stays inline: naming
+    # it would make a per-sample variable of a number (a model-level one, as Fig 4.7's, is named as the book does)
+    if (v is not m.loss_var and (v.name in m.adjoint_names or len(users) > 1) and not isinstance(g, Var)
+            and not (isinstance(g, Const) and getattr(v, "batched", False))
             and v.name not in m.inline_adjoints):
         name, tex = _adjoint_name(m, v)
         gv = Var(name, v.shape, "adjoint", tex, batched=_batched(g, v))

@@ -125,14 +125,14 @@ class Adapter:
                     n0 = float(np.transpose(now, np.argsort(self.perms[k]))[idx])
                 else:
                     b0, n0 = float(before[k][idx]), float(now[idx])
-                modified[k] = (idx, b0, n0, int(diff.sum()))
-        return Call(self._rename_out(out), modified)
+                modified[k] = (idx, b0, n0, int(diff.sum()))  # type: ignore[assignment]
+        return Call(self._rename_out(out), modified)  # type: ignore[arg-type]
 
     def _rename_out(self, out: Any) -> Any:
         if not isinstance(out, dict):
             return out
         if self.m.is_update:
-            return {self.back.get(k, k): self._from_impl(self.back.get(k, k), v) for k, v in out.items()}
+            return {self.back.get(k, k): self._from_impl(self.back.get(k, k), v) for k, v in out.items()}  # type: ignore[arg-type]
         res = dict(out)
         if isinstance(out.get("grad"), dict):
             res["grad"] = {self.back.get(k, k): self._from_impl(self.back.get(k, k), v) for k, v in out["grad"].items()}

@@ -974,5 +974,5 @@ def gru_cell(*, X: torch.Tensor, H_prev: torch.Tensor, G_h: torch.Tensor, varian
     return _layer_loss((1 - u) * h + u * cand, G_h)
 
 
-from . import references_ch8  # noqa: E402,F401  (Chapter 8 and Appendix B register themselves)
+from . import references_ch8  # noqa: E402,F401,I001  (Chapter 8 and Appendix B register themselves)
 from . import references_seq  # noqa: E402,F401  (seq2seq, decoder_block, birnn, stacked_rnn)

@@ -34,7 +34,7 @@ from typing import Any
 import sympy as sp
 
 from ..program import Builder, Model, ModelError
-from ..tensor import Node, Var, einsum
+from ..tensor import Node, Var, as_expr, einsum
 from .torch_ops import OPS, Unsupported
 
 __all__ = ["from_torch", "TorchReference", "param_identifier"]
@@ -267,7 +267,7 @@ def from_torch(module_or_function: Any, *example_args: Any, name: str | None = N
     elif callable(module_or_function):
         module = _wrap(module_or_function)
         forward = module_or_function
-        label = name or getattr(module_or_function, "__name__", "function")
+        label = name or getattr(module_or_function, "__name__", "function")  # type: ignore[assignment]
         label = label if label.isidentifier() else "function"
     else:
         raise TypeError(f"from_torch takes a torch.nn.Module or a function, not {type(module_or_function).__name__}")
@@ -382,7 +382,7 @@ def _custom_functions(module: Any, args: Sequence[Any]) -> list[str]:
             nm = type(fn).__name__.removesuffix("Backward")
             if nm not in seen:
                 seen.append(nm)
-        stack.extend(f for f, _ in fn.next_functions)
+        stack.extend(f for f, _ in fn.next_functions)  # type: ignore[misc]
     return seen
 
 
@@ -590,11 +590,11 @@ class _Converter:
         for n in walk([eq.rhs for eq in self.b.equations]):
             if isinstance(n, Reshape):
                 a, b = n.x.shape, n.shape
-                if any(d in sp.sympify(x).free_symbols for x in (*a, *b)) and not (
-                        a and b and a[0] == d and b[0] == d and all(d not in sp.sympify(x).free_symbols
+                if any(d in as_expr(x).free_symbols for x in (*a, *b)) and not (
+                        a and b and a[0] == d and b[0] == d and all(d not in as_expr(x).free_symbols
                                                                   for x in (*a[1:], *b[1:]))):
                     return False
-            if isinstance(n, (Slice, Pad)) and (n.axis == 0 and d in sp.sympify(n.x.shape[0]).free_symbols):
+            if isinstance(n, (Slice, Pad)) and (n.axis == 0 and d in as_expr(n.x.shape[0]).free_symbols):
                 return False
         return True
 
@@ -614,11 +614,11 @@ class _Converter:
         if target is operator.getitem:
             return args[0][args[1]]
         py = {operator.mul: lambda a, b: a * b, operator.add: lambda a, b: a + b, operator.sub: lambda a, b: a - b,
-              operator.truediv: lambda a, b: sp.sympify(a) / b, operator.floordiv: lambda a, b: sp.floor(sp.sympify(a) / b),
-              operator.pow: lambda a, b: sp.sympify(a) ** b, operator.neg: lambda a: -a,
+              operator.truediv: lambda a, b: as_expr(a) / b, operator.floordiv: lambda a, b: sp.floor(as_expr(a) / b),
+              operator.pow: lambda a, b: as_expr(a) ** b, operator.neg: lambda a: -a,
               torch.sym_float: lambda a: a, torch.sym_int: lambda a: a, torch.sym_sqrt: lambda a: sp.sqrt(a)}
         if target in py:
-            return py[target](*args)
+            return py[target](*args)  # type: ignore[operator]
         full, base = _op_name(target)
         if base in ("sym_size",):
             return args[0].shape[args[1] % args[0].ndim]

@@ -28,6 +28,7 @@ from ..tensor import (
     OneHot,
     ShapeError,
     Var,
+    as_expr,
     concat,
     einsum,
     log_softmax,
@@ -76,7 +77,7 @@ def rule(*names: str) -> Callable[[Rule], Rule]:
 
 
 def _same(a: Any, b: Any) -> bool:
-    return bool(sp.simplify(sp.sympify(a) - sp.sympify(b)) == 0)
+    return bool(sp.simplify(as_expr(a) - as_expr(b)) == 0)
 
 
 def _shape_of(x: Any) -> tuple[Any, ...]:
@@ -93,7 +94,7 @@ def broadcast_shape(*shapes: Sequence[Any]) -> tuple[Any, ...]:
             j = i - (nd - len(s))
             if j < 0:
                 continue
-            d = sp.sympify(s[j])
+            d = as_expr(s[j])
             if d == 1:
                 continue
             if size != 1 and not _same(size, d):
@@ -105,7 +106,7 @@ def broadcast_shape(*shapes: Sequence[Any]) -> tuple[Any, ...]:
 
 def broadcast(x: Node, shape: Sequence[Any]) -> Node:
     """``x`` broadcast to ``shape`` as PyTorch does (leading axes added, size-1 axes stretched)."""
-    shape = tuple(sp.sympify(d) for d in shape)
+    shape = tuple(as_expr(d) for d in shape)
     if tuple(x.shape) == shape:
         return x
     from ..tensor import Reshape
@@ -122,14 +123,14 @@ def broadcast(x: Node, shape: Sequence[Any]) -> Node:
     if k < 0:
         raise ShapeError(f"cannot broadcast shape {tuple(x.shape)} to {shape}")
     ins: list[Any] = []
-    dims: dict[Any, Any] = {i: d for i, d in enumerate(shape)}
+    dims: dict[Any, Any] = {i: d for i, d in enumerate(shape)}  # type: ignore[no-redef]
     for j, d in enumerate(x.shape):
         i = j + k
         if _same(d, shape[i]):
             ins.append(i)
         elif d == 1:
             ins.append(("one", j))
-            dims[("one", j)] = sp.S.One
+            dims[("one", j)] = sp.S.One  # type: ignore[index]
         else:
             raise ShapeError(f"cannot broadcast shape {tuple(x.shape)} to {shape}")
     return einsum([tuple(ins)], tuple(range(len(shape))), [x], dims=dims)
@@ -163,10 +164,10 @@ def elementwise(fn: sp.Expr, *xs: Any) -> Node:
     from ..tensor import Reshape
 
     full = [n for n in nodes if n.shape != ()]
-    if full and all(isinstance(n, Reshape) and _unit(n) and n.x.shape == full[0].x.shape for n in full):
+    if full and all(isinstance(n, Reshape) and _unit(n) and n.x.shape == full[0].x.shape for n in full):  # type: ignore[attr-defined]
         # keepdim reductions (shape (..., 1)) stay reductions: map first, add the unit axes after
         inner = [n.x if isinstance(n, Reshape) and n.shape != () else n for n in nodes]
-        return reshape(map_(body, inner, full[0].x.shape), shape)
+        return reshape(map_(body, inner, full[0].x.shape), shape)  # type: ignore[attr-defined]
     return map_(body, nodes, shape)
 
 
@@ -382,7 +383,7 @@ def _may_be_infinite(x: Node) -> bool:
     for n in walk([x]):
         if isinstance(n, CausalMask):
             return True
-        if isinstance(n, Const) and not sp.sympify(n.value).is_finite:
+        if isinstance(n, Const) and not as_expr(n.value).is_finite:
             return True
         if hasattr(n, "fn") and any(a in (sp.oo, -sp.oo) for a in sp.preorder_traversal(n.fn)):
             return True
@@ -543,7 +544,7 @@ def _batch_norm(x: Node, w: Node | None, b: Node | None, rmean: Any, rvar: Any, 
 
 
 def _resolve_shape(x: Node, shape: Sequence[Any]) -> tuple[Any, ...]:
-    shape = [sp.sympify(d) for d in shape]
+    shape = [as_expr(d) for d in shape]
     if any(d == -1 for d in shape):
         known = sp.Mul(*(d for d in shape if d != -1))
         total = sp.Mul(*x.shape) if x.shape else sp.S.One
@@ -579,7 +580,7 @@ def _t(x: Node) -> Node:
 @rule("expand")
 def _expand(x: Node, shape: Sequence[Any], implicit: bool = False) -> Node:
     k = len(shape) - x.ndim
-    full = [x.shape[i - k] if sp.sympify(d) == -1 else sp.sympify(d) for i, d in enumerate(shape)]
+    full = [x.shape[i - k] if as_expr(d) == -1 else as_expr(d) for i, d in enumerate(shape)]
     return broadcast(x, full)
 
 
@@ -607,8 +608,8 @@ def _slice(x: Node, dim: int = 0, start: Any = None, end: Any = None, step: int 
     size = x.shape[ax]
     if step != 1:
         raise Unsupported(f"slicing with step {step}")
-    lo = sp.S.Zero if start is None else sp.sympify(start)
-    hi = size if end is None or (isinstance(end, int) and end >= 2**62) else sp.sympify(end)
+    lo = sp.S.Zero if start is None else as_expr(start)
+    hi = size if end is None or (isinstance(end, int) and end >= 2**62) else as_expr(end)
     if lo.is_number and lo < 0:
         lo = size + lo
     if hi.is_number and hi < 0:
@@ -673,7 +674,7 @@ def _detach(x: Node) -> Node:
 
 @rule("full", "full.default")
 def _full(shape: Sequence[Any], value: Any, **kw: Any) -> Node:
-    return Const(_number(value), tuple(sp.sympify(d) for d in shape))
+    return Const(_number(value), tuple(as_expr(d) for d in shape))
 
 
 @rule("full_like", "zeros_like", "ones_like")
@@ -765,12 +766,12 @@ def _dropout(x: Node, p: float = 0.5, train: bool = False) -> Node:
 @rule("unflatten.int")
 def _unflatten(x: Node, dim: int, sizes: Sequence[Any]) -> Node:
     ax = _ax(x, dim)
-    inner = [sp.sympify(d) for d in sizes]
+    inner = [as_expr(d) for d in sizes]
     if any(d == -1 for d in inner):
         known = sp.Mul(*(d for d in inner if d != -1))
         inner = [sp.simplify(x.shape[ax] / known) if d == -1 else d for d in inner]
-    inner = tuple(inner)
-    return reshape(x, x.shape[:ax] + inner + x.shape[ax + 1:])
+    inner = tuple(inner)  # type: ignore[assignment]
+    return reshape(x, x.shape[:ax] + inner + x.shape[ax + 1:])  # type: ignore[operator]
 
 
 @rule("flatten.using_ints")
