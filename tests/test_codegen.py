@@ -238,7 +238,10 @@ _CSE_GAPS = {"rosenbrock": _SCALAR_CSE, "sigmoid": _SCALAR_CSE,  # sigmoid: G * 
              "lstm": _SCALAR_CSE, "gru": _SCALAR_CSE,  # tanh(c), 1 - g_u: in the step and again in BPTT
              # -u in softplus(-u) (the loss) and sigma(-u) (its adjoint); 1 - h^2 in the critic's gradient and
              # again in the gradient of the penalty
-             "gan": _SCALAR_CSE, "wgan_gp": _SCALAR_CSE}
+             "gan": _SCALAR_CSE, "wgan_gp": _SCALAR_CSE,
+             # erf or exp of the same scaled argument in the value and in the derivative; the gru step as gru
+             "gelu": _SCALAR_CSE, "silu": _SCALAR_CSE, "elu": _SCALAR_CSE, "gru_cell": _SCALAR_CSE,
+             "lstm_cell": _SCALAR_CSE, "stacked_rnn": _SCALAR_CSE, "birnn": _SCALAR_CSE, "seq2seq": _SCALAR_CSE}
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=_CSE_GAPS[n]) if n in _CSE_GAPS else n
