@@ -85,7 +85,7 @@ def test_unknown_option_lists_the_entry_options() -> None:
     msg = _one_line(str(ei.value))
     assert "slop" in msg and "slope=0.01" in msg, msg
     with pytest.raises(derive.ModelError) as ei:
-        derive.models.get("softmax_regression", layers=3)
+        derive.models.get("rosenbrock", layers=3)  # an entry with no options
     msg = _one_line(str(ei.value))
     assert "layers" in msg and "(none)" in msg, msg
 
