@@ -390,8 +390,8 @@ def test_cli_trace_bad_values(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 @pytest.mark.parametrize("spec, needle", [
-    ("no_colon", "package.module:function"),
-    ("mod:", "package.module:function"),
+    ("no_colon", "module:function"),
+    ("mod:", "module:function"),
     ("mod:not-an-identifier", "module:function"),
     ("dlmath_no_such_module_xyz:f", "No module named 'dlmath_no_such_module_xyz'"),
     ("numpy:no_such_function", "has no 'no_such_function'"),
