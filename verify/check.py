@@ -303,13 +303,21 @@ def _finite_difference(m: Model, f: Callable[..., dict[str, Any]], arrays: dict[
     # switch within the step, so their finite differences get 1e-4 relative (the exact comparison with
     # torch, under the same subgradient conventions, stays at 1e-10).
     rel = 1e-4 if kinks else 1e-5
+    # rounding: ~eps |L| per evaluation, or the loss's own rounding noise where that is larger: a loss that is a
+    # small difference of O(1) terms (e^d - 1 - d at d ~ 1e-3) rounds at the terms' scale, not at |L|'s. It is
+    # measured as the deviation from linearity over a step 1e-4 h (where curvature contributes ~1e-8 of the
+    # truncation term, and the step reshuffles the rounding of every term); the extrapolated difference
+    # carries about three times one evaluation's error over h
+    l0 = f(**arrays)["loss"]
+    tiny = 1e-4 * h
+    jiggle = max(abs(f(**{**arrays, **{k: arrays[k] + sg * tiny * d[k] for k in d}})["loss"] - l0 - sg * tiny * an)
+                 for sg in (1.0, -1.0))
     tol = (rel * (abs(an) + abs(fd)) + abs(fd1 - fd2) + 1e-10 * (abs(lp) + abs(lm)) / scale
-           + 2e3 * 2.2e-16 * (abs(lp) + abs(lm)) / h)
+           + 2e3 * 2.2e-16 * (abs(lp) + abs(lm)) / h + 3 * jiggle / h)
     if abs(fd - an) > tol and kinks:
         # A model with kinks (ReLU, max pooling) may sit on one: ReLU(0) ties in a pooling window are not
         # rare. There the one-sided differences disagree and no finite difference measures a derivative;
         # the comparison with torch (same subgradient conventions) still covers this point.
-        l0 = f(**arrays)["loss"]
         right, left = (lp - l0) / h, (l0 - lm) / h
         if abs(right - left) > tol:
             return 0.0
