@@ -350,8 +350,8 @@ class _Evaluator:
         raise UnsupportedReference(f"the eager reference has no torch form of {type(n).__name__}")
 
     def _windows(self, n: Unfold | Fold) -> tuple[int, int, int, int, int, int]:
-        kh, kw = n.kernel
-        return kh, kw, n.stride, n.padding, n.dilation, 0
+        kh, kw = n.kernel  # sizes, or dimensions read off the weight's shape (conv2d without kernel=)
+        return self.size(kh), self.size(kw), n.stride, n.padding, n.dilation, 0
 
     def unfold(self, n: Unfold, x: Tensor) -> Tensor:
         """Windows (C, kh, kw, OH, OW) of an image (C, H, W), by slicing the padded image."""
