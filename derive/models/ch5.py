@@ -97,7 +97,7 @@ def elu_layer(alpha: float = 1.0) -> Model:
     Args:
         alpha: the negative-side scale.
     """
-    from ..functions import step, where
+    from ..functions import step
     from ..program import ModelError
 
     if not isinstance(alpha, (int, float)) or isinstance(alpha, bool):
@@ -106,9 +106,10 @@ def elu_layer(alpha: float = 1.0) -> Model:
     def fn(x: Any, al: Any) -> Any:
         import sympy as sp
 
-        pos = step(x)
-        # the exponential only of the non-positive part: no overflow in the branch not taken
-        return where(pos, x, al * (sp.exp(where(pos, 0, x)) - 1))
+        pos, neg = step(x), 1 - step(x)
+        # indicators rather than cases (the book's form, and printable everywhere); the exponential only of
+        # the non-positive part z (1 - 1{z > 0}): no overflow on the side not taken
+        return x * pos + al * (sp.exp(x * neg) - 1) * neg
 
     return _smooth_layer("elu", "ELU activation layer", fn, {"alpha": alpha}, kinks=True,
                          consts=(("alpha", float(alpha), r"\alpha"),))
