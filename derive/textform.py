@@ -27,7 +27,9 @@ _SYMBOLS = {
     "log": "log", "exp": "exp", "tanh": "tanh", "sin": "sin", "cos": "cos", "max": "max", "min": "min",
     "arg": "arg", "bmod": "mod", "det": "det", "\\": "\n",
 }
-_ACCENTS = {"hat": "\u0302", "bar": "\u0304", "tilde": "\u0303", "dot": "\u0307", "ddot": "\u0308", "check": "\u030c"}
+_ACCENTS = {"hat": "\u0302", "bar": "\u0304", "tilde": "\u0303", "dot": "\u0307", "ddot": "\u0308", "check": "\u030c",
+            # the directions of a bidirectional RNN (7.14)
+            "overrightarrow": "\u20d7", "overleftarrow": "\u20d6"}
 _FONTS = {"mathbf", "mathrm", "operatorname", "text", "mathcal", "boldsymbol", "textbf", "mathit", "mathbb"}
 _CALLIGRAPHIC = {"C": "𝒞", "U": "𝒰", "N": "𝒩", "D": "𝒟", "L": "ℒ"}
 _SUP = str.maketrans("0123456789+-()n", "⁰¹²³⁴⁵⁶⁷⁸⁹⁺⁻⁽⁾ⁿ")

@@ -367,7 +367,7 @@ def lstm_cell() -> Model:
     h0 = b.input("H_prev", (d["m"],), r"h^{\langle t-1\rangle}", batched=True, adjoint=("g_H_prev", r"\zeta_{h}^{\langle t-1\rangle}"))
     c0 = b.input("C_prev", (d["m"],), r"c^{\langle t-1\rangle}", batched=True, adjoint=("g_C_prev", r"\zeta_{c}^{\langle t-1\rangle}"))
     Gh = b.input("G_h", (d["m"],), r"\zeta_{h}^{\langle t\rangle}", batched=True)
-    Gc = b.input("G_c", (d["m"],), r"\zeta_{c}^{\langle t\rangle}", batched=True)
+    Gc = b.input("G_c", (d["m"],), r"\bar{\zeta}_{c}^{\langle t\rangle}", batched=True)
     gf = _gate(b, "f", h0, x, d)
     gi = _gate(b, "i", h0, x, d)
     go = _gate(b, "o", h0, x, d)
