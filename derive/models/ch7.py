@@ -89,6 +89,22 @@ def attention(causal: bool = False) -> Model:
     return b.model(reduction="sum", diff_inputs=("Q", "K", "V"))
 
 
+
+def _feed_forward(b: Builder, x: Node, T: sp.Expr, p: sp.Expr, N1: sp.Expr, hidden: str, hidden_tex: str) -> Var:
+    r"""The position-wise ReLU feed-forward sublayer of a transformer block: ``Z^{[1]} = X W_1^\top + b_1``,
+    the hidden activation (named ``hidden``), ``U_{[3]} = A W_2^\top + b_2`` (parameters W1, b1, W2, b2)."""
+    W1 = b.param("W1", (N1, p), "W^{[1]}")
+    b1 = b.param("b1", (N1,), "b^{[1]}")
+    W2 = b.param("W2", (p, N1), "W^{[2]}")
+    b2 = b.param("b2", (p,), "b^{[2]}")
+    S = named_activation("relu")
+    t, i, j = "t", "i", "j"
+    dims = {t: T, i: p, j: N1}
+    z1 = b.eq("z1", einsum([(t, i), (j, i)], (t, j), [x, W1], dims=dims) + b1, "Z^{[1]}",
+              adjoint=("delta1", r"\Delta^{[1]}"))
+    a1 = b.eq(hidden, map_(S(ARG[0]), [z1]), hidden_tex)
+    return b.eq("u3", einsum([(t, j), (i, j)], (t, i), [a1, W2], dims=dims) + b2, "U_{[3]}")
+
 def _mha(b: Builder, X: Node, H: sp.Symbol, m: sp.Symbol, p: sp.Expr, causal: bool, tag: str = "",
          out_tex: str = "U") -> Var:
     """Multi-head self-attention (7.24)-(7.27), printed in matrix form with the heads as a superscript:
@@ -144,17 +160,7 @@ def transformer_block(heads: int = 2, eps: float = 1e-5) -> Model:
     be1 = b.param("beta1", (p,), r"\beta")
     u2 = _layer_norm(b, X + u1, g1, be1, ep, "1",
                      (r"R_{[1]}", r"\mu_{[1]}", r"R^{c}_{[1]}", r"\sigma_{[1]}", r"\hat{R}_{[1]}", r"U_{[2]}"))
-    W1 = b.param("W1", (N1, p), "W^{[1]}")
-    b1 = b.param("b1", (N1,), "b^{[1]}")
-    W2 = b.param("W2", (p, N1), "W^{[2]}")
-    b2 = b.param("b2", (p,), "b^{[2]}")
-    S = named_activation("relu")
-    t, i, j = "t", "i", "j"
-    dims = {t: T, i: p, j: N1}
-    z1 = b.eq("z1", einsum([(t, i), (j, i)], (t, j), [u2, W1], dims=dims) + b1, "Z^{[1]}",
-              adjoint=("delta1", r"\Delta^{[1]}"))
-    a1 = b.eq("a1", map_(S(ARG[0]), [z1]), "A^{[1]}")
-    u3 = b.eq("u3", einsum([(t, j), (i, j)], (t, i), [a1, W2], dims=dims) + b2, "U_{[3]}")
+    u3 = _feed_forward(b, u2, T, p, N1, "a1", "A^{[1]}")
     g2 = b.param("gamma2", (p,), r"\tilde{\gamma}")
     be2 = b.param("beta2", (p,), r"\tilde{\beta}")
     out = _layer_norm(b, u2 + u3, g2, be2, ep, "2",

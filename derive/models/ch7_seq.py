@@ -15,7 +15,7 @@ from ..nn import dot, einsum, log, softmax, sum_
 from ..program import Builder, Model, ModelError
 from ..tensor import ARG, Node, Var, map_
 from . import register
-from .ch7 import _layer_norm, _mha
+from .ch7 import _feed_forward, _layer_norm, _mha
 
 _T = r"^{\langle t\rangle}"
 
@@ -202,8 +202,9 @@ def decoder_block(heads: int = 2, eps: float = 1e-5) -> Model:
     p = H * m
     ep = b.const("epsilon", eps)
     b.notation["columns"] = (T, Te)
-    X = b.input("X", (T, p), "X", batched=True, adjoint=("g_X", r"\zeta_{X}"))
-    E = b.input("E", (Te, p), "E", batched=True, adjoint=("g_E", r"\zeta_{E}"))
+    # layer norms of the inputs: moderate values, as transformer_block's (checked at the kernel boundary)
+    X = b.input("X", (T, p), "X", batched=True, adjoint=("g_X", r"\zeta_{X}"), domain="moderate")
+    E = b.input("E", (Te, p), "E", batched=True, adjoint=("g_E", r"\zeta_{E}"), domain="moderate")
     G = b.input("G", (T, p), r"\zeta_{\mathrm{out}}", batched=True)
     u1 = _mha(b, X, H, m, p, True, out_tex=r"U_{[1]}")
     g1 = b.param("gamma1", (p,), r"\gamma^{[1]}")
@@ -215,17 +216,7 @@ def decoder_block(heads: int = 2, eps: float = 1e-5) -> Model:
     be2 = b.param("beta2", (p,), r"\beta^{[2]}")
     a2 = _layer_norm(b, a1 + u2, g2, be2, ep, "2",
                      (r"R_{[2]}", r"\mu_{[2]}", r"R^{c}_{[2]}", r"\sigma_{[2]}", r"\hat{R}_{[2]}", r"A_{[2]}"))
-    W1 = b.param("W1", (N1, p), "W^{[1]}")
-    b1 = b.param("b1", (N1,), "b^{[1]}")
-    W2 = b.param("W2", (p, N1), "W^{[2]}")
-    b2 = b.param("b2", (p,), "b^{[2]}")
-    S = named_activation("relu")
-    t, i, j = "t", "i", "j"
-    dims = {t: T, i: p, j: N1}
-    z1 = b.eq("z1", einsum([(t, i), (j, i)], (t, j), [a2, W1], dims=dims) + b1, "Z^{[1]}",
-              adjoint=("delta1", r"\Delta^{[1]}"))
-    f1 = b.eq("f1", map_(S(ARG[0]), [z1]), "F^{[1]}")
-    u3 = b.eq("u3", einsum([(t, j), (i, j)], (t, i), [f1, W2], dims=dims) + b2, "U_{[3]}")
+    u3 = _feed_forward(b, a2, T, p, N1, "f1", "F^{[1]}")
     g3 = b.param("gamma3", (p,), r"\gamma^{[3]}")
     be3 = b.param("beta3", (p,), r"\beta^{[3]}")
     out = _layer_norm(b, a2 + u3, g3, be3, ep, "3",
