@@ -275,6 +275,24 @@ def lstm(targets: str = "probabilities") -> Model:
     return b.scan_model(d["T"], {"h_prev": h, "c_prev": c}, ("X", io["Y"].name), 1 / d["T"])
 
 
+def _gru_step(b: Builder, h0: Node, x: Node, d: dict[str, sp.Symbol], variant: str,
+              adjoint: tuple[str, str] | None = None) -> Var:
+    r"""One GRU step (7.18)-(7.19) from ``h0`` and ``x``: the reset and update gates, the candidate
+    ``\tilde h`` and the new state ``h``, in the book's form or torch's (the reset gate after ``W_{hh} h``)."""
+    from ..nn import tanh
+
+    gr = _gate(b, "r", h0, x, d)
+    gu = _gate(b, "u", h0, x, d)
+    W_hh = b.param("W_hh", (d["m"], d["m"]), r"W_{\tilde{h}h}")
+    W_hx = b.param("W_hx", (d["m"], d["p"]), r"W_{\tilde{h}x}")
+    b_h = b.param("b_h", (d["m"],), r"b_{\tilde{h}}")
+    if variant == "book":
+        ht = b.eq("h_tilde", tanh(W_hh @ (gr * h0) + W_hx @ x + b_h), r"\tilde{h}^{\langle t\rangle}")
+        return b.eq("h", (1 - gu) * h0 + gu * ht, r"h^{\langle t\rangle}", adjoint=adjoint)
+    ht = b.eq("h_tilde", tanh(W_hx @ x + b_h + gr * (W_hh @ h0)), r"\tilde{h}^{\langle t\rangle}")
+    return b.eq("h", (1 - gu) * ht + gu * h0, r"h^{\langle t\rangle}", adjoint=adjoint)
+
+
 @register("gru", "§7.3", "gated recurrent unit (book form) with a softmax head")
 def gru(variant: str = "book", targets: str = "probabilities") -> Model:
     r"""GRU (7.18)-(7.19). ``variant="book"``: h = (1 - g_u) * h^{<t-1>} + g_u * tanh(W_hh (g_r * h^{<t-1>}) +
@@ -285,7 +303,6 @@ def gru(variant: str = "book", targets: str = "probabilities") -> Model:
         variant: "book" or "torch".
         targets: "probabilities" (Y (T, n, q), the default), "one_hot" or "labels" (y (T, n)).
     """
-    from ..nn import tanh
     from ..program import ModelError
 
     if variant not in ("book", "torch"):
@@ -294,17 +311,7 @@ def gru(variant: str = "book", targets: str = "probabilities") -> Model:
                         {"variant": variant}, targets)
     io = _seq_inputs(b, d, ("h",), targets)
     h0, x = io["h"], io["X"]
-    gr = _gate(b, "r", h0, x, d)
-    gu = _gate(b, "u", h0, x, d)
-    W_hh = b.param("W_hh", (d["m"], d["m"]), r"W_{\tilde{h}h}")
-    W_hx = b.param("W_hx", (d["m"], d["p"]), r"W_{\tilde{h}x}")
-    b_h = b.param("b_h", (d["m"],), r"b_{\tilde{h}}")
-    if variant == "book":
-        ht = b.eq("h_tilde", tanh(W_hh @ (gr * h0) + W_hx @ x + b_h), r"\tilde{h}^{\langle t\rangle}")
-        h = b.eq("h", (1 - gu) * h0 + gu * ht, r"h^{\langle t\rangle}", adjoint=("zeta", r"\zeta^{\langle t\rangle}"))
-    else:
-        ht = b.eq("h_tilde", tanh(W_hx @ x + b_h + gr * (W_hh @ h0)), r"\tilde{h}^{\langle t\rangle}")
-        h = b.eq("h", (1 - gu) * ht + gu * h0, r"h^{\langle t\rangle}", adjoint=("zeta", r"\zeta^{\langle t\rangle}"))
+    h = _gru_step(b, h0, x, d, variant, adjoint=("zeta", r"\zeta^{\langle t\rangle}"))
     _head(b, h, d["q"], d["m"])
     return b.scan_model(d["T"], {"h_prev": h}, ("X", io["Y"].name), 1 / d["T"])
 
@@ -392,7 +399,6 @@ def gru_cell(variant: str = "book") -> Model:
     Args:
         variant: "book" or "torch".
     """
-    from ..nn import tanh
     from ..program import ModelError
 
     if variant not in ("book", "torch"):
@@ -401,16 +407,6 @@ def gru_cell(variant: str = "book") -> Model:
     x = b.input("X", (d["p"],), r"x^{\langle t\rangle}", batched=True, adjoint=("g_X", r"\zeta_{x}"))
     h0 = b.input("H_prev", (d["m"],), r"h^{\langle t-1\rangle}", batched=True, adjoint=("g_H_prev", r"\zeta_{h}^{\langle t-1\rangle}"))
     G = b.input("G_h", (d["m"],), r"\zeta^{\langle t\rangle}", batched=True)
-    gr = _gate(b, "r", h0, x, d)
-    gu = _gate(b, "u", h0, x, d)
-    W_hh = b.param("W_hh", (d["m"], d["m"]), r"W_{\tilde{h}h}")
-    W_hx = b.param("W_hx", (d["m"], d["p"]), r"W_{\tilde{h}x}")
-    b_h = b.param("b_h", (d["m"],), r"b_{\tilde{h}}")
-    if variant == "book":
-        ht = b.eq("h_tilde", tanh(W_hh @ (gr * h0) + W_hx @ x + b_h), r"\tilde{h}^{\langle t\rangle}")
-        h = b.eq("h", (1 - gu) * h0 + gu * ht, r"h^{\langle t\rangle}")
-    else:
-        ht = b.eq("h_tilde", tanh(W_hx @ x + b_h + gr * (W_hh @ h0)), r"\tilde{h}^{\langle t\rangle}")
-        h = b.eq("h", (1 - gu) * ht + gu * h0, r"h^{\langle t\rangle}")
+    h = _gru_step(b, h0, x, d, variant)
     b.eq("C", dot(G, h), "C")
     return b.model(reduction="sum", diff_inputs=("X", "H_prev"))
