@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextvars
 import math
 from collections.abc import Callable, Sequence
+from fractions import Fraction
 from typing import Any
 
 import sympy as sp
@@ -190,7 +191,7 @@ def _number(x: Any) -> sp.Expr:
             raise Unsupported("a NaN constant")
         if x == int(x) and abs(x) < 2**53:
             return sp.Integer(int(x))
-        r = sp.Rational(repr(x))  # 1e-06 as written (10^{-6}); values with long expansions stay floats
+        r = _as_written(x)  # 1e-06 as written (10^{-6}); values with long expansions stay floats
         return r if r.q <= 100 else sp.Float(x)
     raise Unsupported(f"a {type(x).__name__} argument where a number or tensor is expected")
 
@@ -281,11 +282,18 @@ def _leaky(x: Node, slope: Any = 0.01) -> Node:
     return elementwise(F.leaky_relu(a0, _rational(slope)), x)
 
 
+def _as_written(x: float) -> sp.Rational:
+    """The exact rational of the shortest decimal that reads back as ``x`` (0.2 -> 1/5), through Fraction:
+    no text reaches SymPy's parser."""
+    f = Fraction(repr(x))
+    return sp.Rational(f.numerator, f.denominator)
+
+
 def _rational(v: Any) -> sp.Expr:
     """A float hyperparameter as the exact rational it was written as (0.2 -> 1/5), else the float."""
     e = _number(v)
     if isinstance(e, sp.Float):
-        r = sp.Rational(repr(float(e)))
+        r = _as_written(float(e))
         return r if r.q < 10**6 else e
     return e
 
