@@ -627,9 +627,8 @@ def _module(m: Model, backend: str, doc: Sequence[str], names: Sequence[str], bo
             eqs: Sequence[Equation], dims: Sequence[sp.Symbol] = ()) -> str:
     """A generated module: docstring, imports, named constants, and ``kernel`` with the dimensions it uses
     (those of ``eqs``, and ``dims``) read off the array shapes."""
-    text = "\n".join(body)
-    header = [f"    {d} = {c}" for d, c in _dim_sources(m, _dims_needed(eqs, m) | set(dims)).items()
-              if re.search(rf"\b{re.escape(d)}\b", text)]
+    words = set(re.findall(r"\w+", "\n".join(body)))  # one pass (a search per dimension was quadratic in depth)
+    header = [f"    {d} = {c}" for d, c in _dim_sources(m, _dims_needed(eqs, m) | set(dims)).items() if d in words]
     lib = "numpy as np\nfrom numeric import ops_numpy as ops" if backend == "numpy" else \
         "torch\nfrom numeric import ops_torch as ops"
     return "\n".join([f'"""{doc[0]}', *doc[1:], '"""', "", f"import math\n\nimport {lib}", "", *_constants(m),
@@ -1006,6 +1005,7 @@ def generate(prog: Program, backend: str) -> str:
             if used:
                 pairs[id(eq)] = f"log_{eq.lhs.name}"
                 em.temps[id(ls)] = f"log_{eq.lhs.name}"
+    grad_leaf = {_grad_of(m, k): k for k in m.grad_names}  # gradient name -> its leaf, looked up once
     for eq in forward + adjoint:
         lines.append(f"# {tex[id(eq)]}")
         if id(eq) in pairs and isinstance(eq.rhs, Softmax):
@@ -1014,7 +1014,7 @@ def generate(prog: Program, backend: str) -> str:
                                f"ops.softmax_and_log({x}, {eq.rhs._code_axis()})"))
             continue
         if eq.kind == "grad":
-            leaf = m.tensor(next(k for k in m.grad_names if _grad_of(m, k) == eq.lhs.name))
+            leaf = m.tensor(grad_leaf[eq.lhs.name])
             if m.sample is None:
                 code = code_of(eq.rhs, True)
             elif leaf.batched:  # a per-sample input: its gradient stays per sample
@@ -1090,6 +1090,7 @@ def _grad_of(m: Model, name: str) -> str:
 
 
 def _dims_needed(eqs: Sequence[Equation], m: Model) -> set[sp.Symbol]:
+    dims = set(m.dims.values())
     syms: set[sp.Symbol] = set()
     if m.sample is not None:
         syms.add(m.sample)
@@ -1103,21 +1104,22 @@ def _dims_needed(eqs: Sequence[Equation], m: Model) -> set[sp.Symbol]:
                 for d in n.dims:
                     syms |= as_expr(d).free_symbols
             if isinstance(n, Map):
-                syms |= {s for s in n.fn.free_symbols if s in m.dims.values()}
-    return {s for s in syms if s in set(m.dims.values())}
+                syms |= {s for s in n.fn.free_symbols if s in dims}
+    return {s for s in syms if s in dims}
 
 
 def _dim_sources(m: Model, needed: set[sp.Symbol]) -> dict[str, str]:
     """``dim = array.shape[k]`` lines for the dimensions the code refers to."""
+    first: dict[Any, str] = {}  # dimension -> the first array axis that has it (one pass over the arrays)
+    carries = set(m.carries)
+    for name, v in {**m.params, **m.inputs}.items():
+        if name in carries:
+            continue
+        for k, d in enumerate(m.array_dims(v)):
+            first.setdefault(d, f"{name}.shape[{k}]")
     out: dict[str, str] = {}
     for d in sorted(needed, key=str):
-        for name, v in {**m.params, **m.inputs}.items():
-            if name in m.carries:
-                continue
-            shape = m.array_dims(v)
-            if d in shape:
-                out[dim_code(d)] = f"{name}.shape[{shape.index(d)}]"
-                break
-        else:
+        if d not in first:
             raise ValueError(f"{m.name}: dimension {d} cannot be read off any array shape")
+        out[dim_code(d)] = first[d]
     return out
