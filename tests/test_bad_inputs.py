@@ -506,6 +506,10 @@ for _be in ("numpy", "torch"):  # the derivation uses one-hot rows (it selects Q
            "A", "one-hot", "row 0", "numpy.eye")
 raises("call-dqn-two-ones", lambda: call("dqn", A=np.tile([1.0, 1.0, 0.0], (4, 1))), InputError, "A", "[1., 1., 0.]")
 raises("call-dqn-zero-row", lambda: call("dqn", A=np.zeros((4, 3))), InputError, "A", "row 0", "one-hot")
+raises("call-cnn-not-simplex", lambda: call("cnn", Y=np.full(model("cnn").shapes()["Y"], 0.5)), InputError, "Y",
+       "sums to", "normalise")
+raises("call-gru-not-simplex", lambda: call("gru", Y=np.full(model("gru").shapes()["Y"], 0.5)), InputError, "Y",
+       "sums to", "normalise")
 raises("call-rnn-T-0", lambda: call("rnn", X=np.zeros((0, 2, 3)), Y=np.zeros((0, 2, 3))), InputError,
        "dimension T is 0", "at least one time step")
 raises("call-rnn-n-0", lambda: call("rnn", X=np.zeros((4, 0, 3)), Y=np.zeros((4, 0, 3))), InputError,
@@ -612,6 +616,10 @@ for _id, _kw, _exc, _needles in [
 ]:
     raises(f"check-{_id}", _check(**_kw), _exc, *_needles)
 
+raises("check-rtol-nan-with-wrong-impl", lambda: verify.check(
+    model(LR), implementation=lambda **a: {"loss": _lr_kernel(**a)["loss"],
+                                           "grad": {k: 1.5 * v for k, v in _lr_kernel(**a)["grad"].items()}},
+    rtol=float("nan"), examples=1), ValueError, "rtol", "nan")
 raises("check-not-a-model", lambda: verify.check(3.0), TypeError, "float")  # type: ignore[arg-type]
 raises("check-unknown-name", lambda: verify.check("no_such_model", examples=1), ModelError, "'no_such_model'")
 
@@ -680,6 +688,49 @@ for _id, _impl, _needles in [
     CASES.append(pytest.param(Raises(functools.partial(verify.check, model(LR), implementation=_impl,
                                                        backend="numpy", examples=3), Mismatch, _needles),
                               id=f"check-impl-{_id}"))
+
+
+
+def _private_cache(tmp: str) -> Callable[[], None]:
+    """fuse=True points torch.compile's caches at a private per-user folder (mode 0700), not the shared /tmp."""
+    def run() -> None:
+        from numeric.kernel import _private_compile_cache
+
+        keep = {k: os.environ.get(k) for k in ("XDG_CACHE_HOME", "TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR")}
+        try:
+            os.environ["XDG_CACHE_HOME"] = os.path.abspath(tmp)
+            os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
+            os.environ.pop("TRITON_CACHE_DIR", None)
+            _private_compile_cache()
+            for var in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR"):
+                d = os.environ[var]
+                assert d.startswith(os.path.abspath(tmp)) and "dlmath" in d, d
+                assert os.stat(d).st_mode & 0o077 == 0, oct(os.stat(d).st_mode)
+        finally:
+            for k, v in keep.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+            try:
+                from torch._inductor import config as inductor_config
+
+                if keep["TORCHINDUCTOR_CACHE_DIR"] is not None and hasattr(inductor_config, "cache_dir"):
+                    inductor_config.cache_dir = keep["TORCHINDUCTOR_CACHE_DIR"]  # type: ignore[attr-defined]
+            except ImportError:
+                pass
+
+    return run
+
+
+agrees("fuse-cache-private", _private_cache("xdg"))
+
+# pytest --dlmath-examples: 0 (or text) is refused, not read as "the profile's default"
+from verify.pytest_plugin import _examples  # noqa: E402
+
+for _text in ("0", "-1", "many", "1.5"):
+    CASES.append(pytest.param(Raises(functools.partial(_examples, _text), __import__("argparse").ArgumentTypeError,
+                                     ("--dlmath-examples", _text, ">= 1")), id=f"pytest-dlmath-examples-{_text}"))
 
 # ---------------------------------------------------------------------------------------------------
 # 7. the CLI: exit 2, one line on stderr, nothing run from option strings
@@ -797,6 +848,7 @@ def test_bad_input(case: Any, tmp_path: Any, monkeypatch: pytest.MonkeyPatch) ->
     else:
         case.fn()
     assert not (tmp_path / "DLMATH_RAN_CODE").exists(), "code from an option string ran"
+    assert not (tmp_path / ".hypothesis").exists(), "verify wrote .hypothesis/ into the working folder"
 
 
 def test_table_size() -> None:
