@@ -467,7 +467,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from dlmath import __version__
 
-    p = _Parser(prog="dlmath", description="The mathematics of deep learning: derive, print, "
+    p: argparse.ArgumentParser = _Parser(prog="dlmath", description="The mathematics of deep learning: derive, print, "
                                 "generate and verify (after Liquet, Moka & Nazarathy).")
     p.add_argument("--version", action="version", version=f"dlmath {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
