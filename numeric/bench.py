@@ -34,7 +34,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import torch
@@ -584,9 +584,16 @@ SECTIONS: dict[str, Callable[[Settings], int]] = {
 }
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the command line's one-line errors (exit status 2, no usage block)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmarks and print their tables; 0 if all ran and agreed, 1 otherwise."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="dlmath bench",
         description="Time derivation, generated kernels vs torch autograd and closed forms, and Hessians.")
     parser.add_argument("--quick", action="store_true",

@@ -63,6 +63,9 @@ def build_program(m: Model, hessian: Sequence[str] = ()) -> Program:
             raise ValueError(f"{m.name} has no parameter {h!r} to take a Hessian in; "
                              f"its parameters are: {', '.join(m.params)}")
     if m.is_update or m.recurrences:
+        if hessian:  # refused, not silently left out of the kernel's results
+            raise ValueError(f"{m.name}: Hessians are offered for loss programs without recurrences; drop "
+                             f"hessian={list(hessian)!r}")
         return Program(m, (), list(m.equations), [])
     prog = Program(m, tuple(hessian), list(m.equations), list(derive.backprop(m)))
     for a in hessian:

@@ -423,6 +423,10 @@ raises("compile-fuse-str", lambda: numeric.compile(model(SR), "torch", fuse="yes
 raises("compile-fuse-numpy", lambda: numeric.compile(model(SR), "numpy", fuse=True), ValueError, "fuse=True",
        "backend='torch'")
 raises("compile-check-int", lambda: numeric.compile(model(SR), check=1), TypeError, "check=1")  # type: ignore
+raises("compile-hessian-update-rule", lambda: numeric.compile(model("adam"), hessian=["theta"]), ValueError,
+       "adam", "Hessians", "hessian=['theta']")
+raises("compile-hessian-recurrence", lambda: numeric.compile(model("rnn"), hessian=["W_hh"]), ValueError, "rnn",
+       "recurrences")
 raises("source-not-a-model", lambda: numeric.source("mlp"), TypeError, "takes a model")  # type: ignore
 
 for _dev, _needles in [("mps", ("'mps'", "device='cpu'")), ("bogus", ("'bogus'", "'cpu'")),
@@ -792,6 +796,13 @@ cli("verify-impl-missing", ["verify", "linear_regression", "--impl", "dlmath_no_
 cli("verify-impl-not-callable", ["verify", "linear_regression", "--impl", "math:pi"], "'math:pi'", "not callable")
 cli("verify-name-form", ["verify", "linear_regression", "--name", "theta"], "--name", "'theta'")
 cli("verify-layout-form", ["verify", "linear_regression", "--layout", "X"], "--layout", "'X'")
+cli("verify-examples-huge", ["verify", "linear_regression", "--examples", "100000000000000000000"], "--examples",
+    "100000")
+cli("verify-name-without-impl", ["verify", "linear_regression", "--name", "theta=w"], "--name", "--impl")
+cli("verify-layout-without-impl", ["verify", "linear_regression", "--layout", "X=p,n"], "--layout", "--impl")
+cli("codegen-hessian-update-rule", ["codegen", "adam", "--hessian", "theta"], "adam", "Hessians")
+cli("bench-only", ["bench", "--only", "nosuch"], "--only", "'nosuch'")
+cli("bench-rounds", ["bench", "--rounds", "0"], "--rounds", "0")
 cli("verify-json-folder", ["verify", "linear_regression", "--examples", "1", "--json", "adir"], "--json", "adir")
 cli("verify-all-with-V", ["verify", "--all", "-V", "x=vector(n)"], "-V")
 cli("unknown-command", ["frobnicate"], "'frobnicate'", "derive")

@@ -348,6 +348,10 @@ def _single(args: argparse.Namespace) -> derive.Model:
     return _model(args)
 
 
+#: the most examples ``dlmath verify --examples`` runs per entry (more would run for days, not find more)
+MAX_EXAMPLES = 100_000
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
     import time
 
@@ -361,6 +365,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
         raise UsageError(f"--seed must be a non-negative integer, got {args.seed}")
     if args.examples < 1:
         raise UsageError(f"--examples must be at least 1, got {args.examples}")
+    if args.examples > MAX_EXAMPLES:
+        raise UsageError(f"--examples must be at most {MAX_EXAMPLES}, got {args.examples}")
     names = derive.models.names() if args.all else [args.model]
     if args.all and args.var:
         raise UsageError("--all checks the zoo entries: -V declares an expression's variables; drop it")
@@ -379,6 +385,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
     values = tuple(v.strip() for v in args.values.split(",")) if args.values else None
     kw: dict[str, Any] = {"names": _names(args.name, "--name") or None,
                           "layouts": _names(args.layout, "--layout") or None}
+    if (args.name or args.layout) and not args.impl:
+        raise UsageError(f"{'--name' if args.name else '--layout'} describes your implementation: give it with "
+                         f"--impl MODULE:FUNCTION (or drop the flag)")
     rows: list[dict[str, Any]] = []
     start = time.perf_counter()
     failed = 0
