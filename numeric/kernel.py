@@ -103,7 +103,7 @@ class Kernel:
 
         out = {}
         for k, v in arrays.items():
-            t = v if isinstance(v, torch.Tensor) else torch.as_tensor(_to_numpy(self.model.name, k, v))
+            t = v if isinstance(v, torch.Tensor) else torch.as_tensor(_strides_ok(_to_numpy(self.model.name, k, v)))
             out[k] = t.to(self.device) if self.device is not None else t
         return out
 
@@ -242,6 +242,11 @@ def _to_numpy(model: str, name: str, v: Any) -> np.ndarray:
         raise InputError(f"{model}: array {name} cannot be read as an array ({str(e).splitlines()[0]}); pass a "
                          f"NumPy array of numbers") from None
     return a
+
+
+def _strides_ok(a: np.ndarray) -> np.ndarray:
+    """``a``, copied if it has a negative stride (a reversed view such as ``x[::-1]``), which torch cannot wrap."""
+    return a.copy() if any(s < 0 for s in a.strides) else a
 
 
 def _fmt(shape: tuple[Any, ...]) -> str:

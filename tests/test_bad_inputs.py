@@ -499,6 +499,12 @@ raises("call-ragged", lambda: call(SR, X=[[1.0, 2.0, 3.0], [1.0]]), InputError, 
 raises("call-None-array", lambda: call(SR, X=np.array([[None] * 3] * 5)), InputError, "array X", "object")
 raises("call-0d-for-vector", lambda: call(SR, b=np.float64(1.0)), InputError, "b", "(K,)", "()")
 raises("call-batch-conflict", lambda: call(SR, Y=np.full((6, 4), 0.25)), InputError, "dimension n", "5", "6")
+raises("call-float16", lambda: call(SR, X=np.zeros((5, 3), np.float16)), InputError, "array X", "float16",
+       "float32 or float64")
+raises("call-spd-not-symmetric", lambda: numeric.compile(derive.parse("x'*A*x", x="vector(n)", A="spd(n)"))(
+    x=np.ones(3), A=np.triu(np.ones((3, 3)))), InputError, "A", "spd", "not symmetric")
+raises("call-spd-indefinite", lambda: numeric.compile(derive.parse("x'*A*x", x="vector(n)", A="spd(n)"))(
+    x=np.ones(3), A=-np.eye(3)), InputError, "A", "not positive definite")
 raises("call-fixed-dim", lambda: kernel("rosenbrock")(theta=np.zeros(3)), InputError, "theta", "(2,)", "(3,)")
 raises("call-positional", lambda: kernel(SR)(np.zeros(3)), TypeError, "by name", "W=")
 raises("call-mlp-not-simplex", lambda: call("mlp", Y=np.random.default_rng(0).uniform(size=(5, 3))), InputError,
@@ -549,6 +555,25 @@ agrees("softmax-regression-signed-simplex", _agree_entry(SR, Y=np.tile([2.0, -1.
 agrees("softmax-regression-logits-1e3", _agree_entry(SR, X=np.random.default_rng(1).normal(size=(5, 3)) * 1e3))
 agrees("softmax-regression-int-arrays", _agree_entry(SR, X=np.arange(15).reshape(5, 3) % 3))
 agrees("softmax-regression-torch", _agree_entry(SR, "torch"))
+agrees("softmax-regression-fortran-order", _agree_entry(SR, W=np.asfortranarray(arrays(SR)["W"])))
+
+
+def _reversed_views(backend: str) -> Callable[[], None]:
+    """Arrays that are reversed views (negative strides): the same result as their copies."""
+    def run() -> None:
+        a = arrays(SR)
+        view = {**a, "X": a["X"][::-1].copy()[::-1], "W": a["W"][:, ::-1].copy()[:, ::-1]}
+        assert any(s < 0 for s in view["X"].strides)
+        want = numeric.compile(model(SR), backend)(**a)
+        got = numeric.compile(model(SR), backend)(**view)
+        for k in want["grad"]:
+            assert verify.compare(got["grad"][k], want["grad"][k])[0] == 0.0
+
+    return run
+
+
+agrees("reversed-views-numpy", _reversed_views("numpy"))
+agrees("reversed-views-torch", _reversed_views("torch"))
 agrees("mlp-layers-1", lambda: assert_agrees(model("mlp", layers=1), {
     **{k: np.random.default_rng(2).normal(size=s) for k, s in model("mlp", layers=1).shapes().items()},
     "Y": np.full((5, 3), 1 / 3)}))
@@ -624,6 +649,10 @@ raises("check-rtol-nan-with-wrong-impl", lambda: verify.check(
     model(LR), implementation=lambda **a: {"loss": _lr_kernel(**a)["loss"],
                                            "grad": {k: 1.5 * v for k, v in _lr_kernel(**a)["grad"].items()}},
     rtol=float("nan"), examples=1), ValueError, "rtol", "nan")
+raises("example-mode", lambda: verify.example(model(SR), seed=0, sizes={}, mode="huge"), ValueError, "'huge'",
+       "normal")
+raises("example-seed", lambda: verify.example(model(SR), seed=-1, sizes={}), ValueError, "seed", "-1")
+raises("example-sizes", lambda: verify.example(model(SR), seed=0, sizes={"q": 3}), ModelError, "q", "n, p, K")
 raises("check-not-a-model", lambda: verify.check(3.0), TypeError, "float")  # type: ignore[arg-type]
 raises("check-unknown-name", lambda: verify.check("no_such_model", examples=1), ModelError, "'no_such_model'")
 

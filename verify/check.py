@@ -918,6 +918,10 @@ def example(m: Model | str, seed: int, sizes: dict[str, int], mode: str = "norma
     gives the state before that step (torch.optim's, from a zero state) and the gradient ``g`` of the step."""
     if isinstance(m, str):
         m = derive.models.get(m)
+    if mode not in MODES:  # an unknown mode would silently draw normal values
+        raise ValueError(f"mode {mode!r} is unknown; choose from {', '.join(MODES)}")
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     ex = Example(sizes, seed, mode)
     if not m.is_update:
         return ex.arrays(m)
