@@ -36,6 +36,11 @@ bare expression, is the loss, a scalar. ``#`` starts a comment.
 Errors are one line (:class:`ParseError`, a :class:`~derive.program.ModelError`): the line and column and what
 was expected there, an unknown function with the known ones, an undeclared name with the declared ones, and
 a shape mismatch with both shapes (:class:`ExpressionShapeError`, also a :class:`~derive.tensor.ShapeError`).
+Text that would make reading or SymPy's exact arithmetic run away is refused the same way, before anything is
+computed: nesting deeper than 200 levels (parentheses, signs, a chain of 200 operations: split it into lines),
+a matrix power beyond ``A^32``, and constants that are not finite real numbers of float64 or too large to
+write exactly (``1e400``, ``1/0``, ``x ./ 0``, ``(-1)^0.5``, ``log(0)``, ``exp(1000)``, ``2^2^2^2^2^2``).
+Variables and equations print as SymPy prints symbols: ``mu`` as :math:`\mu`, ``W1`` as :math:`W_{1}`.
 """
 
 from __future__ import annotations
@@ -938,19 +943,24 @@ def parse(text: str, wrt: str | Iterable[str] | None = None, **types: str) -> Mo
         if k not in used:
             continue
         shape = tuple(dims[d] for d in dec.dims)
-        values[k] = (b.param(k, shape, domain=dec.domain) if k in wrt_names else
-                     b.input(k, shape, domain=dec.domain))
+        values[k] = (b.param(k, shape, _tex(k), domain=dec.domain) if k in wrt_names else
+                     b.input(k, shape, _tex(k), domain=dec.domain))
     builder = _Build(checker, dims, values)
     for st, name in defined:
         node = builder.build(st.expr)
         _check_constants(node, f"line {st.line}" if len(statements) > 1 else "the expression")
-        values[name] = b.eq(name, node)
+        values[name] = b.eq(name, node, _tex(name))
     hess = tuple(w for w in wrt_names if decls[w].kind in (SCALAR, COL))
     m = b.model(reduction="sum", hessian=hess)
     args = [repr(text)] + ([f"wrt={wrt_names!r}"] if wrt is not None else [])
     args += [f"{k}={v!r}" for k, v in types.items()]
     m.rebuild = f"derive.parse({', '.join(args)})"
     return m
+
+
+def _tex(name: str) -> str:
+    """The LaTeX of a name as SymPy writes symbols: ``mu`` -> ``\\mu``, ``W1`` -> ``W_{1}``, ``x_hat`` -> ``x_{hat}``."""
+    return sp.latex(sp.Symbol(name))
 
 
 def _children(e: Expr) -> list[Expr]:
