@@ -290,3 +290,17 @@ def test_drawn_programs_verify(text: str) -> None:
     assert derive.latex(m)
     rep = verify.check(m, examples=2, derandomize=True)
     assert rep.reference == "the eager evaluation of its forward program" and rep.examples == 2, text
+
+
+def test_bench_parse_examples_are_the_parsed_losses() -> None:
+    """The benchmark's section ``parse`` times each example's kernel against autograd on the loss written in
+    torch: that loss must be the parsed expression (checked here on small sizes; nothing is timed)."""
+    from numeric.bench import SECTIONS
+    from numeric.bench_parse import EXAMPLES, _parsed, _tensors
+
+    assert "parse" in SECTIONS and len(EXAMPLES) >= 12
+    for ex in EXAMPLES:
+        m = _parsed(ex)
+        ts = _tensors(m, ex.sizes(5, 3), seed=1)
+        want = ex.torch_loss(**ts)
+        assert float(verify.eager_reference(m)(**ts)) == pytest.approx(float(want), rel=1e-12), ex.name
