@@ -581,6 +581,7 @@ SECTIONS: dict[str, Callable[[Settings], int]] = {
     "scaling": _deep("scaling"),
     "sizes": _deep("size_independence"),
     "layers": _layers,
+    "parse": lambda settings: __import__("numeric.bench_parse", fromlist=["bench_parse"]).bench_parse(settings),
 }
 
 
