@@ -224,10 +224,10 @@ class TorchReference:
         values = (f"your backward gives {rv:.12g}, the derivative of your forward {kv:.12g}, finite differences "
                   f"{fd:.12g}")
         if kernel_ok and not ref_ok:
-            who = (f"your backward (autograd.Function {', '.join(self.custom)})" if self.custom
-                   else "torch autograd on your code")
+            who = "your backward" if self.custom else "torch autograd on your code"
+            fns = f" (autograd.Function {', '.join(self.custom)})" if self.custom else ""
             return (f"{who} for `{k}` disagrees with the derivative of your forward (and with finite "
-                    f"differences) at {where}: {values}; the backward is wrong")
+                    f"differences) at {where}{fns}: {values}; the backward is wrong")
         if ref_ok and not kernel_ok:
             return (f"dlmath's derivative of your forward for `{k}` disagrees with your backward and with finite "
                     f"differences at {where}: {values}; this is a dlmath bug, please report it")
@@ -307,6 +307,28 @@ def from_torch(module_or_function: Any, *example_args: Any, name: str | None = N
         # has the user's whole stack, so the refusal names the line that called the operation
         line = _strict_line(module, args, dynamic, e.node)
         raise ModelError(e.message(line)) from None
+
+
+def _size_pairs(base: str, args: Sequence[Any]) -> list[tuple[Any, Any]]:
+    """The sizes an operation needs equal: a view's element counts, a product's inner sizes, and the aligned
+    trailing sizes of broadcast operands."""
+    tensors = [a for a in args if isinstance(a, Node)]
+    if base in ("view", "reshape", "_unsafe_view") and tensors and len(args) > 1 \
+            and isinstance(args[1], (list, tuple)) and all(as_expr(d) != -1 for d in args[1]):
+        return [(sp.Mul(*tensors[0].shape), sp.Mul(*(as_expr(d) for d in args[1])))]
+    if base in ("linear",) and len(tensors) >= 2:
+        return [(tensors[0].shape[-1], tensors[1].shape[-1])]
+    if base in ("mm", "bmm", "matmul", "addmm") and len(tensors) >= 2:
+        x, y = tensors[-2:]
+        return [(x.shape[-1], y.shape[-2] if y.ndim > 1 else y.shape[-1])]
+    if base == "cat" and args and isinstance(args[0], (list, tuple)):
+        tensors = [a for a in args[0] if isinstance(a, Node)]
+    pairs = []
+    for t in tensors[1:]:
+        for a, b in zip(reversed(tensors[0].shape), reversed(t.shape)):
+            if as_expr(a) != 1 and as_expr(b) != 1:
+                pairs.append((a, b))
+    return pairs
 
 
 class _Restart(Exception):
@@ -477,22 +499,30 @@ class _Converter:
         that dimension substituted (:class:`_Restart`); otherwise nothing happens."""
         inv = {d: t for t, d in self.symbols.items()}
         hints = {d: self.hints.get(t) for t, d in self.symbols.items()}
+        at_hints = {k: sp.Integer(v) for k, v in hints.items() if v is not None}
+        newest = list(inv)
         for a, b in pairs:
             diff = sp.expand(as_expr(a) - as_expr(b))
-            if diff == 0 or diff.has(sp.floor, sp.ceiling, sp.Mod):
+            if diff == 0 or not diff.free_symbols & set(inv):
                 continue
-            for d in sorted(diff.free_symbols & set(inv), key=lambda x: -list(inv).index(x)):
-                try:
-                    sols = sp.solve(diff, d)
-                except (NotImplementedError, ValueError, TypeError):
-                    continue
-                for sol in sols:
-                    ok_form = (sol.is_Symbol and sol in inv) or (sol.is_Integer and sol > 0)
-                    if not ok_form or hints.get(d) is None:
+            if diff.xreplace(at_hints) != 0:
+                continue  # sizes that differ at the example too: a real mismatch, reported as it is
+            syms = sorted(diff.free_symbols & set(inv), key=lambda x: -newest.index(x))
+            if not diff.has(sp.floor, sp.ceiling, sp.Mod):
+                for d in syms:
+                    try:
+                        sols = sp.solve(diff, d)
+                    except (NotImplementedError, ValueError, TypeError):
                         continue
-                    at = sol.xreplace({k: sp.Integer(v) for k, v in hints.items() if v is not None})
-                    if at.is_Integer and int(at) == hints[d]:
-                        raise _Restart(inv[d], sol.xreplace(inv))
+                    for sol in sols:
+                        ok_form = (sol.is_Symbol and sol in inv) or (sol.is_Integer and sol > 0)
+                        if ok_form and hints.get(d) is not None and sol.xreplace(at_hints) == hints[d]:
+                            raise _Restart(inv[d], sol.xreplace(inv))
+            # no size follows from the others (a flatten feeding a Linear pins H W only jointly): the
+            # newest size in the equation is the example's, as torch's code needs
+            d = next((x for x in syms if hints.get(x) is not None), None)
+            if d is not None:
+                raise _Restart(inv[d], sp.Integer(hints[d]))
 
     def _new_dim(self, sym: Any, example: int | None) -> sp.Symbol:
         first = not self.symbols
@@ -711,9 +741,7 @@ class _Converter:
         try:
             return rule(*args, **kwargs)
         except ShapeError as e:
-            if base in ("view", "reshape", "_unsafe_view") and isinstance(args[0], Node) and len(args) > 1 \
-                    and all(as_expr(d) != -1 for d in args[1]):
-                self._unify([(sp.Mul(*args[0].shape), sp.Mul(*(as_expr(d) for d in args[1])))])
+            self._unify(_size_pairs(base, args))
             raise ModelError(f"{self.label}: aten.{full} (at {_user_line(n)}) is not supported here: {e}") from None
         except (Unsupported, ValueError, TypeError, AttributeError, IndexError) as e:
             raise ModelError(f"{self.label}: aten.{full} (at {_user_line(n)}) is not supported here: {e}") from None

@@ -496,6 +496,84 @@ def _amax(x: Node, dim: Any = None, keepdim: bool = False) -> Node:
                        _sum(ties, list(axes), keepdim))
 
 
+@rule("linalg_vector_norm", "norm.ScalarOpt_dim", "norm.Scalar")
+def _vector_norm(x: Node, ord: Any = 2, dim: Any = None, keepdim: bool = False, dtype: Any = None) -> Node:
+    """``||x||_p`` over ``dim``; the 2-norm of the whole tensor is the :class:`Norm` primitive (gradient 0 at
+    x = 0, as torch); over some axes it is ``sqrt(sum x^2)``."""
+    from ..tensor import norm
+
+    p = _number(2 if ord is None else ord)
+    axes = _axes(x, dim)
+    if p == 2:
+        if len(axes) == x.ndim and x.ndim:
+            return _keep(norm(x), x, axes, keepdim)
+        return elementwise(sp.sqrt(a0), _sum(elementwise(a0**2, x), list(axes), keepdim))
+    if p == 1:
+        return _sum(elementwise(sp.Abs(a0), x), list(axes), keepdim)
+    if p == sp.oo:
+        return _amax(elementwise(sp.Abs(a0), x), list(axes), keepdim)
+    if p.is_positive:
+        return elementwise(F.power(a0, 1 / p), _sum(elementwise(F.power(sp.Abs(a0), p), x), list(axes), keepdim))
+    raise Unsupported(f"the norm of order {ord}")
+
+
+@rule("max.dim")
+def _max_dim(x: Node, dim: int, keepdim: bool = False) -> tuple[Node, None]:
+    """``torch.max(x, dim)``: the values (the gradient to the index it returns, the first maximum) and no
+    indices."""
+    ax = _ax(x, dim)
+    return (_keep(max_(x, ax), x, (ax,), keepdim), None)
+
+
+@rule("min.dim")
+def _min_dim(x: Node, dim: int, keepdim: bool = False) -> tuple[Node, None]:
+    ax = _ax(x, dim)
+    return (_keep(elementwise(-a0, max_(elementwise(-a0, x), ax)), x, (ax,), keepdim), None)
+
+
+@rule("max", "max.default")
+def _max_all(x: Node) -> Node:
+    return _amax(x)
+
+
+@rule("amin", "min", "min.default")
+def _amin(x: Node, dim: Any = None, keepdim: bool = False) -> Node:
+    return elementwise(-a0, _amax(elementwise(-a0, x), dim, keepdim))
+
+
+@rule("hardtanh")
+def _hardtanh(x: Node, lo: Any = -1.0, hi: Any = 1.0) -> Node:
+    return elementwise(F.clamp(a0, _rational(lo), _rational(hi)), x)
+
+
+@rule("group_norm")
+def _group_norm_op(x: Node, groups: int, w: Node | None = None, b: Node | None = None, eps: float = 1e-5,
+                   cudnn_enabled: bool = True) -> Node:
+    return _group_norm(x, w, b, x.shape[0], x.shape[1], None, groups, eps)[0]
+
+
+@rule("native_group_norm")
+def _group_norm(x: Node, w: Node | None, b: Node | None, N: Any, C: Any, HxW: Any, groups: int,
+                eps: float) -> tuple[Any, ...]:
+    C = as_expr(x.shape[1])
+    if not C.is_Integer or int(C) % groups:
+        raise Unsupported(f"group norm of {C} channels in {groups} groups")
+    rest = x.shape[2:]
+    g = reshape(x, (x.shape[0], sp.Integer(groups), sp.Integer(int(C) // groups)) + tuple(rest))
+    axes = list(range(2, g.ndim))
+    mu = _mean(g, axes, keepdim=True)
+    gc = elementwise(a0 - a1, g, mu)
+    var = _mean(elementwise(a0**2, gc), axes, keepdim=True)
+    rstd = elementwise(1 / sp.sqrt(a0 + constant("epsilon", eps)), var)
+    out = reshape(elementwise(a0 * a1, gc, rstd), x.shape)
+    stat = (C,) + (sp.S.One,) * len(rest)
+    if w is not None:
+        out = elementwise(a0 * a1, out, reshape(w, stat))
+    if b is not None:
+        out = elementwise(a0 + a1, out, reshape(b, stat))
+    return (out, mu, rstd)
+
+
 @rule("_softmax")
 def _softmax(x: Node, dim: int, half_to_float: bool = False) -> Node:
     return softmax(x, _ax(x, dim))
