@@ -344,3 +344,19 @@ def test_random_dropout_refused_with_the_fix() -> None:
     with pytest.raises(derive.ModelError) as e:
         derive.from_torch(mod, _r(4, 3))
     assert "\n" not in str(e.value) and "eval" in str(e.value)
+
+
+# ---------------------------------------------------------------------------------------------------
+# nn.TransformerEncoderLayer: captured, derived, verified
+# ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_transformer_encoder_layer_captured_derived_and_verified(mode: str) -> None:
+    torch.manual_seed(6)
+    layer = nn.TransformerEncoderLayer(d_model=16, nhead=2, dropout=0).double()
+    layer.train(mode == "train")
+    m = _agree(layer, (_r(3, 2, 16),), (_r(5, 3, 16),))  # (sequence, batch, features): both sizes dynamic
+    assert len(m.dims) == 2 and {"self_attn_in_proj_weight", "linear1_weight", "norm2_bias"} <= set(m.params)
+    assert derive.backprop(m)
+    verify.check(m, examples=2)
