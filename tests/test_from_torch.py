@@ -360,3 +360,87 @@ def test_transformer_encoder_layer_captured_derived_and_verified(mode: str) -> N
     assert len(m.dims) == 2 and {"self_attn_in_proj_weight", "linear1_weight", "norm2_bias"} <= set(m.params)
     assert derive.backprop(m)
     verify.check(m, examples=2)
+
+
+# ---------------------------------------------------------------------------------------------------
+# the CLI: dlmath derive / verify --torch MODULE:FACTORY
+# ---------------------------------------------------------------------------------------------------
+
+_FACTORIES = '''
+import torch
+
+
+class Sig(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return torch.sigmoid(x)
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return g * torch.sigmoid(x)  # wrong: the (1 - s) factor is missing
+
+
+def mlp():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(4, 5), torch.nn.Tanh(), torch.nn.Linear(5, 2)), (torch.randn(3, 4),)
+
+
+def wrong():
+    return (lambda x: Sig.apply(x).sum()), torch.randn(3, 4)
+
+
+def broken():
+    raise RuntimeError("no weights here")
+
+
+def not_a_pair():
+    return 3
+'''
+
+
+@pytest.fixture
+def factories(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> str:
+    import uuid
+
+    name = f"torch_factories_{uuid.uuid4().hex[:8]}"
+    (tmp_path / f"{name}.py").write_text(_FACTORIES)
+    monkeypatch.chdir(tmp_path)
+    return name
+
+
+def test_cli_derive_and_verify_torch_factory(factories: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from verify.cli import main
+
+    assert main(["derive", "--torch", f"{factories}:mlp", "--format", "latex"]) == 0
+    out = capsys.readouterr().out
+    assert r"W_{0} \mathrm{input}^{(i)} + b_{0}" in out and "g_{W_{2}}" in out
+    assert main(["verify", "--torch", f"{factories}:mlp", "--examples", "2"]) == 0
+    assert main(["verify", "--torch", f"{factories}:wrong", "--examples", "2"]) == 1
+    err = capsys.readouterr().err
+    assert "your backward for `x` disagrees with the derivative of your forward (and with finite differences)" in err
+
+
+@pytest.mark.parametrize("spec, says", [
+    ("{m}", "should look like MODULE:FACTORY"),
+    ("no_such_module_here:f", "cannot import 'no_such_module_here'"),
+    ("{m}:nope", "has no function 'nope'"),
+    ("{m}:broken", "broken() raised RuntimeError: no weights here"),
+    ("{m}:not_a_pair", "should return (module_or_function, example_args)"),
+])
+def test_cli_bad_torch_factory_exits_2_in_one_line(factories: str, spec: str, says: str,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    from verify.cli import main
+
+    for cmd in ("derive", "verify"):
+        assert main([cmd, "--torch", spec.format(m=factories)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert says in err and len(err.splitlines()) == 1, err
+
+
+def test_cli_model_and_torch_together_refused(factories: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from verify.cli import main
+
+    assert main(["derive", "softmax_regression", "--torch", f"{factories}:mlp"]) == 2
+    assert "not both" in capsys.readouterr().err
