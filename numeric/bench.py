@@ -26,6 +26,7 @@ import argparse
 import dataclasses
 import functools
 import gc
+import importlib
 import inspect
 import os
 import platform
@@ -581,6 +582,7 @@ SECTIONS: dict[str, Callable[[Settings], int]] = {
     "scaling": _deep("scaling"),
     "sizes": _deep("size_independence"),
     "layers": _layers,
+    "torch": lambda settings: int(importlib.import_module("numeric.bench_torch").bench_torch(settings)),
 }
 
 
