@@ -26,6 +26,7 @@ import argparse
 import dataclasses
 import functools
 import gc
+import importlib
 import inspect
 import os
 import platform
@@ -581,7 +582,8 @@ SECTIONS: dict[str, Callable[[Settings], int]] = {
     "scaling": _deep("scaling"),
     "sizes": _deep("size_independence"),
     "layers": _layers,
-    "parse": lambda settings: __import__("numeric.bench_parse", fromlist=["bench_parse"]).bench_parse(settings),
+    "parse": lambda settings: int(importlib.import_module("numeric.bench_parse").bench_parse(settings)),
+    "torch": lambda settings: int(importlib.import_module("numeric.bench_torch").bench_torch(settings)),
 }
 
 
