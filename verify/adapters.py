@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from derive.program import Model
+from derive.tensor import LABELS
 
 __all__ = ["Adapter", "upstream_inputs", "as_callable", "layout_perm"]
 
@@ -94,8 +95,12 @@ class Adapter:
                 raise ValueError(f"names[{k!r}] must be the implementation's keyword (an identifier), got {v!r}")
         self.perms = {k: layout_perm(m, k, v) for k, v in (layouts or {}).items()}
         self.back = {v: k for k, v in self.names.items()}
+        self.labels = {k for k, t in {**m.params, **m.inputs}.items() if t.domain == LABELS}
 
     def _to_impl(self, k: str, v: np.ndarray) -> Any:
+        if k in self.labels:  # integer class indices are handed over as integers (usable as indices)
+            a = np.array(v, copy=True).astype(np.int64)
+            return torch.tensor(a, device=self.device) if self.backend == "torch" else a
         a = np.array(v, dtype=np.float64, copy=True)
         if k in self.perms:
             a = np.ascontiguousarray(np.transpose(a, self.perms[k]))

@@ -448,6 +448,8 @@ def check(
     # the online network) makes the gradient differ from the derivative of the loss: no finite difference
     # measures it (the comparison with the reference's autograd, under the same detach, still does)
     semi = _stops_gradient(m)
+    #: how the implementation's last result was judged (its float32 tolerance), for a failure's report
+    judged: list[str] = []
 
     def run_impl(arrays: dict[str, np.ndarray], loss: float, grads: dict[str, np.ndarray], ex: Example,
                  record: bool) -> list[Failure]:
@@ -466,6 +468,7 @@ def check(
                                      f"modified `{k}` in place{where}: an implementation must not change its "
                                      f"inputs (copy before writing)", idx, now, was))
         tol, noise, note = _dtype_tolerance(model, ref, call.out, arrays, device, rtol, loss, grads)
+        judged[:] = [f"{who} {note}"] if note else []
         if note and record:
             report.note(f"{who}: {note}")
         fails += _compare_out(model, who, call.out, loss, grads, {}, {}, tol, report if record else None,
@@ -505,8 +508,9 @@ def check(
             if fails and kinks == "any" and ex.mode == "kinks":
                 fails = _one_sided(model, ref, arrays, device, fails, grads, rtol or RTOL, base_noise)
             if fails:
+                notes = list(judged)
                 raise _mismatch(model, who, fails, ex, ref_name,
-                                _diagnose(model, ref, ex, arrays, fails, run_impl, device))
+                                _diagnose(model, ref, ex, arrays, fails, run_impl, device), notes=notes)
         report.examples += 1
 
     _drive(model, one, examples, shrink, seed, drawn)
@@ -550,6 +554,9 @@ def _values(m: Model, values: Sequence[str] | None, default: Sequence[str], eage
     if bad or not vals:
         raise ValueError(f"values: unknown mode{'s' if len(bad) > 1 else ''} {', '.join(map(repr, bad)) or '(none)'}; "
                          f"choose from {', '.join(MODES)}")
+    if "large" in vals and m.newton:
+        raise ValueError(f"values 'large' for {m.name}: at inputs of a few hundred the logistic Hessian underflows "
+                         "to a singular matrix and the Newton step is undefined; draw normal or small values")
     if "large" in vals and eager and not m.is_update:
         raise ValueError(f"values 'large' for {m.name} needs a stable reference of its own: the eager evaluation "
                          "of the program overflows there; pass reference=")
@@ -627,12 +634,13 @@ class Failure:
 
 
 def _mismatch(m: Model, who: str, fails: list[Failure], ex: Example, ref_name: str,
-              diagnosis: str = "", step: int | None = None) -> Mismatch:
+              diagnosis: str = "", step: int | None = None, notes: Sequence[str] = ()) -> Mismatch:
     rep = reproduce(m, ex, step)
     n = len(fails)
     lines = [f"{m.name}: {who} disagrees with {ref_name} on {n} quantit{'y' if n == 1 else 'ies'} "
              f"({ex.describe()}):"]
     lines += [f"  {f.quantity}: {f.text}" if f.kind != "in-place" else f"  {f.text}" for f in fails]
+    lines += [f"  Judged: {n}" for n in notes]
     if diagnosis:
         lines.append(f"  Diagnosis: {diagnosis}")
     lines.append(f"Reproduce: {rep}")
@@ -1011,7 +1019,8 @@ def _check_update(m: Model, impl: Adapter | None, who: str, backend: str, device
                         report.record(f"{w}: state vs torch.optim", err)
                 if fails:
                     diag = _diagnose_update(m, state, grads, got, step, tol, device) if w == who else ""
-                    raise _mismatch(m, w, fails, ex, ref_name, diag, step=step + 1)
+                    raise _mismatch(m, w, fails, ex, ref_name, diag, step=step + 1,
+                                    notes=[f"{who} {note}"] if note else ())
         report.examples += 1
 
     _drive(m, one, examples, shrink, seed, drawn)

@@ -128,6 +128,9 @@ def _draw(rng: np.random.Generator, domain: str, shape: tuple[int, ...], mode: s
         v = v * 1e-3
     elif mode == "large" and not param:
         v = v * 300.0  # inputs of a few hundred: logits of order 1e3
+        if v.size:  # and one entry beyond exp's range (|x| = 1000 > 709.8): a naive log(1 + exp(x)) overflows
+            k = int(np.argmax(np.abs(v)))
+            v.flat[k] = 1000.0 if v.flat[k] >= 0 else -1000.0
     elif mode == "kinks":
         v = np.where(rng.uniform(size=shape) < 0.3, 0.0, np.round(v, 1))
     return v
