@@ -579,7 +579,14 @@ def _drive(m: Model, one: Callable[[Example], None], n: int, shrink: bool, seed:
 
     __tracebackhide__ = True
     with _private_hypothesis_storage():
-        run()
+        try:
+            run()
+        except Mismatch as e:
+            # hypothesis notes its internal call ("Failing test case: run(data=...)"); the report's
+            # Reproduce line is what rebuilds the example
+            if hasattr(e, "__notes__"):
+                del e.__notes__
+            raise
 
 
 @contextlib.contextmanager
