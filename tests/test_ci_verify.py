@@ -513,3 +513,23 @@ def test_the_same_verdict_in_fresh_processes_with_and_without_ci(user_module: st
             row.pop("seconds")
         docs.append(doc["results"])
     assert docs[0] == docs[1]
+
+
+def test_the_documented_workflow_installs_cpu_torch_and_runs_valid_commands() -> None:
+    """docs/ci.rst includes .github/examples/verify-your-code.yml: its dlmath commands parse with the CLI's own
+    parser, and PyTorch comes from the CPU index before dlmath."""
+    import shlex
+
+    from verify.cli import build_parser
+
+    text = (Path(__file__).resolve().parents[1] / ".github" / "examples" / "verify-your-code.yml").read_text()
+    lines = text.replace("\\\n", " ").splitlines()
+    install = [i for i, line in enumerate(lines) if "pip install" in line]
+    cpu = next(i for i in install if "torch --index-url https://download.pytorch.org/whl/cpu" in lines[i])
+    assert cpu < next(i for i in install if "install dlmath" in lines[i])
+    commands = [shlex.split(line.strip()) for line in lines if line.strip().startswith("dlmath verify")]
+    assert len(commands) >= 2
+    for argv in commands:
+        args = build_parser().parse_args(argv[1:])
+        assert args.impl and args.junit and args.json
+    assert any("--dlmath-examples" in line for line in lines)
