@@ -115,7 +115,7 @@ class Adapter:
         sent = {k: self._to_impl(k, v) for k, v in arrays.items()}
         before = {k: _arr(v).copy() for k, v in sent.items()}
         out = self.fn(**{self.names.get(k, k): v for k, v in sent.items()})
-        modified = {}
+        modified: dict[str, tuple[tuple[int, ...], float, float, int]] = {}
         for k, v in sent.items():
             now = _arr(v)
             if now.shape != before[k].shape or not np.array_equal(now, before[k], equal_nan=True):
@@ -130,17 +130,21 @@ class Adapter:
                     n0 = float(np.transpose(now, np.argsort(self.perms[k]))[idx])
                 else:
                     b0, n0 = float(before[k][idx]), float(now[idx])
-                modified[k] = (idx, b0, n0, int(diff.sum()))  # type: ignore[assignment]
-        return Call(self._rename_out(out), modified)  # type: ignore[arg-type]
+                modified[k] = (idx, b0, n0, int(diff.sum()))
+        return Call(self._rename_out(out), modified)
+
+    def _ours(self, key: str) -> str:
+        """dlmath's name for the implementation's result key ``key``."""
+        return self.back.get(key, key)
 
     def _rename_out(self, out: Any) -> Any:
         if not isinstance(out, dict):
             return out
         if self.m.is_update:
-            return {self.back.get(k, k): self._from_impl(self.back.get(k, k), v) for k, v in out.items()}  # type: ignore[arg-type]
+            return {self._ours(k): self._from_impl(self._ours(k), v) for k, v in out.items()}
         res = dict(out)
         if isinstance(out.get("grad"), dict):
-            res["grad"] = {self.back.get(k, k): self._from_impl(self.back.get(k, k), v) for k, v in out["grad"].items()}
+            res["grad"] = {self._ours(k): self._from_impl(self._ours(k), v) for k, v in out["grad"].items()}
         return res
 
 

@@ -966,10 +966,13 @@ def _check_update(m: Model, impl: Adapter | None, who: str, backend: str, device
     drawn = _values(m, values, ("normal", "small", "large"), False)
     report = Report(m.name, backend, device, rtol=rtol or RTOL, reference=ref_name, modes=drawn, seed=seed)
 
+    #: per step, each state name -> (what the implementation returned, that as a float64 array)
+    Trajectory = list[dict[str, tuple[Any, np.ndarray]]]
+
     def run_steps(f: Callable[..., Any], state: dict[str, np.ndarray], grads: list[np.ndarray],
-                  as_torch: bool) -> tuple[list[dict[str, np.ndarray]], list[Failure]]:
+                  as_torch: bool) -> tuple[Trajectory, list[Failure]]:
         cur = dict(state)
-        traj = []  # type: ignore[var-annotated]
+        traj: Trajectory = []
         for i, g in enumerate(grads):
             args = {**cur, "g": g}
             try:
@@ -978,14 +981,14 @@ def _check_update(m: Model, impl: Adapter | None, who: str, backend: str, device
                 else:
                     nxt = f(**({k: torch.tensor(v, device=device) for k, v in args.items()} if as_torch else args))
             except Exception as e:
-                return traj, [Failure(who, f"step {i + 1}", "raised", f"raised {type(e).__name__}: {e}")]  # type: ignore[return-value]
+                return traj, [Failure(who, f"step {i + 1}", "raised", f"raised {type(e).__name__}: {e}")]
             if not isinstance(nxt, dict) or set(nxt) != set(state):
                 got = sorted(nxt) if isinstance(nxt, dict) else type(nxt).__name__
-                return traj, [Failure(who, "the result", "type",  # type: ignore[return-value]
+                return traj, [Failure(who, "the result", "type",
                                       f"an update must return the next state {sorted(state)}, got {got}")]
             cur = {k: _np(v).copy() for k, v in nxt.items()}
-            traj.append({k: (nxt[k], cur[k]) for k in nxt})  # type: ignore[misc]
-        return traj, []  # type: ignore[return-value]
+            traj.append({k: (nxt[k], cur[k]) for k in nxt})
+        return traj, []
 
     def one(ex: Example) -> None:
         state, grads = _update_example(m, ex)
