@@ -145,6 +145,33 @@ def relu_zeroes_Z(Z: Array, G: Array) -> dict[str, Any]:
     return out
 
 
+def relu_half_at_0(Z: Array, G: Array) -> dict[str, Any]:
+    """ReLU'(0) = 1/2: a subgradient, but neither one-sided derivative."""
+    return {"loss": float(np.sum(G * np.maximum(Z, 0))), "grad": {"Z": G * ((Z > 0) + 0.5 * (Z == 0))}}
+
+
+def _max_pool(X: Array, G: Array, route: str) -> dict[str, Any]:
+    """2x2 max pooling, stride 2, by loops; the gradient of a window goes to its first, its last or every
+    maximum (``route``)."""
+    n, C, H, W = X.shape
+    out, gX = np.zeros(G.shape), np.zeros(X.shape)
+    for a, c, i, j in np.ndindex(n, C, H // 2, W // 2):
+        win = X[a, c, 2 * i:2 * i + 2, 2 * j:2 * j + 2]
+        out[a, c, i, j] = win.max()
+        at = np.argwhere(win == win.max())
+        for r, q in {"first": at[:1], "last": at[-1:], "every": at}[route]:
+            gX[a, c, 2 * i + r, 2 * j + q] += G[a, c, i, j]
+    return {"loss": float(np.sum(G * out)), "grad": {"X": gX}}
+
+
+def max_pool_last(X: Array, G: Array) -> dict[str, Any]:
+    return _max_pool(X, G, "last")
+
+
+def max_pool_every(X: Array, G: Array) -> dict[str, Any]:
+    return _max_pool(X, G, "every")
+
+
 def softplus_naive(Z: Array, G: Array) -> dict[str, Any]:
     with np.errstate(over="ignore"):
         return {"loss": float(np.sum(G * np.log(np.exp(Z) + 1))), "grad": {"Z": G / (1 + np.exp(-Z))}}
@@ -234,6 +261,16 @@ CASES = [
          rejects=(r"differs only where `Z == 0`: your derivative there is 1, PyTorch's is 0", r"kinks='any'")),
     Case("relu_derivative_1_at_0_kinks_any", "relu", relu_ge,
          kw={"backend": "numpy", "values": ("kinks",), "kinks": "any"}),
+    Case("relu_half_at_0_kinks_any", "relu", relu_half_at_0,
+         kw={"backend": "numpy", "values": ("kinks",), "kinks": "any"},
+         rejects=(r"differs only where `Z == 0`: your derivative there is 0\.5, PyTorch's is 0",)),
+    Case("max_pool_ties_to_the_last", "max_pool2d", max_pool_last, kw={"backend": "numpy", "values": ("kinks",)},
+         rejects=(r"gradient X", r"PyTorch routes a max's gradient to the first of equal maxima",
+                  r"kinks='any'")),
+    Case("max_pool_ties_to_the_last_kinks_any", "max_pool2d", max_pool_last,
+         kw={"backend": "numpy", "values": ("kinks",), "kinks": "any"}),
+    Case("max_pool_ties_to_every_maximum_kinks_any", "max_pool2d", max_pool_every,
+         kw={"backend": "numpy", "values": ("kinks",), "kinks": "any"}, rejects=(r"gradient X", r"ties")),
     Case("softplus_overflows", "softplus", softplus_naive, kw={"backend": "numpy", "values": ("normal", "large")},
          rejects=(r"differs only for large values", r"your implementation overflows")),
     Case("softplus_stable", "softplus", softplus_stable, kw={"backend": "numpy"}),
