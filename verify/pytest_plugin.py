@@ -92,10 +92,14 @@ def dlmath_verify(request: Any) -> Callable[..., Report]:
         kwargs.setdefault("device", device)
         if seed is not None:
             kwargs.setdefault("seed", seed)
+        from derive import ModelError
+
         try:
             return check(m, implementation=implementation, **kwargs)
-        except Mismatch as e:
-            # raised afresh here: pytest shows the test's line and the report, not hypothesis' and dlmath's frames
+        except (Mismatch, ModelError) as e:
+            # raised afresh here: pytest shows the test's line and the report, not hypothesis' and dlmath's
+            # frames (errors of the implementation are in the report; other errors keep their traceback: they
+            # may come from a reference= of yours)
             raise e.with_traceback(None) from None
 
     return run
