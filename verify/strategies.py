@@ -10,7 +10,9 @@ selects the values (:data:`MODES`):
     the same times 1e-3 (values near 0: cancellation, tiny denominators);
 ``large``
     inputs times 300 (inputs of a few hundred, so logits of order 1e3, where only stable forms such as
-    ``logaddexp`` and the shifted softmax stay finite; parameters stay O(1));
+    ``logaddexp`` and the shifted softmax stay finite; parameters stay O(1)), and the largest entry of each
+    input set to +-1000, beyond the range of ``exp`` (e^709.8 overflows), so that an elementwise
+    ``log(1 + exp(z))`` overflows in every example, not only when a draw happens to exceed 709;
 ``kinks``
     exact zeros (30% of the entries) and ties (the rest rounded to one decimal), where activations are
     non-smooth (ReLU at 0, max pooling between equal entries).
