@@ -43,13 +43,16 @@ def _choose(entry: str, option: str, value: object, choices: tuple[str, ...]) ->
         raise ModelError(f"{entry}: {option} {value!r} is unknown; choose one of: {', '.join(map(repr, choices))}")
 
 
-def _positive(entry: str, option: str, value: object, lo: float = 0.0, hi: float | None = None) -> float:
+def _number(entry: str, option: str, value: object, lo: float, hi: float | None = None,
+            open_lo: bool = True) -> float:
+    """``value`` as a float in (lo, hi] (``[lo, hi]`` with ``open_lo=False``; finite, unbounded for ``hi=None``)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ModelError(f"{entry}: {option} must be a number, got {value!r}")
     v = float(value)
-    if not (v > lo if hi is None else lo < v <= hi) or v != v:
-        raise ModelError(f"{entry}: {option} must be " + (f"> {lo:g}" if hi is None else f"in ({lo:g}, {hi:g}]")
-                         + f", got {value!r}")
+    above = v > lo if open_lo else v >= lo
+    if not (above and (hi is None or v <= hi)) or v == float("inf"):  # NaN fails both comparisons
+        where = ("(" if open_lo else "[") + f"{lo:g}, " + ("inf)" if hi is None else f"{hi:g}]")
+        raise ModelError(f"{entry}: {option} must be in {where}, got {value!r}")
     return v
 
 
@@ -241,8 +244,7 @@ def wgan_gp(lam: float = 10.0) -> Model:
     batch mean, with D(x) = w_2^T tanh(W_1 x + b_1) + b_2 and G(z) = V_2 tanh(V_1 z + c_1) + c_2; gradients in the
     critic's parameters. The inner gradient is derived by the engine (Builder.gradient), its gradient by
     differentiating the program again."""
-    lam_v = _positive("wgan_gp", "lam", lam, -1.0)
-    del lam_v
+    _number("wgan_gp", "lam", lam, 0.0, open_lo=False)
     b = Builder("wgan_gp", "WGAN-GP critic loss (gradient penalty, derived inside the program)", "§8.3",
                 {"lam": lam})
     b.samples("n", 3, 1, 5)
@@ -273,8 +275,8 @@ def wgan_gp(lam: float = 10.0) -> Model:
 def q_learning(alpha: float = 0.1, gamma: float = 0.9) -> Model:
     r"""Q(s, a) <- Q(s, a) + alpha (r + gamma (1 - done) max_a' Q(s', a') - Q(s, a)), with the state s, the action a
     and the next state s' one-hot: Q <- Q + alpha delta s a^T."""
-    _positive("q_learning", "alpha", alpha, 0.0, 1.0)
-    _positive("q_learning", "gamma", gamma, -1e-300, 1.0)
+    _number("q_learning", "alpha", alpha, 0.0, 1.0)
+    _number("q_learning", "gamma", gamma, 0.0, 1.0, open_lo=False)
     b = Builder("q_learning", "tabular Q-learning update", "§8.4", {"alpha": alpha, "gamma": gamma})
     S = b.dim("S", 4, 1, 5)
     A = b.dim("A", 3, 1, 4)
@@ -297,7 +299,7 @@ def dqn(gamma: float = 0.99, huber: bool = False) -> Model:
     r"""DQN: q(s) = W_2 ReLU(W_1 s + b_1) + b_2, target y = sg[r + gamma (1 - done) max q^-(s')] from the target
     network (no gradient flows into it), C = (a^T q(s) - y)^2, or the Huber loss of that difference
     (``huber=True``, delta = 1: its derivative is clamp(u, -1, 1)); batch mean."""
-    _positive("dqn", "gamma", gamma, -1e-300, 1.0)
+    _number("dqn", "gamma", gamma, 0.0, 1.0, open_lo=False)
     if not isinstance(huber, bool):
         raise ModelError(f"dqn: huber must be True or False, got {huber!r}")
     b = Builder("dqn", "DQN semi-gradient TD loss with a target network" + (" (Huber)" if huber else ""), "§8.4",
