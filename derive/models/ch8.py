@@ -34,6 +34,7 @@ from ..nn import (
 from ..program import Builder, Model, ModelError
 from ..tensor import ARG, IndexGrid, Node, Var, gather, map_
 from . import register
+from .specs import Bool, Choice, Int, Real
 
 _GCN_ACTIVATIONS = ("relu", "tanh", "sigmoid", "leaky_relu", "softplus", "identity")
 
@@ -123,7 +124,9 @@ def vae() -> Model:
 # -- §8.2: the diffusion (DDPM) loss --------------------------------------------------------------------------
 
 
-@register("diffusion", "§8.2", "DDPM epsilon-prediction loss (linear noise schedule)")
+@register("diffusion", "§8.2", "DDPM epsilon-prediction loss (linear noise schedule)",
+          options={"T_steps": Int(lo=2), "beta_1": Real(lo=0, hi=1, open_lo=True, open_hi=True),
+                   "beta_T": Real(lo=0, hi=1, open_lo=True, open_hi=True)})
 def diffusion(T_steps: int = 100, beta_1: float = 1e-4, beta_T: float = 0.02) -> Model:
     r"""DDPM loss: x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps, ehat = W_2 ReLU(W_1 [x_t; t/T] + b_1) + b_2,
     C = ||eps - ehat||^2, batch mean; beta_s linear from beta_1 to beta_T over s = 1, ..., T and
@@ -200,7 +203,9 @@ def _gan_players(b: Builder, player: str, h: sp.Symbol, h2: sp.Symbol, p: sp.Sym
     return W1, b1, w2, b2, V1, c1, V2, c2
 
 
-@register("gan", "§8.3", "GAN: the discriminator's binary cross entropy, or the generator's loss")
+@register("gan", "§8.3", "GAN: the discriminator's binary cross entropy, or the generator's loss",
+          options={"player": Choice("discriminator", "generator"),
+                   "generator_loss": Choice("minimax", "non_saturating")})
 def gan(player: str = "discriminator", generator_loss: str = "minimax") -> Model:
     r"""GAN with logit D(x) = w_2^T tanh(W_1 x + b_1) + b_2 and generator G(z) = V_2 tanh(V_1 z + c_1) + c_2.
 
@@ -238,7 +243,8 @@ def gan(player: str = "discriminator", generator_loss: str = "minimax") -> Model
     return b.model(hard=())
 
 
-@register("wgan_gp", "§8.3", "WGAN-GP critic loss (gradient penalty, derived inside the program)")
+@register("wgan_gp", "§8.3", "WGAN-GP critic loss (gradient penalty, derived inside the program)",
+          options={"lam": Real(lo=0)})
 def wgan_gp(lam: float = 10.0) -> Model:
     r"""WGAN-GP critic loss D(G(z)) - D(x) + lambda (||grad_xhat D(xhat)||_2 - 1)^2, xhat = eps x + (1 - eps) G(z),
     batch mean, with D(x) = w_2^T tanh(W_1 x + b_1) + b_2 and G(z) = V_2 tanh(V_1 z + c_1) + c_2; gradients in the
@@ -271,7 +277,8 @@ def wgan_gp(lam: float = 10.0) -> Model:
 # -- §8.4: reinforcement learning -----------------------------------------------------------------------------
 
 
-@register("q_learning", "§8.4", "tabular Q-learning update")
+@register("q_learning", "§8.4", "tabular Q-learning update",
+          options={"alpha": Real(lo=0, hi=1, open_lo=True), "gamma": Real(lo=0, hi=1)})
 def q_learning(alpha: float = 0.1, gamma: float = 0.9) -> Model:
     r"""Q(s, a) <- Q(s, a) + alpha (r + gamma (1 - done) max_a' Q(s', a') - Q(s, a)), with the state s, the action a
     and the next state s' one-hot: Q <- Q + alpha delta s a^T."""
@@ -294,7 +301,8 @@ def q_learning(alpha: float = 0.1, gamma: float = 0.9) -> Model:
     return b.update_model({"Q": nxt})
 
 
-@register("dqn", "§8.4", "DQN semi-gradient TD loss with a target network")
+@register("dqn", "§8.4", "DQN semi-gradient TD loss with a target network",
+          options={"gamma": Real(lo=0, hi=1), "huber": Bool()})
 def dqn(gamma: float = 0.99, huber: bool = False) -> Model:
     r"""DQN: q(s) = W_2 ReLU(W_1 s + b_1) + b_2, target y = sg[r + gamma (1 - done) max q^-(s')] from the target
     network (no gradient flows into it), C = (a^T q(s) - y)^2, or the Huber loss of that difference
@@ -340,7 +348,7 @@ def dqn(gamma: float = 0.99, huber: bool = False) -> Model:
 # -- §8.5: graph networks ---------------------------------------------------------------------------------------
 
 
-@register("gcn", "§8.5", "graph convolution layer S(A_hat H W)")
+@register("gcn", "§8.5", "graph convolution layer S(A_hat H W)", options={"activation": Choice(*_GCN_ACTIVATIONS)})
 def gcn(activation: str = "relu") -> Model:
     r"""Graph convolution layer H^{[l+1]} = S(A_hat H^{[l]} W^{[l]}) for a (normalised) adjacency A_hat; a layer
     entry with loss sum(G * H^{[l+1]}), gradients in W and H."""
