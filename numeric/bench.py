@@ -581,6 +581,7 @@ SECTIONS: dict[str, Callable[[Settings], int]] = {
     "scaling": _deep("scaling"),
     "sizes": _deep("size_independence"),
     "layers": _layers,
+    "ch8": lambda settings: int(__import__("numeric.bench_ch8").bench_ch8.bench_ch8(settings)),
 }
 
 
