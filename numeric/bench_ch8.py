@@ -7,22 +7,25 @@ Two tables (``dlmath bench --only ch8``):
    time (caches cleared) of ``derive.models.get`` + ``derive.backprop`` and of ``numeric.source`` (torch; from
    cold caches it derives the adjoint program again),
    the number of adjoint equations, and the evidence that none of it depends on the sizes: the number of
-   adjoint equations whose shape mentions a number (0: every shape is symbolic), and a warm call of the one
-   compiled kernel at the default sizes and at sizes 4 to 64 times larger (n = 256): the derivation and the
-   generation ran once, before any size was known; only the call grows with the sizes.
+   adjoint equations whose shape mentions a number (0: every shape is symbolic), and that the one kernel
+   compiled before any size was known runs the default sizes and sizes 4 to 64 times larger (n = 256) without
+   a second compilation; then the derivation time of the options that are sizes (``diffusion``'s
+   ``T_steps``, the length of its schedule table; ``decoder_block``'s ``heads``, a dimension H), which stays
+   flat as they grow 100x and 8x.
 2. **kernels**: one forward+backward of the generated kernels of ``wgan_gp`` (whose loss holds the critic's
    input gradient, so its gradient is a second derivative) and ``vae`` at n = 256, float32 and float64, as
    ratios to torch eager autograd on an independent formulation written here with ``torch.nn.functional``
    (``create_graph=True`` for the penalty), timed side by side in interleaved rounds
    (:func:`numeric.bench.race`). ``torch``: the compiled torch kernel with its input checks; ``raw``: the
    generated function alone; ``numpy``: the NumPy kernel (raw). The kernels must agree with the eager
-   formulation before their times are shown.
+   formulation before their times are shown. The timings use one torch thread (see :data:`THREADS`); run
+   ``OPENBLAS_NUM_THREADS=1 dlmath bench --only ch8`` to give NumPy one thread too.
 """
 
 from __future__ import annotations
 
 import functools
-import time
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -42,7 +45,11 @@ __all__ = ["bench_ch8", "NEW", "eager_vae", "eager_wgan_gp"]
 
 NEW = ("kl_gaussian", "vae", "diffusion", "gan", "wgan_gp", "q_learning", "dqn", "gcn", "stacked_rnn", "birnn",
        "seq2seq", "decoder_block")
-THREADS = 2
+#: torch threads for the timings: one. On a loaded machine (this one has 2 cores shared by several users) a
+#: second worker thread waits for a core at every parallel op and the eager times jump 10x from round to round;
+#: one thread measures the kernels, not the scheduler. NumPy's OpenBLAS threads are set only from the
+#: environment before NumPy loads: run with OPENBLAS_NUM_THREADS=1 for the same reason.
+THREADS = 1
 N = 256
 #: the other sizes of the kernels table (n = 256 for both)
 KERNEL_SIZES = {"vae": {"n": N, "p": 64, "m": 128, "k": 16},
@@ -121,19 +128,21 @@ def _numbered_shapes(m: derive.Model, adjoint: list[derive.Equation]) -> int:
                                           (sp.sympify(d).is_number and int(d) > 1) for d in eq.lhs.shape))
 
 
-def _first_and_warm(m: derive.Model, sizes: dict[str, int]) -> tuple[float, float]:
-    """Seconds of the first call of the compiled torch kernel at ``sizes`` and the median of 5 warm calls after."""
+def _one_kernel_for_all_sizes(m: derive.Model) -> bool:
+    """Whether the kernel compiled before any size was known runs the default and the large sizes, without a
+    second compilation."""
     f = numeric.compile(m, "torch")
-    t = arrays(m, sizes)
-    start = time.perf_counter()
-    f(**t)
-    first = time.perf_counter() - start
-    warm = []
-    for _ in range(5):
-        start = time.perf_counter()
-        f(**t)
-        warm.append(time.perf_counter() - start)
-    return first, float(np.median(warm))
+    for sizes in (dict(m.defaults), _large(m)):
+        f(**arrays(m, sizes))
+    return numeric.compile(m, "torch") is f
+
+
+def _get_and_backprop(name: str, options: dict[str, Any]) -> list[derive.Equation]:
+    return list(derive.backprop(derive.models.get(name, **options)))
+
+
+#: options that are sizes: the length of diffusion's schedule table, the number of heads of decoder_block
+SIZE_OPTIONS = (("diffusion", "T_steps", (10, 100, 1000)), ("decoder_block", "heads", (1, 2, 8)))
 
 
 def _derive_table(settings: Settings) -> int:
@@ -156,11 +165,8 @@ def _derive_table(settings: Settings) -> int:
                 notes.append(f"{name}: {numbered} equation(s) with a numeric size")
             _clear_caches()
             m = derive.models.get(name)
-            f = numeric.compile(m, "torch")
-            big_sizes = _large(m)
-            _, small = _first_and_warm(m, dict(m.defaults))
-            _, big = _first_and_warm(m, big_sizes)
-            if numeric.compile(m, "torch") is not f:  # one kernel, generated before any size was known
+            one = _one_kernel_for_all_sizes(m)
+            if not one:
                 errors += 1
                 notes.append(f"{name}: a new kernel was compiled for new sizes")
         except Exception as exc:  # one broken entry must not hide the others
@@ -169,15 +175,29 @@ def _derive_table(settings: Settings) -> int:
             notes.append(f"{name}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
             continue
         kind = "update" if adjoint is None else str(len(adjoint))
-        rows.append([name, _ms(t_derive), _ms(t_source), kind, str(numbered), _ms(small), _ms(big),
-                     " ".join(f"{k}={v}" for k, v in big_sizes.items())])
+        rows.append([name, _ms(t_derive), _ms(t_source), kind, str(numbered), "yes" if one else "NO",
+                     " ".join(f"{k}={v}" for k, v in _large(m).items())])
     print(f"== ch8: derivation of the new entries, cold (caches cleared), median of {settings.derive_rounds} ==")
-    print(format_table(["entry", "get+backprop ms", "source ms", "adjoint eqs", "sized shapes", "call ms",
-                        "call ms (large)", "large sizes"], rows, left=(0, 7)))
+    print(format_table(["entry", "get+backprop ms", "source ms", "adjoint eqs", "sized shapes",
+                        "one kernel", "large sizes run"], rows, left=(0, 6)))
     print("source ms: numeric.source(m, 'torch') from cold caches (so it derives the adjoint program again).")
-    print("sized shapes: adjoint equations whose shape mentions a number (0: every shape is symbolic). The kernel is")
-    print("derived and generated once, before any size is known, and the same kernel runs both sizes: call ms is a")
-    print("warm call of it at the default sizes and at the large ones (only the call grows with the sizes).")
+    print("sized shapes: adjoint equations whose shape mentions a number (0: every shape is symbolic); one kernel:")
+    print("the kernel compiled before any size was known ran the default and the large sizes, nothing recompiled.")
+    srows = []
+    for name, option, values in SIZE_OPTIONS:
+        cells = []
+        for v in values:
+            try:
+                t, _ = _cold_seconds(functools.partial(_get_and_backprop, name, {option: v}),
+                                     settings.derive_rounds)
+                cells.append(_ms(t))
+            except Exception as exc:
+                errors += 1
+                cells.append("error")
+                notes.append(f"{name} {option}={v}: {type(exc).__name__}: {exc}")
+        srows.append([f"{name} {option}", " / ".join(str(v) for v in values), " / ".join(cells)])
+    print("options that are sizes, get+backprop ms cold (the schedule table's length, the heads as a dimension):")
+    print(format_table(["entry option", "values", "get+backprop ms"], srows, left=(0, 1)))
     for note in notes:
         print(f"MISMATCH/error: {note}")
     return errors
@@ -241,6 +261,9 @@ def _kernel_table(settings: Settings) -> int:
     print("torch: numeric.compile(m, 'torch') with its input checks; raw: the generated function alone; numpy: the")
     print("NumPy kernel (raw); eager: the formulation above with torch.autograd (create_graph=True for wgan_gp's")
     print("penalty). < 1: the generated kernel is faster. IQR: the wider (Q3-Q1)/median of the per-round ratios.")
+    blas = os.environ.get("OPENBLAS_NUM_THREADS")
+    print(f"OPENBLAS_NUM_THREADS={blas}" if blas else "OPENBLAS_NUM_THREADS unset: NumPy's BLAS may use several "
+          "threads (on a loaded machine its times stall; set it to 1 before running)")
     for note in notes:
         print(f"MISMATCH/error: {note}")
     return errors
