@@ -20,8 +20,8 @@ Nothing here changes what is computed, only the order of the same operations' ro
 
 from __future__ import annotations
 
-from collections.abc import Callable
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import sympy as sp
