@@ -340,6 +340,17 @@ class Lowering:
         ops = list(args)
         present = set("".join(ins))
         spread = [c for c in out if c not in present]
+        if self.backend == "torch" and not spread:
+            gemm = self._torch_gemm(ins, out, ops)
+            if gemm is not None:
+                fn, a, b = gemm
+                if coef == 1:
+                    return f"{_paren(a)} @ {_paren(b)}"
+                # the scale inside the product (its alpha), not a pass over the result
+                return f"ops.matmul({a}, {b}, {dim_code(coef)})"
+        if spread and self.backend == "torch":
+            inner, idx, tup = self.spread_parts(e, args, coef)
+            return f"{_paren(inner)}[{idx}].expand({tup})"
         if spread:
             # broadcast axes: contract what is there, then expand
             inner_out = "".join(c for c in out if c in present)
@@ -354,6 +365,78 @@ class Lowering:
         else:
             code = self._contract(ins, out, ops)
         return _scaled(code, coef)
+
+    def spread_parts(self, e: Einsum, args: Sequence[str], coef: Any = None) -> tuple[str, str, str]:
+        """A contraction with broadcast axes (labels only in the output) as the contraction over the axes
+        that are there (its scale applied there, to the smaller array), the indexing that adds the others
+        (``[:, None]``) and the full shape."""
+        letters = string.ascii_lowercase
+        batched = [self.batched(o) for o in e.operands]
+        ins = [("Z" if b else "") + "".join(letters[i] for i in l) for l, b in zip(e.ins, batched)]
+        out = ("Z" if any(batched) else "") + "".join(letters[i] for i in e.out)
+        present = set("".join(ins))
+        inner_out = "".join(c for c in out if c in present)
+        inner = _scaled(self._contract(ins, inner_out, list(args)), e.coef if coef is None else coef)
+        idx = ", ".join("None" if c not in present else ":" for c in out)
+        shape = [self._letter_dim(e, c) for c in out]
+        return inner, idx, "(" + ", ".join(shape) + ("," if len(shape) == 1 else "") + ")"
+
+    def spread_axes(self, e: Einsum) -> frozenset[int]:
+        """The axes of a broadcasting contraction's result that its operands span (-1: the sample axis)."""
+        present = {lab for l in e.ins for lab in l}
+        ax = {i for i, lab in enumerate(e.out) if lab in present}
+        return frozenset(ax | ({-1} if self.batched(e) else set()))
+
+    def is_spread(self, n: Node) -> bool:
+        return isinstance(n, Einsum) and any(lab not in {x for l in n.ins for x in l} for lab in n.out)
+
+    def torch_gemm(self, e: Einsum, args: Sequence[str], reduce: str | None = None) -> tuple[str, str, str, Any] | None:
+        """A contraction that is one matrix product on the torch backend: (addmm | addmv | baddbmm, A, B,
+        scale)."""
+        if len(e.operands) != 2 or self.backend != "torch" or self._gather_code(e, args) is not None:
+            return None
+        letters = string.ascii_lowercase
+        batched = [self.batched(o) for o in e.operands]
+        ins = [("Z" if b else "") + "".join(letters[i] for i in l) for l, b in zip(e.ins, batched)]
+        out = ("Z" if any(batched) and reduce is None else "") + "".join(letters[i] for i in e.out)
+        coef = e.coef
+        if reduce == "mean" and any(batched):
+            assert self.model.sample is not None
+            coef = coef / self.model.sample
+        g = self._torch_gemm(ins, out, list(args))
+        return None if g is None else (g[0], g[1], g[2], coef)
+
+    @staticmethod
+    def _torch_gemm(ins: Sequence[str], out: str, ops: Sequence[str], t: str = ".T") -> tuple[str, str, str] | None:
+        """(addmm | addmv | baddbmm, A, B) with ``A @ B`` the contraction ``ins -> out``, or None."""
+        if len(ins) != 2:
+            return None
+        la, lb = ins
+        a, b = ops
+        if any(len(set(l)) != len(l) for l in (la, lb, out)):
+            return None
+        summed = (set(la) & set(lb)) - set(out)
+        if set(out) - set(la) - set(lb) or (set(la) | set(lb)) - set(out) - summed or len(summed) != 1:
+            return None
+        (k,) = summed
+
+        def orient(l: str, x: str, want: str) -> str | None:
+            return x if l == want else f"{_paren(x)}{t}" if l == want[::-1] else None
+
+        if len(out) == 2 and len(la) == 2 and len(lb) == 2:
+            if out[0] in lb:
+                la, lb, a, b = lb, la, b, a
+            A, B = orient(la, a, out[0] + k), orient(lb, b, k + out[1])
+            return None if A is None or B is None else ("addmm", A, B)
+        if len(out) == 1 and {len(la), len(lb)} == {1, 2} and t == ".T":
+            if len(la) == 1:
+                la, lb, a, b = lb, la, b, a
+            A = orient(la, a, out + k)
+            return None if A is None or lb != k else ("addmv", A, b)
+        if len(out) == 3 and len(la) == 3 and len(lb) == 3 and out[0] == la[0] == lb[0] and t == ".T":
+            r = Lowering._torch_gemm([la[1:], lb[1:]], out[1:], [a, b], ".mT")
+            return None if r is None or r[0] != "addmm" else ("baddbmm", r[1], r[2])
+        return None
 
     def _gather_code(self, e: Einsum, args: Sequence[str]) -> str | None:
         """``x_y``, a contraction of ``x`` with the one-hot encoding of labels ``y`` along its class axis, as a
@@ -409,6 +492,10 @@ class Lowering:
             mm = self._matmul(ins[0], ins[1], out, ops[0], ops[1])
             if mm is not None:
                 return mm
+            if (self.backend == "torch" and ins[0] == ins[1] and ins[0].startswith(out) and out != ins[0]
+                    and (out or len(ins[0]) <= 2)):
+                # sums over the trailing axes of a product: one batched dot product (no product array)
+                return f"torch.einsum('{ins[0]},{ins[1]}->{out}', {ops[0]}, {ops[1]})"
             if ins[0] == ins[1] and set(out) <= set(ins[0]):  # a Hadamard product, then sums
                 return self._single(ins[0], out, f"{_paren(ops[0])} * {_paren(ops[1])}")
             for i, j in ((0, 1), (1, 0)):  # a sum of one operand, scaled by the other: sum first
@@ -888,6 +975,15 @@ class _Emitter:
         self.temps: dict[int, str] = {}
         self.pending: list[tuple[str, str]] = []
         self.count = 0
+        # torch: how many parents of a node are elementwise maps (they broadcast its unexpanded view)
+        self.map_parents: dict[int, int] = {}
+        self.inner: dict[int, str] = {}  # a shared broadcasting contraction: the temporary of its small part
+        self.made: dict[int, Any] = {}  # the planned operand of a map (its freshness, the axes it spans)
+        for r in roots:
+            for n in walk([r], stop=lambda x: isinstance(x, Var)):
+                if isinstance(n, Map):
+                    for i, c in enumerate(n.children()):
+                        self.map_parents[id(c)] = self.map_parents.get(id(c), 0) + max(n.fn.count(ARG[i]), 1)
         # temporaries never take a name of the model (a parameter may be called t1, or b1 in a recurrence)
         m = low.model
         self.taken = {*m.params, *m.inputs, *m.constants, *(str(d) for d in m.dims.values()),
@@ -900,9 +996,14 @@ class _Emitter:
             return n.name
         if id(n) in self.temps:
             return self.temps[id(n)]
-        conv = _torch_conv(n, lambda c: self.code(c, False), self.low, None)
-        code = conv if conv is not None else n.lower([self.code(c, False) for c in n.children()], self.backend,
-                                                     self.low)
+        code = self._torch_code(n, top) if self.backend == "torch" else None
+        if code is None:
+            conv = _torch_conv(n, lambda c: self.code(c, False), self.low, None)
+            code = conv if conv is not None else n.lower([self.code(c, False) for c in n.children()],
+                                                         self.backend, self.low)
+        if self.backend == "torch" and self.low.is_spread(n) and self.parents.get(id(n), 0) <= 1 + \
+                self.map_parents.get(id(n), 0):
+            return code  # a view of a shared (hoisted) contraction: nothing to compute again
         if not top and self.parents.get(id(n), 0) > 1 and not isinstance(n, Const):
             self.count += 1
             while f"{self.prefix}{self.count}" in self.taken:
@@ -912,6 +1013,122 @@ class _Emitter:
             self.temps[id(n)] = t
             return t
         return code
+
+    def _hoist(self, code: str) -> str:
+        self.count += 1
+        while f"{self.prefix}{self.count}" in self.taken:
+            self.count += 1
+        t = f"{self.prefix}{self.count}"
+        self.pending.append((t, code))
+        return t
+
+    def _spread_inner(self, n: Einsum) -> tuple[str, str, str]:
+        """The small part of a broadcasting contraction (hoisted when shared), its indexing and full shape."""
+        inner, idx, tup = self.low.spread_parts(n, [self.code(c, False) for c in n.children()])
+        if id(n) in self.inner:
+            return self.inner[id(n)], idx, tup
+        if self.parents.get(id(n), 0) > 1 and not re.fullmatch(r"[A-Za-z_]\w*", inner):
+            inner = self.inner[id(n)] = self._hoist(inner)
+        return inner, idx, tup
+
+    def _torch_code(self, n: Node, top: bool) -> str | None:
+        """Torch code of maps (planned: few passes, in place) and broadcasts (unexpanded in maps)."""
+        if self.low.is_spread(n):
+            assert isinstance(n, Einsum)
+            inner, idx, tup = self._spread_inner(n)
+            return f"{_paren(inner)}[{idx}].expand({tup})"
+        if isinstance(n, Einsum) and len(n.operands) == 1 and isinstance(n.operands[0], Map):
+            code = self._sum_of_product(n)
+            if code is not None:
+                return code
+        if isinstance(n, Map):
+            op = self._planned_map(n)
+            if op is None:
+                return None
+            code = op.code
+            full = self._full_axes(n)
+            if op.axes != full:  # no operand spans every axis: the value has the shape it claims
+                code = f"{_paren(code)}.expand({self.low.shape_code(n)})" + (".contiguous()" if top else "")
+            self.made[id(n)] = op
+            return code
+        return None
+
+    def _sum_of_product(self, n: Einsum) -> str | None:
+        """A sum of squares as the squared norm, a sum of a product over trailing axes as a batched dot
+        product: one pass, no array of the squares or products."""
+        (x,) = n.operands
+        assert isinstance(x, Map)
+        if id(x) in self.temps or self.parents.get(id(x), 0) > 1:
+            return None
+        (li,) = n.ins
+        summed = [i for i, lab in enumerate(li) if lab not in n.out]
+        if not summed or tuple(lab for lab in li if lab in n.out) != n.out:
+            return None
+        off = 1 if self.low.batched(x) else 0
+        if x.fn == ARG[0] ** 2:
+            dims = tuple(i + off for i in summed)
+            dim = "" if len(summed) == len(li) and not off else f", dim={dims[0]}" if len(dims) == 1 else \
+                f", dim={dims}"
+            return _scaled(f"torch.linalg.vector_norm({self.code(x.args[0], False)}{dim}).square()", n.coef)
+        if x.fn == ARG[0] * ARG[1] and all(a.shape == x.shape and self.low.batched(a) == bool(off) for a in x.args):
+            lab = ("Z" if off else "") + string.ascii_lowercase[: len(li)]
+            out = lab[: off + len(n.out)]
+            if summed != list(range(len(n.out), len(li))) or not (out or len(lab) <= 2):
+                return None  # only sums over the trailing axes are one batched product
+            a, b = (self.code(c, False) for c in x.args)
+            return _scaled(f"torch.einsum('{lab},{lab}->{out}', {a}, {b})", n.coef)
+        return None
+
+    def _full_axes(self, n: Node) -> frozenset[int]:
+        return frozenset(range(n.ndim)) | (frozenset({-1}) if self.low.batched(n) else frozenset())
+
+    def _operand(self, a: Node, m: Map) -> Any:
+        from .torch_maps import Operand
+
+        low = self.low
+        mb = low.batched(m)
+        if isinstance(a, Var) and a.domain in ("labels", "mask"):
+            return None  # possibly integer or boolean arrays: printed as written
+        if low.is_spread(a) and id(a) not in self.temps:
+            assert isinstance(a, Einsum)
+            inner, idx, _ = self._spread_inner(a)
+            return Operand(f"{_paren(inner)}[{idx}]", low.spread_axes(a))
+        inline = id(a) not in self.temps and not isinstance(a, Var) and self.parents.get(id(a), 0) <= 1
+        gemm = low.torch_gemm(a, [self.code(c, False) for c in a.children()]) \
+            if inline and isinstance(a, Einsum) else None
+        code = self.code(a, False)
+        if mb and low.batched(a) and a.ndim < m.ndim:
+            code = f"{_paren(code)}[:, {', '.join(['None'] * (m.ndim - a.ndim))}]"
+            axes = frozenset({-1})
+        elif a.ndim < m.ndim:
+            axes = frozenset()
+        else:
+            axes = self._full_axes(a)
+        fresh = False
+        if inline and isinstance(a, Einsum) and axes == self._full_axes(m):
+            fresh = gemm is not None or len(a.operands) > 1 or len(a.out) < len(a.ins[0]) or a.coef != 1
+        elif inline and id(a) in self.made:
+            fresh = self.made[id(a)].fresh
+        if isinstance(a, Const):
+            return Operand(_paren(code), axes, number=not a.shape)
+        return Operand(_paren(code), axes, fresh, True, False, gemm)
+
+    def _planned_map(self, m: Map) -> Any:
+        from derive.functions import ActivationBase
+
+        from .torch_maps import plan_map
+
+        fn = m.fn.replace(lambda e: isinstance(e, ActivationBase), lambda e: e.concrete())
+        ops = {}
+        for i, a in enumerate(m.args):
+            if ARG[i] in fn.free_symbols:
+                op = self._operand(a, m)
+                if op is None:
+                    return None
+                ops[ARG[i]] = op
+        return plan_map(fn, ops, lambda e, names: scalar_code(e, {**names, **{s: o.code for s, o in ops.items()}},
+                                                               "torch"),
+                        lambda e: scalar_code(e, {}, "torch"))
 
     def reduced(self, n: Node) -> str:
         """The batch mean (or sum) of a per-sample gradient, folded into its last contraction."""
@@ -1017,6 +1234,9 @@ def generate(prog: Program, backend: str) -> str:
             leaf = m.tensor(grad_leaf[eq.lhs.name])
             if m.sample is None:
                 code = code_of(eq.rhs, True)
+            elif leaf.batched and backend == "torch" and m.reduction == "mean" and low.batched(eq.rhs):
+                # a per-sample input: its gradient stays per sample, the mean's 1/n joins its expression
+                code = code_of(map_(ARG[0] / m.sample, [eq.rhs], eq.rhs.shape), True)
             elif leaf.batched:  # a per-sample input: its gradient stays per sample
                 code = code_of(eq.rhs, True)
                 if not low.batched(eq.rhs):  # the same for every sample (or zero): one row per sample
