@@ -654,8 +654,12 @@ def generate_update(m: Model, backend: str) -> str:
 def generate_scan(m: Model, backend: str) -> str:
     """The module of a recurrence: the step's forward equations in a loop over t = 1..T (saving what the
     backward pass needs), then its adjoint equations in a loop over t = T..1 that carries the adjoint of the
-    state back and sums the parameter gradients."""
+    state back; the parameter gradients are summed over the steps after that loop, one product over all
+    ``T n`` rows each. The products of the state with the gates' weights run stacked, as one product per
+    step forward and one backward (see :mod:`numeric.scan_lowering`)."""
     from derive.scan import scan_program
+
+    from .scan_lowering import Names, stack_adjoints, stack_gates
 
     assert m.scan is not None
     sp_ = scan_program(m)
@@ -676,28 +680,32 @@ def generate_scan(m: Model, backend: str) -> str:
     carried = {prev: sp_.carry_in[prev].name for prev, _ in m.scan.carries}
     saved = [*[m.inputs[c].name for c in m.carries], *[m.inputs[s].name for s in seqs],
              *[e.lhs.name for e in forward]]
+    fresh = Names(_Emitter([e.rhs for e in forward + adjoint + grads], backend, low).taken)
     body: list[str] = []
     for prev, _ in m.scan.carries:
         shape = low.shape_code(m.inputs[prev])
         kw = f"dtype={like}.dtype" + (f", device={like}.device" if backend == "torch" else "")
         body.append(f"    {prev} = {zeros}({shape}, {kw})")
         body.append(f"    {carried[prev]} = {zeros_like}({prev})")
+    stacking = stack_gates(forward, {m.inputs[p] for p, _ in m.scan.carries}, {m.inputs[s] for s in seqs},
+                           backend, fresh, dim_code)
+    body.extend(f"    {ln}" for ln in stacking.before)
     body.append("    tape = []")
     body.append("    loss = 0.0")
+    # Projections of the sequences by parameters (W_hx x^{<t>}) do not depend on the state: they are
+    # computed for all t at once before the loop (one matrix product instead of T small ones).
+    fwd_eqs = stacking.forward
+    fwd = _Emitter([e.rhs for e in fwd_eqs], backend, low, "f")
+    for i, (node, code) in enumerate(_hoisted_projections(fwd_eqs, m, low, backend)):
+        body.append(f"    xw{i + 1} = {code}")
+        fwd.temps[id(node)] = f"xw{i + 1}[t]"
     body.append(f"    for t in range({T}):")
     seq_vars = {s: m.inputs[s].name for s in seqs}
     for v in seq_vars.values():
         body.append(f"        {v}_t = {v}[t]")
     rename = {v: f"{v}_t" for v in seq_vars.values()}
-    fwd = _Emitter([e.rhs for e in forward], backend, low, "f")
-    # Projections of the sequences by parameters (W_hx x^{<t>}) do not depend on the state: they are
-    # computed for all t at once before the loop (one matrix product instead of T small ones).
-    hoisted = _hoisted_projections(forward, m, low, backend)
-    at = body.index(f"    for t in range({T}):")
-    for i, (node, code) in enumerate(hoisted):
-        body.insert(at + i, f"    xw{i + 1} = {code}")
-        fwd.temps[id(node)] = f"xw{i + 1}[t]"
-    for eq in forward:
+    body.extend(f"        {ln}" for ln in stacking.step)
+    for eq in fwd_eqs:
         code = fwd.code(eq.rhs)
         body.extend(f"        {t} = {_rename(c, rename)}" for t, c in fwd.take())
         body.append("        # " + comment(texs[eq.lhs.name]))
@@ -707,33 +715,100 @@ def generate_scan(m: Model, backend: str) -> str:
     body.append("        tape.append((" + ", ".join(rename.get(v, v) for v in saved) + ",))")
     for prev, nxt in m.scan.carries:
         body.append(f"        {prev} = {nxt}")
-    for eq in sp_.params.values():
-        body.append(f"    {eq.lhs.name} = 0.0")
+    carry_names = {e.lhs.name for e in sp_.carry_out.values()}
+    in_loop = [e for e in grads if e.lhs.name in carry_names]
+    param_grads = [e for e in grads if e.lhs.name not in carry_names]
+    back_eqs, back_stacks = stack_adjoints(adjoint + in_loop, stacking.groups, fresh)
+    extra_roots = [d for bs in back_stacks.values() for b in bs for d in b.deltas]
+    bwd = _Emitter([e.rhs for e in back_eqs + param_grads] + extra_roots, backend, low, "b")
+    loop: list[str] = []
+    for eq in back_eqs:
+        for bs in back_stacks.get(eq.lhs.name, []):
+            ds = [bwd.code(d, False) for d in bs.deltas]
+            loop.extend(f"        {t} = {_rename(c, rename)}" for t, c in bwd.take())
+            cat = "np.concatenate" if backend == "numpy" else "torch.cat"
+            loop.append(f"        {bs.var.name} = {cat}([{', '.join(_rename(d, rename) for d in ds)}], -1) @ {bs.weight}")
+        code = bwd.code(eq.rhs)
+        loop.extend(f"        {t} = {_rename(c, rename)}" for t, c in bwd.take())
+        loop.append("        # " + comment(atexs[eq.lhs.name]))
+        if eq.lhs.name in carry_names:
+            prev = next(p for p, e in sp_.carry_out.items() if e.lhs.name == eq.lhs.name)
+            loop.append(f"        {carried[prev]} = {_rename(code, rename)}")
+        else:
+            loop.append(f"        {eq.lhs.name} = {_rename(code, rename)}")
+    before, keep, after = _deferred_grads(param_grads, bwd, low, backend, T, seq_vars, rename, fresh, atexs)
+    body.extend(before)
     body.append(f"    for t in range({T} - 1, -1, -1):")
     body.append("        (" + ", ".join(rename.get(v, v) for v in saved) + ",) = tape[t]")
-    bwd = _Emitter([e.rhs for e in adjoint + grads], backend, low, "b")
-    for eq in adjoint:
-        code = bwd.code(eq.rhs)
-        body.extend(f"        {t} = {_rename(c, rename)}" for t, c in bwd.take())
-        body.append("        # " + comment(atexs[eq.lhs.name]))
-        body.append(f"        {eq.lhs.name} = {_rename(code, rename)}")
-    for eq in grads:
-        is_carry = any(eq.lhs.name == e.lhs.name for e in sp_.carry_out.values())
-        code = bwd.code(eq.rhs) if is_carry else bwd.reduced(eq.rhs)
-        body.extend(f"        {t} = {_rename(c, rename)}" for t, c in bwd.take())
-        body.append("        # " + comment(atexs[eq.lhs.name]))
-        if is_carry:
-            prev = next(p for p, e in sp_.carry_out.items() if e.lhs.name == eq.lhs.name)
-            body.append(f"        {carried[prev]} = {_rename(code, rename)}")
-        else:
-            body.append(f"        {eq.lhs.name} = {eq.lhs.name} + {_rename(code, rename)}")
+    body.extend(loop)
+    body.extend(keep)
+    body.extend(after)
     ret = ", ".join(f'"{k}": {e.lhs.name}' for k, e in sp_.params.items())
     doc = [f"dlmath kernel for the recurrence {_safe(m.name)} ({_safe(m.section)}), {backend} backend. Generated by "
            "dlmath; do not edit.", "",
            "The step equations run in a loop over the T time steps; backpropagation through time runs them",
-           "backwards, carrying the adjoint of the state. Sequences are time-major: (T, n, ...)."]
+           "backwards, carrying the adjoint of the state; the parameter gradients sum over all steps after it.",
+           "Sequences are time-major: (T, n, ...)."]
     return _module(m, backend, doc, names, body, f'{{"loss": loss, "grad": {{{ret}}}}}',
                    list(m.equations) + sp_.adjoint)
+
+
+def _deferred_grads(grads: Sequence[Equation], bwd: _Emitter, low: Lowering, backend: str, T: str,
+                    seq_vars: dict[str, str], rename: dict[str, str], fresh: Any, atexs: dict[str, str],
+                    accumulate: bool = False) -> tuple[list[str], list[str], list[str]]:
+    """Parameter gradients summed over the steps after the backward loop: the loop keeps the per-step values
+    each gradient reads (lists, no copies; a sequence input is read whole), and one contraction over all
+    ``T n`` rows replaces T per-step products. Returns the lines before the loop, at the end of its body
+    and after it. A gradient that does not depend on the sample stays summed in the loop."""
+    from derive.tensor import substitute
+
+    from .scan_lowering import frontier
+
+    before: list[str] = []
+    keep: list[str] = []
+    after: list[str] = []
+    cat = "np.concatenate" if backend == "numpy" else "torch.cat"
+    flat: dict[int, Var] = {}
+    mapping: dict[Node, Node] = {}
+    rows = []
+    for eq in grads:
+        if not low.batched(eq.rhs):
+            code = bwd.reduced(eq.rhs)
+            keep.extend(f"        {t} = {_rename(c, rename)}" for t, c in bwd.take())
+            keep.append("        # " + comment(atexs[eq.lhs.name]))
+            keep.append(f"        {eq.lhs.name} = {eq.lhs.name} + {_rename(code, rename)}")
+            if not accumulate:
+                before.append(f"    {eq.lhs.name} = 0.0")
+            continue
+        rows.append(eq)
+        for f in frontier(eq.rhs, low.batched, bwd.temps):
+            if id(f) in flat:
+                continue
+            base = f.name if isinstance(f, Var) else bwd.temps[id(f)]
+            v = Var(fresh(f"{base}_all"), f.shape, "var", batched=True)
+            flat[id(f)] = v
+            mapping[f] = v
+            if isinstance(f, Var) and f.name in seq_vars.values():
+                after.append(f"    {v.name} = {f.name}.reshape(-1, *{f.name}.shape[2:])")
+            else:
+                hist = fresh(f"{base}_hs")
+                before.append(f"    {hist} = [None] * {T}")
+                keep.append(f"        {hist}[t] = {_rename(base, rename)}")
+                after.append(f"    {v.name} = {cat}({hist})")
+    if not rows:
+        return before, keep, after
+    low_all = Lowering(low.backend, low.model, low.ref)
+    low_all.sample = f"({T} * {low.sample})"
+    eqs = [(eq, substitute(eq.rhs, mapping)) for eq in rows]
+    post = _Emitter([r for _, r in eqs], backend, low_all, "s", "sum")
+    post.taken |= fresh.taken
+    for eq, r in eqs:
+        code = post.reduced(r)
+        after.extend(f"    {t} = {c}" for t, c in post.take())
+        after.append("    # " + comment(atexs[eq.lhs.name]) + " (summed over t)")
+        total = f"{_paren(code)} / {low.sample}" if bwd.reduction == "mean" else code
+        after.append(f"    {eq.lhs.name} = " + (f"{eq.lhs.name} + {total}" if accumulate else total))
+    return before, keep, after
 
 
 def generate_scans(m: Model, backend: str) -> str:
