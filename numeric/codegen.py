@@ -815,8 +815,11 @@ def generate_scans(m: Model, backend: str) -> str:
     """The module of a program of several scans: each scan's step equations in a loop over its time steps
     (t = T..1 for a reverse scan), in the program's order, keeping the states later scans read; then
     backpropagation through time scan by scan from the last, each loop carrying its state's adjoint and
-    adding the adjoints its scan sends back to the earlier scans it read."""
+    adding the adjoints its scan sends back to the earlier scans it read. Gate products run stacked and the
+    parameter gradients sum over each scan's steps after its backward loop, as in :func:`generate_scan`."""
     from derive.scan import scan_programs
+
+    from .scan_lowering import Names, stack_adjoints, stack_gates
 
     progs = scan_programs(m)
     scans = {sc.name: sc for sc in m.scans}
@@ -831,6 +834,9 @@ def generate_scans(m: Model, backend: str) -> str:
     body: list[str] = ["    loss = 0.0"]
     saved: list[list[str]] = []
     renames: list[dict[str, str]] = []
+    fresh = Names(_Emitter([e.rhs for e in m.equations] + [e.rhs for pr in progs for e in pr.adjoint], backend,
+                           low).taken)
+    groups = []
     # -- forward: the scans in order -------------------------------------------------------------------
     for pr in progs:
         sc = pr.scan
@@ -850,6 +856,10 @@ def generate_scans(m: Model, backend: str) -> str:
         rename = {s: f"{s}_t" for s in sc.sequences}
         renames.append(rename)
         forward = stabilize(pr.forward, defs)
+        stacking = stack_gates(forward, {m.inputs[p] for p, _ in sc.carries}, {m.inputs[s] for s in sc.sequences},
+                               backend, fresh, dim_code)
+        groups.append(stacking.groups)
+        body.extend(f"    {ln}" for ln in stacking.before)
         upstream = list(pr.upstream)
         keep = [*(p for p, _ in sc.carries), *sc.sequences, *upstream, *(e.lhs.name for e in forward)]
         saved.append(keep)
@@ -861,8 +871,9 @@ def generate_scans(m: Model, backend: str) -> str:
             body.append(f"        {s_}_t = {s_}[t]")
         for u in upstream:
             body.append(f"        {u} = {u}_seq[t]")
-        fwd = _Emitter([e.rhs for e in forward], backend, low, f"{sc.name}_f")
-        for eq in forward:
+        body.extend(f"        {ln}" for ln in stacking.step)
+        fwd = _Emitter([e.rhs for e in stacking.forward], backend, low, f"{sc.name}_f")
+        for eq in stacking.forward:
             code = fwd.code(eq.rhs)
             body.extend(f"        {t} = {_rename(c, rename)}" for t, c in fwd.take())
             body.append("        # " + texs[eq.lhs.name].replace("\n", " "))
@@ -903,31 +914,44 @@ def generate_scans(m: Model, backend: str) -> str:
         adjoint = reuse_outputs([e for e in pr.adjoint if e.kind != "grad"], defs)
         grad_eqs = reuse_outputs([e for e in pr.adjoint if e.kind == "grad"], defs)
         atexs = dict(zip([e.lhs.name for e in pr.adjoint], equations_tex(pr.adjoint)))
-        body.append(f"    for t in {loop}:")
-        body.append("        (" + ", ".join(rename.get(v, v) for v in saved[k]) + f",) = tape_{sc.name}[t]")
+        loop_lines: list[str] = []
         for v, oin in pr.outputs_in.items():
-            body.append(f"        {oin.name} = {v}_up[t]")
-        bwd = _Emitter([e.rhs for e in adjoint + grad_eqs], backend, low, f"{sc.name}_b")
-        for eq in adjoint:
-            code = bwd.code(eq.rhs)
-            body.extend(f"        {t} = {_rename(c, rename)}" for t, c in bwd.take())
-            body.append("        # " + atexs[eq.lhs.name].replace("\n", " "))
-            body.append(f"        {eq.lhs.name} = {_rename(code, rename)}")
+            loop_lines.append(f"        {oin.name} = {v}_up[t]")
         carried = {e.lhs.name: p for p, e in pr.carry_out.items()}
         ups = {e.lhs.name: u for u, e in pr.upstream.items()}
         stacked = {e.lhs.name for e in pr.stacks.values()}
-        for eq in grad_eqs:
-            per_sample = eq.lhs.name in carried or eq.lhs.name in ups or eq.lhs.name in stacked
-            code = bwd.code(eq.rhs) if per_sample else bwd.reduced(eq.rhs)
-            body.extend(f"        {t} = {_rename(c, rename)}" for t, c in bwd.take())
-            body.append("        # " + atexs[eq.lhs.name].replace("\n", " "))
+        per_step = [e for e in grad_eqs if e.lhs.name in carried or e.lhs.name in ups or e.lhs.name in stacked]
+        summed = [e for e in grad_eqs if e not in per_step]
+        back_eqs, back_stacks = stack_adjoints(adjoint + per_step, groups[k], fresh)
+        extra_roots = [d for bs in back_stacks.values() for b in bs for d in b.deltas]
+        bwd = _Emitter([e.rhs for e in back_eqs + summed] + extra_roots, backend, low, f"{sc.name}_b")
+        for eq in back_eqs:
+            for bs in back_stacks.get(eq.lhs.name, []):
+                ds = [bwd.code(d, False) for d in bs.deltas]
+                loop_lines.extend(f"        {t} = {_rename(c, rename)}" for t, c in bwd.take())
+                loop_lines.append(f"        {bs.var.name} = {'np.concatenate' if backend == 'numpy' else 'torch.cat'}"
+                                  f"([{', '.join(_rename(d, rename) for d in ds)}], -1) @ {bs.weight}")
+            code = bwd.code(eq.rhs)
+            loop_lines.extend(f"        {t} = {_rename(c, rename)}" for t, c in bwd.take())
+            loop_lines.append("        # " + comment(atexs[eq.lhs.name]))
             if eq.lhs.name in carried:
-                body.append(f"        {pr.carry_in[carried[eq.lhs.name]].name} = {_rename(code, rename)}")
+                loop_lines.append(f"        {pr.carry_in[carried[eq.lhs.name]].name} = {_rename(code, rename)}")
             elif eq.lhs.name in ups:
                 u = ups[eq.lhs.name]
-                body.append(f"        {u}_up[t] = {u}_up[t] + {_rename(code, rename)}")
+                loop_lines.append(f"        {u}_up[t] = {u}_up[t] + {_rename(code, rename)}")
+            elif eq.lhs.name in stacked:
+                loop_lines.append(f"        {eq.lhs.name} = {eq.lhs.name} + {_rename(code, rename)}")
             else:
-                body.append(f"        {eq.lhs.name} = {eq.lhs.name} + {_rename(code, rename)}")
+                loop_lines.append(f"        {eq.lhs.name} = {_rename(code, rename)}")
+        seq_names = {s_: s_ for s_ in sc.sequences}
+        before, keep, after = _deferred_grads(summed, bwd, low, backend, T, seq_names, rename, fresh, atexs,
+                                              accumulate=True)
+        body.extend(before)
+        body.append(f"    for t in {loop}:")
+        body.append("        (" + ", ".join(rename.get(v, v) for v in saved[k]) + f",) = tape_{sc.name}[t]")
+        body.extend(loop_lines)
+        body.extend(keep)
+        body.extend(after)
         for sv, src in sc.stacks:
             To = dim_code(next(sc2.time for sc2 in scans.values() if src in sc2.equations))
             g = pr.stacks[sv.name].lhs.name
