@@ -740,8 +740,12 @@ def generate_update(m: Model, backend: str) -> str:
 def generate_scan(m: Model, backend: str) -> str:
     """The module of a recurrence: the step's forward equations in a loop over t = 1..T (saving what the
     backward pass needs), then its adjoint equations in a loop over t = T..1 that carries the adjoint of the
-    state back and sums the parameter gradients."""
+    state back; the parameter gradients are summed over the steps after that loop, one product over all
+    ``T n`` rows each. The products of the state with the gates' weights run stacked, as one product per
+    step forward and one backward (see :mod:`numeric.scan_lowering`)."""
     from derive.scan import scan_program
+
+    from .scan_lowering import Names, stack_adjoints, stack_gates
 
     assert m.scan is not None
     sp_ = scan_program(m)
@@ -762,28 +766,32 @@ def generate_scan(m: Model, backend: str) -> str:
     carried = {prev: sp_.carry_in[prev].name for prev, _ in m.scan.carries}
     saved = [*[m.inputs[c].name for c in m.carries], *[m.inputs[s].name for s in seqs],
              *[e.lhs.name for e in forward]]
+    fresh = Names(_Emitter([e.rhs for e in forward + adjoint + grads], backend, low).taken)
     body: list[str] = []
     for prev, _ in m.scan.carries:
         shape = low.shape_code(m.inputs[prev])
         kw = f"dtype={like}.dtype" + (f", device={like}.device" if backend == "torch" else "")
         body.append(f"    {prev} = {zeros}({shape}, {kw})")
         body.append(f"    {carried[prev]} = {zeros_like}({prev})")
+    stacking = stack_gates(forward, {m.inputs[p] for p, _ in m.scan.carries}, {m.inputs[s] for s in seqs},
+                           backend, fresh, dim_code)
+    body.extend(f"    {ln}" for ln in stacking.before)
     body.append("    tape = []")
     body.append("    loss = 0.0")
+    # Projections of the sequences by parameters (W_hx x^{<t>}) do not depend on the state: they are
+    # computed for all t at once before the loop (one matrix product instead of T small ones).
+    fwd_eqs = stacking.forward
+    fwd = _Emitter([e.rhs for e in fwd_eqs], backend, low, "f")
+    for i, (node, code) in enumerate(_hoisted_projections(fwd_eqs, m, low, backend)):
+        body.append(f"    xw{i + 1} = {code}")
+        fwd.temps[id(node)] = f"xw{i + 1}[t]"
     body.append(f"    for t in range({T}):")
     seq_vars = {s: m.inputs[s].name for s in seqs}
     for v in seq_vars.values():
         body.append(f"        {v}_t = {v}[t]")
     rename = {v: f"{v}_t" for v in seq_vars.values()}
-    fwd = _Emitter([e.rhs for e in forward], backend, low, "f")
-    # Projections of the sequences by parameters (W_hx x^{<t>}) do not depend on the state: they are
-    # computed for all t at once before the loop (one matrix product instead of T small ones).
-    hoisted = _hoisted_projections(forward, m, low, backend)
-    at = body.index(f"    for t in range({T}):")
-    for i, (node, code) in enumerate(hoisted):
-        body.insert(at + i, f"    xw{i + 1} = {code}")
-        fwd.temps[id(node)] = f"xw{i + 1}[t]"
-    for eq in forward:
+    body.extend(f"        {ln}" for ln in stacking.step)
+    for eq in fwd_eqs:
         code = fwd.code(eq.rhs)
         body.extend(f"        {t} = {_rename(c, rename)}" for t, c in fwd.take())
         body.append("        # " + comment(texs[eq.lhs.name]))
@@ -793,41 +801,111 @@ def generate_scan(m: Model, backend: str) -> str:
     body.append("        tape.append((" + ", ".join(rename.get(v, v) for v in saved) + ",))")
     for prev, nxt in m.scan.carries:
         body.append(f"        {prev} = {nxt}")
-    for eq in sp_.params.values():
-        body.append(f"    {eq.lhs.name} = 0.0")
+    carry_names = {e.lhs.name for e in sp_.carry_out.values()}
+    in_loop = [e for e in grads if e.lhs.name in carry_names]
+    param_grads = [e for e in grads if e.lhs.name not in carry_names]
+    back_eqs, back_stacks = stack_adjoints(adjoint + in_loop, stacking.groups, fresh)
+    extra_roots = [d for bs in back_stacks.values() for b in bs for d in b.deltas]
+    bwd = _Emitter([e.rhs for e in back_eqs + param_grads] + extra_roots, backend, low, "b")
+    loop: list[str] = []
+    for eq in back_eqs:
+        for bs in back_stacks.get(eq.lhs.name, []):
+            ds = [bwd.code(d, False) for d in bs.deltas]
+            loop.extend(f"        {t} = {_rename(c, rename)}" for t, c in bwd.take())
+            cat = "np.concatenate" if backend == "numpy" else "torch.cat"
+            loop.append(f"        {bs.var.name} = {cat}([{', '.join(_rename(d, rename) for d in ds)}], -1) @ {bs.weight}")
+        code = bwd.code(eq.rhs)
+        loop.extend(f"        {t} = {_rename(c, rename)}" for t, c in bwd.take())
+        loop.append("        # " + comment(atexs[eq.lhs.name]))
+        if eq.lhs.name in carry_names:
+            prev = next(p for p, e in sp_.carry_out.items() if e.lhs.name == eq.lhs.name)
+            loop.append(f"        {carried[prev]} = {_rename(code, rename)}")
+        else:
+            loop.append(f"        {eq.lhs.name} = {_rename(code, rename)}")
+    before, keep, after = _deferred_grads(param_grads, bwd, low, backend, T, seq_vars, rename, fresh, atexs)
+    body.extend(before)
     body.append(f"    for t in range({T} - 1, -1, -1):")
     body.append("        (" + ", ".join(rename.get(v, v) for v in saved) + ",) = tape[t]")
-    bwd = _Emitter([e.rhs for e in adjoint + grads], backend, low, "b")
-    for eq in adjoint:
-        code = bwd.code(eq.rhs)
-        body.extend(f"        {t} = {_rename(c, rename)}" for t, c in bwd.take())
-        body.append("        # " + comment(atexs[eq.lhs.name]))
-        body.append(f"        {eq.lhs.name} = {_rename(code, rename)}")
-    for eq in grads:
-        is_carry = any(eq.lhs.name == e.lhs.name for e in sp_.carry_out.values())
-        code = bwd.code(eq.rhs) if is_carry else bwd.reduced(eq.rhs)
-        body.extend(f"        {t} = {_rename(c, rename)}" for t, c in bwd.take())
-        body.append("        # " + comment(atexs[eq.lhs.name]))
-        if is_carry:
-            prev = next(p for p, e in sp_.carry_out.items() if e.lhs.name == eq.lhs.name)
-            body.append(f"        {carried[prev]} = {_rename(code, rename)}")
-        else:
-            body.append(f"        {eq.lhs.name} = {eq.lhs.name} + {_rename(code, rename)}")
+    body.extend(loop)
+    body.extend(keep)
+    body.extend(after)
     ret = ", ".join(f'"{k}": {e.lhs.name}' for k, e in sp_.params.items())
     doc = [f"dlmath kernel for the recurrence {_safe(m.name)} ({_safe(m.section)}), {backend} backend. Generated by "
            "dlmath; do not edit.", "",
            "The step equations run in a loop over the T time steps; backpropagation through time runs them",
-           "backwards, carrying the adjoint of the state. Sequences are time-major: (T, n, ...)."]
+           "backwards, carrying the adjoint of the state; the parameter gradients sum over all steps after it.",
+           "Sequences are time-major: (T, n, ...)."]
     return _module(m, backend, doc, names, body, f'{{"loss": loss, "grad": {{{ret}}}}}',
                    list(m.equations) + sp_.adjoint)
+
+
+def _deferred_grads(grads: Sequence[Equation], bwd: _Emitter, low: Lowering, backend: str, T: str,
+                    seq_vars: dict[str, str], rename: dict[str, str], fresh: Any, atexs: dict[str, str],
+                    accumulate: bool = False) -> tuple[list[str], list[str], list[str]]:
+    """Parameter gradients summed over the steps after the backward loop: the loop keeps the per-step values
+    each gradient reads (lists, no copies; a sequence input is read whole), and one contraction over all
+    ``T n`` rows replaces T per-step products. Returns the lines before the loop, at the end of its body
+    and after it. A gradient that does not depend on the sample stays summed in the loop."""
+    from derive.tensor import substitute
+
+    from .scan_lowering import frontier
+
+    before: list[str] = []
+    keep: list[str] = []
+    after: list[str] = []
+    cat = "np.concatenate" if backend == "numpy" else "torch.cat"
+    flat: dict[int, Var] = {}
+    mapping: dict[Node, Node] = {}
+    rows = []
+    for eq in grads:
+        if not low.batched(eq.rhs):
+            code = bwd.reduced(eq.rhs)
+            keep.extend(f"        {t} = {_rename(c, rename)}" for t, c in bwd.take())
+            keep.append("        # " + comment(atexs[eq.lhs.name]))
+            keep.append(f"        {eq.lhs.name} = {eq.lhs.name} + {_rename(code, rename)}")
+            if not accumulate:
+                before.append(f"    {eq.lhs.name} = 0.0")
+            continue
+        rows.append(eq)
+        for f in frontier(eq.rhs, low.batched, bwd.temps):
+            if id(f) in flat:
+                continue
+            base = f.name if isinstance(f, Var) else bwd.temps[id(f)]
+            v = Var(fresh(f"{base}_all"), f.shape, "var", batched=True)
+            flat[id(f)] = v
+            mapping[f] = v
+            if isinstance(f, Var) and f.name in seq_vars.values():
+                after.append(f"    {v.name} = {f.name}.reshape(-1, *{f.name}.shape[2:])")
+            else:
+                hist = fresh(f"{base}_hs")
+                before.append(f"    {hist} = [None] * {T}")
+                keep.append(f"        {hist}[t] = {_rename(base, rename)}")
+                after.append(f"    {v.name} = {cat}({hist})")
+    if not rows:
+        return before, keep, after
+    low_all = Lowering(low.backend, low.model, low.ref)
+    low_all.sample = f"({T} * {low.sample})"
+    eqs = [(eq, substitute(eq.rhs, mapping)) for eq in rows]
+    post = _Emitter([r for _, r in eqs], backend, low_all, "s", "sum")
+    post.taken |= fresh.taken
+    for eq, r in eqs:
+        code = post.reduced(r)
+        after.extend(f"    {t} = {c}" for t, c in post.take())
+        after.append("    # " + comment(atexs[eq.lhs.name]) + " (summed over t)")
+        total = f"{_paren(code)} / {low.sample}" if bwd.reduction == "mean" else code
+        after.append(f"    {eq.lhs.name} = " + (f"{eq.lhs.name} + {total}" if accumulate else total))
+    return before, keep, after
 
 
 def generate_scans(m: Model, backend: str) -> str:
     """The module of a program of several scans: each scan's step equations in a loop over its time steps
     (t = T..1 for a reverse scan), in the program's order, keeping the states later scans read; then
     backpropagation through time scan by scan from the last, each loop carrying its state's adjoint and
-    adding the adjoints its scan sends back to the earlier scans it read."""
+    adding the adjoints its scan sends back to the earlier scans it read. Gate products run stacked and the
+    parameter gradients sum over each scan's steps after its backward loop, as in :func:`generate_scan`."""
     from derive.scan import scan_programs
+
+    from .scan_lowering import Names, stack_adjoints, stack_gates
 
     progs = scan_programs(m)
     scans = {sc.name: sc for sc in m.scans}
@@ -842,6 +920,9 @@ def generate_scans(m: Model, backend: str) -> str:
     body: list[str] = ["    loss = 0.0"]
     saved: list[list[str]] = []
     renames: list[dict[str, str]] = []
+    fresh = Names(_Emitter([e.rhs for e in m.equations] + [e.rhs for pr in progs for e in pr.adjoint], backend,
+                           low).taken)
+    groups = []
     # -- forward: the scans in order -------------------------------------------------------------------
     for pr in progs:
         sc = pr.scan
@@ -861,6 +942,10 @@ def generate_scans(m: Model, backend: str) -> str:
         rename = {s: f"{s}_t" for s in sc.sequences}
         renames.append(rename)
         forward = stabilize(pr.forward, defs)
+        stacking = stack_gates(forward, {m.inputs[p] for p, _ in sc.carries}, {m.inputs[s] for s in sc.sequences},
+                               backend, fresh, dim_code)
+        groups.append(stacking.groups)
+        body.extend(f"    {ln}" for ln in stacking.before)
         upstream = list(pr.upstream)
         keep = [*(p for p, _ in sc.carries), *sc.sequences, *upstream, *(e.lhs.name for e in forward)]
         saved.append(keep)
@@ -872,8 +957,9 @@ def generate_scans(m: Model, backend: str) -> str:
             body.append(f"        {s_}_t = {s_}[t]")
         for u in upstream:
             body.append(f"        {u} = {u}_seq[t]")
-        fwd = _Emitter([e.rhs for e in forward], backend, low, f"{sc.name}_f")
-        for eq in forward:
+        body.extend(f"        {ln}" for ln in stacking.step)
+        fwd = _Emitter([e.rhs for e in stacking.forward], backend, low, f"{sc.name}_f")
+        for eq in stacking.forward:
             code = fwd.code(eq.rhs)
             body.extend(f"        {t} = {_rename(c, rename)}" for t, c in fwd.take())
             body.append("        # " + texs[eq.lhs.name].replace("\n", " "))
@@ -914,31 +1000,44 @@ def generate_scans(m: Model, backend: str) -> str:
         adjoint = reuse_outputs([e for e in pr.adjoint if e.kind != "grad"], defs)
         grad_eqs = reuse_outputs([e for e in pr.adjoint if e.kind == "grad"], defs)
         atexs = dict(zip([e.lhs.name for e in pr.adjoint], equations_tex(pr.adjoint)))
-        body.append(f"    for t in {loop}:")
-        body.append("        (" + ", ".join(rename.get(v, v) for v in saved[k]) + f",) = tape_{sc.name}[t]")
+        loop_lines: list[str] = []
         for v, oin in pr.outputs_in.items():
-            body.append(f"        {oin.name} = {v}_up[t]")
-        bwd = _Emitter([e.rhs for e in adjoint + grad_eqs], backend, low, f"{sc.name}_b")
-        for eq in adjoint:
-            code = bwd.code(eq.rhs)
-            body.extend(f"        {t} = {_rename(c, rename)}" for t, c in bwd.take())
-            body.append("        # " + atexs[eq.lhs.name].replace("\n", " "))
-            body.append(f"        {eq.lhs.name} = {_rename(code, rename)}")
+            loop_lines.append(f"        {oin.name} = {v}_up[t]")
         carried = {e.lhs.name: p for p, e in pr.carry_out.items()}
         ups = {e.lhs.name: u for u, e in pr.upstream.items()}
         stacked = {e.lhs.name for e in pr.stacks.values()}
-        for eq in grad_eqs:
-            per_sample = eq.lhs.name in carried or eq.lhs.name in ups or eq.lhs.name in stacked
-            code = bwd.code(eq.rhs) if per_sample else bwd.reduced(eq.rhs)
-            body.extend(f"        {t} = {_rename(c, rename)}" for t, c in bwd.take())
-            body.append("        # " + atexs[eq.lhs.name].replace("\n", " "))
+        per_step = [e for e in grad_eqs if e.lhs.name in carried or e.lhs.name in ups or e.lhs.name in stacked]
+        summed = [e for e in grad_eqs if e not in per_step]
+        back_eqs, back_stacks = stack_adjoints(adjoint + per_step, groups[k], fresh)
+        extra_roots = [d for bs in back_stacks.values() for b in bs for d in b.deltas]
+        bwd = _Emitter([e.rhs for e in back_eqs + summed] + extra_roots, backend, low, f"{sc.name}_b")
+        for eq in back_eqs:
+            for bs in back_stacks.get(eq.lhs.name, []):
+                ds = [bwd.code(d, False) for d in bs.deltas]
+                loop_lines.extend(f"        {t} = {_rename(c, rename)}" for t, c in bwd.take())
+                loop_lines.append(f"        {bs.var.name} = {'np.concatenate' if backend == 'numpy' else 'torch.cat'}"
+                                  f"([{', '.join(_rename(d, rename) for d in ds)}], -1) @ {bs.weight}")
+            code = bwd.code(eq.rhs)
+            loop_lines.extend(f"        {t} = {_rename(c, rename)}" for t, c in bwd.take())
+            loop_lines.append("        # " + comment(atexs[eq.lhs.name]))
             if eq.lhs.name in carried:
-                body.append(f"        {pr.carry_in[carried[eq.lhs.name]].name} = {_rename(code, rename)}")
+                loop_lines.append(f"        {pr.carry_in[carried[eq.lhs.name]].name} = {_rename(code, rename)}")
             elif eq.lhs.name in ups:
                 u = ups[eq.lhs.name]
-                body.append(f"        {u}_up[t] = {u}_up[t] + {_rename(code, rename)}")
+                loop_lines.append(f"        {u}_up[t] = {u}_up[t] + {_rename(code, rename)}")
+            elif eq.lhs.name in stacked:
+                loop_lines.append(f"        {eq.lhs.name} = {eq.lhs.name} + {_rename(code, rename)}")
             else:
-                body.append(f"        {eq.lhs.name} = {eq.lhs.name} + {_rename(code, rename)}")
+                loop_lines.append(f"        {eq.lhs.name} = {_rename(code, rename)}")
+        seq_names = {s_: s_ for s_ in sc.sequences}
+        before, keep, after = _deferred_grads(summed, bwd, low, backend, T, seq_names, rename, fresh, atexs,
+                                              accumulate=True)
+        body.extend(before)
+        body.append(f"    for t in {loop}:")
+        body.append("        (" + ", ".join(rename.get(v, v) for v in saved[k]) + f",) = tape_{sc.name}[t]")
+        body.extend(loop_lines)
+        body.extend(keep)
+        body.extend(after)
         for sv, src in sc.stacks:
             To = dim_code(next(sc2.time for sc2 in scans.values() if src in sc2.equations))
             g = pr.stacks[sv.name].lhs.name
