@@ -585,7 +585,7 @@ SECTIONS: dict[str, Callable[[Settings], int]] = {
     "parse": lambda settings: int(importlib.import_module("numeric.bench_parse").bench_parse(settings)),
     "torch": lambda settings: int(importlib.import_module("numeric.bench_torch").bench_torch(settings)),
     "plugin": lambda settings: int(importlib.import_module("verify.bench_plugin").bench_plugin(settings)),
-    "ch8": lambda settings: int(__import__("numeric.bench_ch8").bench_ch8.bench_ch8(settings)),
+    "ch8": lambda settings: int(importlib.import_module("numeric.bench_ch8").bench_ch8(settings)),
 }
 
 
