@@ -71,8 +71,50 @@ def _declarations(pairs: Sequence[str]) -> dict[str, str]:
 def _model(args: argparse.Namespace) -> derive.Model:
     """The MODEL argument, resolved in one place: a zoo entry (``-O`` options), or an expression of the
     language of :func:`derive.parse` with ``-V name=type`` declarations (``--wrt``: the variables to
-    differentiate). A text that is not a Python identifier, or any ``-V``, makes it an expression."""
+    differentiate). A text that is not a Python identifier, or any ``-V``, makes it an expression.
+    ``--torch MODULE:FACTORY`` instead: ``FACTORY()`` returns ``(module_or_function, example_args)``, captured
+    by :func:`derive.from_torch` (MODULE found in the working folder first, as ``--impl``'s)."""
+    torch_spec = getattr(args, "torch", None)
+    if torch_spec is not None:
+        if args.model != torch_spec:
+            raise UsageError("give a MODEL or --torch MODULE:FACTORY, not both")
+        if getattr(args, "var", None) or getattr(args, "option", None):
+            raise UsageError("--torch takes no -V declarations or -O options: the factory builds the module")
+        import os
+
+        mod, sep, fn = torch_spec.partition(":")
+        if not sep or not mod or not all(p.isidentifier() for p in mod.split(".")) or not fn.isidentifier():
+            raise UsageError(f"--torch {torch_spec!r} should look like MODULE:FACTORY (e.g. mylayers:make_mlp, "
+                             "with mylayers.py in the working folder and make_mlp() returning (module, example_args))")
+        cwd = os.getcwd()
+        if cwd not in sys.path:
+            sys.path.insert(0, cwd)
+        try:
+            module = importlib.import_module(mod)
+        except ImportError as e:
+            raise UsageError(f"--torch {torch_spec!r}: cannot import {mod!r} ({e}); put {mod.replace('.', '/')}.py "
+                             f"in the working folder ({cwd}) or install it") from None
+        except Exception as e:  # noqa: BLE001 - the user's module failed while importing: one line
+            first = str(e).splitlines()[0] if str(e) else ""
+            raise UsageError(f"--torch {torch_spec!r}: importing {mod} raised {type(e).__name__}: {first}") from None
+        factory = getattr(module, fn, None)
+        if not callable(factory):
+            raise UsageError(f"--torch {torch_spec!r}: {mod} has no function {fn!r}" if factory is None else
+                             f"--torch {torch_spec!r}: {mod}.{fn} is not callable")
+        try:
+            made = factory()
+        except Exception as e:  # noqa: BLE001 - the user's factory failed: one line
+            first = str(e).splitlines()[0] if str(e) else ""
+            raise UsageError(f"--torch {torch_spec!r}: {fn}() raised {type(e).__name__}: {first}") from None
+        if not (isinstance(made, tuple) and len(made) == 2 and callable(made[0])):
+            raise UsageError(f"--torch {torch_spec!r}: {fn}() should return (module_or_function, example_args), got "
+                             f"{type(made).__name__}")
+        obj, example = made
+        example = tuple(example) if isinstance(example, (tuple, list)) else (example,)
+        return derive.from_torch(obj, *example)
     spec = args.model
+    if spec is None:
+        raise UsageError("give a MODEL (a zoo entry, see `dlmath list`, or an expression) or --torch MODULE:FACTORY")
     decls = getattr(args, "var", None) or []
     if decls or not spec.isidentifier():
         if getattr(args, "option", None):
@@ -89,9 +131,30 @@ def _model(args: argparse.Namespace) -> derive.Model:
 
 
 def _add_model_args(s: argparse.ArgumentParser, required: bool = True) -> None:
-    """The MODEL argument and the flags that qualify it (the same for every command that takes a model)."""
-    s.add_argument("model", nargs=None if required else "?", metavar="MODEL",
+    """The MODEL argument and the flags that qualify it (the same for every command that takes a model).
+    ``--torch MODULE:FACTORY`` stands in for MODEL (so MODEL is optional on the command line; :func:`_model`
+    says when neither is given)."""
+
+    class _Model(argparse.Action):
+        def __call__(self, parser: argparse.ArgumentParser, ns: argparse.Namespace, values: Any,
+                     option_string: str | None = None) -> None:
+            if values is None and getattr(ns, "torch", None) is not None:
+                return  # MODEL absent: --torch names the model
+            setattr(ns, self.dest, values)
+
+    class _Torch(argparse.Action):
+        def __call__(self, parser: argparse.ArgumentParser, ns: argparse.Namespace, values: Any,
+                     option_string: str | None = None) -> None:
+            setattr(ns, self.dest, values)
+            if getattr(ns, "model", None) is None:
+                ns.model = values
+
+    del required  # MODEL or --torch: checked by _model, which every command calls
+    s.add_argument("model", nargs="?", metavar="MODEL", action=_Model,
                    help="a zoo entry (see `dlmath list`), or an expression such as \"x'*A*x\" with -V declarations")
+    s.add_argument("--torch", metavar="MODULE:FACTORY", action=_Torch, default=None,
+                   help="your PyTorch code instead of MODEL: FACTORY() in MODULE (found in the working folder) returns "
+                   "(module_or_function, example_args), captured by derive.from_torch")
     s.add_argument("-O", "--option", action="append", metavar="KEY=VALUE",
                    help="zoo entry option, e.g. -O slope=0.1 (repeatable)")
     s.add_argument("-V", "--var", action="append", metavar="NAME=TYPE",
