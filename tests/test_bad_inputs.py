@@ -789,6 +789,8 @@ cli("derive-bad-declaration", ["derive", "sum(x)", "-V", "x"], "'x'", "name=type
 cli("derive-declaration-twice", ["derive", "sum(x)", "-V", "x=vector(n)", "-V", "x=scalar"], "x", "twice")
 cli("derive-format", ["derive", "mlp", "--format", "html"], "--format", "'html'")
 cli("backprop-update-rule", ["backprop", "adam"], "adam", "update rule")
+cli("hessian-three-wrt", ["hessian", "rosenbrock", "--wrt", "theta", "--wrt", "theta", "--wrt", "theta"], "--wrt",
+    "got 3")
 cli("hessian-unknown", ["hessian", "rosenbrock", "--wrt", "q"], "'q'", "theta")
 cli("codegen-hessian-unknown", ["codegen", "rosenbrock", "--hessian", "q"], "'q'", "theta")
 cli("codegen-backend", ["codegen", "mlp", "--backend", "jax"], "--backend", "'jax'")

@@ -274,6 +274,9 @@ def cmd_backprop(args: argparse.Namespace) -> int:
 def cmd_hessian(args: argparse.Namespace) -> int:
     m = _model(args)
     wrt = args.wrt or (list(m.hessian_wrt[:1]) or list(m.params)[:1])
+    if len(wrt) > 2:  # a block has two parameters: a third --wrt is refused, not ignored
+        raise UsageError(f"--wrt names one parameter (a diagonal block) or two (a cross block), got {len(wrt)}: "
+                         f"{', '.join(wrt)}")
     eqs = derive.hessian(m, wrt[0], wrt[1] if len(wrt) > 1 else None)
     _print_eqs(eqs, args.format, args.batch, model=m)
     _print_constants(m, args.format)
