@@ -574,6 +574,13 @@ def _layers(settings: Settings) -> int:
     return bench_layers.bench_layers(settings)
 
 
+def _section(module: str, settings: Settings) -> int:
+    """Run the section of ``numeric.<module>`` (a function of the same name, imported when it runs)."""
+    import importlib
+
+    return int(getattr(importlib.import_module(f"numeric.{module}"), module)(settings))
+
+
 SECTIONS: dict[str, Callable[[Settings], int]] = {
     "derive": bench_derive,
     "kernels": bench_kernels,
@@ -581,7 +588,7 @@ SECTIONS: dict[str, Callable[[Settings], int]] = {
     "scaling": _deep("scaling"),
     "sizes": _deep("size_independence"),
     "layers": _layers,
-    "parse": lambda settings: __import__("numeric.bench_parse", fromlist=["bench_parse"]).bench_parse(settings),
+    "parse": lambda settings: _section("bench_parse", settings),
 }
 
 
