@@ -9,7 +9,8 @@ For each example of "Your own model" (the matrixcalculus.org classics and the de
 2. **kernel vs autograd**: one call of the compiled PyTorch kernel (loss and every gradient; the Hessian
    for the ``(Hessian)`` rows) against ``torch.autograd`` on the same loss written in PyTorch
    (``torch.nn.functional`` where torch has it), float64, timed side by side (:func:`numeric.bench.race`),
-   the ratio the median of per-round ratios; and the largest difference of the gradients, relative to
+   the ratio the median of per-round ratios (the Hessian rows against ``torch.autograd.functional.hessian``
+   with ``vectorize=True``); and the largest difference of the loss, gradients and Hessian, relative to
    their size (a MISMATCH above 1e-9 counts as a problem).
 """
 
@@ -175,7 +176,7 @@ def _kernel_row(ex: Example, settings: Settings) -> tuple[list[str], int]:
     def auto_hessian() -> Any:
         w = hess[0]
         rest = {k: v for k, v in ts.items() if k != w}
-        return torch.autograd.functional.hessian(lambda v: ex.torch_loss(**rest, **{w: v}), ts[w])
+        return torch.autograd.functional.hessian(lambda v: ex.torch_loss(**rest, **{w: v}), ts[w], vectorize=True)
 
     out = gen()
     loss, grads = auto()
@@ -233,7 +234,7 @@ def bench_parse(settings: Settings) -> int:
           "one call (loss and gradients) ==")
     print(format_table(["example", "sizes", "gen ms", "autograd ms", "gen/autograd", "max rel diff"], rows,
                        left=(0, 1)))
-    print("(Hessian) rows: the generated dense Hessian against torch.autograd.functional.hessian. Ratios are "
-          "medians of per-round ratios, timed side by side.")
+    print("(Hessian) rows: the generated dense Hessian against torch.autograd.functional.hessian(vectorize=True). "
+          "Ratios are medians of per-round ratios, timed side by side.")
     print()
     return errors
