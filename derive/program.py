@@ -384,6 +384,9 @@ class Builder:
         self._scans: list[Scan] = []
         self._scan_start = 0
         self._stacks: dict[Var, str] = {}
+        #: the left-hand sides defined so far -> their right-hand sides (read by _centered_axis)
+        self._defs: dict[Var, Node] = {}
+        self._defs_n = 0
 
     def dim(self, name: str, default: int, lo: int = 1, hi: int = 5, tex: str | None = None) -> sp.Symbol:
         """Declare a dimension with its default size and the range the verifier draws from."""
@@ -502,7 +505,11 @@ class Builder:
 
         if not isinstance(rhs, Map) or rhs.ndim == 0:
             return None
-        defs = {eq.lhs: eq.rhs for eq in self.equations}
+        if self._defs_n != len(self.equations):  # kept up to date, not rebuilt per equation (quadratic in depth)
+            for eq in self.equations[self._defs_n:]:
+                self._defs[eq.lhs] = eq.rhs
+            self._defs_n = len(self.equations)
+        defs = self._defs
         fn, args = rhs.fn, rhs.args
         if fn.is_Add and len(fn.args) == 2 and len(args) == 2:
             for i, j in ((0, 1), (1, 0)):

@@ -1,6 +1,6 @@
 """Benchmarks: derivation cost, generated kernels vs autograd and closed forms, Hessians.
 
-Run as ``python -m numeric.bench [--quick] [--only derive|kernels|hessian|scaling|sizes|layers]`` or through
+Run as ``python -m numeric.bench [--quick] [--only derive|kernels|hessian|scaling|sizes|layers|plugin]`` or through
 ``dlmath bench``. Three plain-text tables are printed:
 
 1. **derive**: for every zoo entry, the cold time of ``derive.models.get`` + ``derive.backprop``,
@@ -26,6 +26,7 @@ import argparse
 import dataclasses
 import functools
 import gc
+import importlib
 import inspect
 import os
 import platform
@@ -574,13 +575,6 @@ def _layers(settings: Settings) -> int:
     return bench_layers.bench_layers(settings)
 
 
-def _section(module: str, settings: Settings) -> int:
-    """Run the section of ``numeric.<module>`` (a function of the same name, imported when it runs)."""
-    import importlib
-
-    return int(getattr(importlib.import_module(f"numeric.{module}"), module)(settings))
-
-
 SECTIONS: dict[str, Callable[[Settings], int]] = {
     "derive": bench_derive,
     "kernels": bench_kernels,
@@ -588,7 +582,10 @@ SECTIONS: dict[str, Callable[[Settings], int]] = {
     "scaling": _deep("scaling"),
     "sizes": _deep("size_independence"),
     "layers": _layers,
-    "parse": lambda settings: _section("bench_parse", settings),
+    "parse": lambda settings: int(importlib.import_module("numeric.bench_parse").bench_parse(settings)),
+    "torch": lambda settings: int(importlib.import_module("numeric.bench_torch").bench_torch(settings)),
+    "plugin": lambda settings: int(importlib.import_module("verify.bench_plugin").bench_plugin(settings)),
+    "ch8": lambda settings: int(importlib.import_module("numeric.bench_ch8").bench_ch8(settings)),
 }
 
 
