@@ -622,6 +622,8 @@ class _Checker:
                                    "elementwise quotient)")
             return a
         if op == ".^":
+            if a.kind == SCALAR:  # a scalar base broadcasts against the exponents: 2.^x
+                return b
             if b.kind != SCALAR:
                 self.same(e, a, b, "'.^'")
             return a

@@ -163,6 +163,7 @@ def test_precedence_and_the_meaning_of_the_operators() -> None:
         "sum(diag(A) .* diag(diag(x)*A))": (np.diag(A) * np.diag(np.diag(x) @ A)).sum(),
         "det(A^-1) * det(A)": 1.0,
         "mean(abs(A)) + norm1(x) + norm2(A)": np.abs(A).mean() + np.abs(x).sum() + np.linalg.norm(A),
+        "sum(2 .^ x) + sum(abs(y) .^ 1.5)": (2.0**x).sum() + (np.abs(y) ** 1.5).sum(),  # a scalar base broadcasts
     }
     for text, want in cases.items():
         m = derive.parse(text, x="vector(n)", y="vector(n)", A="matrix(n,n)")
