@@ -444,3 +444,30 @@ def test_cli_model_and_torch_together_refused(factories: str, capsys: pytest.Cap
 
     assert main(["derive", "softmax_regression", "--torch", f"{factories}:mlp"]) == 2
     assert "not both" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------------
+# printing: one equation per layer step, with the module's names
+# ---------------------------------------------------------------------------------------------------
+
+
+def test_linear_layers_print_as_the_book_writes_them() -> None:
+    m = derive.from_torch(_MLP(nn.GELU()), torch.randn(5, 4))
+    tex = derive.latex(m)
+    assert r"z_{1}^{(i)} &= W_{1} x^{(i)} + b_{1}" in tex and r"z_{2}^{(i)} &= W_{2} a_{1}^{(i)} + b_{2}" in tex
+    assert "permute" not in tex and "reshape" not in tex
+    assert [e.lhs.tex for e in m.equations][:3] == ["z_{1}", "a_{1}", "z_{2}"]
+    back = derive.latex(derive.backprop(m))
+    assert r"g_{W_{1}} &= \sum_{i=1}^{n} \zeta_{z_{1}}^{(i)} x^{(i)\top}" in back
+
+
+def test_transformer_layer_prints_attention_and_norms_as_named_steps() -> None:
+    layer = nn.TransformerEncoderLayer(d_model=16, nhead=2, dim_feedforward=32, dropout=0)
+    m = derive.from_torch(layer, torch.randn(3, 2, 16))
+    texs = [e.lhs.tex for e in m.equations]
+    for name in ("Q", "K", "V", "U", r"\mu_{1}", r"\sigma_{1}", r"\hat{z}_{1}", "z_{1}", "a_{1}", "z_{2}",
+                 r"\mu_{2}", r"\sigma_{2}", r"\hat{z}_{2}"):
+        assert name in texs, (name, texs)
+    tex = derive.latex(m.equations)
+    assert r"\hat{z}_{1} &= \frac{\gamma_{1} \odot (h_{2} - \mu_{1})}{\sigma_{1}} + \beta_{1}" in tex
+    assert r"a_{1} &= \operatorname{ReLU}(z_{1})" in tex

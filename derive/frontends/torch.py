@@ -433,6 +433,7 @@ class _Converter:
                  args: Sequence[Any], custom: list[str], replace: dict[Any, Any] | None = None):
         self.ep, self.module, self.label, self.names = ep, module, label, names
         self.replace: dict[Any, Any] = dict(replace or {})
+        self.current: Any = None
         self.hints: dict[Any, int] = {}
         self.tensor_pos, self.args, self.custom = tensor_pos, args, custom
         ident = re.sub(r"\W", "_", label)
@@ -619,10 +620,29 @@ class _Converter:
         from . import torch_ops
 
         token = torch_ops.CONSTANT.set(self._const)
+        token_step = torch_ops.STEP.set(self._step)
         try:
             return self._convert(inputs, params, buffers, labels)
         finally:
             torch_ops.CONSTANT.reset(token)
+            torch_ops.STEP.reset(token_step)
+
+    def _step(self, name: str, value: Node, tex: str) -> Node:
+        """An intermediate of the current layer step as its own equation (``mu_1 = ...``), subscripted by the
+        module's number or name."""
+        if self.current is None or not isinstance(value, Node) or isinstance(value, Var):
+            return value
+        scope = self._scope(self.current)
+        leaf = scope[-1] if scope else ""
+        sub = _subscript(leaf) if leaf else ""
+        full = f"{tex}_{{{sub}}}" if sub else tex
+        if any(t == full for t in self.tex.values()):
+            self.hidden += 1
+            full = f"{tex}_{{{sub + ',' if sub else ''}{self.hidden}}}"
+        ident = self._fresh(f"{name}_{re.sub(r'[^0-9A-Za-z]', '', leaf)}" if leaf else name)
+        var = self.b.eq(ident, value, full)
+        self.tex[id(var)] = full
+        return var
 
     def _const(self, name: str, value: float) -> sp.Expr:
         key = (name, value)
@@ -641,6 +661,7 @@ class _Converter:
         user_outs = [a for a, s in zip(out_node.args[0], sig.output_specs) if s.kind == OutputKind.USER_OUTPUT]
         out_names = {a.name for a in user_outs if hasattr(a, "name")}
         for n in nodes:
+            self.current = n
             self.env[n.name] = self._call(n)
             self._check_shape(n)
             if n.name not in out_names and self._is_step(n):
@@ -781,6 +802,8 @@ class _Converter:
         v = self.env[n.name]
         if not isinstance(v, Node) or isinstance(v, (Var, Const)) or v.shape == () and not n.users:
             return False
+        if self._attention_role(n):
+            return True
         cheap = isinstance(v, (Einsum, Reshape)) and all(isinstance(c, (Var, Const)) for c in v.children()) \
             and (not isinstance(v, Einsum) or len(v.operands) == 1)
         if cheap:
@@ -795,6 +818,32 @@ class _Converter:
             if su and su[-1] and su[-1] not in scope:  # the input of a module (an activation between layers)
                 return True
         return len(users) > 1
+
+    def _attention_role(self, n: Any) -> str:
+        """The book's letter of an attention step: the queries, keys and values handed to scaled dot-product
+        attention (``Q``, ``K``, ``V``, one block per head), its output ``U``, and the attention weights ``A``
+        (a softmax inside a ``MultiheadAttention``); "" for any other node."""
+        if n.op != "call_function":
+            return ""
+        _, base = _op_name(n.target)
+        if base == "scaled_dot_product_attention":
+            return "U"
+        if base in ("softmax", "_softmax") and any(self.types.get(p) == "MultiheadAttention" for p in self._scope(n)):
+            return "A"
+        for u in self._users(n):
+            if u.op == "call_function" and _op_name(u.target)[1] == "scaled_dot_product_attention":
+                for role, a in zip("QKV", u.args[:3]):
+                    if a is n or (hasattr(a, "op") and n in self._sources(a)):
+                        return role
+        return ""
+
+    def _sources(self, a: Any) -> list[Any]:
+        """``a`` and the nodes it passes on unchanged (identities, getitem)."""
+        out = [a]
+        while hasattr(a, "op") and a.op == "call_function" and (self._passes(a) or self._is_identity(a)):
+            a = a.args[0]
+            out.append(a)
+        return out
 
     def _users(self, n: Any) -> list[Any]:
         """The users of ``n``, looking through those that pass its value on unchanged (getitem, identities)."""
@@ -833,7 +882,15 @@ class _Converter:
         scope = self._scope(n)
         leaf = scope[-1] if scope else ""
         kind = self.types.get(leaf, "")
-        if leaf:
+        role = self._attention_role(n)
+        if role:
+            many = sum(t == "MultiheadAttention" for t in self.types.values()) > 1
+            tex = f"{role}_{{{_subscript(leaf)}}}" if many and leaf else role
+            if any(t == tex for t in self.tex.values()):
+                self.hidden += 1
+                tex = f"{role}_{{{self.hidden}}}"
+            ident = self._fresh(role)
+        elif leaf:
             ident = self._fresh(param_identifier(leaf))
             sub = _subscript(leaf)
             if kind in _LINEAR:

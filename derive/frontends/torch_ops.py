@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from fractions import Fraction
 from typing import Any
 
+import numpy as np
 import sympy as sp
 
 from .. import functions as F
@@ -56,6 +57,16 @@ OPS: dict[str, Rule] = {}
 #: how a rule names a hyperparameter (a norm's epsilon): the front end sets it to ``Builder.const`` while it
 #: converts, so the equations print ``epsilon`` and list its value once; unset, the number itself is used
 CONSTANT: contextvars.ContextVar[Callable[[str, float], sp.Expr] | None] = contextvars.ContextVar("CONSTANT", default=None)
+
+
+#: how a rule names an intermediate of a layer step (a norm's mean and standard deviation): the front end
+#: sets it to write an equation (``mu_1 = ...``) and return its variable; unset, the value itself is used
+STEP: contextvars.ContextVar[Callable[[str, Node, str], Node] | None] = contextvars.ContextVar("STEP", default=None)
+
+
+def step(name: str, value: Node, tex: str) -> Node:
+    make = STEP.get()
+    return make(name, value, tex) if make is not None else value
 
 
 def constant(name: str, value: Any) -> sp.Expr:
@@ -574,6 +585,18 @@ def _group_norm(x: Node, w: Node | None, b: Node | None, N: Any, C: Any, HxW: An
     return (out, mu, rstd)
 
 
+@rule("rms_norm")
+def _rms_norm(x: Node, shape: Sequence[Any], w: Node | None = None, eps: float | None = None) -> Node:
+    """RMSNorm: ``x / sqrt(mean(x^2) + eps) * w`` over the trailing ``shape`` (eps: the float64 machine
+    epsilon when not given, as torch in float64)."""
+    axes = list(range(x.ndim - len(shape), x.ndim))
+    e = float(np.finfo(np.float64).eps) if eps is None else eps
+    r = _keep(step("r", elementwise(sp.sqrt(a0 + constant("epsilon", e)), _mean(elementwise(a0**2, x), axes)),
+                   r"r"), x, tuple(axes), True)
+    out = elementwise(a0 / a1, x, r)
+    return out if w is None else elementwise(a0 * a1, out, w)
+
+
 @rule("_softmax")
 def _softmax(x: Node, dim: int, half_to_float: bool = False) -> Node:
     return softmax(x, _ax(x, dim))
@@ -587,11 +610,14 @@ def _log_softmax(x: Node, dim: int, half_to_float: bool = False) -> Node:
 @rule("native_layer_norm")
 def _layer_norm(x: Node, shape: Sequence[Any], w: Node | None, b: Node | None, eps: float) -> tuple[Any, ...]:
     axes = list(range(x.ndim - len(shape), x.ndim))
-    mu = _mean(x, axes, keepdim=True)
+    # the book's steps: the mean and the standard deviation of each row, then the normalised row
+    mu = _keep(step("mu", _mean(x, axes), r"\mu"), x, tuple(axes), True)
     xc = elementwise(a0 - a1, x, mu)
-    var = _mean(elementwise(a0**2, xc), axes, keepdim=True)
-    rstd = elementwise(1 / sp.sqrt(a0 + constant("epsilon", eps)), var)
-    out = elementwise(a0 * a1, xc, rstd)
+    var = _mean(elementwise(a0**2, xc), axes)
+    sigma = _keep(step("sigma", elementwise(sp.sqrt(a0 + constant("epsilon", eps)), var), r"\sigma"), x,
+                  tuple(axes), True)
+    rstd = elementwise(1 / a0, sigma)
+    out = elementwise(a0 / a1, xc, sigma)
     if w is not None:
         out = elementwise(a0 * a1, out, w)
     if b is not None:
