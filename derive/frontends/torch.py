@@ -267,7 +267,8 @@ def from_torch(module_or_function: Any, *example_args: Any, name: str | None = N
     elif callable(module_or_function):
         module = _wrap(module_or_function)
         forward = module_or_function
-        label = name or getattr(module_or_function, "__name__", "function")  # type: ignore[assignment]
+        fn_name = getattr(module_or_function, "__name__", None)
+        label = name or (fn_name if isinstance(fn_name, str) else "function")
         label = label if label.isidentifier() else "function"
     else:
         raise TypeError(f"from_torch takes a torch.nn.Module or a function, not {type(module_or_function).__name__}")
@@ -422,7 +423,8 @@ def _custom_functions(module: Any, args: Sequence[Any]) -> list[str]:
             nm = type(fn).__name__.removesuffix("Backward")
             if nm not in seen:
                 seen.append(nm)
-        stack.extend(f for f, _ in fn.next_functions)  # type: ignore[misc]
+        nexts: Sequence[tuple[Any, int]] = fn.next_functions
+        stack.extend(f for f, _ in nexts)
     return seen
 
 
@@ -735,12 +737,12 @@ class _Converter:
             return None  # bookkeeping on an integer buffer (num_batches_tracked += 1): no part of the math
         if target is operator.getitem:
             return args[0][args[1]]
-        py = {operator.mul: lambda a, b: a * b, operator.add: lambda a, b: a + b, operator.sub: lambda a, b: a - b,
+        py: dict[Any, Callable[..., Any]] = {operator.mul: lambda a, b: a * b, operator.add: lambda a, b: a + b, operator.sub: lambda a, b: a - b,
               operator.truediv: lambda a, b: as_expr(a) / b, operator.floordiv: lambda a, b: sp.floor(as_expr(a) / b),
               operator.pow: lambda a, b: as_expr(a) ** b, operator.neg: lambda a: -a,
               torch.sym_float: lambda a: a, torch.sym_int: lambda a: a, torch.sym_sqrt: lambda a: sp.sqrt(a)}
         if target in py:
-            return py[target](*args)  # type: ignore[operator]
+            return py[target](*args)
         full, base = _op_name(target)
         if base in ("sym_size",):
             return args[0].shape[args[1] % args[0].ndim]

@@ -129,20 +129,19 @@ def broadcast(x: Node, shape: Sequence[Any]) -> Node:
         k = len(shape) - x.ndim
         pos = [i + k for i, d in enumerate(x.shape) if d != 1]
         if all(_same(x.shape[p - k], shape[p]) for p in pos):
-            dims = {i: d for i, d in enumerate(shape)}
-            return einsum([tuple(pos)], tuple(range(len(shape))), [x.x], dims=dims)
+            return einsum([tuple(pos)], tuple(range(len(shape))), [x.x], dims=dict(enumerate(shape)))
     k = len(shape) - x.ndim
     if k < 0:
         raise ShapeError(f"cannot broadcast shape {tuple(x.shape)} to {shape}")
     ins: list[Any] = []
-    dims: dict[Any, Any] = {i: d for i, d in enumerate(shape)}  # type: ignore[no-redef]
+    dims: dict[Any, Any] = dict(enumerate(shape))
     for j, d in enumerate(x.shape):
         i = j + k
         if _same(d, shape[i]):
             ins.append(i)
         elif d == 1:
             ins.append(("one", j))
-            dims[("one", j)] = sp.S.One  # type: ignore[index]
+            dims[("one", j)] = sp.S.One
         else:
             raise ShapeError(f"cannot broadcast shape {tuple(x.shape)} to {shape}")
     return einsum([tuple(ins)], tuple(range(len(shape))), [x], dims=dims)
@@ -176,10 +175,11 @@ def elementwise(fn: sp.Expr, *xs: Any) -> Node:
     from ..tensor import Reshape
 
     full = [n for n in nodes if n.shape != ()]
-    if full and all(isinstance(n, Reshape) and _unit(n) and n.x.shape == full[0].x.shape for n in full):  # type: ignore[attr-defined]
+    units = [n for n in full if isinstance(n, Reshape) and _unit(n)]
+    if full and len(units) == len(full) and all(n.x.shape == units[0].x.shape for n in units):
         # keepdim reductions (shape (..., 1)) stay reductions: map first, add the unit axes after
         inner = [n.x if isinstance(n, Reshape) and n.shape != () else n for n in nodes]
-        return reshape(map_(body, inner, full[0].x.shape), shape)  # type: ignore[attr-defined]
+        return reshape(map_(body, inner, units[0].x.shape), shape)
     return map_(body, nodes, shape)
 
 
@@ -898,8 +898,7 @@ def _unflatten(x: Node, dim: int, sizes: Sequence[Any]) -> Node:
     if any(d == -1 for d in inner):
         known = sp.Mul(*(d for d in inner if d != -1))
         inner = [sp.simplify(x.shape[ax] / known) if d == -1 else d for d in inner]
-    inner = tuple(inner)  # type: ignore[assignment]
-    return reshape(x, x.shape[:ax] + inner + x.shape[ax + 1:])  # type: ignore[operator]
+    return reshape(x, (*x.shape[:ax], *inner, *x.shape[ax + 1:]))
 
 
 @rule("flatten.using_ints")
