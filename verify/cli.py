@@ -11,7 +11,7 @@ import ast
 import importlib
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 import derive
 import numeric
@@ -24,6 +24,13 @@ __all__ = ["main", "detex"]
 
 class UsageError(ValueError):
     """Bad command-line input."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors in the CLI's form: one line (no usage block), exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
 
 def _options(pairs: Sequence[str]) -> dict[str, Any]:
@@ -303,6 +310,8 @@ def _output_path(path: str) -> str:
     if os.path.isdir(path) or path.endswith(os.sep):
         raise UsageError(f"-o {path!r} is a folder; give a file name (e.g. -o {os.path.join(path, 'kernel.py')})")
     folder = os.path.dirname(path) or "."
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise UsageError(f"-o {path!r}: {folder!r} is a file, not a folder; give a path in a folder")
     if not os.path.isdir(folder):
         raise UsageError(f"-o {path!r}: the folder {folder!r} does not exist; create it first")
     return path
@@ -421,9 +430,15 @@ def cmd_verify(args: argparse.Namespace) -> int:
     impl = _load_impl(args.impl) if args.impl else None
     if args.all:
         # -O applies to every entry that has the option (checked against each one's spec when built)
-        unused = set(_options(args.option or [])) - {k for n in names for k in derive.models.options(n)}
+        given = _options(args.option or [])
+        unused = set(given) - {k for n in names for k in derive.models.options(n)}
         if unused:
             raise UsageError(f"no zoo entry has the option {', '.join(sorted(unused))}")
+        for n in names:  # a value an entry refuses is bad input now, not an error row per entry later
+            specs = derive.models.spec(n)
+            for k, v in given.items():
+                if k in specs:
+                    specs[k].check(n, k, v)  # OptionError / OptionTypeError: exit 2 with its one line
     values = tuple(v.strip() for v in args.values.split(",")) if args.values else None
     kw: dict[str, Any] = {"names": _names(args.name, "--name") or None,
                           "layouts": _names(args.layout, "--layout") or None}
@@ -515,7 +530,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from dlmath import __version__
 
-    p = argparse.ArgumentParser(prog="dlmath", description="The mathematics of deep learning: derive, print, "
+    p: argparse.ArgumentParser = _Parser(prog="dlmath", description="The mathematics of deep learning: derive, print, "
                                 "generate and verify (after Liquet, Moka & Nazarathy).")
     p.add_argument("--version", action="version", version=f"dlmath {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -595,26 +610,28 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    """Run the command line; return the exit status: 0, 1 (a verification mismatch), 2 (bad input: one
+    line on stderr), 3 (an internal error: one line; ``DLMATH_DEBUG=1`` shows the traceback) or 130
+    (interrupted by Ctrl-C: one line, no traceback)."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in argv if not a.startswith("-")), "")
+    try:
+        return _run(argv)
+    except KeyboardInterrupt:  # Ctrl-C: one line and the shell's code for SIGINT, no traceback
+        print(f"dlmath{' ' + command if command.isidentifier() else ''}: interrupted", file=sys.stderr)
+        return 130
+
+
+def _run(argv: list[str]) -> int:
+    import os
+
     if argv[:1] == ["bench"] and not ({"-h", "--help"} & set(argv[1:2])):
         from numeric import bench  # its own options (--quick, --only ...) go to it unparsed
 
-        try:
-            return int(bench.main(argv[1:]))
-        except KeyboardInterrupt:
-            print("dlmath bench: interrupted", file=sys.stderr)
-            return 130
-    try:
-        args = parser.parse_args(argv)
-    except KeyboardInterrupt:
-        print("dlmath: interrupted", file=sys.stderr)
-        return 130
+        return int(bench.main(argv[1:]))
+    args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except KeyboardInterrupt:  # Ctrl-C: one line and the shell's code for SIGINT, no traceback
-        print(f"dlmath {args.command}: interrupted", file=sys.stderr)
-        return 130
     except BrokenPipeError:  # the reader (e.g. `head`) closed the pipe: not an error of ours
         return 0
     except (UsageError, derive.ModelError, derive.ShapeError, derive.UnsupportedError, numeric.InputError,
@@ -622,6 +639,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         text = " ".join(str(e).split("\n")[:1]) or type(e).__name__
         print(f"dlmath {args.command}: error: {text}", file=sys.stderr)
         return 2
+    except Exception as e:  # a bug of ours: one line, not a traceback from inside SymPy or torch
+        if os.environ.get("DLMATH_DEBUG"):
+            raise
+        first = (str(e).splitlines() or [""])[0]
+        print(f"dlmath {args.command}: internal error: {type(e).__name__}: {first} (a bug in dlmath; please "
+              f"report it with the command; DLMATH_DEBUG=1 shows the traceback)", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":
