@@ -170,7 +170,9 @@ class TorchReference:
         out = self.forward(**tensors)
         if self.outputs is None:
             return out
-        outs = out if isinstance(out, (tuple, list)) else (out,)
+        from torch.utils._pytree import tree_leaves
+
+        outs = tree_leaves(out)  # nested outputs (an LSTM's out, (h, c)) in the order torch.export flattens them
         return sum((tensors[g] * o).sum() for g, o in zip(self.outputs, outs))
 
     def diagnose(self, arrays: dict[str, Any], kernel: dict[str, Any]) -> str | None:
@@ -310,6 +312,12 @@ def from_torch(module_or_function: Any, *example_args: Any, name: str | None = N
         raise ModelError(e.message(line)) from None
 
 
+#: operations whose tensor operands broadcast against each other (their trailing sizes must agree)
+_BROADCASTING = {"add", "sub", "rsub", "mul", "div", "where", "pow", "maximum", "minimum", "eq", "ne", "gt", "ge",
+                 "lt", "le", "logical_and", "logical_or", "mse_loss", "binary_cross_entropy_with_logits",
+                 "l1_loss", "smooth_l1_loss", "huber_loss", "expand", "broadcast_tensors", "clamp", "atan2"}
+
+
 def _size_pairs(base: str, args: Sequence[Any]) -> list[tuple[Any, Any]]:
     """The sizes an operation needs equal: a view's element counts, a product's inner sizes, and the aligned
     trailing sizes of broadcast operands."""
@@ -322,8 +330,12 @@ def _size_pairs(base: str, args: Sequence[Any]) -> list[tuple[Any, Any]]:
     if base in ("mm", "bmm", "matmul", "addmm") and len(tensors) >= 2:
         x, y = tensors[-2:]
         return [(x.shape[-1], y.shape[-2] if y.ndim > 1 else y.shape[-1])]
+    if base in ("cross_entropy_loss", "nll_loss", "nll_loss_forward") and len(tensors) >= 2 and tensors[0].ndim > 1:
+        return [(tensors[0].shape[0], tensors[1].shape[0])]
     if base == "cat" and args and isinstance(args[0], (list, tuple)):
         tensors = [a for a in args[0] if isinstance(a, Node)]
+    elif base not in _BROADCASTING:
+        return []
     pairs = []
     for t in tensors[1:]:
         for a, b in zip(reversed(tensors[0].shape), reversed(t.shape)):
@@ -511,6 +523,15 @@ class _Converter:
             if diff.xreplace(at_hints) != 0:
                 continue  # sizes that differ at the example too: a real mismatch, reported as it is
             syms = sorted(diff.free_symbols & set(inv), key=lambda x: -newest.index(x))
+            # products of sizes (a flattened batch against another flattened batch): factor by factor, in the
+            # order the sizes were met, where the examples agree
+            fa, fb = (sorted(sp.Mul.make_args(as_expr(e)), key=lambda x: newest.index(x) if x in inv else -1)
+                      for e in (a, b))
+            if len(fa) == len(fb) > 1:
+                for u, w in zip(fa, fb):
+                    if u != w and u in inv and w in inv and hints.get(u) is not None and hints.get(u) == hints.get(w):
+                        old_, new_ = (u, w) if newest.index(u) > newest.index(w) else (w, u)
+                        raise _Restart(inv[old_], inv[new_])
             if not diff.has(sp.floor, sp.ceiling, sp.Mod):
                 for d in syms:
                     try:
@@ -560,15 +581,23 @@ class _Converter:
         placeholders = [n for n in self.ep.graph.nodes if n.op == "placeholder"]
         # user inputs first: their dynamic dimensions get the first names (n for the first axis of the first)
         order = sorted(placeholders, key=lambda n: specs[n.name].kind != InputKind.USER_INPUT)
+        n_user = sum(specs[n.name].kind == InputKind.USER_INPUT for n in placeholders)
+        # each argument a placeholder (numbers too), or the tensors only
+        positions = list(range(len(self.args))) if n_user == len(self.args) else list(self.tensor_pos)
         for node in order:
             spec = specs[node.name]
             val = node.meta.get("val")
             if spec.kind == InputKind.USER_INPUT:
-                if not isinstance(val, torch.Tensor):
-                    raise ModelError(f"{self.label}: input {node.name} is not a tensor ({type(val).__name__}); "
-                                     f"pass tensors as example arguments")
-                nm = self._fresh(self.names[self.tensor_pos[user_i]])
+                pos = positions[user_i]
                 user_i += 1
+                if not isinstance(val, torch.Tensor):
+                    fixed = self.args[pos] if pos < len(self.args) else None
+                    if isinstance(fixed, (int, float, bool)) and not isinstance(fixed, torch.Tensor):
+                        self.env[node.name] = fixed  # a number argument: fixed at its example value
+                        continue
+                    raise ModelError(f"{self.label}: input {node.name} is not a tensor ({type(val).__name__}); "
+                                     f"pass tensors (or numbers, held fixed) as example arguments")
+                nm = self._fresh(self.names[pos])
                 for s in val.shape:
                     if isinstance(s, torch.SymInt) and s.node.expr.is_Symbol and s.node.hint is not None:
                         self.hints[s.node.expr] = int(s.node.hint)

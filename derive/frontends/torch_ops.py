@@ -964,6 +964,15 @@ def _bce_logits(x: Node, y: Node, weight: Any = None, pos_weight: Any = None, re
     return _reduce(elementwise(F.softplus(a0) - a1 * a0, x, y), reduction)
 
 
+def _labels_var(y: Any) -> Var | None:
+    """The integer-label input behind ``y`` (itself, or reshapes of it)."""
+    from ..tensor import Reshape
+
+    while isinstance(y, Reshape):
+        y = y.x
+    return y if isinstance(y, Var) and y.domain == "labels" else None
+
+
 @rule("cross_entropy_loss")
 def _cross_entropy(x: Node, y: Node, weight: Any = None, reduction: int = 1, ignore_index: int = -100,
                    label_smoothing: float = 0.0) -> Node:
@@ -973,6 +982,13 @@ def _cross_entropy(x: Node, y: Node, weight: Any = None, reduction: int = 1, ign
         raise Unsupported(f"cross_entropy with ignore_index={ignore_index} (a class that labels may hold)")
     ax = 1 if x.ndim > 1 else 0
     logp = log_softmax(x, ax)
+    labels_of = _labels_var(y)
+    if labels_of is not None and ax == x.ndim - 1 and not isinstance(y, Var):
+        # labels reshaped (``y.view(-1)`` beside ``logits.view(-1, K)``): the one-hot of the labels, reshaped
+        oh = reshape(OneHot(labels_of, x.shape[ax], labels_of.ndim), tuple(y.shape) + (x.shape[ax],))
+        labels = tuple(range(x.ndim))
+        nll = einsum([labels, labels], labels[:ax] + labels[ax + 1:], [logp, oh], coef=-1)
+        return _reduce(nll, reduction)
     if isinstance(y, Var) and y.domain == "labels":
         oh = OneHot(y, x.shape[ax], ax)
         labels = tuple(range(x.ndim))
