@@ -16,7 +16,8 @@ Names (the one mapping, documented in ``docs/torch_code.rst``):
 * inputs take the forward's argument names (``x``; ``args_0, args_1`` for ``*args``);
 * dynamic dimensions are ``n`` (the first), then ``N_1``, ``N_2``, ...;
 * one equation per captured layer step: the output of each leaf module (``z_1 = W_1 x + b_1``), and values
-  used more than once; everything else fuses into the expressions.
+  used more than once; a norm's mean and standard deviation (``mu_1``, ``sigma_1``), attention's queries,
+  keys, values and output (``Q``, ``K``, ``V``, ``U``); everything else fuses into the expressions.
 
 A scalar output is the loss ``C``. Any other output makes a layer model: an upstream gradient ``G`` (one
 ``G_k`` per output for several) and ``C = sum(G * out)``, whose gradient is the vector-Jacobian product.
