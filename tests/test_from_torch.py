@@ -115,7 +115,7 @@ def _agree(obj: Any, example: tuple[Any, ...], other: tuple[Any, ...]) -> derive
               for a in other]
     out = fn(*leaves)
     if ref.outputs:
-        outs = out if isinstance(out, (tuple, list)) else (out,)
+        outs = torch.utils._pytree.tree_leaves(out)
         for g, o in zip(ref.outputs, outs):
             arrays[g] = torch.randn(o.shape, dtype=D)
         loss = sum((arrays[g] * o).sum() for g, o in zip(ref.outputs, outs))
@@ -176,6 +176,26 @@ class _CNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(torch.flatten(F.max_pool2d(F.relu(self.conv(x)), 2), 1))
+
+
+class _TwoHeads(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 3), nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.a(x), torch.tanh(self.b(x))
+
+
+class _TinyLM(nn.Module):
+    """Embedding, norm, head, and the loss over the flattened batch and time axes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb, self.norm, self.head = nn.Embedding(10, 8), nn.LayerNorm(8), nn.Linear(8, 10)
+
+    def forward(self, idx: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(self.head(self.norm(self.emb(idx))).view(-1, 10), y.view(-1))
 
 
 def _bn_eval() -> nn.Module:
@@ -244,6 +264,12 @@ _CASES: dict[str, tuple[Callable[[], Any], Callable[[], tuple[Any, ...]], Callab
     "einsum_stack_max": (lambda: lambda a, b: torch.stack([torch.einsum("bi,ij->bj", a, b), a[:, :2]], 1)
                          .max(dim=1).values.sum(), lambda: (_r(3, 4), _r(4, 2)), lambda: (_r(5, 4), _r(4, 2))),
     "gru_cell": (lambda: nn.GRUCell(3, 4), lambda: (_r(2, 3),), lambda: (_r(5, 3),)),
+    # torch.export unrolls the loop over time: the sequence length is the example's, the batch stays dynamic
+    "lstm_two_outputs_nested": (lambda: nn.LSTM(3, 4, batch_first=True), lambda: (_r(2, 3, 3),), lambda: (_r(4, 3, 3),)),
+    "two_outputs": (lambda: _TwoHeads(), lambda: (_r(3, 4),), lambda: (_r(6, 4),)),
+    "tiny_language_model": (lambda: _TinyLM(), lambda: (_labels(10, 2, 5), _labels(10, 2, 5)),
+                            lambda: (_labels(10, 3, 7), _labels(10, 3, 7))),
+    "number_argument": (lambda: lambda x, a: (x * a).sigmoid().sum(), lambda: (_r(3, 4), 0.5), lambda: (_r(5, 4), 0.5)),
 }
 
 
@@ -444,3 +470,30 @@ def test_cli_model_and_torch_together_refused(factories: str, capsys: pytest.Cap
 
     assert main(["derive", "softmax_regression", "--torch", f"{factories}:mlp"]) == 2
     assert "not both" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------------
+# printing: one equation per layer step, with the module's names
+# ---------------------------------------------------------------------------------------------------
+
+
+def test_linear_layers_print_as_the_book_writes_them() -> None:
+    m = derive.from_torch(_MLP(nn.GELU()), torch.randn(5, 4))
+    tex = derive.latex(m)
+    assert r"z_{1}^{(i)} &= W_{1} x^{(i)} + b_{1}" in tex and r"z_{2}^{(i)} &= W_{2} a_{1}^{(i)} + b_{2}" in tex
+    assert "permute" not in tex and "reshape" not in tex
+    assert [e.lhs.tex for e in m.equations][:3] == ["z_{1}", "a_{1}", "z_{2}"]
+    back = derive.latex(derive.backprop(m))
+    assert r"g_{W_{1}} &= \sum_{i=1}^{n} \zeta_{z_{1}}^{(i)} x^{(i)\top}" in back
+
+
+def test_transformer_layer_prints_attention_and_norms_as_named_steps() -> None:
+    layer = nn.TransformerEncoderLayer(d_model=16, nhead=2, dim_feedforward=32, dropout=0)
+    m = derive.from_torch(layer, torch.randn(3, 2, 16))
+    texs = [e.lhs.tex for e in m.equations]
+    for name in ("Q", "K", "V", "U", r"\mu_{1}", r"\sigma_{1}", r"\hat{z}_{1}", "z_{1}", "a_{1}", "z_{2}",
+                 r"\mu_{2}", r"\sigma_{2}", r"\hat{z}_{2}"):
+        assert name in texs, (name, texs)
+    tex = derive.latex(m.equations)
+    assert r"\hat{z}_{1} &= \frac{\gamma_{1} \odot (h_{2} - \mu_{1})}{\sigma_{1}} + \beta_{1}" in tex
+    assert r"a_{1} &= \operatorname{ReLU}(z_{1})" in tex

@@ -16,7 +16,8 @@ Names (the one mapping, documented in ``docs/torch_code.rst``):
 * inputs take the forward's argument names (``x``; ``args_0, args_1`` for ``*args``);
 * dynamic dimensions are ``n`` (the first), then ``N_1``, ``N_2``, ...;
 * one equation per captured layer step: the output of each leaf module (``z_1 = W_1 x + b_1``), and values
-  used more than once; everything else fuses into the expressions.
+  used more than once; a norm's mean and standard deviation (``mu_1``, ``sigma_1``), attention's queries,
+  keys, values and output (``Q``, ``K``, ``V``, ``U``); everything else fuses into the expressions.
 
 A scalar output is the loss ``C``. Any other output makes a layer model: an upstream gradient ``G`` (one
 ``G_k`` per output for several) and ``C = sum(G * out)``, whose gradient is the vector-Jacobian product.
@@ -170,7 +171,9 @@ class TorchReference:
         out = self.forward(**tensors)
         if self.outputs is None:
             return out
-        outs = out if isinstance(out, (tuple, list)) else (out,)
+        from torch.utils._pytree import tree_leaves
+
+        outs = tree_leaves(out)  # nested outputs (an LSTM's out, (h, c)) in the order torch.export flattens them
         return sum((tensors[g] * o).sum() for g, o in zip(self.outputs, outs))
 
     def diagnose(self, arrays: dict[str, Any], kernel: dict[str, Any]) -> str | None:
@@ -267,7 +270,8 @@ def from_torch(module_or_function: Any, *example_args: Any, name: str | None = N
     elif callable(module_or_function):
         module = _wrap(module_or_function)
         forward = module_or_function
-        label = name or getattr(module_or_function, "__name__", "function")  # type: ignore[assignment]
+        fn_name = getattr(module_or_function, "__name__", None)
+        label = name or (fn_name if isinstance(fn_name, str) else "function")
         label = label if label.isidentifier() else "function"
     else:
         raise TypeError(f"from_torch takes a torch.nn.Module or a function, not {type(module_or_function).__name__}")
@@ -309,6 +313,12 @@ def from_torch(module_or_function: Any, *example_args: Any, name: str | None = N
         raise ModelError(e.message(line)) from None
 
 
+#: operations whose tensor operands broadcast against each other (their trailing sizes must agree)
+_BROADCASTING = {"add", "sub", "rsub", "mul", "div", "where", "pow", "maximum", "minimum", "eq", "ne", "gt", "ge",
+                 "lt", "le", "logical_and", "logical_or", "mse_loss", "binary_cross_entropy_with_logits",
+                 "l1_loss", "smooth_l1_loss", "huber_loss", "expand", "broadcast_tensors", "clamp", "atan2"}
+
+
 def _size_pairs(base: str, args: Sequence[Any]) -> list[tuple[Any, Any]]:
     """The sizes an operation needs equal: a view's element counts, a product's inner sizes, and the aligned
     trailing sizes of broadcast operands."""
@@ -321,8 +331,12 @@ def _size_pairs(base: str, args: Sequence[Any]) -> list[tuple[Any, Any]]:
     if base in ("mm", "bmm", "matmul", "addmm") and len(tensors) >= 2:
         x, y = tensors[-2:]
         return [(x.shape[-1], y.shape[-2] if y.ndim > 1 else y.shape[-1])]
+    if base in ("cross_entropy_loss", "nll_loss", "nll_loss_forward") and len(tensors) >= 2 and tensors[0].ndim > 1:
+        return [(tensors[0].shape[0], tensors[1].shape[0])]
     if base == "cat" and args and isinstance(args[0], (list, tuple)):
         tensors = [a for a in args[0] if isinstance(a, Node)]
+    elif base not in _BROADCASTING:
+        return []
     pairs = []
     for t in tensors[1:]:
         for a, b in zip(reversed(tensors[0].shape), reversed(t.shape)):
@@ -422,7 +436,8 @@ def _custom_functions(module: Any, args: Sequence[Any]) -> list[str]:
             nm = type(fn).__name__.removesuffix("Backward")
             if nm not in seen:
                 seen.append(nm)
-        stack.extend(f for f, _ in fn.next_functions)  # type: ignore[misc]
+        nexts: Sequence[tuple[Any, int]] = fn.next_functions
+        stack.extend(f for f, _ in nexts)
     return seen
 
 
@@ -433,6 +448,7 @@ class _Converter:
                  args: Sequence[Any], custom: list[str], replace: dict[Any, Any] | None = None):
         self.ep, self.module, self.label, self.names = ep, module, label, names
         self.replace: dict[Any, Any] = dict(replace or {})
+        self.current: Any = None
         self.hints: dict[Any, int] = {}
         self.tensor_pos, self.args, self.custom = tensor_pos, args, custom
         ident = re.sub(r"\W", "_", label)
@@ -508,6 +524,15 @@ class _Converter:
             if diff.xreplace(at_hints) != 0:
                 continue  # sizes that differ at the example too: a real mismatch, reported as it is
             syms = sorted(diff.free_symbols & set(inv), key=lambda x: -newest.index(x))
+            # products of sizes (a flattened batch against another flattened batch): factor by factor, in the
+            # order the sizes were met, where the examples agree
+            fa, fb = (sorted(sp.Mul.make_args(as_expr(e)), key=lambda x: newest.index(x) if x in inv else -1)
+                      for e in (a, b))
+            if len(fa) == len(fb) > 1:
+                for u, w in zip(fa, fb):
+                    if u != w and u in inv and w in inv and hints.get(u) is not None and hints.get(u) == hints.get(w):
+                        old_, new_ = (u, w) if newest.index(u) > newest.index(w) else (w, u)
+                        raise _Restart(inv[old_], inv[new_])
             if not diff.has(sp.floor, sp.ceiling, sp.Mod):
                 for d in syms:
                     try:
@@ -557,15 +582,23 @@ class _Converter:
         placeholders = [n for n in self.ep.graph.nodes if n.op == "placeholder"]
         # user inputs first: their dynamic dimensions get the first names (n for the first axis of the first)
         order = sorted(placeholders, key=lambda n: specs[n.name].kind != InputKind.USER_INPUT)
+        n_user = sum(specs[n.name].kind == InputKind.USER_INPUT for n in placeholders)
+        # each argument a placeholder (numbers too), or the tensors only
+        positions = list(range(len(self.args))) if n_user == len(self.args) else list(self.tensor_pos)
         for node in order:
             spec = specs[node.name]
             val = node.meta.get("val")
             if spec.kind == InputKind.USER_INPUT:
-                if not isinstance(val, torch.Tensor):
-                    raise ModelError(f"{self.label}: input {node.name} is not a tensor ({type(val).__name__}); "
-                                     f"pass tensors as example arguments")
-                nm = self._fresh(self.names[self.tensor_pos[user_i]])
+                pos = positions[user_i]
                 user_i += 1
+                if not isinstance(val, torch.Tensor):
+                    fixed = self.args[pos] if pos < len(self.args) else None
+                    if isinstance(fixed, (int, float, bool)) and not isinstance(fixed, torch.Tensor):
+                        self.env[node.name] = fixed  # a number argument: fixed at its example value
+                        continue
+                    raise ModelError(f"{self.label}: input {node.name} is not a tensor ({type(val).__name__}); "
+                                     f"pass tensors (or numbers, held fixed) as example arguments")
+                nm = self._fresh(self.names[pos])
                 for s in val.shape:
                     if isinstance(s, torch.SymInt) and s.node.expr.is_Symbol and s.node.hint is not None:
                         self.hints[s.node.expr] = int(s.node.hint)
@@ -619,10 +652,29 @@ class _Converter:
         from . import torch_ops
 
         token = torch_ops.CONSTANT.set(self._const)
+        token_step = torch_ops.STEP.set(self._step)
         try:
             return self._convert(inputs, params, buffers, labels)
         finally:
             torch_ops.CONSTANT.reset(token)
+            torch_ops.STEP.reset(token_step)
+
+    def _step(self, name: str, value: Node, tex: str) -> Node:
+        """An intermediate of the current layer step as its own equation (``mu_1 = ...``), subscripted by the
+        module's number or name."""
+        if self.current is None or not isinstance(value, Node) or isinstance(value, Var):
+            return value
+        scope = self._scope(self.current)
+        leaf = scope[-1] if scope else ""
+        sub = _subscript(leaf) if leaf else ""
+        full = f"{tex}_{{{sub}}}" if sub else tex
+        if any(t == full for t in self.tex.values()):
+            self.hidden += 1
+            full = f"{tex}_{{{sub + ',' if sub else ''}{self.hidden}}}"
+        ident = self._fresh(f"{name}_{re.sub(r'[^0-9A-Za-z]', '', leaf)}" if leaf else name)
+        var = self.b.eq(ident, value, full)
+        self.tex[id(var)] = full
+        return var
 
     def _const(self, name: str, value: float) -> sp.Expr:
         key = (name, value)
@@ -641,6 +693,7 @@ class _Converter:
         user_outs = [a for a, s in zip(out_node.args[0], sig.output_specs) if s.kind == OutputKind.USER_OUTPUT]
         out_names = {a.name for a in user_outs if hasattr(a, "name")}
         for n in nodes:
+            self.current = n
             self.env[n.name] = self._call(n)
             self._check_shape(n)
             if n.name not in out_names and self._is_step(n):
@@ -714,12 +767,12 @@ class _Converter:
             return None  # bookkeeping on an integer buffer (num_batches_tracked += 1): no part of the math
         if target is operator.getitem:
             return args[0][args[1]]
-        py = {operator.mul: lambda a, b: a * b, operator.add: lambda a, b: a + b, operator.sub: lambda a, b: a - b,
+        py: dict[Any, Callable[..., Any]] = {operator.mul: lambda a, b: a * b, operator.add: lambda a, b: a + b, operator.sub: lambda a, b: a - b,
               operator.truediv: lambda a, b: as_expr(a) / b, operator.floordiv: lambda a, b: sp.floor(as_expr(a) / b),
               operator.pow: lambda a, b: as_expr(a) ** b, operator.neg: lambda a: -a,
               torch.sym_float: lambda a: a, torch.sym_int: lambda a: a, torch.sym_sqrt: lambda a: sp.sqrt(a)}
         if target in py:
-            return py[target](*args)  # type: ignore[operator]
+            return py[target](*args)
         full, base = _op_name(target)
         if base in ("sym_size",):
             return args[0].shape[args[1] % args[0].ndim]
@@ -781,6 +834,8 @@ class _Converter:
         v = self.env[n.name]
         if not isinstance(v, Node) or isinstance(v, (Var, Const)) or v.shape == () and not n.users:
             return False
+        if self._attention_role(n):
+            return True
         cheap = isinstance(v, (Einsum, Reshape)) and all(isinstance(c, (Var, Const)) for c in v.children()) \
             and (not isinstance(v, Einsum) or len(v.operands) == 1)
         if cheap:
@@ -795,6 +850,32 @@ class _Converter:
             if su and su[-1] and su[-1] not in scope:  # the input of a module (an activation between layers)
                 return True
         return len(users) > 1
+
+    def _attention_role(self, n: Any) -> str:
+        """The book's letter of an attention step: the queries, keys and values handed to scaled dot-product
+        attention (``Q``, ``K``, ``V``, one block per head), its output ``U``, and the attention weights ``A``
+        (a softmax inside a ``MultiheadAttention``); "" for any other node."""
+        if n.op != "call_function":
+            return ""
+        _, base = _op_name(n.target)
+        if base == "scaled_dot_product_attention":
+            return "U"
+        if base in ("softmax", "_softmax") and any(self.types.get(p) == "MultiheadAttention" for p in self._scope(n)):
+            return "A"
+        for u in self._users(n):
+            if u.op == "call_function" and _op_name(u.target)[1] == "scaled_dot_product_attention":
+                for role, a in zip("QKV", u.args[:3]):
+                    if a is n or (hasattr(a, "op") and n in self._sources(a)):
+                        return role
+        return ""
+
+    def _sources(self, a: Any) -> list[Any]:
+        """``a`` and the nodes it passes on unchanged (identities, getitem)."""
+        out = [a]
+        while hasattr(a, "op") and a.op == "call_function" and (self._passes(a) or self._is_identity(a)):
+            a = a.args[0]
+            out.append(a)
+        return out
 
     def _users(self, n: Any) -> list[Any]:
         """The users of ``n``, looking through those that pass its value on unchanged (getitem, identities)."""
@@ -833,7 +914,15 @@ class _Converter:
         scope = self._scope(n)
         leaf = scope[-1] if scope else ""
         kind = self.types.get(leaf, "")
-        if leaf:
+        role = self._attention_role(n)
+        if role:
+            many = sum(t == "MultiheadAttention" for t in self.types.values()) > 1
+            tex = f"{role}_{{{_subscript(leaf)}}}" if many and leaf else role
+            if any(t == tex for t in self.tex.values()):
+                self.hidden += 1
+                tex = f"{role}_{{{self.hidden}}}"
+            ident = self._fresh(role)
+        elif leaf:
             ident = self._fresh(param_identifier(leaf))
             sub = _subscript(leaf)
             if kind in _LINEAR:

@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from fractions import Fraction
 from typing import Any
 
+import numpy as np
 import sympy as sp
 
 from .. import functions as F
@@ -56,6 +57,16 @@ OPS: dict[str, Rule] = {}
 #: how a rule names a hyperparameter (a norm's epsilon): the front end sets it to ``Builder.const`` while it
 #: converts, so the equations print ``epsilon`` and list its value once; unset, the number itself is used
 CONSTANT: contextvars.ContextVar[Callable[[str, float], sp.Expr] | None] = contextvars.ContextVar("CONSTANT", default=None)
+
+
+#: how a rule names an intermediate of a layer step (a norm's mean and standard deviation): the front end
+#: sets it to write an equation (``mu_1 = ...``) and return its variable; unset, the value itself is used
+STEP: contextvars.ContextVar[Callable[[str, Node, str], Node] | None] = contextvars.ContextVar("STEP", default=None)
+
+
+def step(name: str, value: Node, tex: str) -> Node:
+    make = STEP.get()
+    return make(name, value, tex) if make is not None else value
 
 
 def constant(name: str, value: Any) -> sp.Expr:
@@ -118,20 +129,19 @@ def broadcast(x: Node, shape: Sequence[Any]) -> Node:
         k = len(shape) - x.ndim
         pos = [i + k for i, d in enumerate(x.shape) if d != 1]
         if all(_same(x.shape[p - k], shape[p]) for p in pos):
-            dims = {i: d for i, d in enumerate(shape)}
-            return einsum([tuple(pos)], tuple(range(len(shape))), [x.x], dims=dims)
+            return einsum([tuple(pos)], tuple(range(len(shape))), [x.x], dims=dict(enumerate(shape)))
     k = len(shape) - x.ndim
     if k < 0:
         raise ShapeError(f"cannot broadcast shape {tuple(x.shape)} to {shape}")
     ins: list[Any] = []
-    dims: dict[Any, Any] = {i: d for i, d in enumerate(shape)}  # type: ignore[no-redef]
+    dims: dict[Any, Any] = dict(enumerate(shape))
     for j, d in enumerate(x.shape):
         i = j + k
         if _same(d, shape[i]):
             ins.append(i)
         elif d == 1:
             ins.append(("one", j))
-            dims[("one", j)] = sp.S.One  # type: ignore[index]
+            dims[("one", j)] = sp.S.One
         else:
             raise ShapeError(f"cannot broadcast shape {tuple(x.shape)} to {shape}")
     return einsum([tuple(ins)], tuple(range(len(shape))), [x], dims=dims)
@@ -165,10 +175,11 @@ def elementwise(fn: sp.Expr, *xs: Any) -> Node:
     from ..tensor import Reshape
 
     full = [n for n in nodes if n.shape != ()]
-    if full and all(isinstance(n, Reshape) and _unit(n) and n.x.shape == full[0].x.shape for n in full):  # type: ignore[attr-defined]
+    units = [n for n in full if isinstance(n, Reshape) and _unit(n)]
+    if full and len(units) == len(full) and all(n.x.shape == units[0].x.shape for n in units):
         # keepdim reductions (shape (..., 1)) stay reductions: map first, add the unit axes after
         inner = [n.x if isinstance(n, Reshape) and n.shape != () else n for n in nodes]
-        return reshape(map_(body, inner, full[0].x.shape), shape)  # type: ignore[attr-defined]
+        return reshape(map_(body, inner, units[0].x.shape), shape)
     return map_(body, nodes, shape)
 
 
@@ -574,6 +585,18 @@ def _group_norm(x: Node, w: Node | None, b: Node | None, N: Any, C: Any, HxW: An
     return (out, mu, rstd)
 
 
+@rule("rms_norm")
+def _rms_norm(x: Node, shape: Sequence[Any], w: Node | None = None, eps: float | None = None) -> Node:
+    """RMSNorm: ``x / sqrt(mean(x^2) + eps) * w`` over the trailing ``shape`` (eps: the float64 machine
+    epsilon when not given, as torch in float64)."""
+    axes = list(range(x.ndim - len(shape), x.ndim))
+    e = float(np.finfo(np.float64).eps) if eps is None else eps
+    r = _keep(step("r", elementwise(sp.sqrt(a0 + constant("epsilon", e)), _mean(elementwise(a0**2, x), axes)),
+                   r"r"), x, tuple(axes), True)
+    out = elementwise(a0 / a1, x, r)
+    return out if w is None else elementwise(a0 * a1, out, w)
+
+
 @rule("_softmax")
 def _softmax(x: Node, dim: int, half_to_float: bool = False) -> Node:
     return softmax(x, _ax(x, dim))
@@ -587,11 +610,14 @@ def _log_softmax(x: Node, dim: int, half_to_float: bool = False) -> Node:
 @rule("native_layer_norm")
 def _layer_norm(x: Node, shape: Sequence[Any], w: Node | None, b: Node | None, eps: float) -> tuple[Any, ...]:
     axes = list(range(x.ndim - len(shape), x.ndim))
-    mu = _mean(x, axes, keepdim=True)
+    # the book's steps: the mean and the standard deviation of each row, then the normalised row
+    mu = _keep(step("mu", _mean(x, axes), r"\mu"), x, tuple(axes), True)
     xc = elementwise(a0 - a1, x, mu)
-    var = _mean(elementwise(a0**2, xc), axes, keepdim=True)
-    rstd = elementwise(1 / sp.sqrt(a0 + constant("epsilon", eps)), var)
-    out = elementwise(a0 * a1, xc, rstd)
+    var = _mean(elementwise(a0**2, xc), axes)
+    sigma = _keep(step("sigma", elementwise(sp.sqrt(a0 + constant("epsilon", eps)), var), r"\sigma"), x,
+                  tuple(axes), True)
+    rstd = elementwise(1 / a0, sigma)
+    out = elementwise(a0 / a1, xc, sigma)
     if w is not None:
         out = elementwise(a0 * a1, out, w)
     if b is not None:
@@ -872,8 +898,7 @@ def _unflatten(x: Node, dim: int, sizes: Sequence[Any]) -> Node:
     if any(d == -1 for d in inner):
         known = sp.Mul(*(d for d in inner if d != -1))
         inner = [sp.simplify(x.shape[ax] / known) if d == -1 else d for d in inner]
-    inner = tuple(inner)  # type: ignore[assignment]
-    return reshape(x, x.shape[:ax] + inner + x.shape[ax + 1:])  # type: ignore[operator]
+    return reshape(x, (*x.shape[:ax], *inner, *x.shape[ax + 1:]))
 
 
 @rule("flatten.using_ints")
@@ -939,6 +964,15 @@ def _bce_logits(x: Node, y: Node, weight: Any = None, pos_weight: Any = None, re
     return _reduce(elementwise(F.softplus(a0) - a1 * a0, x, y), reduction)
 
 
+def _labels_var(y: Any) -> Var | None:
+    """The integer-label input behind ``y`` (itself, or reshapes of it)."""
+    from ..tensor import Reshape
+
+    while isinstance(y, Reshape):
+        y = y.x
+    return y if isinstance(y, Var) and y.domain == "labels" else None
+
+
 @rule("cross_entropy_loss")
 def _cross_entropy(x: Node, y: Node, weight: Any = None, reduction: int = 1, ignore_index: int = -100,
                    label_smoothing: float = 0.0) -> Node:
@@ -948,6 +982,13 @@ def _cross_entropy(x: Node, y: Node, weight: Any = None, reduction: int = 1, ign
         raise Unsupported(f"cross_entropy with ignore_index={ignore_index} (a class that labels may hold)")
     ax = 1 if x.ndim > 1 else 0
     logp = log_softmax(x, ax)
+    labels_of = _labels_var(y)
+    if labels_of is not None and ax == x.ndim - 1 and not isinstance(y, Var):
+        # labels reshaped (``y.view(-1)`` beside ``logits.view(-1, K)``): the one-hot of the labels, reshaped
+        oh = reshape(OneHot(labels_of, x.shape[ax], labels_of.ndim), tuple(y.shape) + (x.shape[ax],))
+        labels = tuple(range(x.ndim))
+        nll = einsum([labels, labels], labels[:ax] + labels[ax + 1:], [logp, oh], coef=-1)
+        return _reduce(nll, reduction)
     if isinstance(y, Var) and y.domain == "labels":
         oh = OneHot(y, x.shape[ax], ax)
         labels = tuple(range(x.ndim))
