@@ -951,15 +951,13 @@ def _rebuild(m: Model) -> str | None:
 
 def example(m: Model | str, seed: int, sizes: dict[str, int], mode: str = "normal",
             step: int | None = None) -> dict[str, np.ndarray]:
-    """The arrays of one example, to reproduce a reported mismatch, as an implementation receives them (integer
-    labels as int64). For an update program, ``step`` (from 1) gives the state before that step (torch.optim's,
-    from a zero state) and the gradient ``g`` of the step."""
+    """The arrays of one example, to reproduce a reported mismatch. For an update program, ``step`` (from 1)
+    gives the state before that step (torch.optim's, from a zero state) and the gradient ``g`` of the step."""
     if isinstance(m, str):
         m = derive.models.get(m)
     ex = Example(sizes, seed, mode)
     if not m.is_update:
-        arrays = ex.arrays(m)
-        return {k: (v.astype(np.int64) if m.tensor(k).domain == LABELS else v) for k, v in arrays.items()}
+        return ex.arrays(m)
     state, grads = _update_example(m, ex)
     if step is None:
         return {**state, "g": grads[0]}
