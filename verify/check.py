@@ -951,8 +951,10 @@ def _rebuild(m: Model) -> str | None:
 
 def example(m: Model | str, seed: int, sizes: dict[str, int], mode: str = "normal",
             step: int | None = None) -> dict[str, np.ndarray]:
-    """The arrays of one example, to reproduce a reported mismatch. For an update program, ``step`` (from 1)
-    gives the state before that step (torch.optim's, from a zero state) and the gradient ``g`` of the step."""
+    """The arrays of one example, to reproduce a reported mismatch, as the kernels and references take them
+    (integer labels as float64 arrays of integers: an implementation received them as int64, which
+    ``.astype(np.int64)`` gives back). For an update program, ``step`` (from 1) gives the state before that
+    step (torch.optim's, from a zero state) and the gradient ``g`` of the step."""
     if isinstance(m, str):
         m = derive.models.get(m)
     ex = Example(sizes, seed, mode)
