@@ -582,7 +582,10 @@ SECTIONS: dict[str, Callable[[Settings], int]] = {
     "scaling": _deep("scaling"),
     "sizes": _deep("size_independence"),
     "layers": _layers,
+    "parse": lambda settings: int(importlib.import_module("numeric.bench_parse").bench_parse(settings)),
+    "torch": lambda settings: int(importlib.import_module("numeric.bench_torch").bench_torch(settings)),
     "plugin": lambda settings: int(importlib.import_module("verify.bench_plugin").bench_plugin(settings)),
+    "ch8": lambda settings: int(importlib.import_module("numeric.bench_ch8").bench_ch8(settings)),
 }
 
 

@@ -471,9 +471,13 @@ def check(
         judged[:] = [f"{who} {note}"] if note else []
         if note and record:
             report.note(f"{who}: {note}")
-        fails += _compare_out(model, who, call.out, loss, grads, {}, {}, tol, report if record else None,
-                              require_all=True, noise=noise, arrays=arrays)
-        return fails
+        got = _compare_out(model, who, call.out, loss, grads, {}, {}, tol, report if record else None,
+                           require_all=True, noise=noise, arrays=arrays)
+        if note:  # a lower-precision result: the failure says which tolerance judged it, and how to set another
+            for f in got:
+                if f.kind == "value":
+                    f.text += f"; {who} {note} (the CLI: --rtol)"
+        return fails + got
 
     def one(ex: Example) -> None:
         arrays = ex.arrays(model)
@@ -689,11 +693,18 @@ def _compare_out(m: Model, who: str, out: Any, loss: float, grads: dict[str, np.
         got = f"{type(out).__name__}{' with keys ' + str(list(out)) if isinstance(out, dict) else ''}"
         return [Failure(who, "the result", "type", f"must return a dict with 'loss' and 'grad', got {got}")]
     fails: list[Failure] = []
+    got_loss: np.ndarray | None = None
+    how = "summed" if m.reduction == "sum" else "averaged"
     try:
-        got_loss = np.asarray(_np(out["loss"]), dtype=np.float64).reshape(())
+        got_loss = np.asarray(_np(out["loss"]), dtype=np.float64)
     except (ValueError, TypeError) as e:
-        got_loss = None
         fails.append(Failure(who, "the loss", "shape", f"must be a scalar: {e}"))
+    if got_loss is not None and got_loss.shape != ():
+        # a per-sample loss (shape (n,)), or a scalar wrapped in an array: either is refused, also at n = 1
+        fails.append(Failure(who, "the loss", "shape", f"must be a scalar (the loss {how} over the batch), got "
+                             f"shape {got_loss.shape}: a per-sample loss? return its "
+                             f"{'sum' if m.reduction == 'sum' else 'mean'}"))
+        got_loss = None
     if got_loss is not None:
         err, idx = compare(got_loss, np.array(loss), rtol, noise.get("loss", 0.0))
         if err > rtol:

@@ -34,6 +34,7 @@ from ..nn import (
 from ..program import Builder, Model, ModelError
 from ..tensor import ARG, IndexGrid, Node, Var, gather, map_
 from . import register
+from .specs import Bool, Choice, Int, Real
 
 _GCN_ACTIVATIONS = ("relu", "tanh", "sigmoid", "leaky_relu", "softplus", "identity")
 
@@ -43,13 +44,16 @@ def _choose(entry: str, option: str, value: object, choices: tuple[str, ...]) ->
         raise ModelError(f"{entry}: {option} {value!r} is unknown; choose one of: {', '.join(map(repr, choices))}")
 
 
-def _positive(entry: str, option: str, value: object, lo: float = 0.0, hi: float | None = None) -> float:
+def _number(entry: str, option: str, value: object, lo: float, hi: float | None = None,
+            open_lo: bool = True) -> float:
+    """``value`` as a float in (lo, hi] (``[lo, hi]`` with ``open_lo=False``; finite, unbounded for ``hi=None``)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ModelError(f"{entry}: {option} must be a number, got {value!r}")
     v = float(value)
-    if not (v > lo if hi is None else lo < v <= hi) or v != v:
-        raise ModelError(f"{entry}: {option} must be " + (f"> {lo:g}" if hi is None else f"in ({lo:g}, {hi:g}]")
-                         + f", got {value!r}")
+    above = v > lo if open_lo else v >= lo
+    if not (above and (hi is None or v <= hi)) or v == float("inf"):  # NaN fails both comparisons
+        where = ("(" if open_lo else "[") + f"{lo:g}, " + ("inf)" if hi is None else f"{hi:g}]")
+        raise ModelError(f"{entry}: {option} must be in {where}, got {value!r}")
     return v
 
 
@@ -120,7 +124,9 @@ def vae() -> Model:
 # -- §8.2: the diffusion (DDPM) loss --------------------------------------------------------------------------
 
 
-@register("diffusion", "§8.2", "DDPM epsilon-prediction loss (linear noise schedule)")
+@register("diffusion", "§8.2", "DDPM epsilon-prediction loss (linear noise schedule)",
+          options={"T_steps": Int(lo=2), "beta_1": Real(lo=0, hi=1, open_lo=True, open_hi=True),
+                   "beta_T": Real(lo=0, hi=1, open_lo=True, open_hi=True)})
 def diffusion(T_steps: int = 100, beta_1: float = 1e-4, beta_T: float = 0.02) -> Model:
     r"""DDPM loss: x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps, ehat = W_2 ReLU(W_1 [x_t; t/T] + b_1) + b_2,
     C = ||eps - ehat||^2, batch mean; beta_s linear from beta_1 to beta_T over s = 1, ..., T and
@@ -197,7 +203,9 @@ def _gan_players(b: Builder, player: str, h: sp.Symbol, h2: sp.Symbol, p: sp.Sym
     return W1, b1, w2, b2, V1, c1, V2, c2
 
 
-@register("gan", "§8.3", "GAN: the discriminator's binary cross entropy, or the generator's loss")
+@register("gan", "§8.3", "GAN: the discriminator's binary cross entropy, or the generator's loss",
+          options={"player": Choice("discriminator", "generator"),
+                   "generator_loss": Choice("minimax", "non_saturating")})
 def gan(player: str = "discriminator", generator_loss: str = "minimax") -> Model:
     r"""GAN with logit D(x) = w_2^T tanh(W_1 x + b_1) + b_2 and generator G(z) = V_2 tanh(V_1 z + c_1) + c_2.
 
@@ -235,14 +243,14 @@ def gan(player: str = "discriminator", generator_loss: str = "minimax") -> Model
     return b.model(hard=())
 
 
-@register("wgan_gp", "§8.3", "WGAN-GP critic loss (gradient penalty, derived inside the program)")
+@register("wgan_gp", "§8.3", "WGAN-GP critic loss (gradient penalty, derived inside the program)",
+          options={"lam": Real(lo=0)})
 def wgan_gp(lam: float = 10.0) -> Model:
     r"""WGAN-GP critic loss D(G(z)) - D(x) + lambda (||grad_xhat D(xhat)||_2 - 1)^2, xhat = eps x + (1 - eps) G(z),
     batch mean, with D(x) = w_2^T tanh(W_1 x + b_1) + b_2 and G(z) = V_2 tanh(V_1 z + c_1) + c_2; gradients in the
     critic's parameters. The inner gradient is derived by the engine (Builder.gradient), its gradient by
     differentiating the program again."""
-    lam_v = _positive("wgan_gp", "lam", lam, -1.0)
-    del lam_v
+    _number("wgan_gp", "lam", lam, 0.0, open_lo=False)
     b = Builder("wgan_gp", "WGAN-GP critic loss (gradient penalty, derived inside the program)", "§8.3",
                 {"lam": lam})
     b.samples("n", 3, 1, 5)
@@ -269,12 +277,13 @@ def wgan_gp(lam: float = 10.0) -> Model:
 # -- §8.4: reinforcement learning -----------------------------------------------------------------------------
 
 
-@register("q_learning", "§8.4", "tabular Q-learning update")
+@register("q_learning", "§8.4", "tabular Q-learning update",
+          options={"alpha": Real(lo=0, hi=1, open_lo=True), "gamma": Real(lo=0, hi=1)})
 def q_learning(alpha: float = 0.1, gamma: float = 0.9) -> Model:
     r"""Q(s, a) <- Q(s, a) + alpha (r + gamma (1 - done) max_a' Q(s', a') - Q(s, a)), with the state s, the action a
     and the next state s' one-hot: Q <- Q + alpha delta s a^T."""
-    _positive("q_learning", "alpha", alpha, 0.0, 1.0)
-    _positive("q_learning", "gamma", gamma, -1e-300, 1.0)
+    _number("q_learning", "alpha", alpha, 0.0, 1.0)
+    _number("q_learning", "gamma", gamma, 0.0, 1.0, open_lo=False)
     b = Builder("q_learning", "tabular Q-learning update", "§8.4", {"alpha": alpha, "gamma": gamma})
     S = b.dim("S", 4, 1, 5)
     A = b.dim("A", 3, 1, 4)
@@ -292,12 +301,13 @@ def q_learning(alpha: float = 0.1, gamma: float = 0.9) -> Model:
     return b.update_model({"Q": nxt})
 
 
-@register("dqn", "§8.4", "DQN semi-gradient TD loss with a target network")
+@register("dqn", "§8.4", "DQN semi-gradient TD loss with a target network",
+          options={"gamma": Real(lo=0, hi=1), "huber": Bool()})
 def dqn(gamma: float = 0.99, huber: bool = False) -> Model:
     r"""DQN: q(s) = W_2 ReLU(W_1 s + b_1) + b_2, target y = sg[r + gamma (1 - done) max q^-(s')] from the target
     network (no gradient flows into it), C = (a^T q(s) - y)^2, or the Huber loss of that difference
     (``huber=True``, delta = 1: its derivative is clamp(u, -1, 1)); batch mean."""
-    _positive("dqn", "gamma", gamma, -1e-300, 1.0)
+    _number("dqn", "gamma", gamma, 0.0, 1.0, open_lo=False)
     if not isinstance(huber, bool):
         raise ModelError(f"dqn: huber must be True or False, got {huber!r}")
     b = Builder("dqn", "DQN semi-gradient TD loss with a target network" + (" (Huber)" if huber else ""), "§8.4",
@@ -338,7 +348,7 @@ def dqn(gamma: float = 0.99, huber: bool = False) -> Model:
 # -- §8.5: graph networks ---------------------------------------------------------------------------------------
 
 
-@register("gcn", "§8.5", "graph convolution layer S(A_hat H W)")
+@register("gcn", "§8.5", "graph convolution layer S(A_hat H W)", options={"activation": Choice(*_GCN_ACTIVATIONS)})
 def gcn(activation: str = "relu") -> Model:
     r"""Graph convolution layer H^{[l+1]} = S(A_hat H^{[l]} W^{[l]}) for a (normalised) adjacency A_hat; a layer
     entry with loss sum(G * H^{[l+1]}), gradients in W and H."""
