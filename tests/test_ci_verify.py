@@ -310,6 +310,39 @@ def test_wrong_implementation_is_rejected_with_its_cause(case: Case) -> None:
         assert re.search(pattern, text), f"{pattern!r} not in:\n{text}"
 
 
+TARGET_ENTRIES = [n for n in derive.models.names() if "targets" in derive.models.options(n)]
+
+
+def test_the_entries_with_a_categorical_target_take_targets() -> None:
+    assert set(TARGET_ENTRIES) == {"softmax_regression", "mlp", "cnn", "rnn", "lstm", "gru"}
+    with pytest.raises(derive.ModelError, match=r"probabilities.*one_hot.*labels"):
+        derive.models.get("softmax_regression", targets="hard")
+
+
+@pytest.mark.parametrize("targets", ["one_hot", "labels"])
+@pytest.mark.parametrize("name", TARGET_ENTRIES)
+def test_targets_verify_like_the_zoo(name: str, targets: str) -> None:
+    """The zoo's path (tests/test_zoo.py) with each target kind: kernels against the reference, finite
+    differences; the targets drawn as declared (one-hot rows; integer labels below the number of classes,
+    ``(n,)`` per sequence step ``(T, n)``), and the labels loss printed as the book writes it."""
+    m = derive.models.get(name, targets=targets)
+    report = verify.check(m, backend="numpy", examples=3)
+    assert report.examples == 3 and report.checks["torch kernel: gradients"] <= 1e-10
+    seq = "T" in m.dims
+    for seed in range(3):
+        sizes = {d: m.ranges.get(d, (1, 4))[0] for d in m.dims} | {"n": 3, **({"T": 2} if seq else {})}
+        a = verify.example(m, seed=seed, sizes=sizes)
+        if targets == "labels":
+            y = a["y"]
+            assert "Y" not in a and y.shape == ((2, 3) if seq else (3,))
+            assert y.min() >= 0 and np.all(y == np.round(y))
+        else:
+            Y = a["Y"]
+            assert "y" not in a and np.all((Y == 0) | (Y == 1)) and np.all(Y.sum(-1) == 1)
+    if targets == "labels":
+        assert r"- \log" in derive.latex(m.equations[-1]) and "y}" in derive.latex(m.equations[-1])
+
+
 def test_float32_is_judged_at_float32_and_an_explicit_rtol_overrides() -> None:
     report = verify.check("relu", relu_f32, backend="numpy", examples=4)
     assert any("float32 tolerance rtol 0.0001" in n for n in report.notes), report.notes
@@ -401,8 +434,7 @@ def test_reproduce_rebuilds_the_failing_example_with_its_options(model: str, opt
     assert arrays.keys() == want.keys() and all(np.array_equal(arrays[k], want[k]) for k in want)
     # and the rebuilt example shows the reported failure: the implementation's value at the worst index
     f = next(f for f in e.failures if f.kind == "value" and f.index)
-    assert all(v.dtype == (np.int64 if k == "y" else np.float64) for k, v in arrays.items())  # labels as handed over
-    out = impl(**arrays)
+    out = impl(**{k: (v.astype(np.int64) if k == "y" else v) for k, v in arrays.items()})
     got = out["loss"] if f.quantity == "the loss" else out["grad"][f.quantity.removeprefix("gradient ")][f.index]
     assert got == f.got
 
