@@ -363,3 +363,16 @@ def test_seq2seq_lengths_are_independent() -> None:
         assert a["X"].shape[0] == T_in and a["Y"].shape[0] == T_out
         want = verify.REFERENCES["seq2seq"](**{k: torch.tensor(v) for k, v in a.items()}, attention=True)
         assert math.isclose(f(**a)["loss"], float(want), rel_tol=1e-12)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+def test_a_gradient_that_is_identically_zero_is_an_array(backend: str) -> None:
+    """The critic's b2 cancels from D(G(z)) - D(x) and the penalty does not see it: g_b2 = 0, returned as an
+    array of b2's shape (), of the arrays' dtype, not a Python number."""
+    m = derive.models.get("wgan_gp")
+    a = make_arrays(m, {"n": 3, "p": 2, "k": 2, "h": 3, "h2": 2}, 1)
+    out = numeric.compile(m, backend)(**(a if backend == "numpy" else {k: torch.tensor(v) for k, v in a.items()}))
+    g = out["grad"]["b2"]
+    assert isinstance(g, np.ndarray if backend == "numpy" else torch.Tensor), type(g)
+    assert tuple(g.shape) == () and float(g) == 0.0
+    assert str(g.dtype).endswith("float64")
