@@ -340,6 +340,17 @@ class Lowering:
         ops = list(args)
         present = set("".join(ins))
         spread = [c for c in out if c not in present]
+        if self.backend == "torch" and not spread:
+            gemm = self._torch_gemm(ins, out, ops)
+            if gemm is not None:
+                fn, a, b = gemm
+                if coef == 1:
+                    return f"{_paren(a)} @ {_paren(b)}"
+                # the scale inside the product (its alpha), not a pass over the result
+                return f"ops.matmul({a}, {b}, {dim_code(coef)})"
+        if spread and self.backend == "torch":
+            inner, idx, tup = self.spread_parts(e, args, coef)
+            return f"{_paren(inner)}[{idx}].expand({tup})"
         if spread:
             # broadcast axes: contract what is there, then expand
             inner_out = "".join(c for c in out if c in present)
@@ -354,6 +365,78 @@ class Lowering:
         else:
             code = self._contract(ins, out, ops)
         return _scaled(code, coef)
+
+    def spread_parts(self, e: Einsum, args: Sequence[str], coef: Any = None) -> tuple[str, str, str]:
+        """A contraction with broadcast axes (labels only in the output) as the contraction over the axes
+        that are there (its scale applied there, to the smaller array), the indexing that adds the others
+        (``[:, None]``) and the full shape."""
+        letters = string.ascii_lowercase
+        batched = [self.batched(o) for o in e.operands]
+        ins = [("Z" if b else "") + "".join(letters[i] for i in l) for l, b in zip(e.ins, batched)]
+        out = ("Z" if any(batched) else "") + "".join(letters[i] for i in e.out)
+        present = set("".join(ins))
+        inner_out = "".join(c for c in out if c in present)
+        inner = _scaled(self._contract(ins, inner_out, list(args)), e.coef if coef is None else coef)
+        idx = ", ".join("None" if c not in present else ":" for c in out)
+        shape = [self._letter_dim(e, c) for c in out]
+        return inner, idx, "(" + ", ".join(shape) + ("," if len(shape) == 1 else "") + ")"
+
+    def spread_axes(self, e: Einsum) -> frozenset[int]:
+        """The axes of a broadcasting contraction's result that its operands span (-1: the sample axis)."""
+        present = {lab for l in e.ins for lab in l}
+        ax = {i for i, lab in enumerate(e.out) if lab in present}
+        return frozenset(ax | ({-1} if self.batched(e) else set()))
+
+    def is_spread(self, n: Node) -> bool:
+        return isinstance(n, Einsum) and any(lab not in {x for l in n.ins for x in l} for lab in n.out)
+
+    def torch_gemm(self, e: Einsum, args: Sequence[str], reduce: str | None = None) -> tuple[str, str, str, Any] | None:
+        """A contraction that is one matrix product on the torch backend: (addmm | addmv | baddbmm, A, B,
+        scale)."""
+        if len(e.operands) != 2 or self.backend != "torch" or self._gather_code(e, args) is not None:
+            return None
+        letters = string.ascii_lowercase
+        batched = [self.batched(o) for o in e.operands]
+        ins = [("Z" if b else "") + "".join(letters[i] for i in l) for l, b in zip(e.ins, batched)]
+        out = ("Z" if any(batched) and reduce is None else "") + "".join(letters[i] for i in e.out)
+        coef = e.coef
+        if reduce == "mean" and any(batched):
+            assert self.model.sample is not None
+            coef = coef / self.model.sample
+        g = self._torch_gemm(ins, out, list(args))
+        return None if g is None else (g[0], g[1], g[2], coef)
+
+    @staticmethod
+    def _torch_gemm(ins: Sequence[str], out: str, ops: Sequence[str], t: str = ".T") -> tuple[str, str, str] | None:
+        """(addmm | addmv | baddbmm, A, B) with ``A @ B`` the contraction ``ins -> out``, or None."""
+        if len(ins) != 2:
+            return None
+        la, lb = ins
+        a, b = ops
+        if any(len(set(l)) != len(l) for l in (la, lb, out)):
+            return None
+        summed = (set(la) & set(lb)) - set(out)
+        if set(out) - set(la) - set(lb) or (set(la) | set(lb)) - set(out) - summed or len(summed) != 1:
+            return None
+        (k,) = summed
+
+        def orient(l: str, x: str, want: str) -> str | None:
+            return x if l == want else f"{_paren(x)}{t}" if l == want[::-1] else None
+
+        if len(out) == 2 and len(la) == 2 and len(lb) == 2:
+            if out[0] in lb:
+                la, lb, a, b = lb, la, b, a
+            A, B = orient(la, a, out[0] + k), orient(lb, b, k + out[1])
+            return None if A is None or B is None else ("addmm", A, B)
+        if len(out) == 1 and {len(la), len(lb)} == {1, 2} and t == ".T":
+            if len(la) == 1:
+                la, lb, a, b = lb, la, b, a
+            A = orient(la, a, out + k)
+            return None if A is None or lb != k else ("addmv", A, b)
+        if len(out) == 3 and len(la) == 3 and len(lb) == 3 and out[0] == la[0] == lb[0] and t == ".T":
+            r = Lowering._torch_gemm([la[1:], lb[1:]], out[1:], [a, b], ".mT")
+            return None if r is None or r[0] != "addmm" else ("baddbmm", r[1], r[2])
+        return None
 
     def _gather_code(self, e: Einsum, args: Sequence[str]) -> str | None:
         """``x_y``, a contraction of ``x`` with the one-hot encoding of labels ``y`` along its class axis, as a
@@ -409,6 +492,10 @@ class Lowering:
             mm = self._matmul(ins[0], ins[1], out, ops[0], ops[1])
             if mm is not None:
                 return mm
+            if (self.backend == "torch" and ins[0] == ins[1] and ins[0].startswith(out) and out != ins[0]
+                    and (out or len(ins[0]) <= 2)):
+                # sums over the trailing axes of a product: one batched dot product (no product array)
+                return f"torch.einsum('{ins[0]},{ins[1]}->{out}', {ops[0]}, {ops[1]})"
             if ins[0] == ins[1] and set(out) <= set(ins[0]):  # a Hadamard product, then sums
                 return self._single(ins[0], out, f"{_paren(ops[0])} * {_paren(ops[1])}")
             for i, j in ((0, 1), (1, 0)):  # a sum of one operand, scaled by the other: sum first
@@ -627,9 +714,8 @@ def _module(m: Model, backend: str, doc: Sequence[str], names: Sequence[str], bo
             eqs: Sequence[Equation], dims: Sequence[sp.Symbol] = ()) -> str:
     """A generated module: docstring, imports, named constants, and ``kernel`` with the dimensions it uses
     (those of ``eqs``, and ``dims``) read off the array shapes."""
-    text = "\n".join(body)
-    header = [f"    {d} = {c}" for d, c in _dim_sources(m, _dims_needed(eqs, m) | set(dims)).items()
-              if re.search(rf"\b{re.escape(d)}\b", text)]
+    words = set(re.findall(r"\w+", "\n".join(body)))  # one pass (a search per dimension was quadratic in depth)
+    header = [f"    {d} = {c}" for d, c in _dim_sources(m, _dims_needed(eqs, m) | set(dims)).items() if d in words]
     lib = "numpy as np\nfrom numeric import ops_numpy as ops" if backend == "numpy" else \
         "torch\nfrom numeric import ops_torch as ops"
     return "\n".join([f'"""{doc[0]}', *doc[1:], '"""', "", f"import math\n\nimport {lib}", "", *_constants(m),
@@ -654,8 +740,12 @@ def generate_update(m: Model, backend: str) -> str:
 def generate_scan(m: Model, backend: str) -> str:
     """The module of a recurrence: the step's forward equations in a loop over t = 1..T (saving what the
     backward pass needs), then its adjoint equations in a loop over t = T..1 that carries the adjoint of the
-    state back and sums the parameter gradients."""
+    state back; the parameter gradients are summed over the steps after that loop, one product over all
+    ``T n`` rows each. The products of the state with the gates' weights run stacked, as one product per
+    step forward and one backward (see :mod:`numeric.scan_lowering`)."""
     from derive.scan import scan_program
+
+    from .scan_lowering import Names, stack_adjoints, stack_gates
 
     assert m.scan is not None
     sp_ = scan_program(m)
@@ -676,28 +766,32 @@ def generate_scan(m: Model, backend: str) -> str:
     carried = {prev: sp_.carry_in[prev].name for prev, _ in m.scan.carries}
     saved = [*[m.inputs[c].name for c in m.carries], *[m.inputs[s].name for s in seqs],
              *[e.lhs.name for e in forward]]
+    fresh = Names(_Emitter([e.rhs for e in forward + adjoint + grads], backend, low).taken)
     body: list[str] = []
     for prev, _ in m.scan.carries:
         shape = low.shape_code(m.inputs[prev])
         kw = f"dtype={like}.dtype" + (f", device={like}.device" if backend == "torch" else "")
         body.append(f"    {prev} = {zeros}({shape}, {kw})")
         body.append(f"    {carried[prev]} = {zeros_like}({prev})")
+    stacking = stack_gates(forward, {m.inputs[p] for p, _ in m.scan.carries}, {m.inputs[s] for s in seqs},
+                           backend, fresh, dim_code)
+    body.extend(f"    {ln}" for ln in stacking.before)
     body.append("    tape = []")
     body.append("    loss = 0.0")
+    # Projections of the sequences by parameters (W_hx x^{<t>}) do not depend on the state: they are
+    # computed for all t at once before the loop (one matrix product instead of T small ones).
+    fwd_eqs = stacking.forward
+    fwd = _Emitter([e.rhs for e in fwd_eqs], backend, low, "f")
+    for i, (node, code) in enumerate(_hoisted_projections(fwd_eqs, m, low, backend)):
+        body.append(f"    xw{i + 1} = {code}")
+        fwd.temps[id(node)] = f"xw{i + 1}[t]"
     body.append(f"    for t in range({T}):")
     seq_vars = {s: m.inputs[s].name for s in seqs}
     for v in seq_vars.values():
         body.append(f"        {v}_t = {v}[t]")
     rename = {v: f"{v}_t" for v in seq_vars.values()}
-    fwd = _Emitter([e.rhs for e in forward], backend, low, "f")
-    # Projections of the sequences by parameters (W_hx x^{<t>}) do not depend on the state: they are
-    # computed for all t at once before the loop (one matrix product instead of T small ones).
-    hoisted = _hoisted_projections(forward, m, low, backend)
-    at = body.index(f"    for t in range({T}):")
-    for i, (node, code) in enumerate(hoisted):
-        body.insert(at + i, f"    xw{i + 1} = {code}")
-        fwd.temps[id(node)] = f"xw{i + 1}[t]"
-    for eq in forward:
+    body.extend(f"        {ln}" for ln in stacking.step)
+    for eq in fwd_eqs:
         code = fwd.code(eq.rhs)
         body.extend(f"        {t} = {_rename(c, rename)}" for t, c in fwd.take())
         body.append("        # " + comment(texs[eq.lhs.name]))
@@ -707,41 +801,111 @@ def generate_scan(m: Model, backend: str) -> str:
     body.append("        tape.append((" + ", ".join(rename.get(v, v) for v in saved) + ",))")
     for prev, nxt in m.scan.carries:
         body.append(f"        {prev} = {nxt}")
-    for eq in sp_.params.values():
-        body.append(f"    {eq.lhs.name} = 0.0")
+    carry_names = {e.lhs.name for e in sp_.carry_out.values()}
+    in_loop = [e for e in grads if e.lhs.name in carry_names]
+    param_grads = [e for e in grads if e.lhs.name not in carry_names]
+    back_eqs, back_stacks = stack_adjoints(adjoint + in_loop, stacking.groups, fresh)
+    extra_roots = [d for bs in back_stacks.values() for b in bs for d in b.deltas]
+    bwd = _Emitter([e.rhs for e in back_eqs + param_grads] + extra_roots, backend, low, "b")
+    loop: list[str] = []
+    for eq in back_eqs:
+        for bs in back_stacks.get(eq.lhs.name, []):
+            ds = [bwd.code(d, False) for d in bs.deltas]
+            loop.extend(f"        {t} = {_rename(c, rename)}" for t, c in bwd.take())
+            cat = "np.concatenate" if backend == "numpy" else "torch.cat"
+            loop.append(f"        {bs.var.name} = {cat}([{', '.join(_rename(d, rename) for d in ds)}], -1) @ {bs.weight}")
+        code = bwd.code(eq.rhs)
+        loop.extend(f"        {t} = {_rename(c, rename)}" for t, c in bwd.take())
+        loop.append("        # " + comment(atexs[eq.lhs.name]))
+        if eq.lhs.name in carry_names:
+            prev = next(p for p, e in sp_.carry_out.items() if e.lhs.name == eq.lhs.name)
+            loop.append(f"        {carried[prev]} = {_rename(code, rename)}")
+        else:
+            loop.append(f"        {eq.lhs.name} = {_rename(code, rename)}")
+    before, keep, after = _deferred_grads(param_grads, bwd, low, backend, T, seq_vars, rename, fresh, atexs)
+    body.extend(before)
     body.append(f"    for t in range({T} - 1, -1, -1):")
     body.append("        (" + ", ".join(rename.get(v, v) for v in saved) + ",) = tape[t]")
-    bwd = _Emitter([e.rhs for e in adjoint + grads], backend, low, "b")
-    for eq in adjoint:
-        code = bwd.code(eq.rhs)
-        body.extend(f"        {t} = {_rename(c, rename)}" for t, c in bwd.take())
-        body.append("        # " + comment(atexs[eq.lhs.name]))
-        body.append(f"        {eq.lhs.name} = {_rename(code, rename)}")
-    for eq in grads:
-        is_carry = any(eq.lhs.name == e.lhs.name for e in sp_.carry_out.values())
-        code = bwd.code(eq.rhs) if is_carry else bwd.reduced(eq.rhs)
-        body.extend(f"        {t} = {_rename(c, rename)}" for t, c in bwd.take())
-        body.append("        # " + comment(atexs[eq.lhs.name]))
-        if is_carry:
-            prev = next(p for p, e in sp_.carry_out.items() if e.lhs.name == eq.lhs.name)
-            body.append(f"        {carried[prev]} = {_rename(code, rename)}")
-        else:
-            body.append(f"        {eq.lhs.name} = {eq.lhs.name} + {_rename(code, rename)}")
+    body.extend(loop)
+    body.extend(keep)
+    body.extend(after)
     ret = ", ".join(f'"{k}": {e.lhs.name}' for k, e in sp_.params.items())
     doc = [f"dlmath kernel for the recurrence {_safe(m.name)} ({_safe(m.section)}), {backend} backend. Generated by "
            "dlmath; do not edit.", "",
            "The step equations run in a loop over the T time steps; backpropagation through time runs them",
-           "backwards, carrying the adjoint of the state. Sequences are time-major: (T, n, ...)."]
+           "backwards, carrying the adjoint of the state; the parameter gradients sum over all steps after it.",
+           "Sequences are time-major: (T, n, ...)."]
     return _module(m, backend, doc, names, body, f'{{"loss": loss, "grad": {{{ret}}}}}',
                    list(m.equations) + sp_.adjoint)
+
+
+def _deferred_grads(grads: Sequence[Equation], bwd: _Emitter, low: Lowering, backend: str, T: str,
+                    seq_vars: dict[str, str], rename: dict[str, str], fresh: Any, atexs: dict[str, str],
+                    accumulate: bool = False) -> tuple[list[str], list[str], list[str]]:
+    """Parameter gradients summed over the steps after the backward loop: the loop keeps the per-step values
+    each gradient reads (lists, no copies; a sequence input is read whole), and one contraction over all
+    ``T n`` rows replaces T per-step products. Returns the lines before the loop, at the end of its body
+    and after it. A gradient that does not depend on the sample stays summed in the loop."""
+    from derive.tensor import substitute
+
+    from .scan_lowering import frontier
+
+    before: list[str] = []
+    keep: list[str] = []
+    after: list[str] = []
+    cat = "np.concatenate" if backend == "numpy" else "torch.cat"
+    flat: dict[int, Var] = {}
+    mapping: dict[Node, Node] = {}
+    rows = []
+    for eq in grads:
+        if not low.batched(eq.rhs):
+            code = bwd.reduced(eq.rhs)
+            keep.extend(f"        {t} = {_rename(c, rename)}" for t, c in bwd.take())
+            keep.append("        # " + comment(atexs[eq.lhs.name]))
+            keep.append(f"        {eq.lhs.name} = {eq.lhs.name} + {_rename(code, rename)}")
+            if not accumulate:
+                before.append(f"    {eq.lhs.name} = 0.0")
+            continue
+        rows.append(eq)
+        for f in frontier(eq.rhs, low.batched, bwd.temps):
+            if id(f) in flat:
+                continue
+            base = f.name if isinstance(f, Var) else bwd.temps[id(f)]
+            v = Var(fresh(f"{base}_all"), f.shape, "var", batched=True)
+            flat[id(f)] = v
+            mapping[f] = v
+            if isinstance(f, Var) and f.name in seq_vars.values():
+                after.append(f"    {v.name} = {f.name}.reshape(-1, *{f.name}.shape[2:])")
+            else:
+                hist = fresh(f"{base}_hs")
+                before.append(f"    {hist} = [None] * {T}")
+                keep.append(f"        {hist}[t] = {_rename(base, rename)}")
+                after.append(f"    {v.name} = {cat}({hist})")
+    if not rows:
+        return before, keep, after
+    low_all = Lowering(low.backend, low.model, low.ref)
+    low_all.sample = f"({T} * {low.sample})"
+    eqs = [(eq, substitute(eq.rhs, mapping)) for eq in rows]
+    post = _Emitter([r for _, r in eqs], backend, low_all, "s", "sum")
+    post.taken |= fresh.taken
+    for eq, r in eqs:
+        code = post.reduced(r)
+        after.extend(f"    {t} = {c}" for t, c in post.take())
+        after.append("    # " + comment(atexs[eq.lhs.name]) + " (summed over t)")
+        total = f"{_paren(code)} / {low.sample}" if bwd.reduction == "mean" else code
+        after.append(f"    {eq.lhs.name} = " + (f"{eq.lhs.name} + {total}" if accumulate else total))
+    return before, keep, after
 
 
 def generate_scans(m: Model, backend: str) -> str:
     """The module of a program of several scans: each scan's step equations in a loop over its time steps
     (t = T..1 for a reverse scan), in the program's order, keeping the states later scans read; then
     backpropagation through time scan by scan from the last, each loop carrying its state's adjoint and
-    adding the adjoints its scan sends back to the earlier scans it read."""
+    adding the adjoints its scan sends back to the earlier scans it read. Gate products run stacked and the
+    parameter gradients sum over each scan's steps after its backward loop, as in :func:`generate_scan`."""
     from derive.scan import scan_programs
+
+    from .scan_lowering import Names, stack_adjoints, stack_gates
 
     progs = scan_programs(m)
     scans = {sc.name: sc for sc in m.scans}
@@ -756,6 +920,9 @@ def generate_scans(m: Model, backend: str) -> str:
     body: list[str] = ["    loss = 0.0"]
     saved: list[list[str]] = []
     renames: list[dict[str, str]] = []
+    fresh = Names(_Emitter([e.rhs for e in m.equations] + [e.rhs for pr in progs for e in pr.adjoint], backend,
+                           low).taken)
+    groups = []
     # -- forward: the scans in order -------------------------------------------------------------------
     for pr in progs:
         sc = pr.scan
@@ -775,6 +942,10 @@ def generate_scans(m: Model, backend: str) -> str:
         rename = {s: f"{s}_t" for s in sc.sequences}
         renames.append(rename)
         forward = stabilize(pr.forward, defs)
+        stacking = stack_gates(forward, {m.inputs[p] for p, _ in sc.carries}, {m.inputs[s] for s in sc.sequences},
+                               backend, fresh, dim_code)
+        groups.append(stacking.groups)
+        body.extend(f"    {ln}" for ln in stacking.before)
         upstream = list(pr.upstream)
         keep = [*(p for p, _ in sc.carries), *sc.sequences, *upstream, *(e.lhs.name for e in forward)]
         saved.append(keep)
@@ -786,8 +957,9 @@ def generate_scans(m: Model, backend: str) -> str:
             body.append(f"        {s_}_t = {s_}[t]")
         for u in upstream:
             body.append(f"        {u} = {u}_seq[t]")
-        fwd = _Emitter([e.rhs for e in forward], backend, low, f"{sc.name}_f")
-        for eq in forward:
+        body.extend(f"        {ln}" for ln in stacking.step)
+        fwd = _Emitter([e.rhs for e in stacking.forward], backend, low, f"{sc.name}_f")
+        for eq in stacking.forward:
             code = fwd.code(eq.rhs)
             body.extend(f"        {t} = {_rename(c, rename)}" for t, c in fwd.take())
             body.append("        # " + texs[eq.lhs.name].replace("\n", " "))
@@ -828,31 +1000,44 @@ def generate_scans(m: Model, backend: str) -> str:
         adjoint = reuse_outputs([e for e in pr.adjoint if e.kind != "grad"], defs)
         grad_eqs = reuse_outputs([e for e in pr.adjoint if e.kind == "grad"], defs)
         atexs = dict(zip([e.lhs.name for e in pr.adjoint], equations_tex(pr.adjoint)))
-        body.append(f"    for t in {loop}:")
-        body.append("        (" + ", ".join(rename.get(v, v) for v in saved[k]) + f",) = tape_{sc.name}[t]")
+        loop_lines: list[str] = []
         for v, oin in pr.outputs_in.items():
-            body.append(f"        {oin.name} = {v}_up[t]")
-        bwd = _Emitter([e.rhs for e in adjoint + grad_eqs], backend, low, f"{sc.name}_b")
-        for eq in adjoint:
-            code = bwd.code(eq.rhs)
-            body.extend(f"        {t} = {_rename(c, rename)}" for t, c in bwd.take())
-            body.append("        # " + atexs[eq.lhs.name].replace("\n", " "))
-            body.append(f"        {eq.lhs.name} = {_rename(code, rename)}")
+            loop_lines.append(f"        {oin.name} = {v}_up[t]")
         carried = {e.lhs.name: p for p, e in pr.carry_out.items()}
         ups = {e.lhs.name: u for u, e in pr.upstream.items()}
         stacked = {e.lhs.name for e in pr.stacks.values()}
-        for eq in grad_eqs:
-            per_sample = eq.lhs.name in carried or eq.lhs.name in ups or eq.lhs.name in stacked
-            code = bwd.code(eq.rhs) if per_sample else bwd.reduced(eq.rhs)
-            body.extend(f"        {t} = {_rename(c, rename)}" for t, c in bwd.take())
-            body.append("        # " + atexs[eq.lhs.name].replace("\n", " "))
+        per_step = [e for e in grad_eqs if e.lhs.name in carried or e.lhs.name in ups or e.lhs.name in stacked]
+        summed = [e for e in grad_eqs if e not in per_step]
+        back_eqs, back_stacks = stack_adjoints(adjoint + per_step, groups[k], fresh)
+        extra_roots = [d for bs in back_stacks.values() for b in bs for d in b.deltas]
+        bwd = _Emitter([e.rhs for e in back_eqs + summed] + extra_roots, backend, low, f"{sc.name}_b")
+        for eq in back_eqs:
+            for bs in back_stacks.get(eq.lhs.name, []):
+                ds = [bwd.code(d, False) for d in bs.deltas]
+                loop_lines.extend(f"        {t} = {_rename(c, rename)}" for t, c in bwd.take())
+                loop_lines.append(f"        {bs.var.name} = {'np.concatenate' if backend == 'numpy' else 'torch.cat'}"
+                                  f"([{', '.join(_rename(d, rename) for d in ds)}], -1) @ {bs.weight}")
+            code = bwd.code(eq.rhs)
+            loop_lines.extend(f"        {t} = {_rename(c, rename)}" for t, c in bwd.take())
+            loop_lines.append("        # " + comment(atexs[eq.lhs.name]))
             if eq.lhs.name in carried:
-                body.append(f"        {pr.carry_in[carried[eq.lhs.name]].name} = {_rename(code, rename)}")
+                loop_lines.append(f"        {pr.carry_in[carried[eq.lhs.name]].name} = {_rename(code, rename)}")
             elif eq.lhs.name in ups:
                 u = ups[eq.lhs.name]
-                body.append(f"        {u}_up[t] = {u}_up[t] + {_rename(code, rename)}")
+                loop_lines.append(f"        {u}_up[t] = {u}_up[t] + {_rename(code, rename)}")
+            elif eq.lhs.name in stacked:
+                loop_lines.append(f"        {eq.lhs.name} = {eq.lhs.name} + {_rename(code, rename)}")
             else:
-                body.append(f"        {eq.lhs.name} = {eq.lhs.name} + {_rename(code, rename)}")
+                loop_lines.append(f"        {eq.lhs.name} = {_rename(code, rename)}")
+        seq_names = {s_: s_ for s_ in sc.sequences}
+        before, keep, after = _deferred_grads(summed, bwd, low, backend, T, seq_names, rename, fresh, atexs,
+                                              accumulate=True)
+        body.extend(before)
+        body.append(f"    for t in {loop}:")
+        body.append("        (" + ", ".join(rename.get(v, v) for v in saved[k]) + f",) = tape_{sc.name}[t]")
+        body.extend(loop_lines)
+        body.extend(keep)
+        body.extend(after)
         for sv, src in sc.stacks:
             To = dim_code(next(sc2.time for sc2 in scans.values() if src in sc2.equations))
             g = pr.stacks[sv.name].lhs.name
@@ -889,6 +1074,15 @@ class _Emitter:
         self.temps: dict[int, str] = {}
         self.pending: list[tuple[str, str]] = []
         self.count = 0
+        # torch: how many parents of a node are elementwise maps (they broadcast its unexpanded view)
+        self.map_parents: dict[int, int] = {}
+        self.inner: dict[int, str] = {}  # a shared broadcasting contraction: the temporary of its small part
+        self.made: dict[int, Any] = {}  # the planned operand of a map (its freshness, the axes it spans)
+        for r in roots:
+            for n in walk([r], stop=lambda x: isinstance(x, Var)):
+                if isinstance(n, Map):
+                    for i, c in enumerate(n.children()):
+                        self.map_parents[id(c)] = self.map_parents.get(id(c), 0) + max(n.fn.count(ARG[i]), 1)
         # temporaries never take a name of the model (a parameter may be called t1, or b1 in a recurrence)
         m = low.model
         self.taken = {*m.params, *m.inputs, *m.constants, *(str(d) for d in m.dims.values()),
@@ -901,9 +1095,14 @@ class _Emitter:
             return n.name
         if id(n) in self.temps:
             return self.temps[id(n)]
-        conv = _torch_conv(n, lambda c: self.code(c, False), self.low, None)
-        code = conv if conv is not None else n.lower([self.code(c, False) for c in n.children()], self.backend,
-                                                     self.low)
+        code = self._torch_code(n, top) if self.backend == "torch" else None
+        if code is None:
+            conv = _torch_conv(n, lambda c: self.code(c, False), self.low, None)
+            code = conv if conv is not None else n.lower([self.code(c, False) for c in n.children()],
+                                                         self.backend, self.low)
+        if self.backend == "torch" and self.low.is_spread(n) and self.parents.get(id(n), 0) <= 1 + \
+                self.map_parents.get(id(n), 0):
+            return code  # a view of a shared (hoisted) contraction: nothing to compute again
         if not top and self.parents.get(id(n), 0) > 1 and not isinstance(n, Const):
             self.count += 1
             while f"{self.prefix}{self.count}" in self.taken:
@@ -913,6 +1112,122 @@ class _Emitter:
             self.temps[id(n)] = t
             return t
         return code
+
+    def _hoist(self, code: str) -> str:
+        self.count += 1
+        while f"{self.prefix}{self.count}" in self.taken:
+            self.count += 1
+        t = f"{self.prefix}{self.count}"
+        self.pending.append((t, code))
+        return t
+
+    def _spread_inner(self, n: Einsum) -> tuple[str, str, str]:
+        """The small part of a broadcasting contraction (hoisted when shared), its indexing and full shape."""
+        inner, idx, tup = self.low.spread_parts(n, [self.code(c, False) for c in n.children()])
+        if id(n) in self.inner:
+            return self.inner[id(n)], idx, tup
+        if self.parents.get(id(n), 0) > 1 and not re.fullmatch(r"[A-Za-z_]\w*", inner):
+            inner = self.inner[id(n)] = self._hoist(inner)
+        return inner, idx, tup
+
+    def _torch_code(self, n: Node, top: bool) -> str | None:
+        """Torch code of maps (planned: few passes, in place) and broadcasts (unexpanded in maps)."""
+        if self.low.is_spread(n):
+            assert isinstance(n, Einsum)
+            inner, idx, tup = self._spread_inner(n)
+            return f"{_paren(inner)}[{idx}].expand({tup})"
+        if isinstance(n, Einsum) and len(n.operands) == 1 and isinstance(n.operands[0], Map):
+            code = self._sum_of_product(n)
+            if code is not None:
+                return code
+        if isinstance(n, Map):
+            op = self._planned_map(n)
+            if op is None:
+                return None
+            code = op.code
+            full = self._full_axes(n)
+            if op.axes != full:  # no operand spans every axis: the value has the shape it claims
+                code = f"{_paren(code)}.expand({self.low.shape_code(n)})" + (".contiguous()" if top else "")
+            self.made[id(n)] = op
+            return code
+        return None
+
+    def _sum_of_product(self, n: Einsum) -> str | None:
+        """A sum of squares as the squared norm, a sum of a product over trailing axes as a batched dot
+        product: one pass, no array of the squares or products."""
+        (x,) = n.operands
+        assert isinstance(x, Map)
+        if id(x) in self.temps or self.parents.get(id(x), 0) > 1:
+            return None
+        (li,) = n.ins
+        summed = [i for i, lab in enumerate(li) if lab not in n.out]
+        if not summed or tuple(lab for lab in li if lab in n.out) != n.out:
+            return None
+        off = 1 if self.low.batched(x) else 0
+        if x.fn == ARG[0] ** 2:
+            dims = tuple(i + off for i in summed)
+            dim = "" if len(summed) == len(li) and not off else f", dim={dims[0]}" if len(dims) == 1 else \
+                f", dim={dims}"
+            return _scaled(f"torch.linalg.vector_norm({self.code(x.args[0], False)}{dim}).square()", n.coef)
+        if x.fn == ARG[0] * ARG[1] and all(a.shape == x.shape and self.low.batched(a) == bool(off) for a in x.args):
+            lab = ("Z" if off else "") + string.ascii_lowercase[: len(li)]
+            out = lab[: off + len(n.out)]
+            if summed != list(range(len(n.out), len(li))) or not (out or len(lab) <= 2):
+                return None  # only sums over the trailing axes are one batched product
+            a, b = (self.code(c, False) for c in x.args)
+            return _scaled(f"torch.einsum('{lab},{lab}->{out}', {a}, {b})", n.coef)
+        return None
+
+    def _full_axes(self, n: Node) -> frozenset[int]:
+        return frozenset(range(n.ndim)) | (frozenset({-1}) if self.low.batched(n) else frozenset())
+
+    def _operand(self, a: Node, m: Map) -> Any:
+        from .torch_maps import Operand
+
+        low = self.low
+        mb = low.batched(m)
+        if isinstance(a, Var) and a.domain in ("labels", "mask"):
+            return None  # possibly integer or boolean arrays: printed as written
+        if low.is_spread(a) and id(a) not in self.temps:
+            assert isinstance(a, Einsum)
+            inner, idx, _ = self._spread_inner(a)
+            return Operand(f"{_paren(inner)}[{idx}]", low.spread_axes(a))
+        inline = id(a) not in self.temps and not isinstance(a, Var) and self.parents.get(id(a), 0) <= 1
+        gemm = low.torch_gemm(a, [self.code(c, False) for c in a.children()]) \
+            if inline and isinstance(a, Einsum) else None
+        code = self.code(a, False)
+        if mb and low.batched(a) and a.ndim < m.ndim:
+            code = f"{_paren(code)}[:, {', '.join(['None'] * (m.ndim - a.ndim))}]"
+            axes = frozenset({-1})
+        elif a.ndim < m.ndim:
+            axes = frozenset()
+        else:
+            axes = self._full_axes(a)
+        fresh = False
+        if inline and isinstance(a, Einsum) and axes == self._full_axes(m):
+            fresh = gemm is not None or len(a.operands) > 1 or len(a.out) < len(a.ins[0]) or a.coef != 1
+        elif inline and id(a) in self.made:
+            fresh = self.made[id(a)].fresh
+        if isinstance(a, Const):
+            return Operand(_paren(code), axes, number=not a.shape)
+        return Operand(_paren(code), axes, fresh, True, False, gemm)
+
+    def _planned_map(self, m: Map) -> Any:
+        from derive.functions import ActivationBase
+
+        from .torch_maps import plan_map
+
+        fn = m.fn.replace(lambda e: isinstance(e, ActivationBase), lambda e: e.concrete())
+        ops = {}
+        for i, a in enumerate(m.args):
+            if ARG[i] in fn.free_symbols:
+                op = self._operand(a, m)
+                if op is None:
+                    return None
+                ops[ARG[i]] = op
+        return plan_map(fn, ops, lambda e, names: scalar_code(e, {**names, **{s: o.code for s, o in ops.items()}},
+                                                               "torch"),
+                        lambda e: scalar_code(e, {}, "torch"))
 
     def reduced(self, n: Node) -> str:
         """The batch mean (or sum) of a per-sample gradient, folded into its last contraction."""
@@ -1014,6 +1329,7 @@ def generate(prog: Program, backend: str) -> str:
             if used:
                 pairs[id(eq)] = f"log_{eq.lhs.name}"
                 em.temps[id(ls)] = f"log_{eq.lhs.name}"
+    grad_leaf = {_grad_of(m, k): k for k in m.grad_names}  # gradient name -> its leaf, looked up once
     for eq in forward + adjoint:
         lines.append(f"# {tex[id(eq)]}")
         if id(eq) in pairs and isinstance(eq.rhs, Softmax):
@@ -1022,9 +1338,12 @@ def generate(prog: Program, backend: str) -> str:
                                f"ops.softmax_and_log({x}, {eq.rhs._code_axis()})"))
             continue
         if eq.kind == "grad":
-            leaf = m.tensor(next(k for k in m.grad_names if _grad_of(m, k) == eq.lhs.name))
+            leaf = m.tensor(grad_leaf[eq.lhs.name])
             if m.sample is None:
                 code = code_of(eq.rhs, True)
+            elif leaf.batched and backend == "torch" and m.reduction == "mean" and low.batched(eq.rhs):
+                # a per-sample input: its gradient stays per sample, the mean's 1/n joins its expression
+                code = code_of(map_(ARG[0] / m.sample, [eq.rhs], eq.rhs.shape), True)
             elif leaf.batched:  # a per-sample input: its gradient stays per sample
                 code = code_of(eq.rhs, True)
                 if not low.batched(eq.rhs):  # the same for every sample (or zero): one row per sample
@@ -1100,6 +1419,7 @@ def _grad_of(m: Model, name: str) -> str:
 
 
 def _dims_needed(eqs: Sequence[Equation], m: Model) -> set[sp.Symbol]:
+    dims = set(m.dims.values())
     syms: set[sp.Symbol] = set()
     if m.sample is not None:
         syms.add(m.sample)
@@ -1113,21 +1433,22 @@ def _dims_needed(eqs: Sequence[Equation], m: Model) -> set[sp.Symbol]:
                 for d in n.dims:
                     syms |= as_expr(d).free_symbols
             if isinstance(n, Map):
-                syms |= {s for s in n.fn.free_symbols if s in m.dims.values()}
-    return {s for s in syms if s in set(m.dims.values())}
+                syms |= {s for s in n.fn.free_symbols if s in dims}
+    return {s for s in syms if s in dims}
 
 
 def _dim_sources(m: Model, needed: set[sp.Symbol]) -> dict[str, str]:
     """``dim = array.shape[k]`` lines for the dimensions the code refers to."""
+    first: dict[Any, str] = {}  # dimension -> the first array axis that has it (one pass over the arrays)
+    carries = set(m.carries)
+    for name, v in {**m.params, **m.inputs}.items():
+        if name in carries:
+            continue
+        for k, d in enumerate(m.array_dims(v)):
+            first.setdefault(d, f"{name}.shape[{k}]")
     out: dict[str, str] = {}
     for d in sorted(needed, key=str):
-        for name, v in {**m.params, **m.inputs}.items():
-            if name in m.carries:
-                continue
-            shape = m.array_dims(v)
-            if d in shape:
-                out[dim_code(d)] = f"{name}.shape[{shape.index(d)}]"
-                break
-        else:
+        if d not in first:
             raise ValueError(f"{m.name}: dimension {d} cannot be read off any array shape")
+        out[dim_code(d)] = first[d]
     return out

@@ -78,7 +78,10 @@ class Kernel:
     def __repr__(self) -> str:
         return f"<dlmath kernel {self.model.name} [{self.backend}]>"
 
-    def __call__(self, **arrays: Any) -> dict[str, Any]:
+    def __call__(self, *positional: Any, **arrays: Any) -> dict[str, Any]:
+        if positional:
+            raise TypeError(f"{self.model.name}: a kernel takes its arrays by name, e.g. f("
+                            f"{', '.join(f'{k}=...' for k in self.names[:3])}); got {len(positional)} positional")
         args = self._prepare(arrays) if self.check else self._convert(arrays)
         out = self.raw(**args)
         if self.model.is_update:
@@ -449,7 +452,7 @@ def _domain_plan(m: Model) -> list[tuple[str, str, Any]]:
             continue
         if v.domain == LABELS:
             plan.append((name, LABELS, bounds.get(name)))
-        elif v.domain in (SPD, SIMPLEX, COUNT, MODERATE) and (v.domain != SIMPLEX or v.ndim):
+        elif v.domain in (SPD, SIMPLEX, ONE_HOT, COUNT, MODERATE) and (v.domain not in (SIMPLEX, ONE_HOT) or v.ndim):
             plan.append((name, v.domain, None))
     return plan
 
@@ -457,6 +460,9 @@ def _domain_plan(m: Model) -> list[tuple[str, str, Any]]:
 #: probability vectors along the last axis: the derivation folds sum(y) = 1 (softmax cross entropy's
 #: gradient yhat - y), so the kernels check it
 SIMPLEX = "simplex"
+#: one-hot rows along the last axis (DQN's actions, a state encoding): the derivation uses that each row sums to
+#: 1 and selects one entry, so the kernels check both
+ONE_HOT = "one_hot"
 #: a step count: a non-negative integer (Adam's t)
 COUNT = "count"
 #: values the program squares and sums (normalisation layers' variance): their squares must stay finite, or
@@ -506,6 +512,22 @@ def _check_simplex(model: str, name: str, a: Any) -> None:
                      f"({name} / {name}.sum(-1, keepdims=True)) or pass one-hot rows")
 
 
+def _check_one_hot(model: str, name: str, a: Any) -> None:
+    """Each row of ``a`` (along its last axis) is 0 but for a single 1: one pass (on the array's device)."""
+    if a.size == 0 if isinstance(a, np.ndarray) else a.numel() == 0:
+        return
+    ok = ((a == 0) | (a == 1)).all(-1) & (a.sum(-1) == 1)
+    if bool(ok.all()):
+        return
+    bad = ok.detach().cpu().numpy() if hasattr(ok, "detach") else np.asarray(ok)
+    row = tuple(int(i) for i in np.argwhere(~bad)[0])
+    v = a.detach().cpu().numpy() if hasattr(a, "detach") else np.asarray(a)
+    vals = np.array2string(v[row], precision=4, separator=", ", threshold=8)
+    raise InputError(f"{model}: {name} holds one-hot rows (domain 'one_hot': one 1, the rest 0, which the derived "
+                     f"program uses), but its row {row[0] if len(row) == 1 else row} is {vals}; pass one-hot rows "
+                     f"(e.g. numpy.eye(K)[indices])")
+
+
 def _check_domains(m: Model, plan: list[tuple[str, str, Any]], arrays: dict[str, Any], sizes: dict[str, int]) -> None:
     from derive.tensor import LABELS
 
@@ -516,6 +538,9 @@ def _check_domains(m: Model, plan: list[tuple[str, str, Any]], arrays: dict[str,
             continue
         if domain == MODERATE:
             _check_moderate(m.name, name, a)
+            continue
+        if domain == ONE_HOT:
+            _check_one_hot(m.name, name, a)
             continue
         v = a.detach().cpu().numpy() if not isinstance(a, np.ndarray) and hasattr(a, "detach") else np.asarray(a)
         if domain == COUNT:

@@ -280,9 +280,9 @@ class _Evaluator:
             return args[0].narrow(n.axis, self.size(n.start), self.size(n.stop) - self.size(n.start))
         if isinstance(n, Pad):
             x = args[0]
-            before = self.size(n.start)  # type: ignore[assignment]
-            after = self.size(n.size) - before - x.shape[n.axis]  # type: ignore[assignment,operator]
-            return torch.nn.functional.pad(x, (0, 0) * (x.ndim - n.axis - 1) + (before, after))  # type: ignore[operator]
+            lead = self.size(n.start)  # zeros before x along the axis, and after it
+            trail = self.size(n.size) - lead - int(x.shape[n.axis])
+            return torch.nn.functional.pad(x, (0, 0) * (x.ndim - n.axis - 1) + (lead, trail))
         raise UnsupportedReference(f"the eager reference has no torch form of the primitive {type(n).__name__}")
 
     def einsum(self, e: Einsum, args: list[Tensor]) -> Tensor:

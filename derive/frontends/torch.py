@@ -34,7 +34,7 @@ from typing import Any
 import sympy as sp
 
 from ..program import Builder, Model, ModelError
-from ..tensor import Node, Var, as_expr, einsum
+from ..tensor import Node, ShapeError, Var, as_expr, einsum
 from .torch_ops import OPS, Unsupported
 
 __all__ = ["from_torch", "TorchReference", "param_identifier"]
@@ -224,10 +224,10 @@ class TorchReference:
         values = (f"your backward gives {rv:.12g}, the derivative of your forward {kv:.12g}, finite differences "
                   f"{fd:.12g}")
         if kernel_ok and not ref_ok:
-            who = (f"your backward (autograd.Function {', '.join(self.custom)})" if self.custom
-                   else "torch autograd on your code")
+            who = "your backward" if self.custom else "torch autograd on your code"
+            fns = f" (autograd.Function {', '.join(self.custom)})" if self.custom else ""
             return (f"{who} for `{k}` disagrees with the derivative of your forward (and with finite "
-                    f"differences) at {where}: {values}; the backward is wrong")
+                    f"differences) at {where}{fns}: {values}; the backward is wrong")
         if ref_ok and not kernel_ok:
             return (f"dlmath's derivative of your forward for `{k}` disagrees with your backward and with finite "
                     f"differences at {where}: {values}; this is a dlmath bug, please report it")
@@ -284,19 +284,59 @@ def from_torch(module_or_function: Any, *example_args: Any, name: str | None = N
     dynamic: Any = (tuple(specs),) if not isinstance(module_or_function, torch.nn.Module) else tuple(specs)
     ep = _export(module, args, dynamic, label, strict=False)
     custom = _custom_functions(module, args)
+
+    def convert(program: Any) -> Model:
+        replace: dict[Any, Any] = {}
+        for _ in range(16):
+            try:
+                return _Converter(program, module, label, names, tensor_pos, args, custom, replace).model()
+            except _Restart as r:
+                replace[r.symbol] = r.value
+        raise ModelError(f"{label}: the sizes of the inputs could not be related (a dlmath bug, please report it)")
+
     try:
         # whole layers first (linear, layer_norm, attention: one operation each, as the book writes them)
-        return _Converter(ep, module, label, names, tensor_pos, args, custom).model()
+        return convert(ep)
     except NotInTable:
         pass
     try:  # then the core ATen operations they decompose into
         ep = _decompose(ep, label)
-        return _Converter(ep, module, label, names, tensor_pos, args, custom).model()
+        return convert(ep)
     except NotInTable as e:
         # torch.export's non-strict trace records only the forward's own line: the strict (Dynamo) trace
         # has the user's whole stack, so the refusal names the line that called the operation
         line = _strict_line(module, args, dynamic, e.node)
         raise ModelError(e.message(line)) from None
+
+
+def _size_pairs(base: str, args: Sequence[Any]) -> list[tuple[Any, Any]]:
+    """The sizes an operation needs equal: a view's element counts, a product's inner sizes, and the aligned
+    trailing sizes of broadcast operands."""
+    tensors = [a for a in args if isinstance(a, Node)]
+    if base in ("view", "reshape", "_unsafe_view") and tensors and len(args) > 1 \
+            and isinstance(args[1], (list, tuple)) and all(as_expr(d) != -1 for d in args[1]):
+        return [(sp.Mul(*tensors[0].shape), sp.Mul(*(as_expr(d) for d in args[1])))]
+    if base in ("linear",) and len(tensors) >= 2:
+        return [(tensors[0].shape[-1], tensors[1].shape[-1])]
+    if base in ("mm", "bmm", "matmul", "addmm") and len(tensors) >= 2:
+        x, y = tensors[-2:]
+        return [(x.shape[-1], y.shape[-2] if y.ndim > 1 else y.shape[-1])]
+    if base == "cat" and args and isinstance(args[0], (list, tuple)):
+        tensors = [a for a in args[0] if isinstance(a, Node)]
+    pairs = []
+    for t in tensors[1:]:
+        for a, b in zip(reversed(tensors[0].shape), reversed(t.shape)):
+            if as_expr(a) != 1 and as_expr(b) != 1:
+                pairs.append((a, b))
+    return pairs
+
+
+class _Restart(Exception):
+    """Two sizes torch.export kept apart are one: convert again with ``symbol`` replaced by ``value``."""
+
+    def __init__(self, symbol: Any, value: Any):
+        super().__init__(f"{symbol} = {value}")
+        self.symbol, self.value = symbol, value
 
 
 class NotInTable(ModelError):
@@ -390,8 +430,10 @@ class _Converter:
     """Walks the exported graph, mapping each ATen node through the table and writing the equations."""
 
     def __init__(self, ep: Any, module: Any, label: str, names: list[str], tensor_pos: list[int],
-                 args: Sequence[Any], custom: list[str]):
+                 args: Sequence[Any], custom: list[str], replace: dict[Any, Any] | None = None):
         self.ep, self.module, self.label, self.names = ep, module, label, names
+        self.replace: dict[Any, Any] = dict(replace or {})
+        self.hints: dict[Any, int] = {}
         self.tensor_pos, self.args, self.custom = tensor_pos, args, custom
         ident = re.sub(r"\W", "_", label)
         self.b = Builder(ident if ident.isidentifier() else "torch_model", f"captured from PyTorch: {label}",
@@ -421,12 +463,66 @@ class _Converter:
         if isinstance(s, int):
             return sp.Integer(s)
         if isinstance(s, torch.SymInt):
-            expr = s.node.expr
+            expr = self._torch_expr(s.node.expr)
             for sym in sorted(expr.free_symbols, key=str):
                 if sym not in self.symbols:
                     self._new_dim(sym, None)
             return expr.xreplace(self.symbols)
         raise Unsupported(f"a size of type {type(s).__name__}")
+
+    def _torch_expr(self, expr: Any) -> Any:
+        """A size in torch's symbols, with the sizes found equal substituted and torch's integer functions
+        (``FloorDiv``, ``CleanDiv``, ...) as SymPy's own (``floor``)."""
+        from torch.utils._sympy import functions as tf
+
+        for _ in range(len(self.replace) + 1):
+            nxt = expr.xreplace(self.replace)
+            if nxt == expr:
+                break
+            expr = nxt
+        plain: dict[Any, Callable[..., Any]] = {
+            tf.FloorDiv: lambda a, b: sp.floor(a / b), tf.CleanDiv: lambda a, b: a / b,
+            tf.CeilDiv: lambda a, b: sp.ceiling(a / b), tf.IntTrueDiv: lambda a, b: a / b,
+            tf.PythonMod: lambda a, b: sp.Mod(a, b), tf.Mod: lambda a, b: sp.Mod(a, b),
+            tf.FloorToInt: sp.floor, tf.CeilToInt: sp.ceiling, tf.Max: sp.Max, tf.Min: sp.Min,
+        }
+        for fn, rep in plain.items():
+            if expr.has(fn):
+                expr = expr.replace(fn, rep)
+        return expr
+
+    def _unify(self, pairs: Sequence[tuple[Any, Any]]) -> None:
+        """Sizes that torch.export took as independent although the code only runs when they are equal (the
+        key's batch and the query's in attention; a -1 in a view that pins a size): the first equation of
+        ``pairs`` (dlmath's size against the size torch's code needs) solved for one dimension, where the
+        solution is another dimension or a number and holds at the example sizes, restarts the conversion with
+        that dimension substituted (:class:`_Restart`); otherwise nothing happens."""
+        inv = {d: t for t, d in self.symbols.items()}
+        hints = {d: self.hints.get(t) for t, d in self.symbols.items()}
+        at_hints = {k: sp.Integer(v) for k, v in hints.items() if v is not None}
+        newest = list(inv)
+        for a, b in pairs:
+            diff = sp.expand(as_expr(a) - as_expr(b))
+            if diff == 0 or not diff.free_symbols & set(inv):
+                continue
+            if diff.xreplace(at_hints) != 0:
+                continue  # sizes that differ at the example too: a real mismatch, reported as it is
+            syms = sorted(diff.free_symbols & set(inv), key=lambda x: -newest.index(x))
+            if not diff.has(sp.floor, sp.ceiling, sp.Mod):
+                for d in syms:
+                    try:
+                        sols = sp.solve(diff, d)
+                    except (NotImplementedError, ValueError, TypeError):
+                        continue
+                    for sol in sols:
+                        ok_form = (sol.is_Symbol and sol in inv) or (sol.is_Integer and sol > 0)
+                        if ok_form and hints.get(d) is not None and sol.xreplace(at_hints) == hints[d]:
+                            raise _Restart(inv[d], sol.xreplace(inv))
+            # no size follows from the others (a flatten feeding a Linear pins H W only jointly): the
+            # newest size in the equation is the example's, as torch's code needs
+            d = next((x for x in syms if hints.get(x) is not None), None)
+            if d is not None:
+                raise _Restart(inv[d], sp.Integer(hints[d]))
 
     def _new_dim(self, sym: Any, example: int | None) -> sp.Symbol:
         first = not self.symbols
@@ -471,8 +567,13 @@ class _Converter:
                 nm = self._fresh(self.names[self.tensor_pos[user_i]])
                 user_i += 1
                 for s in val.shape:
-                    if isinstance(s, torch.SymInt) and s.node.expr.is_Symbol and s.node.expr not in self.symbols:
-                        self._new_dim(s.node.expr, int(s.node.hint) if s.node.hint is not None else None)
+                    if isinstance(s, torch.SymInt) and s.node.expr.is_Symbol and s.node.hint is not None:
+                        self.hints[s.node.expr] = int(s.node.hint)
+                for s in val.shape:
+                    if isinstance(s, torch.SymInt):
+                        e = self._torch_expr(s.node.expr)
+                        if e.is_Symbol and e not in self.symbols:
+                            self._new_dim(e, self.hints.get(e))
                 shape = tuple(self._dim(s) for s in val.shape)
                 if val.dtype.is_floating_point:
                     v = self.b.input(nm, shape, _name_tex(nm))
@@ -639,6 +740,9 @@ class _Converter:
             raise NotInTable(self.label, full, n)
         try:
             return rule(*args, **kwargs)
+        except ShapeError as e:
+            self._unify(_size_pairs(base, args))
+            raise ModelError(f"{self.label}: aten.{full} (at {_user_line(n)}) is not supported here: {e}") from None
         except (Unsupported, ValueError, TypeError, AttributeError, IndexError) as e:
             raise ModelError(f"{self.label}: aten.{full} (at {_user_line(n)}) is not supported here: {e}") from None
 
@@ -660,6 +764,8 @@ class _Converter:
         if isinstance(val, torch.Tensor) and isinstance(got, Node):
             want = tuple(self._dim(s) for s in val.shape)
             if len(want) != got.ndim or any(sp.simplify(a - b) != 0 for a, b in zip(want, got.shape)):
+                if len(want) == got.ndim:
+                    self._unify(list(zip(got.shape, want)))
                 full, _ = _op_name(n.target)
                 raise ModelError(f"{self.label}: dlmath's form of aten.{full} (at {_user_line(n)}) has shape "
                                  f"{tuple(got.shape)} where torch has {want}; this is a dlmath bug, please report it")
