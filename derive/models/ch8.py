@@ -109,7 +109,8 @@ def vae() -> Model:
     eps = b.input("E", (k,), r"\epsilon", batched=True)
     h = b.eq("h", tanh(W_e @ x + b_e), "h_e")
     mu = b.eq("mu", W_mu @ h + b_mu, r"\mu")
-    lv = b.eq("lv", W_lv @ h + b_lv, r"\log\sigma^{2}", adjoint=("lv_bar", r"\zeta_{\ell}"))
+    # the log-variance, ell = log sigma^2 (as kl_gaussian writes it), with its weights W_ell, b_ell
+    lv = b.eq("lv", W_lv @ h + b_lv, r"\ell", adjoint=("lv_bar", r"\zeta_{\ell}"), note=r"\ell = \log\sigma^{2}")
     sigma = b.eq("sigma", exp(lv / 2), r"\sigma")
     z = b.eq("z", mu + sigma * eps, "z", adjoint=("zeta_z", r"\zeta_{z}"))  # the reparameterisation
     hd = b.eq("h_dec", tanh(W_h @ z + b_h), "h_d")
