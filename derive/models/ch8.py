@@ -167,7 +167,7 @@ def diffusion(T_steps: int = 100, beta_1: float = 1e-4, beta_T: float = 0.02) ->
     cells = (p + 1, p)
     pad = b.eq("P", map_(step(ARG[0] - ARG[1] + sp.Rational(1, 2)) * step(ARG[1] - ARG[0] + sp.Rational(1, 2)),
                          [IndexGrid(cells, 0, "i"), IndexGrid(cells, 1, "j")]), "P",
-               note=r"P = \begin{bmatrix} I_{p} \\ 0^\top \end{bmatrix}")
+               note=r"P = [I_{p}; 0^\top]")
     last = b.eq("e_last", map_(step(ARG[0] - p + sp.Rational(1, 2)), [IndexGrid((p + 1,), 0, "i")]), "e_{p+1}")
     u = b.eq("u", pad @ xt + last * (t / T), r"\tilde{x}_{t}", note=r"\tilde{x}_{t} = [x_{t}; t/T]")
     z1 = b.eq("z1", W1 @ u + b1, "z^{[1]}", adjoint=("delta1", r"\delta^{[1]}"))
