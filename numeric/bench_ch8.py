@@ -30,7 +30,6 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-import sympy as sp
 import torch
 import torch.nn.functional as F
 
@@ -124,8 +123,11 @@ def _large(m: derive.Model) -> dict[str, int]:
 def _numbered_shapes(m: derive.Model, adjoint: list[derive.Equation]) -> int:
     """Adjoint equations whose shape has a numeric size (beyond the model's fixed dimensions)."""
     dims = set(m.dims.values())
-    return sum(1 for eq in adjoint if any(not (sp.sympify(d).free_symbols <= dims) or
-                                          (sp.sympify(d).is_number and int(d) > 1) for d in eq.lhs.shape))
+    def sized(d: Any) -> bool:
+        e = as_expr(d)
+        return not e.free_symbols <= dims or (e.is_number and int(e) > 1)
+
+    return sum(1 for eq in adjoint if any(sized(d) for d in eq.lhs.shape))
 
 
 def _one_kernel_for_all_sizes(m: derive.Model) -> bool:
