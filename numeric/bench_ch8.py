@@ -123,11 +123,9 @@ def _large(m: derive.Model) -> dict[str, int]:
 def _numbered_shapes(m: derive.Model, adjoint: list[derive.Equation]) -> int:
     """Adjoint equations whose shape has a numeric size (beyond the model's fixed dimensions)."""
     dims = set(m.dims.values())
-    def sized(d: Any) -> bool:
-        e = as_expr(d)
-        return not e.free_symbols <= dims or (e.is_number and int(e) > 1)
-
-    return sum(1 for eq in adjoint if any(sized(d) for d in eq.lhs.shape))
+    sizes = [[as_expr(d) for d in eq.lhs.shape] for eq in adjoint]
+    return sum(1 for shape in sizes if any(not (d.free_symbols <= dims) or (d.is_number and int(d) > 1)
+                                           for d in shape))
 
 
 def _one_kernel_for_all_sizes(m: derive.Model) -> bool:

@@ -204,9 +204,14 @@ class _Evaluator:
         like = self.like
         if isinstance(n, Var):
             try:
-                return self.env[n.name]
+                v = self.env[n.name]
             except KeyError:
                 raise UnsupportedReference(f"the eager reference has no value for {n.name}") from None
+            # integer inputs (labels, steps) as values in the working dtype: torch's true division of an integer
+            # tensor would give the default float32; indices are read with .long() where they index
+            if isinstance(v, Tensor) and not (v.is_floating_point() or v.is_complex()):
+                return v.to(like.dtype)
+            return v
         if isinstance(n, Const):
             v = _scalar(n.value, self.env, like)
             return (v if isinstance(v, Tensor) else torch.tensor(float(v), dtype=like.dtype, device=like.device)
