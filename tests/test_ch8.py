@@ -126,7 +126,7 @@ def ref_diffusion(*, W1: T, b1: T, W2: T, b2: T, X0: T, E: T, t: T, T_steps: int
         abar.append(abar[-1] * (1 - (beta_1 + (s - 1) * (beta_T - beta_1) / (T_steps - 1))))
     a = torch.tensor([abar[int(k)] for k in t], dtype=X0.dtype)[:, None]
     x_t = a.sqrt() * X0 + (1 - a).sqrt() * E
-    u = torch.cat([x_t, t[:, None] / T_steps], dim=1)
+    u = torch.cat([x_t, t.to(X0.dtype)[:, None] / T_steps], dim=1)
     e_hat = torch.relu(u @ W1.T + b1) @ W2.T + b2
     return ((E - e_hat) ** 2).sum(dim=1).mean()
 
