@@ -1277,6 +1277,14 @@ def _rename(code: str, names: dict[str, str]) -> str:
     return code
 
 
+def _is_number(code: str) -> bool:
+    try:
+        float(code)
+    except ValueError:
+        return False
+    return True
+
+
 def generate(prog: Program, backend: str) -> str:
     """The generated module's source text."""
     if backend not in BACKENDS:
@@ -1347,6 +1355,8 @@ def generate(prog: Program, backend: str) -> str:
                     code = f"{_paren(code)} / {low.sample}"
             else:
                 code = reduced(eq.rhs)
+            if _is_number(code):  # identically a number (wgan_gp's g_b2 = 0): still an array of the leaf's shape
+                code = f"ops.full({low.shape_code(leaf)}, {code}, {ref})"
             lines.append(_Line(eq.lhs.name, code))
         else:
             lines.append(_Line(eq.lhs.name, code_of(eq.rhs, True)))

@@ -126,7 +126,7 @@ def ref_diffusion(*, W1: T, b1: T, W2: T, b2: T, X0: T, E: T, t: T, T_steps: int
         abar.append(abar[-1] * (1 - (beta_1 + (s - 1) * (beta_T - beta_1) / (T_steps - 1))))
     a = torch.tensor([abar[int(k)] for k in t], dtype=X0.dtype)[:, None]
     x_t = a.sqrt() * X0 + (1 - a).sqrt() * E
-    u = torch.cat([x_t, t[:, None] / T_steps], dim=1)
+    u = torch.cat([x_t, t.to(X0.dtype)[:, None] / T_steps], dim=1)
     e_hat = torch.relu(u @ W1.T + b1) @ W2.T + b2
     return ((E - e_hat) ** 2).sum(dim=1).mean()
 
@@ -363,3 +363,16 @@ def test_seq2seq_lengths_are_independent() -> None:
         assert a["X"].shape[0] == T_in and a["Y"].shape[0] == T_out
         want = verify.REFERENCES["seq2seq"](**{k: torch.tensor(v) for k, v in a.items()}, attention=True)
         assert math.isclose(f(**a)["loss"], float(want), rel_tol=1e-12)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+def test_a_gradient_that_is_identically_zero_is_an_array(backend: str) -> None:
+    """The critic's b2 cancels from D(G(z)) - D(x) and the penalty does not see it: g_b2 = 0, returned as an
+    array of b2's shape (), of the arrays' dtype, not a Python number."""
+    m = derive.models.get("wgan_gp")
+    a = make_arrays(m, {"n": 3, "p": 2, "k": 2, "h": 3, "h2": 2}, 1)
+    out = numeric.compile(m, backend)(**(a if backend == "numpy" else {k: torch.tensor(v) for k, v in a.items()}))
+    g = out["grad"]["b2"]
+    assert isinstance(g, np.ndarray if backend == "numpy" else torch.Tensor), type(g)
+    assert tuple(g.shape) == () and float(g) == 0.0
+    assert str(g.dtype).endswith("float64")

@@ -149,6 +149,8 @@ def seq2seq(attention: bool = False, activation: str = "tanh") -> Model:
     W_sy = b.param("W_sy", (m, d["q"]), "W_{sy}")
     pre: Node = W_ss @ sprev + W_sy @ yprev
     if attention:
+        # H = [h^{<1>}, ..., h^{<T_in>}] has the encoder's steps as its columns (the book's layout): e = H^T s / sqrt(m)
+        b.notation["columns"] = (d["T_in"],)
         H = b.stack("H", h, "H")
         tau, j = "tau", "j"
         dims = {tau: d["T_in"], j: m}

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import sympy as sp
 
-from ..functions import step
+from ..functions import between, step
 from ..nn import activation as act
 from ..nn import (
     clamp,
@@ -109,7 +109,8 @@ def vae() -> Model:
     eps = b.input("E", (k,), r"\epsilon", batched=True)
     h = b.eq("h", tanh(W_e @ x + b_e), "h_e")
     mu = b.eq("mu", W_mu @ h + b_mu, r"\mu")
-    lv = b.eq("lv", W_lv @ h + b_lv, r"\log\sigma^{2}", adjoint=("lv_bar", r"\zeta_{\ell}"))
+    # the log-variance, ell = log sigma^2 (as kl_gaussian writes it), with its weights W_ell, b_ell
+    lv = b.eq("lv", W_lv @ h + b_lv, r"\ell", adjoint=("lv_bar", r"\zeta_{\ell}"), note=r"\ell = \log\sigma^{2}")
     sigma = b.eq("sigma", exp(lv / 2), r"\sigma")
     z = b.eq("z", mu + sigma * eps, "z", adjoint=("zeta_z", r"\zeta_{z}"))  # the reparameterisation
     hd = b.eq("h_dec", tanh(W_h @ z + b_h), "h_d")
@@ -152,20 +153,22 @@ def diffusion(T_steps: int = 100, beta_1: float = 1e-4, beta_T: float = 0.02) ->
     e = b.input("E", (p,), r"\epsilon", batched=True)
     t = b.input("t", (), "t", batched=True, domain="labels")
     # the schedule, a table over the steps: beta_s for s = 1..T, and log abar_j = sum_s 1{s <= j} log(1 - beta_s)
-    # for j = 0..T (a contraction with the indicator of s <= j; integers, so s <= j iff j - s + 1/2 > 0)
+    # for j = 0..T, a product with the lower-triangular table L_{js} = 1{1 <= s <= j}
     s = IndexGrid((T_steps,), 0, "s", start=1)
-    beta = b.eq("beta", be1 + (s - 1) * (beT - be1) / (T - 1), r"\beta")
+    beta = b.eq("beta", be1 + (s - 1) * (beT - be1) / (T - 1), r"\beta_{s}")
     grid = (T_steps + 1, T_steps)
-    upto = map_(step(ARG[0] - ARG[1] + sp.Rational(1, 2)), [IndexGrid(grid, 0, "j"), IndexGrid(grid, 1, "s", start=1)])
-    labar = b.eq("log_abar", einsum([("j", "s"), ("s",)], ("j",), [upto, log(1 - beta)]), r"\log\bar{\alpha}",
+    upto = b.eq("L", map_(between(ARG[1], 1, ARG[0]), [IndexGrid(grid, 0, "j"), IndexGrid(grid, 1, "s", start=1)]),
+                "L")
+    labar = b.eq("log_abar", upto @ log(1 - beta), r"\log\bar{\alpha}",
                  note=r"\log\bar{\alpha}_{j} = \sum_{s \leq j} \log(1 - \beta_{s})")
-    la_t = b.eq("log_abar_t", gather(labar, t), r"\log\bar{\alpha}_{t}")
-    xt = b.eq("x_t", exp(la_t / 2) * x0 + sqrt(1 - exp(la_t)) * e, "x_{t}")
-    # [x_t; t/T]: x_t in the first p entries (the padded identity), t/T in the last
+    abar_t = b.eq("abar_t", exp(gather(labar, t)), r"\bar{\alpha}_{t}")
+    xt = b.eq("x_t", sqrt(abar_t) * x0 + sqrt(1 - abar_t) * e, "x_{t}")
+    # [x_t; t/T] = P x_t + (t/T) e_{p+1}: P the identity with a zero row below, e_{p+1} the last unit vector
     cells = (p + 1, p)
-    pad = map_(step(ARG[0] - ARG[1] + sp.Rational(1, 2)) * step(ARG[1] - ARG[0] + sp.Rational(1, 2)),
-               [IndexGrid(cells, 0, "i"), IndexGrid(cells, 1, "j")])
-    last = map_(step(ARG[0] - p + sp.Rational(1, 2)), [IndexGrid((p + 1,), 0, "i")])
+    pad = b.eq("P", map_(step(ARG[0] - ARG[1] + sp.Rational(1, 2)) * step(ARG[1] - ARG[0] + sp.Rational(1, 2)),
+                         [IndexGrid(cells, 0, "i"), IndexGrid(cells, 1, "j")]), "P",
+               note=r"P = [I_{p}; 0^\top]")
+    last = b.eq("e_last", map_(step(ARG[0] - p + sp.Rational(1, 2)), [IndexGrid((p + 1,), 0, "i")]), "e_{p+1}")
     u = b.eq("u", pad @ xt + last * (t / T), r"\tilde{x}_{t}", note=r"\tilde{x}_{t} = [x_{t}; t/T]")
     z1 = b.eq("z1", W1 @ u + b1, "z^{[1]}", adjoint=("delta1", r"\delta^{[1]}"))
     a1 = b.eq("a1", act("relu", z1), "a^{[1]}")
@@ -292,7 +295,7 @@ def q_learning(alpha: float = 0.1, gamma: float = 0.9) -> Model:
     a = b.input("a", (A,), "a", domain="one_hot")
     r = b.input("r", (), "r")
     s1 = b.input("s_next", (S,), "s'", domain="one_hot")
-    done = b.input("done", (), r"d", domain="mask")
+    done = b.input("done", (), r"\mathrm{done}", domain="mask")
     al, ga = b.const("alpha", alpha), b.const("gamma", gamma)
     q_sa = b.eq("q_sa", einsum([("i",), ("i", "j"), ("j",)], (), [s, Q, a]), "Q(s, a)")
     q_next = b.eq("q_next", max_(einsum([("i",), ("i", "j")], ("j",), [s1, Q])), r"\max_{a'} Q(s', a')")
@@ -328,13 +331,13 @@ def dqn(gamma: float = 0.99, huber: bool = False) -> Model:
     a = b.input("A", (K,), "a", batched=True, domain="one_hot")
     r = b.input("R", (), "r", batched=True)
     s1 = b.input("S_next", (d,), "s'", batched=True)
-    done = b.input("done", (), "d", batched=True, domain="mask")
+    done = b.input("done", (), r"\mathrm{done}", batched=True, domain="mask")
     ga = b.const("gamma", gamma)
     z1 = b.eq("z1", W1 @ s + b1, "z^{[1]}", adjoint=("delta1", r"\delta^{[1]}"))
     a1 = b.eq("a1", act("relu", z1), "a^{[1]}")
-    q = b.eq("q", W2 @ a1 + b2, "q", adjoint=("delta2", r"\delta^{[2]}"))
+    q = b.eq("q", W2 @ a1 + b2, "q(s)", adjoint=("delta2", r"\delta^{[2]}"))
     a1t = b.eq("a1_t", act("relu", W1t @ s1 + b1t), "a_{-}^{[1]}")
-    qt = b.eq("q_t", W2t @ a1t + b2t, "q_{-}")
+    qt = b.eq("q_t", W2t @ a1t + b2t, "q_{-}(s')")
     y = b.eq("y", stop_gradient(r + ga * (1 - done) * max_(qt)), "y")
     u = b.eq("u", dot(a, q) - y, "u")
     if huber:
