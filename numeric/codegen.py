@@ -421,6 +421,8 @@ class Lowering:
         spec = ",".join(ins) + "->" + out
         if self.backend == "torch":
             return f"torch.einsum('{spec}', {', '.join(ops)})"
+        if len(ops) == 2 and not diagonal:  # one (batched) BLAS product between views of the operands
+            return f"ops.contract('{spec}', {ops[0]}, {ops[1]})"
         # planning (and BLAS) pays for three or more operands, or for contractions of higher-order tensors
         opt = ", optimize=True" if len(ops) > 2 or any(len(l) >= 4 for l in ins) else ""
         return f"np.einsum('{spec}', {', '.join(ops)}{opt})"
