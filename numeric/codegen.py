@@ -507,6 +507,8 @@ class Lowering:
         spec = ",".join(ins) + "->" + out
         if self.backend == "torch":
             return f"torch.einsum('{spec}', {', '.join(ops)})"
+        if len(ops) == 2 and not diagonal:  # one (batched) BLAS product between views of the operands
+            return f"ops.contract('{spec}', {ops[0]}, {ops[1]})"
         # planning (and BLAS) pays for three or more operands, or for contractions of higher-order tensors
         opt = ", optimize=True" if len(ops) > 2 or any(len(l) >= 4 for l in ins) else ""
         return f"np.einsum('{spec}', {', '.join(ops)}{opt})"
@@ -739,10 +741,13 @@ def generate_update(m: Model, backend: str) -> str:
 def generate_scan(m: Model, backend: str) -> str:
     """The module of a recurrence: the step's forward equations in a loop over t = 1..T (saving what the
     backward pass needs), then its adjoint equations in a loop over t = T..1 that carries the adjoint of the
-    state back; the parameter gradients are summed over the steps after that loop, one product over all
-    ``T n`` rows each. The products of the state with the gates' weights run stacked, as one product per
-    step forward and one backward (see :mod:`numeric.scan_lowering`)."""
+    state back. Only what the recurrence needs runs in the loops: the equations no state depends on (the output
+    layer, the loss) run for all steps at once after the forward loop, as do the adjoints that do not depend on
+    the carried adjoint and the products of those with parameters; the parameter gradients sum over the steps
+    after the backward loop, one product over all ``T n`` rows each. The products of the state with the gates'
+    weights run stacked, one product per step forward and one backward (see :mod:`numeric.scan_lowering`)."""
     from derive.scan import scan_program
+    from derive.tensor import substitute
 
     from .scan_lowering import Names, stack_adjoints, stack_gates
 
@@ -759,24 +764,51 @@ def generate_scan(m: Model, backend: str) -> str:
     atexs = dict(zip([e.lhs.name for e in sp_.adjoint], equations_tex(sp_.adjoint)))
     zeros = "np.zeros" if backend == "numpy" else "torch.zeros"
     zeros_like = "np.zeros_like" if backend == "numpy" else "torch.zeros_like"
+    cat = "np.concatenate" if backend == "numpy" else "torch.cat"
     like = names[0]
     T = dim_code(m.scan.time)
     seqs = m.scan.sequences
+    seq_vars = {s: m.inputs[s].name for s in seqs}
+    rename = {v: f"{v}_t" for v in seq_vars.values()}
     carried = {prev: sp_.carry_in[prev].name for prev, _ in m.scan.carries}
-    saved = [*[m.inputs[c].name for c in m.carries], *[m.inputs[s].name for s in seqs],
-             *[e.lhs.name for e in forward]]
     fresh = Names(_Emitter([e.rhs for e in forward + adjoint + grads], backend, low).taken)
+    low_all = Lowering(backend, step, like)  # code over all T n rows at once
+    low_all.sample = f"({T} * {low.sample})"
+
+    # -- what the recurrence needs in its loop; the rest runs for all steps at once ------------------------
+    lhs = {eq.lhs.name for eq in forward}
+    loss = m.equations[-1].lhs.name
+    need = {nxt for _, nxt in m.scan.carries}
+    for eq in reversed(forward):
+        if eq.lhs.name in need:
+            need |= {v.name for v in walk([eq.rhs]) if isinstance(v, Var) and v.name in lhs}
+    if loss in need:
+        need = set(lhs)
+    core = [eq for eq in forward if eq.lhs.name in need]
+    tail = [eq for eq in forward if eq.lhs.name not in need]
+    states = [m.inputs[p].name for p, _ in m.scan.carries]
+    avail = lhs | set(states) | set(seq_vars.values())  # per-step values that can be had for all steps
+    pre: list[Equation] = []  # adjoints that do not depend on the carried adjoints
+    for eq in adjoint:
+        leaves = [v for v in walk([eq.rhs]) if isinstance(v, Var)]
+        if low.batched(eq.rhs) and all(not v.batched or v.name in avail for v in leaves):
+            pre.append(eq)
+            avail.add(eq.lhs.name)
+    rest = [eq for eq in adjoint if eq not in pre]
+    carry_names = {e.lhs.name for e in sp_.carry_out.values()}
+    in_loop = rest + [e for e in grads if e.lhs.name in carry_names]
+    param_grads = [e for e in grads if e.lhs.name not in carry_names]
+
     body: list[str] = []
     for prev, _ in m.scan.carries:
         shape = low.shape_code(m.inputs[prev])
         kw = f"dtype={like}.dtype" + (f", device={like}.device" if backend == "torch" else "")
         body.append(f"    {prev} = {zeros}({shape}, {kw})")
         body.append(f"    {carried[prev]} = {zeros_like}({prev})")
-    stacking = stack_gates(forward, {m.inputs[p] for p, _ in m.scan.carries}, {m.inputs[s] for s in seqs},
+    stacking = stack_gates(core, {m.inputs[p] for p, _ in m.scan.carries}, {m.inputs[s] for s in seqs},
                            backend, fresh, dim_code)
     body.extend(f"    {ln}" for ln in stacking.before)
     body.append("    tape = []")
-    body.append("    loss = 0.0")
     # Projections of the sequences by parameters (W_hx x^{<t>}) do not depend on the state: they are
     # computed for all t at once before the loop (one matrix product instead of T small ones).
     fwd_eqs = stacking.forward
@@ -784,67 +816,141 @@ def generate_scan(m: Model, backend: str) -> str:
     for i, (node, code) in enumerate(_hoisted_projections(fwd_eqs, m, low, backend)):
         body.append(f"    xw{i + 1} = {code}")
         fwd.temps[id(node)] = f"xw{i + 1}[t]"
-    body.append(f"    for t in range({T}):")
-    seq_vars = {s: m.inputs[s].name for s in seqs}
-    for v in seq_vars.values():
-        body.append(f"        {v}_t = {v}[t]")
-    rename = {v: f"{v}_t" for v in seq_vars.values()}
-    body.extend(f"        {ln}" for ln in stacking.step)
+    loop: list[str] = []
+    loop.extend(f"        {ln}" for ln in stacking.step)
     for eq in fwd_eqs:
         code = fwd.code(eq.rhs)
-        body.extend(f"        {t} = {_rename(c, rename)}" for t, c in fwd.take())
-        body.append("        # " + comment(texs[eq.lhs.name]))
-        body.append(f"        {eq.lhs.name} = {_rename(code, rename)}")
-    loss = m.equations[-1].lhs.name
-    body.append(f"        loss = loss + {loss}.mean() * {_paren(dim_code(m.scan.weight))}")
-    body.append("        tape.append((" + ", ".join(rename.get(v, v) for v in saved) + ",))")
-    for prev, nxt in m.scan.carries:
-        body.append(f"        {prev} = {nxt}")
-    carry_names = {e.lhs.name for e in sp_.carry_out.values()}
-    in_loop = [e for e in grads if e.lhs.name in carry_names]
-    param_grads = [e for e in grads if e.lhs.name not in carry_names]
-    back_eqs, back_stacks = stack_adjoints(adjoint + in_loop, stacking.groups, fresh)
-    extra_roots = [d for bs in back_stacks.values() for b in bs for d in b.deltas]
-    bwd = _Emitter([e.rhs for e in back_eqs + param_grads] + extra_roots, backend, low, "b")
-    loop: list[str] = []
+        loop.extend(f"        {t} = {_rename(c, rename)}" for t, c in fwd.take())
+        loop.append("        # " + comment(texs[eq.lhs.name]))
+        loop.append(f"        {eq.lhs.name} = {_rename(code, rename)}")
+    if not tail:
+        loop.append(f"        loss = loss + {loss}.mean() * {_paren(dim_code(m.scan.weight))}")
+
+    # -- after the forward loop: the flattened (T n, ...) arrays of the values needed for all steps --------
+    back_eqs, back_stacks = stack_adjoints(in_loop, stacking.groups, fresh)
+    hoist: dict[int, tuple[Node, str]] = {}  # products the backward loop reads, computed for all steps
+    for eq in back_eqs:
+        for nd in walk([eq.rhs], stop=lambda x: isinstance(x, Var) or id(x) in hoist):
+            if (isinstance(nd, Einsum) and id(nd) not in hoist and low.batched(nd)
+                    and all(not v.batched or v.name in avail for v in walk([nd]) if isinstance(v, Var))):
+                hoist[id(nd)] = (nd, fresh("zw"))
+    roots = [e.rhs for e in tail + pre] + [nd for nd, _ in hoist.values()]
+    used = {v.name for v in walk(roots) if isinstance(v, Var) and v.batched}
+    flat: dict[str, str] = {}
+    post_fwd: list[str] = []
+    keep_fwd: list[str] = []
+    for v in [*states, *(eq.lhs.name for eq in core), *seq_vars.values()]:
+        if v in seq_vars.values():
+            flat[v] = fresh(f"{v}_all")
+            post_fwd.append(f"    {flat[v]} = {v}.reshape(-1, *{v}.shape[2:])")
+        elif v in used:
+            flat[v] = fresh(f"{v}_all")
+            hist = fresh(f"{v}_fs")
+            body.append(f"    {hist} = [None] * {T}")
+            keep_fwd.append(f"        {hist}[t] = {v}")
+            post_fwd.append(f"    {flat[v]} = {cat}({hist})")
+    for eq in tail + pre:
+        flat[eq.lhs.name] = fresh(f"{eq.lhs.name}_all")
+    mapping: dict[Node, Node] = {}
+    for leaf in walk(roots):
+        if isinstance(leaf, Var) and leaf.batched and leaf.name in flat:
+            mapping[leaf] = Var(flat[leaf.name], leaf.shape, "var", batched=True)
+    post = _Emitter([substitute(r, mapping) for r in roots], backend, low_all, "a")
+    post.taken |= fresh.taken
+    for eq in tail + pre:
+        code = post.code(substitute(eq.rhs, mapping))
+        post_fwd.extend(f"    {t} = {c}" for t, c in post.take())
+        tex = texs[eq.lhs.name] if eq in tail else atexs[eq.lhs.name]
+        post_fwd.append("    # " + comment(tex) + " (all steps)")
+        post_fwd.append(f"    {flat[eq.lhs.name]} = {code}")
+        if eq.lhs.name == loss:
+            post_fwd.append(f"    loss = {flat[loss]}.mean() * {T} * {_paren(dim_code(m.scan.weight))}")
+    steps: dict[str, str] = {}  # flattened array -> its (T, n, ...) view
+    bwd = _Emitter([e.rhs for e in back_eqs + param_grads], backend, low, "b")
+    for nd, name in hoist.values():
+        code = post.code(substitute(nd, mapping))
+        post_fwd.extend(f"    {t} = {c}" for t, c in post.take())
+        post_fwd.append(f"    {name} = {code}")
+        steps[name] = fresh(f"{name}_steps")
+        bwd.temps[id(nd)] = f"{steps[name]}[t]"
+
+    # -- the backward loop: the carried adjoints ---------------------------------------------------------
+    for d in (d for bs in back_stacks.values() for b in bs for d in b.deltas):
+        bwd.parents[id(d)] = bwd.parents.get(id(d), 0) + 1
+    bloop: list[str] = []
     for eq in back_eqs:
         for bs in back_stacks.get(eq.lhs.name, []):
             ds = [bwd.code(d, False) for d in bs.deltas]
-            loop.extend(f"        {t} = {_rename(c, rename)}" for t, c in bwd.take())
-            cat = "np.concatenate" if backend == "numpy" else "torch.cat"
-            loop.append(f"        {bs.var.name} = {cat}([{', '.join(_rename(d, rename) for d in ds)}], -1) @ {bs.weight}")
+            bloop.extend(f"        {t} = {_rename(c, rename)}" for t, c in bwd.take())
+            bloop.append(f"        {bs.var.name} = {cat}([{', '.join(_rename(d, rename) for d in ds)}], -1) @ {bs.weight}")
         code = bwd.code(eq.rhs)
-        loop.extend(f"        {t} = {_rename(c, rename)}" for t, c in bwd.take())
-        loop.append("        # " + comment(atexs[eq.lhs.name]))
+        bloop.extend(f"        {t} = {_rename(c, rename)}" for t, c in bwd.take())
+        bloop.append("        # " + comment(atexs[eq.lhs.name]))
         if eq.lhs.name in carry_names:
             prev = next(p for p, e in sp_.carry_out.items() if e.lhs.name == eq.lhs.name)
-            loop.append(f"        {carried[prev]} = {_rename(code, rename)}")
+            bloop.append(f"        {carried[prev]} = {_rename(code, rename)}")
         else:
-            loop.append(f"        {eq.lhs.name} = {_rename(code, rename)}")
-    before, keep, after = _deferred_grads(param_grads, bwd, low, backend, T, seq_vars, rename, fresh, atexs)
+            bloop.append(f"        {eq.lhs.name} = {_rename(code, rename)}")
+    looped = {*states, *(e.lhs.name for e in core)}
+    known = dict(flat)
+    known_nodes = {id(nd): name for nd, name in hoist.values()}
+    before, keep, after = _deferred_grads(param_grads, bwd, low, backend, T, known, rename, fresh, atexs,
+                                          known_nodes=known_nodes)
+    # per-step values the backward loop reads: from the tape (the loop's values), or rows of the flattened
+    text = "\n".join(ln for ln in bloop + keep if not ln.lstrip().startswith("#"))
+    tape = [v for v in [*states, *(eq.lhs.name for eq in core)] if re.search(rf"\b{re.escape(v)}\b", text)]
+    reads = []
+    for s_ in seq_vars.values():
+        if re.search(rf"\b{re.escape(rename[s_])}\b", text):
+            reads.append(f"        {rename[s_]} = {s_}[t]")
+    for v, fl in flat.items():
+        if v not in looped and v not in seq_vars.values() and re.search(rf"\b{re.escape(v)}\b", text):
+            steps[fl] = fresh(f"{v}_steps")
+            reads.append(f"        {v} = {steps[fl]}[t]")
+    fwd_text = "\n".join(ln for ln in loop if not ln.lstrip().startswith("#"))
+    body.append(f"    for t in range({T}):")
+    for s_ in seq_vars.values():
+        if re.search(rf"\b{re.escape(rename[s_])}\b", fwd_text):
+            body.append(f"        {rename[s_]} = {s_}[t]")
+    body.extend(loop)
+    if tape:
+        body.append("        tape.append((" + ", ".join(tape) + ",))")
+    body.extend(keep_fwd)
+    for prev, nxt in m.scan.carries:
+        body.append(f"        {prev} = {nxt}")
+    if not tail:
+        body.insert(body.index("    tape = []"), "    loss = 0.0")
+    body.extend(post_fwd)
+    for fl, st in steps.items():
+        body.append(f"    {st} = {fl}.reshape({T}, -1, *{fl}.shape[1:])")
     body.extend(before)
     body.append(f"    for t in range({T} - 1, -1, -1):")
-    body.append("        (" + ", ".join(rename.get(v, v) for v in saved) + ",) = tape[t]")
-    body.extend(loop)
+    if tape:
+        body.append("        (" + ", ".join(tape) + ",) = tape[t]")
+    body.extend(reads)
+    body.extend(bloop)
     body.extend(keep)
     body.extend(after)
     ret = ", ".join(f'"{k}": {e.lhs.name}' for k, e in sp_.params.items())
     doc = [f"dlmath kernel for the recurrence {_safe(m.name)} ({_safe(m.section)}), {backend} backend. Generated by "
            "dlmath; do not edit.", "",
-           "The step equations run in a loop over the T time steps; backpropagation through time runs them",
-           "backwards, carrying the adjoint of the state; the parameter gradients sum over all steps after it.",
-           "Sequences are time-major: (T, n, ...)."]
+           "The step equations the recurrence needs run in a loop over the T time steps, the others for all",
+           "steps at once; backpropagation through time runs the loop backwards, carrying the adjoint of the",
+           "state; the parameter gradients sum over all steps after it. Sequences are time-major: (T, n, ...)."]
     return _module(m, backend, doc, names, body, f'{{"loss": loss, "grad": {{{ret}}}}}',
                    list(m.equations) + sp_.adjoint)
 
 
 def _deferred_grads(grads: Sequence[Equation], bwd: _Emitter, low: Lowering, backend: str, T: str,
                     seq_vars: dict[str, str], rename: dict[str, str], fresh: Any, atexs: dict[str, str],
-                    accumulate: bool = False) -> tuple[list[str], list[str], list[str]]:
+                    accumulate: bool = False, known_nodes: dict[int, str] | None = None
+                    ) -> tuple[list[str], list[str], list[str]]:
     """Parameter gradients summed over the steps after the backward loop: the loop keeps the per-step values
     each gradient reads (lists, no copies; a sequence input is read whole), and one contraction over all
     ``T n`` rows replaces T per-step products. Returns the lines before the loop, at the end of its body
-    and after it. A gradient that does not depend on the sample stays summed in the loop."""
+    and after it. A gradient that does not depend on the sample stays summed in the loop. ``seq_vars`` maps the
+    names of values whose (T n, ...) array exists (or, for sequences given whole, is its own name) to it, and
+    ``known_nodes`` does the same for nodes."""
     from derive.tensor import substitute
 
     from .scan_lowering import frontier
@@ -869,11 +975,17 @@ def _deferred_grads(grads: Sequence[Equation], bwd: _Emitter, low: Lowering, bac
         for f in frontier(eq.rhs, low.batched, bwd.temps):
             if id(f) in flat:
                 continue
+            if id(f) in (known_nodes or {}):
+                mapping[f] = flat[id(f)] = Var((known_nodes or {})[id(f)], f.shape, "var", batched=True)
+                continue
+            if isinstance(f, Var) and f.name in seq_vars and seq_vars[f.name] != f.name:
+                mapping[f] = flat[id(f)] = Var(seq_vars[f.name], f.shape, "var", batched=True)
+                continue
             base = f.name if isinstance(f, Var) else bwd.temps[id(f)]
             v = Var(fresh(f"{base}_all"), f.shape, "var", batched=True)
             flat[id(f)] = v
             mapping[f] = v
-            if isinstance(f, Var) and f.name in seq_vars.values():
+            if isinstance(f, Var) and f.name in seq_vars:
                 after.append(f"    {v.name} = {f.name}.reshape(-1, *{f.name}.shape[2:])")
             else:
                 hist = fresh(f"{base}_hs")
