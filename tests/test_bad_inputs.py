@@ -383,6 +383,7 @@ for _id, _text, _decl, _exc, _needles in [
     ("bad-type", "sum(x)", {"x": "tensor(n)"}, ParseError, ("'tensor(n)'", "vector(n)")),
     ("type-with-code", "sum(x)", {"x": "vector(__import__('os'))"}, ParseError, ("__import__", "not a type")),
     ("type-not-string", "sum(x)", {"x": 3}, TypeError, ("x", "int")),
+    ("divide-by-zero", "x/0", {"x": "scalar"}, ParseError, ("column 2", "division by zero")),
     ("empty", "", {}, ParseError, ("no expression",)),
     ("only-spaces", "   ", {}, ParseError, ("no expression",)),
 ]:
