@@ -854,7 +854,7 @@ def generate_scan(m: Model, backend: str) -> str:
     mapping: dict[Node, Node] = {}
     for leaf in walk(roots):
         if isinstance(leaf, Var) and leaf.batched and leaf.name in flat:
-            mapping[leaf] = Var(flat[leaf.name], leaf.shape, "var", batched=True)
+            mapping[leaf] = Var(flat[leaf.name], leaf.shape, "var", batched=True, domain=leaf.domain)
     post = _Emitter([substitute(r, mapping) for r in roots], backend, low_all, "a")
     post.taken |= fresh.taken
     for eq in tail + pre:
