@@ -1,6 +1,6 @@
 """Benchmarks: derivation cost, generated kernels vs autograd and closed forms, Hessians.
 
-Run as ``python -m numeric.bench [--quick] [--only derive|kernels|hessian|scaling|sizes|layers]`` or through
+Run as ``python -m numeric.bench [--quick] [--only derive|kernels|hessian|scaling|sizes|layers|plugin]`` or through
 ``dlmath bench``. Three plain-text tables are printed:
 
 1. **derive**: for every zoo entry, the cold time of ``derive.models.get`` + ``derive.backprop``,
@@ -26,6 +26,7 @@ import argparse
 import dataclasses
 import functools
 import gc
+import importlib
 import inspect
 import os
 import platform
@@ -34,7 +35,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import torch
@@ -581,12 +582,23 @@ SECTIONS: dict[str, Callable[[Settings], int]] = {
     "scaling": _deep("scaling"),
     "sizes": _deep("size_independence"),
     "layers": _layers,
+    "parse": lambda settings: int(importlib.import_module("numeric.bench_parse").bench_parse(settings)),
+    "torch": lambda settings: int(importlib.import_module("numeric.bench_torch").bench_torch(settings)),
+    "plugin": lambda settings: int(importlib.import_module("verify.bench_plugin").bench_plugin(settings)),
+    "ch8": lambda settings: int(importlib.import_module("numeric.bench_ch8").bench_ch8(settings)),
 }
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with the command line's one-line errors (exit status 2, no usage block)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmarks and print their tables; 0 if all ran and agreed, 1 otherwise."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="dlmath bench",
         description="Time derivation, generated kernels vs torch autograd and closed forms, and Hessians.")
     parser.add_argument("--quick", action="store_true",

@@ -84,6 +84,21 @@ def _conv_eager(t: Tensors) -> torch.Tensor:
     return (t["G"] * F.conv2d(t["X"], t["W"], t["b"], padding=1)).sum()
 
 
+def _linear_eager(t: Tensors) -> torch.Tensor:
+    return (t["G"] * F.linear(t["A"], t["W"], t["b"])).sum()
+
+
+def _act_eager(f: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[Tensors], torch.Tensor]:
+    def eager(t: Tensors) -> torch.Tensor:
+        return (t["G"] * f(t["Z"])).sum()
+
+    return eager
+
+
+def _gcn_eager(t: Tensors) -> torch.Tensor:
+    return (t["G"] * torch.relu(t["A_hat"] @ t["H"] @ t["W"])).sum()
+
+
 def _lstm_eager(t: Tensors) -> torch.Tensor:
     """nn.LSTM (gate order i, f, g, o) and the softmax head on all steps at once; 1/T sum_t mean_i CE."""
     P = t
@@ -189,6 +204,13 @@ CASES: list[Case] = [
     Case("conv2d", "conv2d 3x3 pad 1", {"kernel": (3, 3), "padding": 1},
          {"n": 32, "C_in": 64, "C_out": 64, "H_in": 32, "W_in": 32},
          {"n": 4, "C_in": 4, "C_out": 4, "H_in": 8, "W_in": 8}, _conv_eager),
+    Case("linear", "linear 256->256", {}, {"n": 4096, "N_in": 256, "N_out": 256}, {"n": 256, "N_in": 16, "N_out": 16},
+         _linear_eager),
+    Case("gelu", "gelu (erf)", {}, {"n": 4096, "N": 256}, {"n": 256, "N": 16}, _act_eager(F.gelu)),
+    Case("silu", "silu", {}, {"n": 4096, "N": 256}, {"n": 256, "N": 16}, _act_eager(F.silu)),
+    Case("elu", "elu alpha=1", {}, {"n": 4096, "N": 256}, {"n": 256, "N": 16}, _act_eager(F.elu)),
+    Case("gcn", "gcn relu N=1024 256->256", {}, {"N": 1024, "p": 256, "q": 256}, {"N": 64, "p": 16, "q": 16},
+         _gcn_eager),
 ]
 
 

@@ -63,6 +63,9 @@ def build_program(m: Model, hessian: Sequence[str] = ()) -> Program:
             raise ValueError(f"{m.name} has no parameter {h!r} to take a Hessian in; "
                              f"its parameters are: {', '.join(m.params)}")
     if m.is_update or m.recurrences:
+        if hessian:  # refused, not silently left out of the kernel's results
+            raise ValueError(f"{m.name}: Hessians are offered for loss programs without recurrences; drop "
+                             f"hessian={list(hessian)!r}")
         return Program(m, (), list(m.equations), [])
     prog = Program(m, tuple(hessian), list(m.equations), list(derive.backprop(m)))
     for a in hessian:
@@ -340,6 +343,17 @@ class Lowering:
         ops = list(args)
         present = set("".join(ins))
         spread = [c for c in out if c not in present]
+        if self.backend == "torch" and not spread:
+            gemm = self._torch_gemm(ins, out, ops)
+            if gemm is not None:
+                fn, a, b = gemm
+                if coef == 1:
+                    return f"{_paren(a)} @ {_paren(b)}"
+                # the scale inside the product (its alpha), not a pass over the result
+                return f"ops.matmul({a}, {b}, {dim_code(coef)})"
+        if spread and self.backend == "torch":
+            inner, idx, tup = self.spread_parts(e, args, coef)
+            return f"{_paren(inner)}[{idx}].expand({tup})"
         if spread:
             # broadcast axes: contract what is there, then expand
             inner_out = "".join(c for c in out if c in present)
@@ -354,6 +368,78 @@ class Lowering:
         else:
             code = self._contract(ins, out, ops)
         return _scaled(code, coef)
+
+    def spread_parts(self, e: Einsum, args: Sequence[str], coef: Any = None) -> tuple[str, str, str]:
+        """A contraction with broadcast axes (labels only in the output) as the contraction over the axes
+        that are there (its scale applied there, to the smaller array), the indexing that adds the others
+        (``[:, None]``) and the full shape."""
+        letters = string.ascii_lowercase
+        batched = [self.batched(o) for o in e.operands]
+        ins = [("Z" if b else "") + "".join(letters[i] for i in l) for l, b in zip(e.ins, batched)]
+        out = ("Z" if any(batched) else "") + "".join(letters[i] for i in e.out)
+        present = set("".join(ins))
+        inner_out = "".join(c for c in out if c in present)
+        inner = _scaled(self._contract(ins, inner_out, list(args)), e.coef if coef is None else coef)
+        idx = ", ".join("None" if c not in present else ":" for c in out)
+        shape = [self._letter_dim(e, c) for c in out]
+        return inner, idx, "(" + ", ".join(shape) + ("," if len(shape) == 1 else "") + ")"
+
+    def spread_axes(self, e: Einsum) -> frozenset[int]:
+        """The axes of a broadcasting contraction's result that its operands span (-1: the sample axis)."""
+        present = {lab for l in e.ins for lab in l}
+        ax = {i for i, lab in enumerate(e.out) if lab in present}
+        return frozenset(ax | ({-1} if self.batched(e) else set()))
+
+    def is_spread(self, n: Node) -> bool:
+        return isinstance(n, Einsum) and any(lab not in {x for l in n.ins for x in l} for lab in n.out)
+
+    def torch_gemm(self, e: Einsum, args: Sequence[str], reduce: str | None = None) -> tuple[str, str, str, Any] | None:
+        """A contraction that is one matrix product on the torch backend: (addmm | addmv | baddbmm, A, B,
+        scale)."""
+        if len(e.operands) != 2 or self.backend != "torch" or self._gather_code(e, args) is not None:
+            return None
+        letters = string.ascii_lowercase
+        batched = [self.batched(o) for o in e.operands]
+        ins = [("Z" if b else "") + "".join(letters[i] for i in l) for l, b in zip(e.ins, batched)]
+        out = ("Z" if any(batched) and reduce is None else "") + "".join(letters[i] for i in e.out)
+        coef = e.coef
+        if reduce == "mean" and any(batched):
+            assert self.model.sample is not None
+            coef = coef / self.model.sample
+        g = self._torch_gemm(ins, out, list(args))
+        return None if g is None else (g[0], g[1], g[2], coef)
+
+    @staticmethod
+    def _torch_gemm(ins: Sequence[str], out: str, ops: Sequence[str], t: str = ".T") -> tuple[str, str, str] | None:
+        """(addmm | addmv | baddbmm, A, B) with ``A @ B`` the contraction ``ins -> out``, or None."""
+        if len(ins) != 2:
+            return None
+        la, lb = ins
+        a, b = ops
+        if any(len(set(l)) != len(l) for l in (la, lb, out)):
+            return None
+        summed = (set(la) & set(lb)) - set(out)
+        if set(out) - set(la) - set(lb) or (set(la) | set(lb)) - set(out) - summed or len(summed) != 1:
+            return None
+        (k,) = summed
+
+        def orient(l: str, x: str, want: str) -> str | None:
+            return x if l == want else f"{_paren(x)}{t}" if l == want[::-1] else None
+
+        if len(out) == 2 and len(la) == 2 and len(lb) == 2:
+            if out[0] in lb:
+                la, lb, a, b = lb, la, b, a
+            A, B = orient(la, a, out[0] + k), orient(lb, b, k + out[1])
+            return None if A is None or B is None else ("addmm", A, B)
+        if len(out) == 1 and {len(la), len(lb)} == {1, 2} and t == ".T":
+            if len(la) == 1:
+                la, lb, a, b = lb, la, b, a
+            A = orient(la, a, out + k)
+            return None if A is None or lb != k else ("addmv", A, b)
+        if len(out) == 3 and len(la) == 3 and len(lb) == 3 and out[0] == la[0] == lb[0] and t == ".T":
+            r = Lowering._torch_gemm([la[1:], lb[1:]], out[1:], [a, b], ".mT")
+            return None if r is None or r[0] != "addmm" else ("baddbmm", r[1], r[2])
+        return None
 
     def _gather_code(self, e: Einsum, args: Sequence[str]) -> str | None:
         """``x_y``, a contraction of ``x`` with the one-hot encoding of labels ``y`` along its class axis, as a
@@ -629,9 +715,8 @@ def _module(m: Model, backend: str, doc: Sequence[str], names: Sequence[str], bo
             eqs: Sequence[Equation], dims: Sequence[sp.Symbol] = ()) -> str:
     """A generated module: docstring, imports, named constants, and ``kernel`` with the dimensions it uses
     (those of ``eqs``, and ``dims``) read off the array shapes."""
-    text = "\n".join(body)
-    header = [f"    {d} = {c}" for d, c in _dim_sources(m, _dims_needed(eqs, m) | set(dims)).items()
-              if re.search(rf"\b{re.escape(d)}\b", text)]
+    words = set(re.findall(r"\w+", "\n".join(body)))  # one pass (a search per dimension was quadratic in depth)
+    header = [f"    {d} = {c}" for d, c in _dim_sources(m, _dims_needed(eqs, m) | set(dims)).items() if d in words]
     lib = "numpy as np\nfrom numeric import ops_numpy as ops" if backend == "numpy" else \
         "torch\nfrom numeric import ops_torch as ops"
     return "\n".join([f'"""{doc[0]}', *doc[1:], '"""', "", f"import math\n\nimport {lib}", "", *_constants(m),
@@ -1100,6 +1185,15 @@ class _Emitter:
         self.temps: dict[int, str] = {}
         self.pending: list[tuple[str, str]] = []
         self.count = 0
+        # torch: how many parents of a node are elementwise maps (they broadcast its unexpanded view)
+        self.map_parents: dict[int, int] = {}
+        self.inner: dict[int, str] = {}  # a shared broadcasting contraction: the temporary of its small part
+        self.made: dict[int, Any] = {}  # the planned operand of a map (its freshness, the axes it spans)
+        for r in roots:
+            for n in walk([r], stop=lambda x: isinstance(x, Var)):
+                if isinstance(n, Map):
+                    for i, c in enumerate(n.children()):
+                        self.map_parents[id(c)] = self.map_parents.get(id(c), 0) + max(n.fn.count(ARG[i]), 1)
         # temporaries never take a name of the model (a parameter may be called t1, or b1 in a recurrence)
         m = low.model
         self.taken = {*m.params, *m.inputs, *m.constants, *(str(d) for d in m.dims.values()),
@@ -1112,9 +1206,14 @@ class _Emitter:
             return n.name
         if id(n) in self.temps:
             return self.temps[id(n)]
-        conv = _torch_conv(n, lambda c: self.code(c, False), self.low, None)
-        code = conv if conv is not None else n.lower([self.code(c, False) for c in n.children()], self.backend,
-                                                     self.low)
+        code = self._torch_code(n, top) if self.backend == "torch" else None
+        if code is None:
+            conv = _torch_conv(n, lambda c: self.code(c, False), self.low, None)
+            code = conv if conv is not None else n.lower([self.code(c, False) for c in n.children()],
+                                                         self.backend, self.low)
+        if self.backend == "torch" and self.low.is_spread(n) and self.parents.get(id(n), 0) <= 1 + \
+                self.map_parents.get(id(n), 0):
+            return code  # a view of a shared (hoisted) contraction: nothing to compute again
         if not top and self.parents.get(id(n), 0) > 1 and not isinstance(n, Const):
             self.count += 1
             while f"{self.prefix}{self.count}" in self.taken:
@@ -1124,6 +1223,119 @@ class _Emitter:
             self.temps[id(n)] = t
             return t
         return code
+
+    def _name(self) -> str:
+        self.count += 1
+        while f"{self.prefix}{self.count}" in self.taken:
+            self.count += 1
+        return f"{self.prefix}{self.count}"
+
+    def _hoist(self, code: str) -> str:
+        t = self._name()
+        self.pending.append((t, code))
+        return t
+
+    def _spread_inner(self, n: Einsum) -> tuple[str, str, str]:
+        """The small part of a broadcasting contraction (hoisted when shared), its indexing and full shape."""
+        inner, idx, tup = self.low.spread_parts(n, [self.code(c, False) for c in n.children()])
+        if id(n) in self.inner:
+            return self.inner[id(n)], idx, tup
+        if self.parents.get(id(n), 0) > 1 and not re.fullmatch(r"[A-Za-z_]\w*", inner):
+            inner = self.inner[id(n)] = self._hoist(inner)
+        return inner, idx, tup
+
+    def _torch_code(self, n: Node, top: bool) -> str | None:
+        """Torch code of maps (planned: few passes, in place) and broadcasts (unexpanded in maps)."""
+        if self.low.is_spread(n):
+            assert isinstance(n, Einsum)
+            inner, idx, tup = self._spread_inner(n)
+            return f"{_paren(inner)}[{idx}].expand({tup})"
+        if isinstance(n, Einsum) and len(n.operands) == 1 and isinstance(n.operands[0], Map):
+            code = self._sum_of_product(n)
+            if code is not None:
+                return code
+        if isinstance(n, Map):
+            op = self._planned_map(n)
+            if op is None:
+                return None
+            code = op.code
+            full = self._full_axes(n)
+            if op.axes != full:  # no operand spans every axis: the value has the shape it claims
+                code = f"{_paren(code)}.expand({self.low.shape_code(n)})" + (".contiguous()" if top else "")
+            self.made[id(n)] = op
+            return code
+        return None
+
+    def _sum_of_product(self, n: Einsum) -> str | None:
+        """A sum of squares as the squared norm: one pass, no array of the squares."""
+        (x,) = n.operands
+        assert isinstance(x, Map)
+        if id(x) in self.temps or self.parents.get(id(x), 0) > 1:
+            return None
+        (li,) = n.ins
+        summed = [i for i, lab in enumerate(li) if lab not in n.out]
+        if not summed or tuple(lab for lab in li if lab in n.out) != n.out:
+            return None
+        off = 1 if self.low.batched(x) else 0
+        if x.fn == ARG[0] ** 2:
+            dims = tuple(i + off for i in summed)
+            dim = "" if len(summed) == len(li) and not off else f", dim={dims[0]}" if len(dims) == 1 else \
+                f", dim={dims}"
+            return _scaled(f"torch.linalg.vector_norm({self.code(x.args[0], False)}{dim}).square()", n.coef)
+        # (a sum of a product stays a product then a sum: a batched dot product, torch.einsum's bmm, reads
+        # half as much but sums each row in order, losing float32 digits that cascade summation keeps)
+        return None
+
+    def _full_axes(self, n: Node) -> frozenset[int]:
+        return frozenset(range(n.ndim)) | (frozenset({-1}) if self.low.batched(n) else frozenset())
+
+    def _operand(self, a: Node, m: Map) -> Any:
+        from .torch_maps import Operand
+
+        low = self.low
+        mb = low.batched(m)
+        if isinstance(a, Var) and a.domain in ("labels", "mask"):
+            return None  # possibly integer or boolean arrays: printed as written
+        if low.is_spread(a) and id(a) not in self.temps:
+            assert isinstance(a, Einsum)
+            inner, idx, _ = self._spread_inner(a)
+            return Operand(f"{_paren(inner)}[{idx}]", low.spread_axes(a))
+        inline = id(a) not in self.temps and not isinstance(a, Var) and self.parents.get(id(a), 0) <= 1
+        gemm = low.torch_gemm(a, [self.code(c, False) for c in a.children()]) \
+            if inline and isinstance(a, Einsum) else None
+        code = self.code(a, False)
+        if mb and low.batched(a) and a.ndim < m.ndim:
+            code = f"{_paren(code)}[:, {', '.join(['None'] * (m.ndim - a.ndim))}]"
+            axes = frozenset({-1})
+        elif a.ndim < m.ndim:
+            axes = frozenset()
+        else:
+            axes = self._full_axes(a)
+        fresh = False
+        if inline and isinstance(a, Einsum) and axes == self._full_axes(m):
+            fresh = gemm is not None or len(a.operands) > 1 or len(a.out) < len(a.ins[0]) or a.coef != 1
+        elif inline and id(a) in self.made:
+            fresh = self.made[id(a)].fresh
+        if isinstance(a, Const):
+            return Operand(_paren(code), axes, number=not a.shape)
+        return Operand(_paren(code), axes, fresh, True, False, gemm)
+
+    def _planned_map(self, m: Map) -> Any:
+        from derive.functions import ActivationBase
+
+        from .torch_maps import plan_map
+
+        fn = m.fn.replace(lambda e: isinstance(e, ActivationBase), lambda e: e.concrete())
+        ops = {}
+        for i, a in enumerate(m.args):
+            if ARG[i] in fn.free_symbols:
+                op = self._operand(a, m)
+                if op is None:
+                    return None
+                ops[ARG[i]] = op
+        return plan_map(fn, ops, lambda e, names: scalar_code(e, {**names, **{s: o.code for s, o in ops.items()}},
+                                                               "torch"),
+                        lambda e: scalar_code(e, {}, "torch"))
 
     def reduced(self, n: Node) -> str:
         """The batch mean (or sum) of a per-sample gradient, folded into its last contraction."""
@@ -1168,6 +1380,14 @@ def _rename(code: str, names: dict[str, str]) -> str:
     for a, b in names.items():
         code = re.sub(rf"\b{re.escape(a)}\b", b, code)
     return code
+
+
+def _is_number(code: str) -> bool:
+    try:
+        float(code)
+    except ValueError:
+        return False
+    return True
 
 
 def generate(prog: Program, backend: str) -> str:
@@ -1217,17 +1437,31 @@ def generate(prog: Program, backend: str) -> str:
             if used:
                 pairs[id(eq)] = f"log_{eq.lhs.name}"
                 em.temps[id(ls)] = f"log_{eq.lhs.name}"
+    grad_leaf = {_grad_of(m, k): k for k in m.grad_names}  # gradient name -> its leaf, looked up once
+    native = _native_norms(forward, adjoint, m, low, em) if backend == "torch" else _NativeNorms()
     for eq in forward + adjoint:
         lines.append(f"# {tex[id(eq)]}")
-        if id(eq) in pairs and isinstance(eq.rhs, Softmax):
+        if id(eq) in native.lines:
+            for target, code in native.lines[id(eq)]:
+                if not target:
+                    lines.append(code)
+                    continue
+                code = re.sub(r"\{(\w+)\}", lambda g: code_of(native.nodes[g.group(1)]), code)
+                lines.append(_Line(target, code))
+            if eq is not forward[-1]:
+                continue
+        elif id(eq) in pairs and isinstance(eq.rhs, Softmax):
             x = code_of(eq.rhs.x)
             lines.append(_Line(f"{eq.lhs.name}, {pairs[id(eq)]}",
                                f"ops.softmax_and_log({x}, {eq.rhs._code_axis()})"))
             continue
         if eq.kind == "grad":
-            leaf = m.tensor(next(k for k in m.grad_names if _grad_of(m, k) == eq.lhs.name))
+            leaf = m.tensor(grad_leaf[eq.lhs.name])
             if m.sample is None:
                 code = code_of(eq.rhs, True)
+            elif leaf.batched and backend == "torch" and m.reduction == "mean" and low.batched(eq.rhs):
+                # a per-sample input: its gradient stays per sample, the mean's 1/n joins its expression
+                code = code_of(map_(ARG[0] / m.sample, [eq.rhs], eq.rhs.shape), True)
             elif leaf.batched:  # a per-sample input: its gradient stays per sample
                 code = code_of(eq.rhs, True)
                 if not low.batched(eq.rhs):  # the same for every sample (or zero): one row per sample
@@ -1236,6 +1470,8 @@ def generate(prog: Program, backend: str) -> str:
                     code = f"{_paren(code)} / {low.sample}"
             else:
                 code = reduced(eq.rhs)
+            if _is_number(code):  # identically a number (wgan_gp's g_b2 = 0): still an array of the leaf's shape
+                code = f"ops.full({low.shape_code(leaf)}, {code}, {ref})"
             lines.append(_Line(eq.lhs.name, code))
         else:
             lines.append(_Line(eq.lhs.name, code_of(eq.rhs, True)))
@@ -1260,6 +1496,8 @@ def generate(prog: Program, backend: str) -> str:
 
     body: list[str] = []
     keep = set(names) | {"loss"} | set(grads.values()) | {eq.lhs.name for eq in hessians.values()}
+    if native.lines:  # values the native kernels made unnecessary (z_c, the adjoint of zbar) are not computed
+        lines = _live(lines, keep)
     for ln, dead in zip(lines, _last_uses(lines, keep)):
         if isinstance(ln, str):
             body.append("    " + comment(ln))
@@ -1270,6 +1508,92 @@ def generate(prog: Program, backend: str) -> str:
     doc = [f"dlmath kernel for {_safe(m.name)} ({_safe(m.section)}), {backend} backend. Generated by dlmath; do not "
            "edit.", "", "Arrays are batch-first; per-sample equations (the comments) gain a leading sample axis."]
     return _module(m, backend, doc, names, body, "{" + ", ".join(ret) + "}", all_eqs)
+
+
+@dataclass
+class _NativeNorms:
+    """Per equation (by id), the lines that replace it; ``{key}`` in a line is the code of ``nodes[key]``."""
+
+    lines: dict[int, list[tuple[str, str]]] = field(default_factory=dict)
+    nodes: dict[str, Node] = field(default_factory=dict)
+
+
+def _native_norms(forward: Sequence[Equation], adjoint: Sequence[Equation], m: Model, low: Lowering,
+                  em: _Emitter) -> _NativeNorms:
+    """Layer and batch normalisations (found and checked by :mod:`numeric.norms`) as PyTorch's native
+    forward and backward kernels."""
+    from .norms import find_norms, match_backward
+
+    out = _NativeNorms()
+    # the native backward's gradients are sums; a mean would need one more pass
+    backward_ok = m.sample is None or m.reduction == "sum"
+    for k, nm in enumerate(find_norms(forward, low)):
+        fwd = {e.lhs: e for e in forward}
+        if any(id(fwd[v]) in out.lines for v in (nm.mu, nm.zc, nm.sigma, nm.zbar)):
+            continue
+        z = f"z{k}"
+        out.nodes[z] = nm.z
+        mean, rstd = em._name(), em._name()
+        eps = scalar_code(nm.eps, {}, "torch")
+        g = nm.gamma.name if nm.gamma is not None else "None"
+        b = nm.beta.name if nm.beta is not None else "None"
+        y = nm.out.name if nm.out is not None else nm.zbar.name
+        if nm.kind == "layer":
+            shape = "(" + ", ".join(dim_code(nm.zbar.shape[i]) for i in nm.axes) + ",)"
+            call = f"torch.native_layer_norm({{{z}}}, {shape}, {g}, {b}, {eps})"
+            mu_code = f"{mean}.reshape({low.shape_code(nm.mu)})"
+            sigma_code = f"torch.reciprocal({rstd}).reshape({low.shape_code(nm.sigma)})"
+        else:
+            call = f"torch.native_batch_norm({{{z}}}, {g}, {b}, None, None, True, 0.0, {eps})"
+            mu_code, sigma_code = mean, f"torch.reciprocal({rstd})"
+        what = "layer" if nm.kind == "layer" else "batch"
+        note = (f"# this and the next {3 if nm.out is None else 4} equations as PyTorch's native {what} "
+                f"norm, with its mean and 1/sigma (checked equal by numeric.norms)")
+        out.lines[id(fwd[nm.mu])] = [("", note), (f"{y}, {mean}, {rstd}", call), (nm.mu.name, mu_code)]
+        out.lines[id(fwd[nm.zc])] = [(nm.zc.name, f"{{{z}}} - {mean}")]
+        out.lines[id(fwd[nm.sigma])] = [(nm.sigma.name, sigma_code)]
+        out.lines[id(fwd[nm.zbar])] = [(nm.zbar.name, f"({{{z}}} - {mean}).mul_({rstd})")] if nm.out is not None \
+            else []
+        if nm.out is not None:
+            out.lines[id(fwd[nm.out])] = []
+        bw = match_backward(nm, adjoint, low, m.reduction if m.sample is not None else "sum") \
+            if backward_ok else None
+        if bw is None:
+            continue
+        up = f"u{k}"
+        out.nodes[up] = bw.grad_out
+        order = [id(e) for e in adjoint]
+        first = min(bw.targets.values(), key=lambda e: order.index(id(e)))
+        names = [bw.targets[i].lhs.name if i in bw.targets else em._name() for i in range(3)]
+        mask = "[" + ", ".join(str(i in bw.targets) for i in range(3)) + "]"
+        wg = g if bw.weighted else "None"
+        wb = b if bw.weighted else "None"
+        if nm.kind == "layer":
+            shape = "(" + ", ".join(dim_code(nm.zbar.shape[i]) for i in nm.axes) + ",)"
+            call = (f"torch.ops.aten.native_layer_norm_backward({{{up}}}, {{{z}}}, {shape}, {mean}, {rstd}, {wg}, "
+                    f"{wb}, {mask})")
+        else:
+            call = (f"torch.ops.aten.native_batch_norm_backward({{{up}}}, {{{z}}}, {wg}, None, None, {mean}, {rstd}, "
+                    f"True, {eps}, {mask})")
+        for e in bw.targets.values():
+            out.lines[id(e)] = []
+        out.lines[id(first)] = [("", f"# its backward, native: the adjoints {', '.join(e.lhs.name for e in bw.targets.values())}"
+                                     " (checked equal by numeric.norms)"), (", ".join(names), call)]
+    return out
+
+
+def _live(lines: list[Any], keep: set[str]) -> list[Any]:
+    """``lines`` without the assignments whose values nothing later reads (every line is pure)."""
+    used = set(keep)
+    res: list[Any] = []
+    for ln in reversed(lines):
+        if isinstance(ln, _Line):
+            targets = [t.strip() for t in ln.target.split(",")]
+            if not any(t in used for t in targets):
+                continue
+            used |= set(re.findall(r"[A-Za-z_]\w*", ln.code))
+        res.append(ln)
+    return res[::-1]
 
 
 def generate_values(m: Model, extra: Sequence[Equation], backend: str = "numpy") -> str:
@@ -1301,6 +1625,7 @@ def _grad_of(m: Model, name: str) -> str:
 
 
 def _dims_needed(eqs: Sequence[Equation], m: Model) -> set[sp.Symbol]:
+    dims = set(m.dims.values())
     syms: set[sp.Symbol] = set()
     if m.sample is not None:
         syms.add(m.sample)
@@ -1314,21 +1639,22 @@ def _dims_needed(eqs: Sequence[Equation], m: Model) -> set[sp.Symbol]:
                 for d in n.dims:
                     syms |= as_expr(d).free_symbols
             if isinstance(n, Map):
-                syms |= {s for s in n.fn.free_symbols if s in m.dims.values()}
-    return {s for s in syms if s in set(m.dims.values())}
+                syms |= {s for s in n.fn.free_symbols if s in dims}
+    return {s for s in syms if s in dims}
 
 
 def _dim_sources(m: Model, needed: set[sp.Symbol]) -> dict[str, str]:
     """``dim = array.shape[k]`` lines for the dimensions the code refers to."""
+    first: dict[Any, str] = {}  # dimension -> the first array axis that has it (one pass over the arrays)
+    carries = set(m.carries)
+    for name, v in {**m.params, **m.inputs}.items():
+        if name in carries:
+            continue
+        for k, d in enumerate(m.array_dims(v)):
+            first.setdefault(d, f"{name}.shape[{k}]")
     out: dict[str, str] = {}
     for d in sorted(needed, key=str):
-        for name, v in {**m.params, **m.inputs}.items():
-            if name in m.carries:
-                continue
-            shape = m.array_dims(v)
-            if d in shape:
-                out[dim_code(d)] = f"{name}.shape[{shape.index(d)}]"
-                break
-        else:
+        if d not in first:
             raise ValueError(f"{m.name}: dimension {d} cannot be read off any array shape")
+        out[dim_code(d)] = first[d]
     return out

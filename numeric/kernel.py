@@ -82,7 +82,10 @@ class Kernel:
     def __repr__(self) -> str:
         return f"<dlmath kernel {self.model.name} [{self.backend}]>"
 
-    def __call__(self, **arrays: Any) -> dict[str, Any]:
+    def __call__(self, *positional: Any, **arrays: Any) -> dict[str, Any]:
+        if positional:
+            raise TypeError(f"{self.model.name}: a kernel takes its arrays by name, e.g. f("
+                            f"{', '.join(f'{k}=...' for k in self.names[:3])}); got {len(positional)} positional")
         args = self._prepare(arrays) if self.check else self._convert(arrays)
         out = self.raw(**args)
         if self.model.is_update:
@@ -104,7 +107,7 @@ class Kernel:
 
         out = {}
         for k, v in arrays.items():
-            t = v if isinstance(v, torch.Tensor) else torch.as_tensor(_to_numpy(self.model.name, k, v))
+            t = v if isinstance(v, torch.Tensor) else torch.as_tensor(_strides_ok(_to_numpy(self.model.name, k, v)))
             out[k] = t.to(self.device) if self.device is not None else t
         return out
 
@@ -243,6 +246,11 @@ def _to_numpy(model: str, name: str, v: Any) -> np.ndarray:
         raise InputError(f"{model}: array {name} cannot be read as an array ({str(e).splitlines()[0]}); pass a "
                          f"NumPy array of numbers") from None
     return a
+
+
+def _strides_ok(a: np.ndarray) -> np.ndarray:
+    """``a``, copied if it has a negative stride (a reversed view such as ``x[::-1]``), which torch cannot wrap."""
+    return a.copy() if any(s < 0 for s in a.strides) else a
 
 
 def _fmt(shape: tuple[Any, ...]) -> str:
@@ -463,7 +471,7 @@ def _domain_plan(m: Model) -> list[tuple[str, str, Any]]:
             continue
         if v.domain == LABELS:
             plan.append((name, LABELS, bounds.get(name)))
-        elif v.domain in (SPD, SIMPLEX, COUNT, MODERATE) and (v.domain != SIMPLEX or v.ndim):
+        elif v.domain in (SPD, SIMPLEX, ONE_HOT, COUNT, MODERATE) and (v.domain not in (SIMPLEX, ONE_HOT) or v.ndim):
             plan.append((name, v.domain, None))
     return plan
 
@@ -471,6 +479,9 @@ def _domain_plan(m: Model) -> list[tuple[str, str, Any]]:
 #: probability vectors along the last axis: the derivation folds sum(y) = 1 (softmax cross entropy's
 #: gradient yhat - y), so the kernels check it
 SIMPLEX = "simplex"
+#: one-hot rows along the last axis (DQN's actions, a state encoding): the derivation uses that each row sums to
+#: 1 and selects one entry, so the kernels check both
+ONE_HOT = "one_hot"
 #: a step count: a non-negative integer (Adam's t)
 COUNT = "count"
 #: values the program squares and sums (normalisation layers' variance): their squares must stay finite, or
@@ -485,16 +496,14 @@ def _check_moderate(model: str, name: str, a: Any) -> None:
         return
     info = np.finfo(np.float32 if "float32" in str(a.dtype) else np.float64)
     limit = math.sqrt(float(info.max) / size)
-    # the extremes in one read-only pass (torch.aminmax; NumPy: min and max), no |a| temporary
+    # max|a| in one read (NumPy: its extremes, no |a| temporary; torch: the infinity norm, which keeps a NaN)
     if isinstance(a, np.ndarray):
         lo, hi = float(a.min()), float(a.max())
+        big = math.nan if lo != lo or hi != hi else max(-lo, hi)
     else:
-        import torch
-
-        lo, hi = (float(x) for x in torch.aminmax(a.reshape(-1)))
-    if -limit <= lo and hi <= limit:  # False for NaN as well
+        big = float(a.norm(p=math.inf))
+    if big <= limit:
         return
-    big = math.nan if lo != lo or hi != hi else max(-lo, hi)
     if not math.isfinite(big):
         raise InputError(f"{model}: array {name} contains NaN or infinity; pass finite values")
     raise InputError(f"{model}: {name} holds values up to {big:.3g}; the program squares and sums them, which "
@@ -534,6 +543,22 @@ def _check_simplex(model: str, name: str, a: Any) -> None:
                      f"({name} / {name}.sum(-1, keepdims=True)) or pass one-hot rows")
 
 
+def _check_one_hot(model: str, name: str, a: Any) -> None:
+    """Each row of ``a`` (along its last axis) is 0 but for a single 1: one pass (on the array's device)."""
+    if a.size == 0 if isinstance(a, np.ndarray) else a.numel() == 0:
+        return
+    ok = ((a == 0) | (a == 1)).all(-1) & (a.sum(-1) == 1)
+    if bool(ok.all()):
+        return
+    bad = ok.detach().cpu().numpy() if hasattr(ok, "detach") else np.asarray(ok)
+    row = tuple(int(i) for i in np.argwhere(~bad)[0])
+    v = a.detach().cpu().numpy() if hasattr(a, "detach") else np.asarray(a)
+    vals = np.array2string(v[row], precision=4, separator=", ", threshold=8)
+    raise InputError(f"{model}: {name} holds one-hot rows (domain 'one_hot': one 1, the rest 0, which the derived "
+                     f"program uses), but its row {row[0] if len(row) == 1 else row} is {vals}; pass one-hot rows "
+                     f"(e.g. numpy.eye(K)[indices])")
+
+
 def _check_domains(m: Model, plan: list[tuple[str, str, Any]], arrays: dict[str, Any], sizes: dict[str, int]) -> None:
     from derive.tensor import LABELS
 
@@ -544,6 +569,9 @@ def _check_domains(m: Model, plan: list[tuple[str, str, Any]], arrays: dict[str,
             continue
         if domain == MODERATE:
             _check_moderate(m.name, name, a)
+            continue
+        if domain == ONE_HOT:
+            _check_one_hot(m.name, name, a)
             continue
         v = a.detach().cpu().numpy() if not isinstance(a, np.ndarray) and hasattr(a, "detach") else np.asarray(a)
         if domain == COUNT:

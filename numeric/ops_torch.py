@@ -183,6 +183,18 @@ def index_grid(shape: tuple[int, ...], axis: int, like: Tensor) -> Tensor:
     return idx.reshape(view).expand(*shape)
 
 
+def matmul(a: Tensor, b: Tensor, alpha: float) -> Tensor:
+    """alpha (a @ b), the scale applied inside the product (BLAS's alpha), not in a pass over the result."""
+    zero = torch.zeros((), dtype=a.dtype, device=a.device)
+    if a.ndim == 2 and b.ndim == 2:
+        return torch.addmm(zero, a, b, beta=0, alpha=alpha)
+    if a.ndim == 2 and b.ndim == 1:
+        return torch.addmv(zero, a, b, beta=0, alpha=alpha)
+    if a.ndim == 3 and b.ndim == 3:
+        return torch.baddbmm(zero, a, b, beta=0, alpha=alpha)
+    return torch.matmul(a, b).mul_(alpha)
+
+
 def softmax_and_log(x: Tensor, axis: int = -1) -> tuple[Tensor, Tensor]:
     """S_softmax(x) and log S_softmax(x): the fused log-softmax, then one exponential."""
     ls = torch.log_softmax(x, dim=axis)

@@ -226,7 +226,7 @@ def test_logistic_hessian_computes_yhat_one_minus_yhat_once() -> None:
     m = derive.models.get("logistic_regression")
     for backend in BACKENDS:
         src = numeric.source(m, backend, hessian=["w"]).replace(" ", "")
-        assert src.count("yhat*(1-yhat)") == 1, src
+        assert src.count("(1-yhat)") == 1 and re.search(r"yhat\*\(1-yhat\)|\(1-yhat\)\.mul_\(yhat\)", src), src
 
 
 _SCALAR_CSE = pytest.mark.xfail(strict=True, raises=AssertionError, reason="engine gap: numeric/codegen.py shares only whole "
@@ -426,3 +426,60 @@ def test_fused_torch_kernel_matches() -> None:
         np.testing.assert_allclose(fused["grad"][k].numpy(), plain["grad"][k].numpy(), rtol=1e-12, atol=1e-14)
     with pytest.raises(ValueError, match="backend='torch'"):
         numeric.compile(m, "numpy", fuse=True)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Normalisations as PyTorch's native kernels, only where the equations are the ones they compute
+# ---------------------------------------------------------------------------------------------------
+
+
+def _norm_variant(kind: str) -> derive.Model:
+    """A layer norm written as the zoo's (``exact``) or with one change the native kernel does not make."""
+    from derive.nn import mean, sqrt
+
+    b = derive.Builder(f"ln_{kind}", "layer norm variant", "test")
+    b.samples("n", 4, 2, 6)
+    p = b.dim("p", 4, 2, 6)
+    ep = b.const("epsilon", 1e-5)
+    gamma = b.param("gamma", (p,), r"\gamma")
+    beta = b.param("beta", (p,), r"\beta")
+    z = b.input("Z", (p,), "z", batched=True, domain="moderate")
+    G = b.input("G", (p,), "G", batched=True)
+    mu = b.eq("mu", mean(z, -1), r"\mu")
+    zc = b.eq("zc", z - mu, "z_c")
+    var = mean(zc**2, -1) * p / (p - 1) if kind == "unbiased" else mean(zc**2, -1)
+    sd = b.eq("sigma", sqrt(var + ep) if kind != "no_eps" else sqrt(var + ep) + ep, r"\sigma")
+    zbar = b.eq("zbar", zc / sd, r"\hat z")
+    out = b.eq("ln", gamma * zbar + beta, r"\tilde z")
+    b.eq("C", nn.dot(G, out), "C")
+    return b.model(reduction="sum", diff_inputs=("Z",))
+
+
+@pytest.mark.parametrize("name", ["layer_norm", "batch_norm", "transformer_block"])
+def test_normalisations_run_natively(name: str) -> None:
+    src = numeric.source(derive.models.get(name), "torch")
+    kind = "batch" if name == "batch_norm" else "layer"
+    assert f"torch.native_{kind}_norm(" in src and f"native_{kind}_norm_backward(" in src, src
+    # the centred input and the adjoint of the normalised one are not computed: the native kernels do without
+    assert not re.search(r"^ +(zc\w*|zbar\w*_bar) = ", src, re.M), src
+
+
+@pytest.mark.parametrize("kind", ["exact", "unbiased", "no_eps"])
+def test_native_norm_only_for_the_same_equations(kind: str) -> None:
+    m = _norm_variant(kind)
+    src = numeric.source(m, "torch")
+    assert ("native_layer_norm" in src) == (kind == "exact"), src
+    # either way the kernel is the derivative of its equations (autograd of the same formula in float64)
+    g = torch.Generator().manual_seed(0)
+    a = {k: torch.randn(s, generator=g, dtype=torch.float64) for k, s in m.shapes(n=5, p=4).items()
+         if k in ("gamma", "beta", "Z", "G")}
+    out = numeric.compile(m, "torch")(**a)
+    t = {k: v.clone().requires_grad_(True) for k, v in a.items()}
+    zc = t["Z"] - t["Z"].mean(-1, keepdim=True)
+    var = (zc**2).mean(-1, keepdim=True) * (4 / 3 if kind == "unbiased" else 1)
+    sd = (var + 1e-5).sqrt() + (1e-5 if kind == "no_eps" else 0)
+    loss = (t["G"] * (t["gamma"] * zc / sd + t["beta"])).sum()
+    grads = torch.autograd.grad(loss, [t["gamma"], t["beta"], t["Z"]])
+    _assert_close(out["loss"], loss, 1e-10, "loss")
+    for k, gr in zip(["gamma", "beta", "Z"], grads):
+        _assert_close(out["grad"][k], gr, 1e-10, k)

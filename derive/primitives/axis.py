@@ -192,8 +192,8 @@ class Max(AxisOp):
 
     def lower(self, args: Sequence[str], backend: str, ctx: Any) -> str:
         if backend == "torch":
-            return f"{args[0]}.amax(dim={self._code_axis()})"
-        return f"{args[0]}.max(axis={self._code_axis()})"
+            return f"{_atom(args[0])}.amax(dim={self._code_axis()})"
+        return f"{_atom(args[0])}.max(axis={self._code_axis()})"
 
 
 def softmax(x: Node, axis: int = -1) -> Node:
@@ -216,3 +216,10 @@ def max_(x: Node, axis: int = -1) -> Node:
 # the families refer to each other: imported once this module's definitions exist
 from .contraction import _axis, _dims, einsum, sum_  # noqa: E402
 from .elementwise import ARG, map_  # noqa: E402
+
+
+def _atom(code: str) -> str:
+    """``code`` parenthesised unless it is a name or attribute chain (``a @ b`` then ``.amax`` needs them)."""
+    import re
+
+    return code if re.fullmatch(r"[A-Za-z_][\w.]*", code) else f"({code})"

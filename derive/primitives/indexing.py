@@ -39,7 +39,7 @@ class StopGrad(Node):
         return rf"\operatorname{{sg}}\left[{args[0]}\right]"
 
     def lower(self, args: Sequence[str], backend: str, ctx: Any) -> str:
-        return f"{args[0]}.detach()" if backend == "torch" else args[0]
+        return f"{_atom(args[0])}.detach()" if backend == "torch" else args[0]
 
 
 class Take(Node):
@@ -249,3 +249,10 @@ def stop_gradient(x: Node) -> Node:
 from .contraction import _axis, einsum  # noqa: E402
 from .elementwise import Map, map_  # noqa: E402
 from .leaves import Const, Eye, Var, is_zero, zeros  # noqa: E402
+
+
+def _atom(code: str) -> str:
+    """``code`` parenthesised unless it is a name or attribute chain (``a @ b`` then ``.amax`` needs them)."""
+    import re
+
+    return code if re.fullmatch(r"[A-Za-z_][\w.]*", code) else f"({code})"
