@@ -69,8 +69,12 @@ class Kernel:
             _private_compile_cache()
 
             # torch.compile fuses the elementwise passes of the generated module into a few loops (the
-            # generated code is plain PyTorch, so it traces whole); compiled on first call, per shape
-            self.raw = torch.compile(self.raw, dynamic=False)
+            # generated code is plain PyTorch, so it traces whole); compiled on the first call, once for all
+            # shapes (dynamic=True: sizes stay symbols) and kept with the kernel, which compile() caches per
+            # model. A recurrence is not compiled: tracing would unroll its loop over the T steps (minutes of
+            # compilation for T = 64); its loops run as generated (see numeric.scan_lowering).
+            if m.scan is None and not m.scans:
+                self.raw = torch.compile(self.raw, dynamic=True)
         self.names = [k for k in [*m.params, *m.inputs] if k not in m.carries]
         self._shape_plan = self._plan()
         self._domains = _domain_plan(m)
@@ -253,8 +257,17 @@ def _fmt(shape: tuple[Any, ...]) -> str:
     return "(" + ", ".join(str(d) for d in shape) + ("," if len(shape) == 1 else "") + ")"
 
 
+_DTYPE_NAMES: dict[Any, str] = {}
+
+
 def _dtype_name(v: Any) -> str:
-    return str(v.dtype).replace("torch.", "")
+    """``"float32"``, ``"int64"``, ... for a NumPy array or a torch tensor (cached per dtype: ``str`` of a NumPy
+    dtype costs microseconds, a dictionary lookup does not)."""
+    dt = v.dtype
+    name = _DTYPE_NAMES.get(dt)
+    if name is None:
+        name = _DTYPE_NAMES[dt] = str(dt).replace("torch.", "")
+    return name
 
 
 def _cast(v: Any, target: str) -> Any:
@@ -293,7 +306,8 @@ def compile(m: Model, backend: str = "numpy", device: str | None = None, hessian
             pairs). Defaults to none; models with a Newton step default to all their Hessian parameters.
         check: check names, shapes, dtypes and finiteness of the arrays on every call.
         fuse: torch backend only: compile the generated module with ``torch.compile`` (seconds on the first
-            call per shape), which fuses its elementwise passes; normalization layers then beat eager
+            call, once for all shapes: ``dynamic=True``), which fuses its elementwise passes; a recurrence
+            runs its loops uncompiled (tracing would unroll them); normalization layers then beat eager
             autograd (see ``dlmath bench --only layers``). Its compiled code is cached in a private per-user
             folder, ``~/.cache/dlmath/torch_compile`` (mode 0700; ``$XDG_CACHE_HOME`` is honoured, and
             ``TORCHINDUCTOR_CACHE_DIR``/``TRITON_CACHE_DIR`` win when set), not torch's default in the
@@ -482,8 +496,12 @@ def _check_moderate(model: str, name: str, a: Any) -> None:
         return
     info = np.finfo(np.float32 if "float32" in str(a.dtype) else np.float64)
     limit = math.sqrt(float(info.max) / size)
-    # max|a| in one read (torch: the infinity norm, which keeps a NaN; abs().max() writes |a| first)
-    big = float(np.abs(a).max()) if isinstance(a, np.ndarray) else float(a.norm(p=math.inf))
+    # max|a| in one read (NumPy: its extremes, no |a| temporary; torch: the infinity norm, which keeps a NaN)
+    if isinstance(a, np.ndarray):
+        lo, hi = float(a.min()), float(a.max())
+        big = math.nan if lo != lo or hi != hi else max(-lo, hi)
+    else:
+        big = float(a.norm(p=math.inf))
     if big <= limit:
         return
     if not math.isfinite(big):
@@ -502,9 +520,16 @@ def _check_simplex(model: str, name: str, a: Any) -> None:
     eps = float(np.finfo(np.float32 if "float32" in str(a.dtype) else np.float64).eps)
     tol = 8 * max(k, 1) * eps
     s = a.sum(-1)
-    dev = abs(s - 1)
-    worst = float(dev.max())
-    if worst <= tol:  # False for NaN as well
+    # one pass over the array (its row sums), then the extremes of the sums; a NaN fails both comparisons
+    if s.ndim == 0:
+        lo = hi = float(s)
+    elif isinstance(s, np.ndarray):
+        lo, hi = float(s.min()), float(s.max())
+    else:
+        import torch
+
+        lo, hi = (float(x) for x in torch.aminmax(s))
+    if 1 - tol <= lo and hi <= 1 + tol:
         return
     sums = s.detach().cpu().numpy() if hasattr(s, "detach") else np.asarray(s)
     devs = np.abs(sums - 1)
