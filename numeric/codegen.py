@@ -854,7 +854,7 @@ def generate_scan(m: Model, backend: str) -> str:
     mapping: dict[Node, Node] = {}
     for leaf in walk(roots):
         if isinstance(leaf, Var) and leaf.batched and leaf.name in flat:
-            mapping[leaf] = Var(flat[leaf.name], leaf.shape, "var", batched=True, domain=leaf.domain)
+            mapping[leaf] = Var(flat[leaf.name], leaf.shape, leaf.role, batched=True, domain=leaf.domain)
     post = _Emitter([substitute(r, mapping) for r in roots], backend, low_all, "a")
     post.taken |= fresh.taken
     for eq in tail + pre:
@@ -979,10 +979,11 @@ def _deferred_grads(grads: Sequence[Equation], bwd: _Emitter, low: Lowering, bac
                 mapping[f] = flat[id(f)] = Var((known_nodes or {})[id(f)], f.shape, "var", batched=True)
                 continue
             if isinstance(f, Var) and f.name in seq_vars and seq_vars[f.name] != f.name:
-                mapping[f] = flat[id(f)] = Var(seq_vars[f.name], f.shape, "var", batched=True)
+                mapping[f] = flat[id(f)] = Var(seq_vars[f.name], f.shape, f.role, batched=True, domain=f.domain)
                 continue
             base = f.name if isinstance(f, Var) else bwd.temps[id(f)]
-            v = Var(fresh(f"{base}_all"), f.shape, "var", batched=True)
+            v = (Var(fresh(f"{base}_all"), f.shape, f.role, batched=True, domain=f.domain) if isinstance(f, Var)
+                 else Var(fresh(f"{base}_all"), f.shape, "var", batched=True))
             flat[id(f)] = v
             mapping[f] = v
             if isinstance(f, Var) and f.name in seq_vars:
