@@ -17,12 +17,15 @@ __all__ = ["backprop", "grad", "hessian", "tangents", "forward_mode", "clear_cac
 
 _BACKPROP: dict[int, tuple[Model, list[Equation]]] = {}
 _HESSIAN: dict[tuple[int, str, str], tuple[Model, list[Equation]]] = {}
+#: per model: its equations that are elementwise products (what :func:`recognize` writes back by name)
+_PRODUCTS: dict[int, tuple[Model, int, list[tuple[Var, Node]]]] = {}
 
 
 def clear_caches() -> None:
     """Forget cached derivations of the core (``derive.clear_caches`` also clears the zoo's cache)."""
     _BACKPROP.clear()
     _HESSIAN.clear()
+    _PRODUCTS.clear()
     from .scan import _CACHE as _SCANS
     from .tensor import _derivative, simplify_scalar
 
@@ -108,10 +111,16 @@ def backprop(m: Model) -> list[Equation]:
     out: list[Equation] = []
     # a gradient is emitted as soon as the first equation using its leaf has been swept (book order:
     # delta^{[l]}, g_W^{[l]}, g_b^{[l]}, zeta^{[l-1]}, ...)
+    # (one pass over the program: scanning it once per leaf made deep networks quadratic in depth)
+    first: dict[int, int] = {}
+    wanted = {id(leaf) for leaf in leaves}
+    for i, e in enumerate(m.equations):
+        for n in walk([e.rhs]):
+            if isinstance(n, Var) and id(n) in wanted and id(n) not in first:
+                first[id(n)] = i
     first_use: dict[int, list[Var]] = {}
     for leaf in leaves:
-        k = next((i for i, e in enumerate(m.equations) if any(n is leaf for n in walk([e.rhs]))), -1)
-        first_use.setdefault(k, []).append(leaf)
+        first_use.setdefault(first.get(id(leaf), -1), []).append(leaf)
     for leaf in first_use.pop(-1, []):
         out.append(_grad_eq(m, leaf, []))
     for i in range(len(m.equations) - 1, -1, -1):
@@ -129,8 +138,13 @@ def recognize(g: Node, m: Model) -> Node:
     defining expression of a named variable (``z_c / sigma`` for ``\\bar z``), use the name."""
     from .tensor import ARG, Map, map_, substitute
 
-    defs = [(eq.lhs, eq.rhs) for eq in m.equations
-            if isinstance(eq.rhs, Map) and eq.rhs.fn.is_Mul and len(eq.rhs.args) >= 2]
+    hit = _PRODUCTS.get(id(m))
+    if hit is not None and hit[0] is m and hit[1] == len(m.equations):
+        defs = hit[2]
+    else:  # computed once per model (once per adjoint made deep programs quadratic in depth)
+        defs = [(eq.lhs, eq.rhs) for eq in m.equations
+                if isinstance(eq.rhs, Map) and eq.rhs.fn.is_Mul and len(eq.rhs.args) >= 2]
+        _PRODUCTS[id(m)] = (m, len(m.equations), defs)
     if not defs:
         return g
     mapping: dict[Node, Node] = {}

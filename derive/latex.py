@@ -156,10 +156,15 @@ def transpose(tex: str, prec: int = ATOM) -> str:
 
 
 def capital(tex: str) -> str:
-    r"""The batch matrix of a per-sample vector: ``x -> X``, ``\hat{y} -> \hat{Y}``, ``\delta -> \Delta``."""
+    r"""The batch matrix of a per-sample vector: ``x -> X``, ``\hat{y} -> \hat{Y}``, ``\delta -> \Delta``,
+    ``\mu -> \boldsymbol{\mu}`` (a Greek letter whose capital is a Latin letter or means something else)."""
     for g, G in _GREEK_CAPS.items():
         if tex.startswith(g) and not tex[len(g) : len(g) + 1].isalpha():
             return G + tex[len(g) :]
+    gm = re.match(r"^\\(alpha|beta|epsilon|varepsilon|eta|iota|kappa|lambda|mu|nu|xi|rho|tau|upsilon|phi|varphi|"
+                  r"chi|psi|omega|pi)(?![a-zA-Z])(.*)$", tex)
+    if gm:  # a Greek letter without a capital that reads as a matrix here: the bold letter, as for zeta
+        return rf"\boldsymbol{{\{gm.group(1)}}}" + gm.group(2)
     m = re.match(r"^(\\[a-z]+\{)([a-z])(\}.*)$", tex)
     if m:
         return m.group(1) + m.group(2).upper() + m.group(3)

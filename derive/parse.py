@@ -36,11 +36,17 @@ bare expression, is the loss, a scalar. ``#`` starts a comment.
 Errors are one line (:class:`ParseError`, a :class:`~derive.program.ModelError`): the line and column and what
 was expected there, an unknown function with the known ones, an undeclared name with the declared ones, and
 a shape mismatch with both shapes (:class:`ExpressionShapeError`, also a :class:`~derive.tensor.ShapeError`).
+Text that would make reading or SymPy's exact arithmetic run away is refused the same way, before anything is
+computed: nesting deeper than 200 levels (parentheses, signs, a chain of 200 operations: split it into lines),
+a matrix power beyond ``A^32``, and constants that are not finite real numbers of float64 or too large to
+write exactly (``1e400``, ``1/0``, ``x ./ 0``, ``(-1)^0.5``, ``log(0)``, ``exp(1000)``, ``2^2^2^2^2^2``).
+Variables and equations print as SymPy prints symbols: ``mu`` as :math:`\mu`, ``W1`` as :math:`W_{1}`.
 """
 
 from __future__ import annotations
 
 import keyword
+import math
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -69,6 +75,13 @@ TYPES = ("scalar", "vector(n)", "matrix(n,p)", "matrix(n)", "spd(n)")
 
 #: sizes the verifier draws for every dimension of a parsed model, and the default size
 DIM_DEFAULT, DIM_RANGE = 3, (1, 4)
+
+#: how deeply an expression may nest (parentheses, calls, operator chains): deeper text is refused, not
+#: read by recursion that would overflow (a longer chain splits into lines ``name = expr``)
+MAX_DEPTH = 200
+
+#: the largest |k| of a matrix power ``A^k`` (it is written as k - 1 products)
+MAX_MATRIX_POWER = 32
 
 #: names the generated kernels use for themselves (a variable of the expression cannot take them)
 RESERVED = frozenset({"math", "np", "torch", "ops", "kernel", "loss", "grad", "hessian", "out", "self"})
@@ -222,6 +235,13 @@ class _Parser:
         self.toks = tokenize(text)
         self.i = 0
         self.lines = text.count("\n") + 1
+        self.depth = 0
+
+    def deeper(self) -> None:
+        self.depth += 1
+        if self.depth > MAX_DEPTH:
+            raise ParseError(f"{self.where(self.tok)}: the expression nests more than {MAX_DEPTH} levels deep "
+                             "(parentheses, calls, signs or powers); split it into lines name = expr")
 
     # -- helpers ----------------------------------------------------------------------------------
     @property
@@ -277,9 +297,11 @@ class _Parser:
         return Statement(None, self.expr(), t.line, t.col)
 
     def expr(self) -> Expr:
+        self.deeper()
         a = self.term()
         while (t := self.accept("+", "-")) is not None:
             a = Binary(t.line, t.col, t.text, a, self.term())
+        self.depth -= 1
         return a
 
     def term(self) -> Expr:
@@ -289,11 +311,15 @@ class _Parser:
         return a
 
     def unary(self) -> Expr:
+        self.deeper()
         t = self.accept("-", "+")
         if t is not None:
             x = self.unary()
-            return x if t.text == "+" else Unary(t.line, t.col, "-", x)
-        return self.power()
+            out = x if t.text == "+" else Unary(t.line, t.col, "-", x)
+        else:
+            out = self.power()
+        self.depth -= 1
+        return out
 
     def power(self) -> Expr:
         a = self.postfix()
@@ -311,6 +337,13 @@ class _Parser:
     def primary(self) -> Expr:
         t = self.tok
         if t.kind == "num":
+            if len(t.text) > 40:
+                raise ParseError(f"{self.where(t)}: the number {t.text[:20]}... has more than 40 characters; "
+                                 "write it with an exponent, e.g. 1.5e-30")
+            _, _, exp10 = t.text.lower().partition("e")
+            if (exp10 and abs(int(exp10)) > 330) or not math.isfinite(float(t.text)):
+                raise ParseError(f"{self.where(t)}: the number {t.text} is outside the range of float64 (the kernels "
+                                 "compute in floating point); write a number up to about 1.8e308")
             self.i += 1
             return Num(t.line, t.col, Fraction(t.text), t.text)  # decimal text to an exact rational
         if self.accept("("):
@@ -446,6 +479,8 @@ class _Checker:
         self.types: dict[int, Type] = {}
         self.where = where
         self.filled: list[Filled] = []
+        self.consts: dict[int, float] = {}  # id of a constant scalar subexpression -> its value
+        self.exact: dict[int, Fraction] = {}  # ... and its exact value, where it is rational
 
     def fail(self, e: Expr, what: str) -> ExpressionShapeError:
         return ExpressionShapeError(f"{self.where(e)}: {what}")
@@ -458,7 +493,62 @@ class _Checker:
     def infer(self, e: Expr) -> Type:
         t = self._infer(e)
         self.types[id(e)] = t
+        if t.kind == SCALAR:
+            self.fold(e)
         return t
+
+    def bad(self, e: Expr, what: str) -> ParseError:
+        return ParseError(f"{self.where(e)}: {what}")
+
+    def fold(self, e: Expr) -> None:
+        """The value of a constant scalar subexpression (``2^-1``, ``log(2)``), computed in floats (and exactly
+        where it is rational) to refuse, before SymPy sees it, a constant that is not a finite real number of
+        float64 or a power too large to write exactly."""
+        c, q = self.consts, self.exact
+        v: float | None = None
+        r: Fraction | None = None
+        try:
+            if isinstance(e, Num):
+                v, r = float(e.value), e.value
+            elif isinstance(e, Unary) and id(e.x) in c:
+                v, r = -c[id(e.x)], (-q[id(e.x)] if id(e.x) in q else None)
+            elif isinstance(e, Binary) and id(e.a) in c and id(e.b) in c:
+                a, b = c[id(e.a)], c[id(e.b)]
+                ra, rb = q.get(id(e.a)), q.get(id(e.b))
+                if (e.op in ("/", "./") and b == 0) or (e.op in ("^", ".^") and a == 0 and b < 0):
+                    raise self.bad(e, "division by zero in a constant")
+                if e.op in ("^", ".^"):
+                    if a < 0 and b != int(b):
+                        raise self.bad(e, f"({_show_number(a)})^{_show_number(b)} is not a real number")
+                    bits = max(ra.numerator.bit_length(), ra.denominator.bit_length()) if ra is not None else 1
+                    if a not in (0.0, 1.0, -1.0) and abs(b) * bits > 4096:
+                        raise self.bad(e, f"the constant {_show_number(a)}^{_show_number(b)} is too large to "
+                                           "write exactly (over 4096 bits)")
+                    v = a**b
+                    if ra is not None and rb is not None and rb.denominator == 1:
+                        r = ra ** int(rb)
+                else:
+                    v = {"+": a + b, "-": a - b, "*": a * b, ".*": a * b, "/": a / b, "./": a / b}[e.op]
+                    if ra is not None and rb is not None:
+                        r = {"+": ra + rb, "-": ra - rb, "*": ra * rb, ".*": ra * rb, "/": ra / rb,
+                             "./": ra / rb}[e.op]
+            elif isinstance(e, Call) and e.fn in _FLOAT and len(e.args) == 1 and id(e.args[0]) in c:
+                x = c[id(e.args[0])]
+                try:
+                    v = _FLOAT[e.fn](x)
+                except (ValueError, ZeroDivisionError):
+                    raise self.bad(e, f"{e.fn}({_show_number(x)}) is not a finite real number") from None
+        except OverflowError:
+            raise self.bad(e, "a constant overflows float64 (its magnitude is above about 1.8e308)") from None
+        if v is None:
+            return
+        if isinstance(v, complex) or not math.isfinite(v):
+            raise self.bad(e, "a constant is not a finite real number of float64")
+        if r is not None and max(r.numerator.bit_length(), r.denominator.bit_length()) > 4096:
+            raise self.bad(e, "a constant is too large to write exactly (over 4096 bits)")
+        c[id(e)] = v
+        if r is not None:
+            q[id(e)] = r
 
     def _infer(self, e: Expr) -> Type:
         if isinstance(e, Num):
@@ -491,6 +581,8 @@ class _Checker:
 
     def binary(self, e: Binary, a: Type, b: Type) -> Type:
         op, show = e.op, self.dims.show
+        if op in ("/", "./") and self.consts.get(id(e.b)) == 0:
+            raise self.bad(e, "division by zero (the divisor is the constant 0)")
         if op in ("+", "-", ".*", "./"):
             if a.kind == SCALAR:
                 return b
@@ -530,6 +622,8 @@ class _Checker:
                                    "elementwise quotient)")
             return a
         if op == ".^":
+            if a.kind == SCALAR:  # a scalar base broadcasts against the exponents: 2.^x
+                return b
             if b.kind != SCALAR:
                 self.same(e, a, b, "'.^'")
             return a
@@ -541,6 +635,11 @@ class _Checker:
             if a.kind == MATRIX and isinstance(e.b, (Num, Unary)) and _integer(e.b) is not None:
                 if not self.dims.unify(a.dims[0], a.dims[1]):
                     raise self.fail(e, f"a matrix power needs a square matrix, got {show(a)}")
+                k = _integer(e.b)
+                assert k is not None
+                if abs(k) > MAX_MATRIX_POWER:
+                    raise self.bad(e, f"a matrix power A^k is written as |k| - 1 products; |k| may be at most "
+                                       f"{MAX_MATRIX_POWER}, got {k}")
                 return a
             raise self.fail(e, f"'^' raises a scalar (or a square matrix to an integer power), got {show(a)} "
                                "(use .^ for an elementwise power)")
@@ -573,6 +672,22 @@ class _Checker:
                 raise self.fail(e, f"{f} takes a vector, got {show(t)}")
             return t if f == "softmax" else Type(SCALAR, ())
         raise AssertionError(f)
+
+
+def _show_number(v: float) -> str:
+    return str(int(v)) if v == int(v) and abs(v) < 1e15 else f"{v:.10g}"
+
+
+def _softplus(x: float) -> float:
+    return max(x, 0.0) + math.log1p(math.exp(-abs(x)))
+
+
+#: the elementwise functions in floats, to fold constants (a ValueError: outside the function's domain)
+_FLOAT: dict[str, Callable[[float], float]] = {
+    "exp": math.exp, "log": math.log, "sin": math.sin, "cos": math.cos, "tanh": math.tanh, "sqrt": math.sqrt,
+    "abs": abs, "sign": lambda x: float((x > 0) - (x < 0)), "sigmoid": lambda x: 1 / (1 + math.exp(-x)) if x > -700 else 0.0,
+    "relu": lambda x: max(x, 0.0), "softplus": _softplus, "erf": math.erf,
+}
 
 
 def _integer(e: Expr) -> int | None:
@@ -779,6 +894,11 @@ def parse(text: str, wrt: str | Iterable[str] | None = None, **types: str) -> Mo
 
     p = _Parser(text)
     statements = p.program()
+    for st in statements:
+        depth, deepest = _depth(st.expr)
+        if depth > MAX_DEPTH:
+            raise ParseError(f"{p.where(deepest)}: the expression is {depth} operations deep (a long chain such as "
+                             f"a + b + c + ...); at most {MAX_DEPTH}: split it into lines name = expr")
 
     env: dict[str, Type] = {k: Type(d.kind, d.dims) for k, d in decls.items()}
     checker = _Checker(env, p.where)
@@ -825,12 +945,13 @@ def parse(text: str, wrt: str | Iterable[str] | None = None, **types: str) -> Mo
         if k not in used:
             continue
         shape = tuple(dims[d] for d in dec.dims)
-        values[k] = (b.param(k, shape, domain=dec.domain) if k in wrt_names else
-                     b.input(k, shape, domain=dec.domain))
+        values[k] = (b.param(k, shape, _tex(k), domain=dec.domain) if k in wrt_names else
+                     b.input(k, shape, _tex(k), domain=dec.domain))
     builder = _Build(checker, dims, values)
     for st, name in defined:
         node = builder.build(st.expr)
-        values[name] = b.eq(name, node)
+        _check_constants(node, f"line {st.line}" if len(statements) > 1 else "the expression")
+        values[name] = b.eq(name, node, _tex(name))
     hess = tuple(w for w in wrt_names if decls[w].kind in (SCALAR, COL))
     m = b.model(reduction="sum", hessian=hess)
     args = [repr(text)] + ([f"wrt={wrt_names!r}"] if wrt is not None else [])
@@ -839,9 +960,46 @@ def parse(text: str, wrt: str | Iterable[str] | None = None, **types: str) -> Mo
     return m
 
 
+def _tex(name: str) -> str:
+    """The LaTeX of a name as SymPy writes symbols: ``mu`` -> ``\\mu``, ``W1`` -> ``W_{1}``, ``x_hat`` -> ``x_{hat}``."""
+    return sp.latex(sp.Symbol(name))
+
+
+def _children(e: Expr) -> list[Expr]:
+    return [c for c in (getattr(e, "x", None), getattr(e, "a", None), getattr(e, "b", None), *getattr(e, "args", ()))
+            if isinstance(c, Expr)]
+
+
 def _walk(e: Expr) -> Iterable[Expr]:
-    yield e
-    for c in (getattr(e, "x", None), getattr(e, "a", None), getattr(e, "b", None), *getattr(e, "args", ())):
-        if isinstance(c, Expr):
-            yield from _walk(c)
+    stack = [e]
+    while stack:
+        x = stack.pop()
+        yield x
+        stack.extend(reversed(_children(x)))
+
+
+def _depth(e: Expr) -> tuple[int, Expr]:
+    """The depth of the tree of ``e`` and its deepest node (counted without recursion)."""
+    best, deepest = 0, e
+    stack = [(e, 1)]
+    while stack:
+        x, d = stack.pop()
+        if d > best:
+            best, deepest = d, x
+        stack.extend((c, d + 1) for c in _children(x))
+    return best, deepest
+
+
+def _check_constants(node: Node, where: str) -> None:
+    """No constant of the built equation is infinite, undefined or complex (a safety net behind the folding of
+    constants in the checker: SymPy's exact arithmetic would otherwise carry ``zoo`` or ``I`` into the kernels)."""
+    from .tensor import walk
+
+    bad = (sp.zoo, sp.nan, sp.oo, sp.I)
+    for n in walk([node]):
+        for attr in ("value", "fn", "coef"):
+            v = getattr(n, attr, None)
+            if isinstance(v, sp.Basic) and v.has(*bad):
+                raise ParseError(f"{where}: a constant of the expression is not a finite real number ({v}); "
+                                 "check divisions by zero and roots or logarithms of negative numbers")
 

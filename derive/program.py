@@ -280,15 +280,94 @@ class Model:
         return "$$" + latex(self) + "$$"
 
     def __repr__(self) -> str:
-        return (f"<Model {self.name} ({self.section}): params {list(self.params)}, "
+        return (f"<Model {self.name}{f' ({self.section})' if self.section else ''}: params {list(self.params)}, "
                 f"inputs {list(self.inputs)}>")
 
 
 class Builder:
-    """Writes a model: declare dimensions, parameters and inputs, then equations in order."""
+    r"""Writes a model of one's own: declare dimensions, parameters and inputs, then the equations in order.
 
-    def __init__(self, name: str, title: str, section: str, options: Mapping[str, Any] | None = None):
-        self.name, self.title, self.section = name, title, section
+    The model is a program of named tensor equations over *symbolic* dimensions, exactly as the zoo's
+    entries are (they are written with this class too), so :func:`derive.grad`, :func:`derive.backprop`,
+    :func:`derive.hessian`, :func:`derive.latex`, :func:`numeric.compile` and :func:`verify.check` take it
+    as they take a zoo entry. :func:`verify.check` needs no reference for it: the forward program is
+    evaluated eagerly in PyTorch and differentiated by ``torch.autograd``.
+
+    Args:
+        name: the model's name (it names the generated kernel; an identifier reads best).
+        title: a one-line description (default: the name); only printed in headers.
+        section: where it comes from, e.g. a book section (default ``"own model"``); only printed in headers.
+        options: the options it was built with (reported by :attr:`Model.options`).
+
+    Steps:
+        1. :meth:`dim` for every dimension (its default size and the range the verifier draws sizes from);
+           :meth:`samples` for the sample dimension of a per-sample model.
+        2. :meth:`param` for what is differentiated (``g_<name>`` in the results), :meth:`input` for data;
+           ``domain=`` says how the verifier draws values (``real``, ``spd``, ``simplex``, ``unit``,
+           ``positive``, ``labels`` for integer class indices ...) and what the kernels check.
+        3. :meth:`eq` for each equation ``name = rhs``, built from :mod:`derive.nn` (``W @ x`` is a matrix
+           product, ``+ - * /`` are elementwise with broadcasting of scalars); the last one is the loss, a
+           scalar. :meth:`const` names a hyperparameter.
+        4. :meth:`model` finishes it: ``reduction``, the inputs whose gradient is reported too
+           (``diff_inputs``) and the parameters whose Hessian is meaningful (``hessian``).
+
+    Per-sample models and the batch axis:
+        Equations are written *per sample*, as the book writes them: ``x`` is one sample's column vector,
+        ``z = W x + b``. Declare the sample dimension with :meth:`samples` and mark the data
+        ``batched=True``: the arrays then carry a leading sample axis (``X`` of shape ``(n, p)``, row ``i``
+        the sample :math:`x^{(i)}`, PyTorch's batch-first layout), the generated code works on the whole
+        batch, and the loss is the mean of the per-sample losses, :math:`C = \frac{1}{n} \sum_i C^{(i)}`
+        (``reduction="mean"``; ``"sum"`` for their sum). Parameters are shared by all samples. The
+        per-sample gradients print as the book writes them (``g_W = \delta x^\top``) and, with
+        ``derive.latex(..., batch=True)``, averaged over the batch in matrix form with samples as columns
+        (``g_W = \frac{1}{n} \Delta X^\top``). Without :meth:`samples` the model is one expression and
+        the loss is its last equation itself (:func:`derive.parse` makes such models).
+
+    Example:
+        A model with no batch axis, its gradient and Hessian:
+
+        >>> import derive
+        >>> from derive import nn
+        >>> b = derive.Builder("ridge")
+        >>> n, p = b.dim("n", 5), b.dim("p", 3)
+        >>> w = b.param("w", (p,))
+        >>> X, y = b.input("X", (n, p)), b.input("y", (n,))
+        >>> lam = b.const("lam", 0.1, tex=r"\lambda")
+        >>> r = b.eq("r", X @ w - y)
+        >>> C = b.eq("C", nn.dot(r, r) + lam * nn.dot(w, w))
+        >>> m = b.model(reduction="sum", hessian=["w"])
+        >>> derive.latex(derive.grad(m, "w"))
+        'g_{w} = 2 (\\lambda w + X^\\top r)'
+        >>> derive.latex(derive.hessian(m, "w")[0])
+        'H_{w} = 2 (\\lambda I + X^\\top X)'
+
+        A per-sample two-layer network with a batch axis (arrays ``X`` of shape ``(n, p)``, ``Y`` of
+        shape ``(n, q)``), its per-sample and batch gradients:
+
+        >>> b = derive.Builder("two_layer", "a two-layer regression network")
+        >>> n = b.samples("n", 4)
+        >>> p, h, q = b.dim("p", 3), b.dim("h", 4), b.dim("q", 2)
+        >>> W1, W2 = b.param("W1", (h, p), "W_1"), b.param("W2", (q, h), "W_2")
+        >>> x = b.input("X", (p,), "x", batched=True)
+        >>> y = b.input("Y", (q,), "y", batched=True)
+        >>> a = b.eq("a", nn.tanh(W1 @ x), "a", adjoint=("zeta", r"\zeta"))
+        >>> C = b.eq("C", nn.norm2(W2 @ a - y), "C")
+        >>> m = b.model()
+        >>> m.shapes(n=8, p=3, h=4, q=2)["X"]
+        (8, 3)
+        >>> derive.latex(derive.grad(m, "W2"))
+        'g_{W_2} = 2 (W_2 a - y) a^\\top'
+        >>> derive.latex(derive.grad(m, "W2"), batch=True).split(",")[0]
+        'g_{W_2} = \\frac{2}{n} (W_2 A - Y) A^\\top'
+    """
+
+    def __init__(self, name: str, title: str | None = None, section: str | None = None,
+                 options: Mapping[str, Any] | None = None):
+        if not isinstance(name, str) or not name:
+            raise ModelError(f"a model's name must be a non-empty string, got {name!r}")
+        self.name = name
+        self.title = name if title is None else title
+        self.section = "own model" if section is None else section
         self.options = dict(options or {})
         self.dims: dict[str, sp.Symbol] = {}
         self.defaults: dict[str, int] = {}
@@ -305,6 +384,9 @@ class Builder:
         self._scans: list[Scan] = []
         self._scan_start = 0
         self._stacks: dict[Var, str] = {}
+        #: the left-hand sides defined so far -> their right-hand sides (read by _centered_axis)
+        self._defs: dict[Var, Node] = {}
+        self._defs_n = 0
 
     def dim(self, name: str, default: int, lo: int = 1, hi: int = 5, tex: str | None = None) -> sp.Symbol:
         """Declare a dimension with its default size and the range the verifier draws from."""
@@ -423,7 +505,11 @@ class Builder:
 
         if not isinstance(rhs, Map) or rhs.ndim == 0:
             return None
-        defs = {eq.lhs: eq.rhs for eq in self.equations}
+        if self._defs_n != len(self.equations):  # kept up to date, not rebuilt per equation (quadratic in depth)
+            for eq in self.equations[self._defs_n:]:
+                self._defs[eq.lhs] = eq.rhs
+            self._defs_n = len(self.equations)
+        defs = self._defs
         fn, args = rhs.fn, rhs.args
         if fn.is_Add and len(fn.args) == 2 and len(args) == 2:
             for i, j in ((0, 1), (1, 0)):
@@ -533,6 +619,20 @@ class Builder:
 
     def model(self, reduction: str = "mean", diff_inputs: Sequence[str] = (), hessian: Sequence[str] = (),
               newton: bool = False, kinks: bool = False, hard: Sequence[str] = ("large",)) -> Model:
+        """Finish the model; the last equation is the loss (a scalar, per sample in a per-sample model).
+
+        Args:
+            reduction: ``"mean"`` (the loss is the mean of the per-sample losses) or ``"sum"``; a model
+                without :meth:`samples` has one "sample", so both give the last equation itself.
+            diff_inputs: inputs whose gradient is reported too (``grad`` holds them beside the parameters).
+            hessian: parameters whose Hessian :func:`derive.hessian` and ``numeric.compile(hessian=...)`` give.
+            newton: whether compiled kernels also return one Newton step (needs ``hessian``).
+            kinks: whether the model has non-smooth points (ReLU, abs, max): the verifier then also draws
+                values at the kinks (compared with torch under its subgradient conventions) and allows the
+                finite difference a looser tolerance.
+            hard: the hard value cases the verifier adds for per-sample models (``"large"``: large values,
+                e.g. saturated logits).
+        """
         if not self.equations:
             raise ModelError(f"{self.name} has no equations")
         loss = self.equations[-1].lhs

@@ -26,8 +26,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         for line in found:
             print(f"dlmath: error: {line}", file=sys.stderr)
         return 2
-    from verify.cli import main as cli
-
+    try:
+        from verify.cli import main as cli  # imports SymPy: Ctrl-C may come while it loads
+    except KeyboardInterrupt:
+        print("dlmath: interrupted", file=sys.stderr)
+        return 130
     return cli(args)
 
 

@@ -1,6 +1,6 @@
 """Benchmarks: derivation cost, generated kernels vs autograd and closed forms, Hessians.
 
-Run as ``python -m numeric.bench [--quick] [--only derive|kernels|hessian|scaling|sizes|layers]`` or through
+Run as ``python -m numeric.bench [--quick] [--only derive|kernels|hessian|scaling|sizes|layers|plugin]`` or through
 ``dlmath bench``. Three plain-text tables are printed:
 
 1. **derive**: for every zoo entry, the cold time of ``derive.models.get`` + ``derive.backprop``,
@@ -26,6 +26,7 @@ import argparse
 import dataclasses
 import functools
 import gc
+import importlib
 import inspect
 import os
 import platform
@@ -34,7 +35,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import torch
@@ -450,7 +451,7 @@ def bench_kernels(settings: Settings) -> int:
     print(f"== kernels: one loss+grad call, n={settings.n}, p={settings.p}, K={settings.K}; "
           f"median of {settings.rounds} interleaved rounds ==")
     headers = ["model", "backend", "dtype", "generated ms", "autograd ms", "closed-form ms",
-               "gen/autograd", "gen/closed", "closed/autograd", "ratio IQR", "max|gen-closed|"]
+               "gen/autograd", "gen/closed", "closed/autograd", "ratio IQR", "max|gen-closed|", "checks us"]
     rows: list[list[str]] = []
     notes: list[str] = []
     errors = 0
@@ -482,17 +483,33 @@ def bench_kernels(settings: Settings) -> int:
                     errors += 1
                     flag = " MISMATCH"
                 s = result.seconds
+                checks = _check_seconds(f, arrays)
                 rows.append([*label, _ms(s["gen"]), _ms(s["auto"]), _ms(s["closed"]),
                              _x(result.ratio("gen", "auto")), _x(result.ratio("gen", "closed")),
                              _x(result.ratio("closed", "auto")), _pct(result.spread(*PAIRS)),
-                             _e(diff) + flag])
+                             _e(diff) + flag, f"{checks * 1e6:.1f} ({checks / s['gen'] * 100:.1f}%)"])
     print(format_table(headers, rows))
     for note in notes:
         print(f"error: {note}")
     print("ratios < 1 mean the left one is faster; each is the median of per-round ratios;")
     print("ratio IQR: the widest (Q3-Q1)/median of the three per-round ratios, a measure of the noise.")
+    print("checks us: the input checks of one call (names, shapes, dtypes, declared domains; median of 200),")
+    print("           and their share of the generated call.")
     print()
     return errors
+
+
+def _check_seconds(f: Any, arrays: dict[str, Any]) -> float:
+    """Seconds the input checks of a compiled kernel take per call (its ``_prepare``), median of 200."""
+    prepare = getattr(f, "_prepare", None)
+    if prepare is None:
+        return 0.0
+    times = []
+    for _ in range(200):
+        t0 = time.perf_counter()
+        prepare(arrays)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
 
 
 def bench_hessian(settings: Settings) -> int:
@@ -581,12 +598,23 @@ SECTIONS: dict[str, Callable[[Settings], int]] = {
     "scaling": _deep("scaling"),
     "sizes": _deep("size_independence"),
     "layers": _layers,
+    "parse": lambda settings: int(importlib.import_module("numeric.bench_parse").bench_parse(settings)),
+    "torch": lambda settings: int(importlib.import_module("numeric.bench_torch").bench_torch(settings)),
+    "plugin": lambda settings: int(importlib.import_module("verify.bench_plugin").bench_plugin(settings)),
+    "ch8": lambda settings: int(importlib.import_module("numeric.bench_ch8").bench_ch8(settings)),
 }
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with the command line's one-line errors (exit status 2, no usage block)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmarks and print their tables; 0 if all ran and agreed, 1 otherwise."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="dlmath bench",
         description="Time derivation, generated kernels vs torch autograd and closed forms, and Hessians.")
     parser.add_argument("--quick", action="store_true",

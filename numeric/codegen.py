@@ -64,6 +64,9 @@ def build_program(m: Model, hessian: Sequence[str] = ()) -> Program:
             raise ValueError(f"{m.name} has no parameter {h!r} to take a Hessian in; "
                              f"its parameters are: {', '.join(m.params)}")
     if m.is_update or m.recurrences:
+        if hessian:  # refused, not silently left out of the kernel's results
+            raise ValueError(f"{m.name}: Hessians are offered for loss programs without recurrences; drop "
+                             f"hessian={list(hessian)!r}")
         return Program(m, (), list(m.equations), [])
     prog = Program(m, tuple(hessian), list(m.equations), list(derive.backprop(m)))
     for a in hessian:
@@ -505,6 +508,8 @@ class Lowering:
         spec = ",".join(ins) + "->" + out
         if self.backend == "torch":
             return f"torch.einsum('{spec}', {', '.join(ops)})"
+        if len(ops) == 2 and not diagonal:  # one (batched) BLAS product between views of the operands
+            return f"ops.contract('{spec}', {ops[0]}, {ops[1]})"
         # planning (and BLAS) pays for three or more operands, or for contractions of higher-order tensors
         opt = ", optimize=True" if len(ops) > 2 or any(len(l) >= 4 for l in ins) else ""
         return f"np.einsum('{spec}', {', '.join(ops)}{opt})"
@@ -711,9 +716,8 @@ def _module(m: Model, backend: str, doc: Sequence[str], names: Sequence[str], bo
             eqs: Sequence[Equation], dims: Sequence[sp.Symbol] = ()) -> str:
     """A generated module: docstring, imports, named constants, and ``kernel`` with the dimensions it uses
     (those of ``eqs``, and ``dims``) read off the array shapes."""
-    text = "\n".join(body)
-    header = [f"    {d} = {c}" for d, c in _dim_sources(m, _dims_needed(eqs, m) | set(dims)).items()
-              if re.search(rf"\b{re.escape(d)}\b", text)]
+    words = set(re.findall(r"\w+", "\n".join(body)))  # one pass (a search per dimension was quadratic in depth)
+    header = [f"    {d} = {c}" for d, c in _dim_sources(m, _dims_needed(eqs, m) | set(dims)).items() if d in words]
     lib = "numpy as np\nfrom numeric import ops_numpy as ops" if backend == "numpy" else \
         "torch\nfrom numeric import ops_torch as ops"
     return "\n".join([f'"""{doc[0]}', *doc[1:], '"""', "", f"import math\n\nimport {lib}", "", *_constants(m),
@@ -738,8 +742,15 @@ def generate_update(m: Model, backend: str) -> str:
 def generate_scan(m: Model, backend: str) -> str:
     """The module of a recurrence: the step's forward equations in a loop over t = 1..T (saving what the
     backward pass needs), then its adjoint equations in a loop over t = T..1 that carries the adjoint of the
-    state back and sums the parameter gradients."""
+    state back. Only what the recurrence needs runs in the loops: the equations no state depends on (the output
+    layer, the loss) run for all steps at once after the forward loop, as do the adjoints that do not depend on
+    the carried adjoint and the products of those with parameters; the parameter gradients sum over the steps
+    after the backward loop, one product over all ``T n`` rows each. The products of the state with the gates'
+    weights run stacked, one product per step forward and one backward (see :mod:`numeric.scan_lowering`)."""
     from derive.scan import scan_program
+    from derive.tensor import substitute
+
+    from .scan_lowering import Names, stack_adjoints, stack_gates
 
     assert m.scan is not None
     sp_ = scan_program(m)
@@ -754,78 +765,259 @@ def generate_scan(m: Model, backend: str) -> str:
     atexs = dict(zip([e.lhs.name for e in sp_.adjoint], equations_tex(sp_.adjoint)))
     zeros = "np.zeros" if backend == "numpy" else "torch.zeros"
     zeros_like = "np.zeros_like" if backend == "numpy" else "torch.zeros_like"
+    cat = "np.concatenate" if backend == "numpy" else "torch.cat"
     like = names[0]
     T = dim_code(m.scan.time)
     seqs = m.scan.sequences
+    seq_vars = {s: m.inputs[s].name for s in seqs}
+    rename = {v: f"{v}_t" for v in seq_vars.values()}
     carried = {prev: sp_.carry_in[prev].name for prev, _ in m.scan.carries}
-    saved = [*[m.inputs[c].name for c in m.carries], *[m.inputs[s].name for s in seqs],
-             *[e.lhs.name for e in forward]]
+    fresh = Names(_Emitter([e.rhs for e in forward + adjoint + grads], backend, low).taken)
+    low_all = Lowering(backend, step, like)  # code over all T n rows at once
+    low_all.sample = f"({T} * {low.sample})"
+
+    # -- what the recurrence needs in its loop; the rest runs for all steps at once ------------------------
+    lhs = {eq.lhs.name for eq in forward}
+    loss = m.equations[-1].lhs.name
+    need = {nxt for _, nxt in m.scan.carries}
+    for eq in reversed(forward):
+        if eq.lhs.name in need:
+            need |= {v.name for v in walk([eq.rhs]) if isinstance(v, Var) and v.name in lhs}
+    if loss in need:
+        need = set(lhs)
+    core = [eq for eq in forward if eq.lhs.name in need]
+    tail = [eq for eq in forward if eq.lhs.name not in need]
+    states = [m.inputs[p].name for p, _ in m.scan.carries]
+    avail = lhs | set(states) | set(seq_vars.values())  # per-step values that can be had for all steps
+    pre: list[Equation] = []  # adjoints that do not depend on the carried adjoints
+    for eq in adjoint:
+        leaves = [v for v in walk([eq.rhs]) if isinstance(v, Var)]
+        if low.batched(eq.rhs) and all(not v.batched or v.name in avail for v in leaves):
+            pre.append(eq)
+            avail.add(eq.lhs.name)
+    rest = [eq for eq in adjoint if eq not in pre]
+    carry_names = {e.lhs.name for e in sp_.carry_out.values()}
+    in_loop = rest + [e for e in grads if e.lhs.name in carry_names]
+    param_grads = [e for e in grads if e.lhs.name not in carry_names]
+
     body: list[str] = []
     for prev, _ in m.scan.carries:
         shape = low.shape_code(m.inputs[prev])
         kw = f"dtype={like}.dtype" + (f", device={like}.device" if backend == "torch" else "")
         body.append(f"    {prev} = {zeros}({shape}, {kw})")
         body.append(f"    {carried[prev]} = {zeros_like}({prev})")
+    stacking = stack_gates(core, {m.inputs[p] for p, _ in m.scan.carries}, {m.inputs[s] for s in seqs},
+                           backend, fresh, dim_code)
+    body.extend(f"    {ln}" for ln in stacking.before)
     body.append("    tape = []")
-    body.append("    loss = 0.0")
-    body.append(f"    for t in range({T}):")
-    seq_vars = {s: m.inputs[s].name for s in seqs}
-    for v in seq_vars.values():
-        body.append(f"        {v}_t = {v}[t]")
-    rename = {v: f"{v}_t" for v in seq_vars.values()}
-    fwd = _Emitter([e.rhs for e in forward], backend, low, "f")
     # Projections of the sequences by parameters (W_hx x^{<t>}) do not depend on the state: they are
     # computed for all t at once before the loop (one matrix product instead of T small ones).
-    hoisted = _hoisted_projections(forward, m, low, backend)
-    at = body.index(f"    for t in range({T}):")
-    for i, (node, code) in enumerate(hoisted):
-        body.insert(at + i, f"    xw{i + 1} = {code}")
+    fwd_eqs = stacking.forward
+    fwd = _Emitter([e.rhs for e in fwd_eqs], backend, low, "f")
+    for i, (node, code) in enumerate(_hoisted_projections(fwd_eqs, m, low, backend)):
+        body.append(f"    xw{i + 1} = {code}")
         fwd.temps[id(node)] = f"xw{i + 1}[t]"
-    for eq in forward:
+    loop: list[str] = []
+    loop.extend(f"        {ln}" for ln in stacking.step)
+    for eq in fwd_eqs:
         code = fwd.code(eq.rhs)
-        body.extend(f"        {t} = {_rename(c, rename)}" for t, c in fwd.take())
-        body.append("        # " + comment(texs[eq.lhs.name]))
-        body.append(f"        {eq.lhs.name} = {_rename(code, rename)}")
-    loss = m.equations[-1].lhs.name
-    body.append(f"        loss = loss + {loss}.mean() * {_paren(dim_code(m.scan.weight))}")
-    body.append("        tape.append((" + ", ".join(rename.get(v, v) for v in saved) + ",))")
+        loop.extend(f"        {t} = {_rename(c, rename)}" for t, c in fwd.take())
+        loop.append("        # " + comment(texs[eq.lhs.name]))
+        loop.append(f"        {eq.lhs.name} = {_rename(code, rename)}")
+    if not tail:
+        loop.append(f"        loss = loss + {loss}.mean() * {_paren(dim_code(m.scan.weight))}")
+
+    # -- after the forward loop: the flattened (T n, ...) arrays of the values needed for all steps --------
+    back_eqs, back_stacks = stack_adjoints(in_loop, stacking.groups, fresh)
+    hoist: dict[int, tuple[Node, str]] = {}  # products the backward loop reads, computed for all steps
+    for eq in back_eqs:
+        for nd in walk([eq.rhs], stop=lambda x: isinstance(x, Var) or id(x) in hoist):
+            if (isinstance(nd, Einsum) and id(nd) not in hoist and low.batched(nd)
+                    and all(not v.batched or v.name in avail for v in walk([nd]) if isinstance(v, Var))):
+                hoist[id(nd)] = (nd, fresh("zw"))
+    roots = [e.rhs for e in tail + pre] + [nd for nd, _ in hoist.values()]
+    used = {v.name for v in walk(roots) if isinstance(v, Var) and v.batched}
+    flat: dict[str, str] = {}
+    post_fwd: list[str] = []
+    keep_fwd: list[str] = []
+    for v in [*states, *(eq.lhs.name for eq in core), *seq_vars.values()]:
+        if v in seq_vars.values():
+            flat[v] = fresh(f"{v}_all")
+            post_fwd.append(f"    {flat[v]} = {v}.reshape(-1, *{v}.shape[2:])")
+        elif v in used:
+            flat[v] = fresh(f"{v}_all")
+            hist = fresh(f"{v}_fs")
+            body.append(f"    {hist} = [None] * {T}")
+            keep_fwd.append(f"        {hist}[t] = {v}")
+            post_fwd.append(f"    {flat[v]} = {cat}({hist})")
+    for eq in tail + pre:
+        flat[eq.lhs.name] = fresh(f"{eq.lhs.name}_all")
+    mapping: dict[Node, Node] = {}
+    for leaf in walk(roots):
+        if isinstance(leaf, Var) and leaf.batched and leaf.name in flat:
+            mapping[leaf] = Var(flat[leaf.name], leaf.shape, "var", batched=True, domain=leaf.domain)
+    post = _Emitter([substitute(r, mapping) for r in roots], backend, low_all, "a")
+    post.taken |= fresh.taken
+    for eq in tail + pre:
+        code = post.code(substitute(eq.rhs, mapping))
+        post_fwd.extend(f"    {t} = {c}" for t, c in post.take())
+        tex = texs[eq.lhs.name] if eq in tail else atexs[eq.lhs.name]
+        post_fwd.append("    # " + comment(tex) + " (all steps)")
+        post_fwd.append(f"    {flat[eq.lhs.name]} = {code}")
+        if eq.lhs.name == loss:
+            post_fwd.append(f"    loss = {flat[loss]}.mean() * {T} * {_paren(dim_code(m.scan.weight))}")
+    steps: dict[str, str] = {}  # flattened array -> its (T, n, ...) view
+    bwd = _Emitter([e.rhs for e in back_eqs + param_grads], backend, low, "b")
+    for nd, name in hoist.values():
+        code = post.code(substitute(nd, mapping))
+        post_fwd.extend(f"    {t} = {c}" for t, c in post.take())
+        post_fwd.append(f"    {name} = {code}")
+        steps[name] = fresh(f"{name}_steps")
+        bwd.temps[id(nd)] = f"{steps[name]}[t]"
+
+    # -- the backward loop: the carried adjoints ---------------------------------------------------------
+    for d in (d for bs in back_stacks.values() for b in bs for d in b.deltas):
+        bwd.parents[id(d)] = bwd.parents.get(id(d), 0) + 1
+    bloop: list[str] = []
+    for eq in back_eqs:
+        for bs in back_stacks.get(eq.lhs.name, []):
+            ds = [bwd.code(d, False) for d in bs.deltas]
+            bloop.extend(f"        {t} = {_rename(c, rename)}" for t, c in bwd.take())
+            bloop.append(f"        {bs.var.name} = {cat}([{', '.join(_rename(d, rename) for d in ds)}], -1) @ {bs.weight}")
+        code = bwd.code(eq.rhs)
+        bloop.extend(f"        {t} = {_rename(c, rename)}" for t, c in bwd.take())
+        bloop.append("        # " + comment(atexs[eq.lhs.name]))
+        if eq.lhs.name in carry_names:
+            prev = next(p for p, e in sp_.carry_out.items() if e.lhs.name == eq.lhs.name)
+            bloop.append(f"        {carried[prev]} = {_rename(code, rename)}")
+        else:
+            bloop.append(f"        {eq.lhs.name} = {_rename(code, rename)}")
+    looped = {*states, *(e.lhs.name for e in core)}
+    known = dict(flat)
+    known_nodes = {id(nd): name for nd, name in hoist.values()}
+    before, keep, after = _deferred_grads(param_grads, bwd, low, backend, T, known, rename, fresh, atexs,
+                                          known_nodes=known_nodes)
+    # per-step values the backward loop reads: from the tape (the loop's values), or rows of the flattened
+    text = "\n".join(ln for ln in bloop + keep if not ln.lstrip().startswith("#"))
+    tape = [v for v in [*states, *(eq.lhs.name for eq in core)] if re.search(rf"\b{re.escape(v)}\b", text)]
+    reads = []
+    for s_ in seq_vars.values():
+        if re.search(rf"\b{re.escape(rename[s_])}\b", text):
+            reads.append(f"        {rename[s_]} = {s_}[t]")
+    for v, fl in flat.items():
+        if v not in looped and v not in seq_vars.values() and re.search(rf"\b{re.escape(v)}\b", text):
+            steps[fl] = fresh(f"{v}_steps")
+            reads.append(f"        {v} = {steps[fl]}[t]")
+    fwd_text = "\n".join(ln for ln in loop if not ln.lstrip().startswith("#"))
+    body.append(f"    for t in range({T}):")
+    for s_ in seq_vars.values():
+        if re.search(rf"\b{re.escape(rename[s_])}\b", fwd_text):
+            body.append(f"        {rename[s_]} = {s_}[t]")
+    body.extend(loop)
+    if tape:
+        body.append("        tape.append((" + ", ".join(tape) + ",))")
+    body.extend(keep_fwd)
     for prev, nxt in m.scan.carries:
         body.append(f"        {prev} = {nxt}")
-    for eq in sp_.params.values():
-        body.append(f"    {eq.lhs.name} = 0.0")
+    if not tail:
+        body.insert(body.index("    tape = []"), "    loss = 0.0")
+    body.extend(post_fwd)
+    for fl, st in steps.items():
+        body.append(f"    {st} = {fl}.reshape({T}, -1, *{fl}.shape[1:])")
+    body.extend(before)
     body.append(f"    for t in range({T} - 1, -1, -1):")
-    body.append("        (" + ", ".join(rename.get(v, v) for v in saved) + ",) = tape[t]")
-    bwd = _Emitter([e.rhs for e in adjoint + grads], backend, low, "b")
-    for eq in adjoint:
-        code = bwd.code(eq.rhs)
-        body.extend(f"        {t} = {_rename(c, rename)}" for t, c in bwd.take())
-        body.append("        # " + comment(atexs[eq.lhs.name]))
-        body.append(f"        {eq.lhs.name} = {_rename(code, rename)}")
-    for eq in grads:
-        is_carry = any(eq.lhs.name == e.lhs.name for e in sp_.carry_out.values())
-        code = bwd.code(eq.rhs) if is_carry else bwd.reduced(eq.rhs)
-        body.extend(f"        {t} = {_rename(c, rename)}" for t, c in bwd.take())
-        body.append("        # " + comment(atexs[eq.lhs.name]))
-        if is_carry:
-            prev = next(p for p, e in sp_.carry_out.items() if e.lhs.name == eq.lhs.name)
-            body.append(f"        {carried[prev]} = {_rename(code, rename)}")
-        else:
-            body.append(f"        {eq.lhs.name} = {eq.lhs.name} + {_rename(code, rename)}")
+    if tape:
+        body.append("        (" + ", ".join(tape) + ",) = tape[t]")
+    body.extend(reads)
+    body.extend(bloop)
+    body.extend(keep)
+    body.extend(after)
     ret = ", ".join(f'"{k}": {e.lhs.name}' for k, e in sp_.params.items())
     doc = [f"dlmath kernel for the recurrence {_safe(m.name)} ({_safe(m.section)}), {backend} backend. Generated by "
            "dlmath; do not edit.", "",
-           "The step equations run in a loop over the T time steps; backpropagation through time runs them",
-           "backwards, carrying the adjoint of the state. Sequences are time-major: (T, n, ...)."]
+           "The step equations the recurrence needs run in a loop over the T time steps, the others for all",
+           "steps at once; backpropagation through time runs the loop backwards, carrying the adjoint of the",
+           "state; the parameter gradients sum over all steps after it. Sequences are time-major: (T, n, ...)."]
     return _module(m, backend, doc, names, body, f'{{"loss": loss, "grad": {{{ret}}}}}',
                    list(m.equations) + sp_.adjoint)
+
+
+def _deferred_grads(grads: Sequence[Equation], bwd: _Emitter, low: Lowering, backend: str, T: str,
+                    seq_vars: dict[str, str], rename: dict[str, str], fresh: Any, atexs: dict[str, str],
+                    accumulate: bool = False, known_nodes: dict[int, str] | None = None
+                    ) -> tuple[list[str], list[str], list[str]]:
+    """Parameter gradients summed over the steps after the backward loop: the loop keeps the per-step values
+    each gradient reads (lists, no copies; a sequence input is read whole), and one contraction over all
+    ``T n`` rows replaces T per-step products. Returns the lines before the loop, at the end of its body
+    and after it. A gradient that does not depend on the sample stays summed in the loop. ``seq_vars`` maps the
+    names of values whose (T n, ...) array exists (or, for sequences given whole, is its own name) to it, and
+    ``known_nodes`` does the same for nodes."""
+    from derive.tensor import substitute
+
+    from .scan_lowering import frontier
+
+    before: list[str] = []
+    keep: list[str] = []
+    after: list[str] = []
+    cat = "np.concatenate" if backend == "numpy" else "torch.cat"
+    flat: dict[int, Var] = {}
+    mapping: dict[Node, Node] = {}
+    rows = []
+    for eq in grads:
+        if not low.batched(eq.rhs):
+            code = bwd.reduced(eq.rhs)
+            keep.extend(f"        {t} = {_rename(c, rename)}" for t, c in bwd.take())
+            keep.append("        # " + comment(atexs[eq.lhs.name]))
+            keep.append(f"        {eq.lhs.name} = {eq.lhs.name} + {_rename(code, rename)}")
+            if not accumulate:
+                before.append(f"    {eq.lhs.name} = 0.0")
+            continue
+        rows.append(eq)
+        for f in frontier(eq.rhs, low.batched, bwd.temps):
+            if id(f) in flat:
+                continue
+            if id(f) in (known_nodes or {}):
+                mapping[f] = flat[id(f)] = Var((known_nodes or {})[id(f)], f.shape, "var", batched=True)
+                continue
+            if isinstance(f, Var) and f.name in seq_vars and seq_vars[f.name] != f.name:
+                mapping[f] = flat[id(f)] = Var(seq_vars[f.name], f.shape, "var", batched=True)
+                continue
+            base = f.name if isinstance(f, Var) else bwd.temps[id(f)]
+            v = Var(fresh(f"{base}_all"), f.shape, "var", batched=True)
+            flat[id(f)] = v
+            mapping[f] = v
+            if isinstance(f, Var) and f.name in seq_vars:
+                after.append(f"    {v.name} = {f.name}.reshape(-1, *{f.name}.shape[2:])")
+            else:
+                hist = fresh(f"{base}_hs")
+                before.append(f"    {hist} = [None] * {T}")
+                keep.append(f"        {hist}[t] = {_rename(base, rename)}")
+                after.append(f"    {v.name} = {cat}({hist})")
+    if not rows:
+        return before, keep, after
+    low_all = Lowering(low.backend, low.model, low.ref)
+    low_all.sample = f"({T} * {low.sample})"
+    eqs = [(eq, substitute(eq.rhs, mapping)) for eq in rows]
+    post = _Emitter([r for _, r in eqs], backend, low_all, "s", "sum")
+    post.taken |= fresh.taken
+    for eq, r in eqs:
+        code = post.reduced(r)
+        after.extend(f"    {t} = {c}" for t, c in post.take())
+        after.append("    # " + comment(atexs[eq.lhs.name]) + " (summed over t)")
+        total = f"{_paren(code)} / {low.sample}" if bwd.reduction == "mean" else code
+        after.append(f"    {eq.lhs.name} = " + (f"{eq.lhs.name} + {total}" if accumulate else total))
+    return before, keep, after
 
 
 def generate_scans(m: Model, backend: str) -> str:
     """The module of a program of several scans: each scan's step equations in a loop over its time steps
     (t = T..1 for a reverse scan), in the program's order, keeping the states later scans read; then
     backpropagation through time scan by scan from the last, each loop carrying its state's adjoint and
-    adding the adjoints its scan sends back to the earlier scans it read."""
+    adding the adjoints its scan sends back to the earlier scans it read. Gate products run stacked and the
+    parameter gradients sum over each scan's steps after its backward loop, as in :func:`generate_scan`."""
     from derive.scan import scan_programs
+
+    from .scan_lowering import Names, stack_adjoints, stack_gates
 
     progs = scan_programs(m)
     scans = {sc.name: sc for sc in m.scans}
@@ -840,6 +1032,9 @@ def generate_scans(m: Model, backend: str) -> str:
     body: list[str] = ["    loss = 0.0"]
     saved: list[list[str]] = []
     renames: list[dict[str, str]] = []
+    fresh = Names(_Emitter([e.rhs for e in m.equations] + [e.rhs for pr in progs for e in pr.adjoint], backend,
+                           low).taken)
+    groups = []
     # -- forward: the scans in order -------------------------------------------------------------------
     for pr in progs:
         sc = pr.scan
@@ -859,6 +1054,10 @@ def generate_scans(m: Model, backend: str) -> str:
         rename = {s: f"{s}_t" for s in sc.sequences}
         renames.append(rename)
         forward = stabilize(pr.forward, defs)
+        stacking = stack_gates(forward, {m.inputs[p] for p, _ in sc.carries}, {m.inputs[s] for s in sc.sequences},
+                               backend, fresh, dim_code)
+        groups.append(stacking.groups)
+        body.extend(f"    {ln}" for ln in stacking.before)
         upstream = list(pr.upstream)
         keep = [*(p for p, _ in sc.carries), *sc.sequences, *upstream, *(e.lhs.name for e in forward)]
         saved.append(keep)
@@ -870,8 +1069,9 @@ def generate_scans(m: Model, backend: str) -> str:
             body.append(f"        {s_}_t = {s_}[t]")
         for u in upstream:
             body.append(f"        {u} = {u}_seq[t]")
-        fwd = _Emitter([e.rhs for e in forward], backend, low, f"{sc.name}_f")
-        for eq in forward:
+        body.extend(f"        {ln}" for ln in stacking.step)
+        fwd = _Emitter([e.rhs for e in stacking.forward], backend, low, f"{sc.name}_f")
+        for eq in stacking.forward:
             code = fwd.code(eq.rhs)
             body.extend(f"        {t} = {_rename(c, rename)}" for t, c in fwd.take())
             body.append("        # " + texs[eq.lhs.name].replace("\n", " "))
@@ -912,31 +1112,44 @@ def generate_scans(m: Model, backend: str) -> str:
         adjoint = reuse_outputs([e for e in pr.adjoint if e.kind != "grad"], defs)
         grad_eqs = reuse_outputs([e for e in pr.adjoint if e.kind == "grad"], defs)
         atexs = dict(zip([e.lhs.name for e in pr.adjoint], equations_tex(pr.adjoint)))
-        body.append(f"    for t in {loop}:")
-        body.append("        (" + ", ".join(rename.get(v, v) for v in saved[k]) + f",) = tape_{sc.name}[t]")
+        loop_lines: list[str] = []
         for v, oin in pr.outputs_in.items():
-            body.append(f"        {oin.name} = {v}_up[t]")
-        bwd = _Emitter([e.rhs for e in adjoint + grad_eqs], backend, low, f"{sc.name}_b")
-        for eq in adjoint:
-            code = bwd.code(eq.rhs)
-            body.extend(f"        {t} = {_rename(c, rename)}" for t, c in bwd.take())
-            body.append("        # " + atexs[eq.lhs.name].replace("\n", " "))
-            body.append(f"        {eq.lhs.name} = {_rename(code, rename)}")
+            loop_lines.append(f"        {oin.name} = {v}_up[t]")
         carried = {e.lhs.name: p for p, e in pr.carry_out.items()}
         ups = {e.lhs.name: u for u, e in pr.upstream.items()}
         stacked = {e.lhs.name for e in pr.stacks.values()}
-        for eq in grad_eqs:
-            per_sample = eq.lhs.name in carried or eq.lhs.name in ups or eq.lhs.name in stacked
-            code = bwd.code(eq.rhs) if per_sample else bwd.reduced(eq.rhs)
-            body.extend(f"        {t} = {_rename(c, rename)}" for t, c in bwd.take())
-            body.append("        # " + atexs[eq.lhs.name].replace("\n", " "))
+        per_step = [e for e in grad_eqs if e.lhs.name in carried or e.lhs.name in ups or e.lhs.name in stacked]
+        summed = [e for e in grad_eqs if e not in per_step]
+        back_eqs, back_stacks = stack_adjoints(adjoint + per_step, groups[k], fresh)
+        extra_roots = [d for bs in back_stacks.values() for b in bs for d in b.deltas]
+        bwd = _Emitter([e.rhs for e in back_eqs + summed] + extra_roots, backend, low, f"{sc.name}_b")
+        for eq in back_eqs:
+            for bs in back_stacks.get(eq.lhs.name, []):
+                ds = [bwd.code(d, False) for d in bs.deltas]
+                loop_lines.extend(f"        {t} = {_rename(c, rename)}" for t, c in bwd.take())
+                loop_lines.append(f"        {bs.var.name} = {'np.concatenate' if backend == 'numpy' else 'torch.cat'}"
+                                  f"([{', '.join(_rename(d, rename) for d in ds)}], -1) @ {bs.weight}")
+            code = bwd.code(eq.rhs)
+            loop_lines.extend(f"        {t} = {_rename(c, rename)}" for t, c in bwd.take())
+            loop_lines.append("        # " + comment(atexs[eq.lhs.name]))
             if eq.lhs.name in carried:
-                body.append(f"        {pr.carry_in[carried[eq.lhs.name]].name} = {_rename(code, rename)}")
+                loop_lines.append(f"        {pr.carry_in[carried[eq.lhs.name]].name} = {_rename(code, rename)}")
             elif eq.lhs.name in ups:
                 u = ups[eq.lhs.name]
-                body.append(f"        {u}_up[t] = {u}_up[t] + {_rename(code, rename)}")
+                loop_lines.append(f"        {u}_up[t] = {u}_up[t] + {_rename(code, rename)}")
+            elif eq.lhs.name in stacked:
+                loop_lines.append(f"        {eq.lhs.name} = {eq.lhs.name} + {_rename(code, rename)}")
             else:
-                body.append(f"        {eq.lhs.name} = {eq.lhs.name} + {_rename(code, rename)}")
+                loop_lines.append(f"        {eq.lhs.name} = {_rename(code, rename)}")
+        seq_names = {s_: s_ for s_ in sc.sequences}
+        before, keep, after = _deferred_grads(summed, bwd, low, backend, T, seq_names, rename, fresh, atexs,
+                                              accumulate=True)
+        body.extend(before)
+        body.append(f"    for t in {loop}:")
+        body.append("        (" + ", ".join(rename.get(v, v) for v in saved[k]) + f",) = tape_{sc.name}[t]")
+        body.extend(loop_lines)
+        body.extend(keep)
+        body.extend(after)
         for sv, src in sc.stacks:
             To = dim_code(next(sc2.time for sc2 in scans.values() if src in sc2.equations))
             g = pr.stacks[sv.name].lhs.name
@@ -1237,6 +1450,14 @@ def _rename(code: str, names: dict[str, str]) -> str:
     return code
 
 
+def _is_number(code: str) -> bool:
+    try:
+        float(code)
+    except ValueError:
+        return False
+    return True
+
+
 def generate(prog: Program, backend: str) -> str:
     """The generated module's source text."""
     if backend not in BACKENDS:
@@ -1284,6 +1505,7 @@ def generate(prog: Program, backend: str) -> str:
             if used:
                 pairs[id(eq)] = f"log_{eq.lhs.name}"
                 em.temps[id(ls)] = f"log_{eq.lhs.name}"
+    grad_leaf = {_grad_of(m, k): k for k in m.grad_names}  # gradient name -> its leaf, looked up once
     native = _native_norms(forward, adjoint, m, low, em) if backend == "torch" else _NativeNorms()
     for eq in forward + adjoint:
         lines.append(f"# {tex[id(eq)]}")
@@ -1302,7 +1524,7 @@ def generate(prog: Program, backend: str) -> str:
                                f"ops.softmax_and_log({x}, {eq.rhs._code_axis()})"))
             continue
         if eq.kind == "grad":
-            leaf = m.tensor(next(k for k in m.grad_names if _grad_of(m, k) == eq.lhs.name))
+            leaf = m.tensor(grad_leaf[eq.lhs.name])
             if m.sample is None:
                 code = code_of(eq.rhs, True)
             elif leaf.batched and backend == "torch" and m.reduction == "mean" and low.batched(eq.rhs):
@@ -1316,6 +1538,8 @@ def generate(prog: Program, backend: str) -> str:
                     code = f"{_paren(code)} / {low.sample}"
             else:
                 code = reduced(eq.rhs)
+            if _is_number(code):  # identically a number (wgan_gp's g_b2 = 0): still an array of the leaf's shape
+                code = f"ops.full({low.shape_code(leaf)}, {code}, {ref})"
             lines.append(_Line(eq.lhs.name, code))
         else:
             lines.append(_Line(eq.lhs.name, code_of(eq.rhs, True)))
@@ -1469,6 +1693,7 @@ def _grad_of(m: Model, name: str) -> str:
 
 
 def _dims_needed(eqs: Sequence[Equation], m: Model) -> set[sp.Symbol]:
+    dims = set(m.dims.values())
     syms: set[sp.Symbol] = set()
     if m.sample is not None:
         syms.add(m.sample)
@@ -1482,21 +1707,22 @@ def _dims_needed(eqs: Sequence[Equation], m: Model) -> set[sp.Symbol]:
                 for d in n.dims:
                     syms |= as_expr(d).free_symbols
             if isinstance(n, Map):
-                syms |= {s for s in n.fn.free_symbols if s in m.dims.values()}
-    return {s for s in syms if s in set(m.dims.values())}
+                syms |= {s for s in n.fn.free_symbols if s in dims}
+    return {s for s in syms if s in dims}
 
 
 def _dim_sources(m: Model, needed: set[sp.Symbol]) -> dict[str, str]:
     """``dim = array.shape[k]`` lines for the dimensions the code refers to."""
+    first: dict[Any, str] = {}  # dimension -> the first array axis that has it (one pass over the arrays)
+    carries = set(m.carries)
+    for name, v in {**m.params, **m.inputs}.items():
+        if name in carries:
+            continue
+        for k, d in enumerate(m.array_dims(v)):
+            first.setdefault(d, f"{name}.shape[{k}]")
     out: dict[str, str] = {}
     for d in sorted(needed, key=str):
-        for name, v in {**m.params, **m.inputs}.items():
-            if name in m.carries:
-                continue
-            shape = m.array_dims(v)
-            if d in shape:
-                out[dim_code(d)] = f"{name}.shape[{shape.index(d)}]"
-                break
-        else:
+        if d not in first:
             raise ValueError(f"{m.name}: dimension {d} cannot be read off any array shape")
+        out[dim_code(d)] = first[d]
     return out

@@ -69,8 +69,12 @@ class Kernel:
             _private_compile_cache()
 
             # torch.compile fuses the elementwise passes of the generated module into a few loops (the
-            # generated code is plain PyTorch, so it traces whole); compiled on first call, per shape
-            self.raw = torch.compile(self.raw, dynamic=False)
+            # generated code is plain PyTorch, so it traces whole); compiled on the first call, once for all
+            # shapes (dynamic=True: sizes stay symbols) and kept with the kernel, which compile() caches per
+            # model. A recurrence is not compiled: tracing would unroll its loop over the T steps (minutes of
+            # compilation for T = 64); its loops run as generated (see numeric.scan_lowering).
+            if m.scan is None and not m.scans:
+                self.raw = torch.compile(self.raw, dynamic=True)
         self.names = [k for k in [*m.params, *m.inputs] if k not in m.carries]
         self._shape_plan = self._plan()
         self._domains = _domain_plan(m)
@@ -78,7 +82,10 @@ class Kernel:
     def __repr__(self) -> str:
         return f"<dlmath kernel {self.model.name} [{self.backend}]>"
 
-    def __call__(self, **arrays: Any) -> dict[str, Any]:
+    def __call__(self, *positional: Any, **arrays: Any) -> dict[str, Any]:
+        if positional:
+            raise TypeError(f"{self.model.name}: a kernel takes its arrays by name, e.g. f("
+                            f"{', '.join(f'{k}=...' for k in self.names[:3])}); got {len(positional)} positional")
         args = self._prepare(arrays) if self.check else self._convert(arrays)
         out = self.raw(**args)
         if self.model.is_update:
@@ -100,7 +107,7 @@ class Kernel:
 
         out = {}
         for k, v in arrays.items():
-            t = v if isinstance(v, torch.Tensor) else torch.as_tensor(_to_numpy(self.model.name, k, v))
+            t = v if isinstance(v, torch.Tensor) else torch.as_tensor(_strides_ok(_to_numpy(self.model.name, k, v)))
             out[k] = t.to(self.device) if self.device is not None else t
         return out
 
@@ -241,12 +248,26 @@ def _to_numpy(model: str, name: str, v: Any) -> np.ndarray:
     return a
 
 
+def _strides_ok(a: np.ndarray) -> np.ndarray:
+    """``a``, copied if it has a negative stride (a reversed view such as ``x[::-1]``), which torch cannot wrap."""
+    return a.copy() if any(s < 0 for s in a.strides) else a
+
+
 def _fmt(shape: tuple[Any, ...]) -> str:
     return "(" + ", ".join(str(d) for d in shape) + ("," if len(shape) == 1 else "") + ")"
 
 
+_DTYPE_NAMES: dict[Any, str] = {}
+
+
 def _dtype_name(v: Any) -> str:
-    return str(v.dtype).replace("torch.", "")
+    """``"float32"``, ``"int64"``, ... for a NumPy array or a torch tensor (cached per dtype: ``str`` of a NumPy
+    dtype costs microseconds, a dictionary lookup does not)."""
+    dt = v.dtype
+    name = _DTYPE_NAMES.get(dt)
+    if name is None:
+        name = _DTYPE_NAMES[dt] = str(dt).replace("torch.", "")
+    return name
 
 
 def _cast(v: Any, target: str) -> Any:
@@ -285,7 +306,8 @@ def compile(m: Model, backend: str = "numpy", device: str | None = None, hessian
             pairs). Defaults to none; models with a Newton step default to all their Hessian parameters.
         check: check names, shapes, dtypes and finiteness of the arrays on every call.
         fuse: torch backend only: compile the generated module with ``torch.compile`` (seconds on the first
-            call per shape), which fuses its elementwise passes; normalization layers then beat eager
+            call, once for all shapes: ``dynamic=True``), which fuses its elementwise passes; a recurrence
+            runs its loops uncompiled (tracing would unroll them); normalization layers then beat eager
             autograd (see ``dlmath bench --only layers``). Its compiled code is cached in a private per-user
             folder, ``~/.cache/dlmath/torch_compile`` (mode 0700; ``$XDG_CACHE_HOME`` is honoured, and
             ``TORCHINDUCTOR_CACHE_DIR``/``TRITON_CACHE_DIR`` win when set), not torch's default in the
@@ -449,7 +471,7 @@ def _domain_plan(m: Model) -> list[tuple[str, str, Any]]:
             continue
         if v.domain == LABELS:
             plan.append((name, LABELS, bounds.get(name)))
-        elif v.domain in (SPD, SIMPLEX, COUNT, MODERATE) and (v.domain != SIMPLEX or v.ndim):
+        elif v.domain in (SPD, SIMPLEX, ONE_HOT, COUNT, MODERATE) and (v.domain not in (SIMPLEX, ONE_HOT) or v.ndim):
             plan.append((name, v.domain, None))
     return plan
 
@@ -457,6 +479,9 @@ def _domain_plan(m: Model) -> list[tuple[str, str, Any]]:
 #: probability vectors along the last axis: the derivation folds sum(y) = 1 (softmax cross entropy's
 #: gradient yhat - y), so the kernels check it
 SIMPLEX = "simplex"
+#: one-hot rows along the last axis (DQN's actions, a state encoding): the derivation uses that each row sums to
+#: 1 and selects one entry, so the kernels check both
+ONE_HOT = "one_hot"
 #: a step count: a non-negative integer (Adam's t)
 COUNT = "count"
 #: values the program squares and sums (normalisation layers' variance): their squares must stay finite, or
@@ -471,8 +496,12 @@ def _check_moderate(model: str, name: str, a: Any) -> None:
         return
     info = np.finfo(np.float32 if "float32" in str(a.dtype) else np.float64)
     limit = math.sqrt(float(info.max) / size)
-    # max|a| in one read (torch: the infinity norm, which keeps a NaN; abs().max() writes |a| first)
-    big = float(np.abs(a).max()) if isinstance(a, np.ndarray) else float(a.norm(p=math.inf))
+    # max|a| in one read (NumPy: its extremes, no |a| temporary; torch: the infinity norm, which keeps a NaN)
+    if isinstance(a, np.ndarray):
+        lo, hi = float(a.min()), float(a.max())
+        big = math.nan if lo != lo or hi != hi else max(-lo, hi)
+    else:
+        big = float(a.norm(p=math.inf))
     if big <= limit:
         return
     if not math.isfinite(big):
@@ -491,9 +520,16 @@ def _check_simplex(model: str, name: str, a: Any) -> None:
     eps = float(np.finfo(np.float32 if "float32" in str(a.dtype) else np.float64).eps)
     tol = 8 * max(k, 1) * eps
     s = a.sum(-1)
-    dev = abs(s - 1)
-    worst = float(dev.max())
-    if worst <= tol:  # False for NaN as well
+    # one pass over the array (its row sums), then the extremes of the sums; a NaN fails both comparisons
+    if s.ndim == 0:
+        lo = hi = float(s)
+    elif isinstance(s, np.ndarray):
+        lo, hi = float(s.min()), float(s.max())
+    else:
+        import torch
+
+        lo, hi = (float(x) for x in torch.aminmax(s))
+    if 1 - tol <= lo and hi <= 1 + tol:
         return
     sums = s.detach().cpu().numpy() if hasattr(s, "detach") else np.asarray(s)
     devs = np.abs(sums - 1)
@@ -507,6 +543,22 @@ def _check_simplex(model: str, name: str, a: Any) -> None:
                      f"({name} / {name}.sum(-1, keepdims=True)) or pass one-hot rows")
 
 
+def _check_one_hot(model: str, name: str, a: Any) -> None:
+    """Each row of ``a`` (along its last axis) is 0 but for a single 1: one pass (on the array's device)."""
+    if a.size == 0 if isinstance(a, np.ndarray) else a.numel() == 0:
+        return
+    ok = ((a == 0) | (a == 1)).all(-1) & (a.sum(-1) == 1)
+    if bool(ok.all()):
+        return
+    bad = ok.detach().cpu().numpy() if hasattr(ok, "detach") else np.asarray(ok)
+    row = tuple(int(i) for i in np.argwhere(~bad)[0])
+    v = a.detach().cpu().numpy() if hasattr(a, "detach") else np.asarray(a)
+    vals = np.array2string(v[row], precision=4, separator=", ", threshold=8)
+    raise InputError(f"{model}: {name} holds one-hot rows (domain 'one_hot': one 1, the rest 0, which the derived "
+                     f"program uses), but its row {row[0] if len(row) == 1 else row} is {vals}; pass one-hot rows "
+                     f"(e.g. numpy.eye(K)[indices])")
+
+
 def _check_domains(m: Model, plan: list[tuple[str, str, Any]], arrays: dict[str, Any], sizes: dict[str, int]) -> None:
     from derive.tensor import LABELS
 
@@ -517,6 +569,9 @@ def _check_domains(m: Model, plan: list[tuple[str, str, Any]], arrays: dict[str,
             continue
         if domain == MODERATE:
             _check_moderate(m.name, name, a)
+            continue
+        if domain == ONE_HOT:
+            _check_one_hot(m.name, name, a)
             continue
         v = a.detach().cpu().numpy() if not isinstance(a, np.ndarray) and hasattr(a, "detach") else np.asarray(a)
         if domain == COUNT:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import math
 from typing import Any
 
 import numpy as np
@@ -9,15 +11,30 @@ import numpy as np
 Array = Any
 
 
+_EXPIT: list[Any] = []
+
+
 def sigmoid(x: Array) -> Array:
-    """sigma(x) = 1/(1 + e^{-x}) without overflow: exp is only taken of -|x|."""
-    e = np.exp(-np.abs(x))
-    return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+    """sigma(x) = 1/(1 + e^{-x}) without overflow, in one pass: ``scipy.special.expit`` (which takes exp of
+    -|x| only; in float32 it flushes results below the normal range to 0, as ``torch.sigmoid`` does)."""
+    if not _EXPIT:
+        from scipy.special import expit
+
+        _EXPIT.append(expit)
+    return _EXPIT[0](x)
 
 
 def softplus(x: Array) -> Array:
-    """log(1 + e^x), exact and stable for every x."""
-    return np.logaddexp(0.0, x)
+    """log(1 + e^x), exact and stable for every x: max(x, 0) + log1p(e^{-|x|}), in place in one buffer
+    (``np.logaddexp`` computes the same but element by element, several times slower)."""
+    x = np.asarray(x)
+    if x.ndim == 0 or x.dtype.kind != "f":
+        return np.logaddexp(0.0, x)
+    t = np.abs(x)
+    np.negative(t, out=t)
+    np.exp(t, out=t)
+    np.log1p(t, out=t)
+    return np.add(t, np.maximum(x, 0.0), out=t)
 
 
 def relu(x: Array) -> Array:
@@ -217,3 +234,95 @@ def softmax_and_log(x: Array, axis: int = -1) -> tuple[Array, Array]:
     e = np.exp(s)
     total = e.sum(axis=axis, keepdims=True)
     return e / total, s - np.log(total)
+
+
+# -- contractions of two operands through matmul (BLAS), batched or not ---------------------------------
+
+
+def contract(spec: str, a: Array, b: Array) -> Array:
+    """``np.einsum(spec, a, b)`` for two operands, as one ``np.matmul`` (BLAS, batched over the leading
+    axes) between views of the operands wherever their axes allow it: ``np.einsum`` without a path runs
+    batched products in its own loops, and its ``optimize=True`` path cannot batch (tensordot). Repeated
+    indices and 0-d operands go to ``np.einsum``."""
+    a, b = np.asarray(a), np.asarray(b)
+    plan = _contract_plan(spec, a.shape, b.shape)
+    if plan is None:
+        return np.einsum(spec, a, b, optimize=True)
+    swap, sum_a, sum_b, perm_a, shape_a, perm_b, shape_b, summed, out_shape, out_perm = plan
+    if sum_a:
+        a = a.sum(axis=sum_a)
+    if sum_b:
+        b = b.sum(axis=sum_b)
+    x = a.transpose(perm_a).reshape(shape_a)
+    y = b.transpose(perm_b).reshape(shape_b)
+    r = np.matmul(y, x) if swap else np.matmul(x, y)
+    if summed:
+        r = r.sum(axis=summed)
+    r = r.reshape(out_shape)
+    return r.transpose(out_perm) if out_perm is not None else r
+
+
+@functools.lru_cache(maxsize=4096)
+def _contract_plan(spec: str, sa: tuple[int, ...], sb: tuple[int, ...]) -> Any:
+    ins, out = spec.split("->")
+    la, lb = ins.split(",")
+    if (not la or not lb or len(set(la)) != len(la) or len(set(lb)) != len(lb) or len(la) != len(sa)
+            or len(lb) != len(sb) or set(out) - set(la) - set(lb)):
+        return None
+    size = {**dict(zip(lb, sb)), **dict(zip(la, sa))}
+    # letters only one operand has and the output lacks: summed out of that operand first
+    sum_a = tuple(i for i, c in enumerate(la) if c not in lb and c not in out)
+    sum_b = tuple(i for i, c in enumerate(lb) if c not in la and c not in out)
+    la2 = "".join(c for c in la if c in lb or c in out)
+    lb2 = "".join(c for c in lb if c in la or c in out)
+    best = None
+    for swap in (False, True):
+        x, y = (lb2, la2) if swap else (la2, lb2)  # result rows come from x, columns from y
+        contracted = [c for c in x if c in y and c not in out]
+        for lead in (0, 1):
+            # optionally, contracted letters leading both operands become batch axes, summed after the product
+            summed_l = [c for c in contracted if lead and x.startswith(c) and y.startswith(c)][:1]
+            k = [c for c in contracted if c not in summed_l]
+            full_out = summed_l + list(out)
+            cols = _suffix(full_out, lambda c, y=y, x=x: c in y and c not in x)
+            rest = full_out[: len(full_out) - len(cols)]
+            rows = _suffix(rest, lambda c, y=y, x=x: c in x and c not in y)
+            batch = rest[: len(rest) - len(rows)]
+            if any(c not in x and c not in y for c in batch):
+                continue
+            px = [x.index(c) for c in batch if c in x] + [x.index(c) for c in rows] + [x.index(c) for c in k]
+            py = [y.index(c) for c in batch if c in y] + [y.index(c) for c in k] + [y.index(c) for c in cols]
+            gx = tuple(size[c] if c in x else 1 for c in batch)
+            gy = tuple(size[c] if c in y else 1 for c in batch)
+            shx = gx + (math.prod(size[c] for c in rows), math.prod(size[c] for c in k))
+            shy = gy + (math.prod(size[c] for c in k), math.prod(size[c] for c in cols))
+            cost = (_copies(x, [c for c in batch if c in x], [rows, k], size)
+                    + _copies(y, [c for c in batch if c in y], [k, cols], size))
+            if summed_l:
+                cost += math.prod(size[c] for c in batch) * shx[-2] * shy[-1]
+            oshape = tuple(size[c] for c in full_out[len(summed_l):])
+            plan = (swap, sum_b if swap else sum_a, sum_a if swap else sum_b, tuple(px), shx, tuple(py), shy,
+                    tuple(range(len(summed_l))), oshape, None)
+            if swap:
+                plan = (swap, sum_a, sum_b, tuple(py), shy, tuple(px), shx, plan[7], oshape, None)
+            if best is None or cost < best[0]:
+                best = (cost, plan)
+    return best[1] if best is not None else None
+
+
+def _suffix(letters: list[str], ok: Any) -> list[str]:
+    out: list[str] = []
+    for c in reversed(letters):
+        if not ok(c):
+            break
+        out.insert(0, c)
+    return out
+
+
+def _copies(labels: str, batch: list[str], groups: list[list[str]], size: dict[str, int]) -> int:
+    """Elements copied to bring an operand to (batch..., group, group): 0 when each group of several axes is
+    a run of consecutive axes of the operand, in order (transposing and merging them is then a view), else
+    the operand's size."""
+    if all(len(g) < 2 or "".join(g) in labels for g in groups):
+        return 0
+    return math.prod(size[c] for c in labels)

@@ -444,7 +444,7 @@ class _Planner:
         if self.is_const(q) and not self.is_const(b):
             x = self.emit(b)
             inplace = self._writable(x, x.axes)
-            special = {sp.S(2): "square", sp.S.Half: "sqrt", -sp.S.Half: "rsqrt", sp.S.NegativeOne: "reciprocal"}
+            special = {sp.Integer(2): "square", sp.S.Half: "sqrt", -sp.S.Half: "rsqrt", sp.S.NegativeOne: "reciprocal"}
             if q in special:
                 f = special[q]
                 return Operand(f"{_paren(x.code)}.{f}_()" if inplace else f"torch.{f}({x.code})", x.axes, True)

@@ -163,6 +163,7 @@ def test_precedence_and_the_meaning_of_the_operators() -> None:
         "sum(diag(A) .* diag(diag(x)*A))": (np.diag(A) * np.diag(np.diag(x) @ A)).sum(),
         "det(A^-1) * det(A)": 1.0,
         "mean(abs(A)) + norm1(x) + norm2(A)": np.abs(A).mean() + np.abs(x).sum() + np.linalg.norm(A),
+        "sum(2 .^ x) + sum(abs(y) .^ 1.5)": (2.0**x).sum() + (np.abs(y) ** 1.5).sum(),  # a scalar base broadcasts
     }
     for text, want in cases.items():
         m = derive.parse(text, x="vector(n)", y="vector(n)", A="matrix(n,n)")
@@ -192,6 +193,26 @@ BAD = [
     ("exec(\"print(1)\")", {}, ParseError, "unknown function 'exec'"),
     ("lambda: 0", {}, ParseError, "column 7: unexpected character ':'"),
     ("sum(np)", {"np": "vector(n)"}, ParseError, "cannot be used"),
+    # text that would make the reader recurse, or SymPy compute, without end: refused before
+    ("(" * 5000 + "s" + ")" * 5000, {"s": "scalar"}, ParseError, "nests more than 200 levels deep"),
+    ("-" * 3000 + "s", {"s": "scalar"}, ParseError, "nests more than 200 levels deep"),
+    ("s" + " + s" * 3000, {"s": "scalar"}, ParseError, "3001 operations deep .* split it into lines"),
+    ("tr(A^100000)", {"A": "matrix(n)"}, ParseError, r"column 5: a matrix power .* at most 32, got 100000"),
+    ("s * 2^2^2^2^2^2", {"s": "scalar"}, ParseError, r"the constant 2\^65536 is too large to write exactly"),
+    ("sum(x) * 10^100000", {"x": "vector(n)"}, ParseError, "too large to write exactly"),
+    ("s * 1.0000001^100000", {"s": "scalar"}, ParseError, "too large to write exactly"),
+    # constants that are not finite real numbers of float64
+    ("sum(x) + 1e400", {"x": "vector(n)"}, ParseError, "column 10: the number 1e400 is outside the range of float64"),
+    ("s + 0." + "0" * 50 + "1", {"s": "scalar"}, ParseError, "more than 40 characters"),
+    ("1/0 + sum(x)", {"x": "vector(n)"}, ParseError, "column 2: division by zero"),
+    ("sum(x ./ 0)", {"x": "vector(n)"}, ParseError, "column 7: division by zero"),
+    ("sum(x ./ (1 - 1))", {"x": "vector(n)"}, ParseError, "division by zero"),
+    ("sum(exp(x) ./ (x - x))", {"x": "vector(n)"}, ParseError, r"not a finite real number \(zoo\)"),
+    ("0^-1 + s", {"s": "scalar"}, ParseError, "division by zero"),
+    ("(-1)^0.5 + s", {"s": "scalar"}, ParseError, r"\(-1\)\^0.5 is not a real number"),
+    ("log(0) + s", {"s": "scalar"}, ParseError, r"log\(0\) is not a finite real number"),
+    ("sqrt(-2) * s", {"s": "scalar"}, ParseError, r"sqrt\(-2\) is not a finite real number"),
+    ("exp(1000) * s", {"s": "scalar"}, ParseError, "overflows float64"),
 ]
 
 
@@ -212,6 +233,11 @@ def test_python_in_the_text_is_never_executed(tmp_path: Path, monkeypatch: pytes
         raise AssertionError("the text reached eval/exec")
 
     real_sympify = sp.sympify
+    import verify.check  # noqa: F401  (the CLI's verify command imports it lazily; importing runs exec)
+
+    valid = "sum(log(1 + exp(x))) + x'*x"
+    # SymPy's polynomial code builds its own helpers with exec once, and imports run exec: both done first
+    derive.latex(derive.parse(valid, x="vector(n)").equations[0])
 
     def no_text(a: Any, *args: Any, **kwargs: Any) -> Any:
         if isinstance(a, str):
@@ -225,8 +251,10 @@ def test_python_in_the_text_is_never_executed(tmp_path: Path, monkeypatch: pytes
     for text in attacks:
         with pytest.raises(ParseError):
             derive.parse(text, x="vector(n)")
+        for cmd in ("derive", "backprop", "hessian", "codegen", "verify"):  # the CLI: exit 2, nothing run
+            assert main([cmd, text, "-V", "x=vector(n)"]) == 2
     assert not sentinel.exists()
-    m = derive.parse("sum(log(1 + exp(x))) + x'*x", x="vector(n)")  # a valid text needs neither
+    m = derive.parse(valid, x="vector(n)")  # a valid text needs neither
     assert derive.latex(m.equations[0])
 
 
@@ -275,6 +303,13 @@ def test_cli_takes_an_expression_wherever_it_takes_a_model(capsys: pytest.Captur
     (["verify", "sum(x)", "-V", "x=vector(n)", "-O", "a=1"], "-O options are for zoo entries"),
     (["hessian", "__import__('os')"], "unknown function '__import__'"),
     (["derive", "softmax_regresion"], "Did you mean softmax_regression"),
+    (["verify", "sum(x) + __import__('os').system('true')", "-V", "x=vector(n)"], "unknown function '__import__'"),
+    (["derive", "sum(foo(x))", "-V", "x=vector(n)"], "the known functions are: exp, log"),
+    (["verify", "x'*A*x", "-V", "x=vector(n)", "-V", "A=matrix(p,q)"],
+     "vector(n)' (a row) times matrix(p,q) (n and p differ)"),
+    (["hessian", "s * 2^2^2^2^2^2", "-V", "s=scalar"], "too large to write exactly"),
+    (["codegen", "(" * 300 + "s" + ")" * 300, "-V", "s=scalar"], "nests more than 200 levels"),
+    (["backprop", "s/0", "-V", "s=scalar"], "division by zero"),
 ])
 def test_cli_bad_expressions_exit_2_with_one_line(argv: list[str], match: str,
                                                   capsys: pytest.CaptureFixture[str]) -> None:

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from derive.program import Model
+from derive.tensor import LABELS
 
 __all__ = ["Adapter", "upstream_inputs", "as_callable", "layout_perm"]
 
@@ -94,8 +95,12 @@ class Adapter:
                 raise ValueError(f"names[{k!r}] must be the implementation's keyword (an identifier), got {v!r}")
         self.perms = {k: layout_perm(m, k, v) for k, v in (layouts or {}).items()}
         self.back = {v: k for k, v in self.names.items()}
+        self.labels = {k for k, t in {**m.params, **m.inputs}.items() if t.domain == LABELS}
 
     def _to_impl(self, k: str, v: np.ndarray) -> Any:
+        if k in self.labels:  # integer class indices are handed over as integers (usable as indices)
+            a = np.array(v, copy=True).astype(np.int64)
+            return torch.tensor(a, device=self.device) if self.backend == "torch" else a
         a = np.array(v, dtype=np.float64, copy=True)
         if k in self.perms:
             a = np.ascontiguousarray(np.transpose(a, self.perms[k]))
@@ -110,7 +115,7 @@ class Adapter:
         sent = {k: self._to_impl(k, v) for k, v in arrays.items()}
         before = {k: _arr(v).copy() for k, v in sent.items()}
         out = self.fn(**{self.names.get(k, k): v for k, v in sent.items()})
-        modified = {}
+        modified: dict[str, tuple[tuple[int, ...], float, float, int]] = {}
         for k, v in sent.items():
             now = _arr(v)
             if now.shape != before[k].shape or not np.array_equal(now, before[k], equal_nan=True):
@@ -125,17 +130,21 @@ class Adapter:
                     n0 = float(np.transpose(now, np.argsort(self.perms[k]))[idx])
                 else:
                     b0, n0 = float(before[k][idx]), float(now[idx])
-                modified[k] = (idx, b0, n0, int(diff.sum()))  # type: ignore[assignment]
-        return Call(self._rename_out(out), modified)  # type: ignore[arg-type]
+                modified[k] = (idx, b0, n0, int(diff.sum()))
+        return Call(self._rename_out(out), modified)
+
+    def _ours(self, key: str) -> str:
+        """dlmath's name for the implementation's result key ``key``."""
+        return self.back.get(key, key)
 
     def _rename_out(self, out: Any) -> Any:
         if not isinstance(out, dict):
             return out
         if self.m.is_update:
-            return {self.back.get(k, k): self._from_impl(self.back.get(k, k), v) for k, v in out.items()}  # type: ignore[arg-type]
+            return {self._ours(k): self._from_impl(self._ours(k), v) for k, v in out.items()}
         res = dict(out)
         if isinstance(out.get("grad"), dict):
-            res["grad"] = {self.back.get(k, k): self._from_impl(self.back.get(k, k), v) for k, v in out["grad"].items()}
+            res["grad"] = {self._ours(k): self._from_impl(self._ours(k), v) for k, v in out["grad"].items()}
         return res
 
 

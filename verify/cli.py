@@ -11,7 +11,7 @@ import ast
 import importlib
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 import derive
 import numeric
@@ -24,6 +24,13 @@ __all__ = ["main", "detex"]
 
 class UsageError(ValueError):
     """Bad command-line input."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors in the CLI's form: one line (no usage block), exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
 
 def _options(pairs: Sequence[str]) -> dict[str, Any]:
@@ -64,8 +71,50 @@ def _declarations(pairs: Sequence[str]) -> dict[str, str]:
 def _model(args: argparse.Namespace) -> derive.Model:
     """The MODEL argument, resolved in one place: a zoo entry (``-O`` options), or an expression of the
     language of :func:`derive.parse` with ``-V name=type`` declarations (``--wrt``: the variables to
-    differentiate). A text that is not a Python identifier, or any ``-V``, makes it an expression."""
+    differentiate). A text that is not a Python identifier, or any ``-V``, makes it an expression.
+    ``--torch MODULE:FACTORY`` instead: ``FACTORY()`` returns ``(module_or_function, example_args)``, captured
+    by :func:`derive.from_torch` (MODULE found in the working folder first, as ``--impl``'s)."""
+    torch_spec = getattr(args, "torch", None)
+    if torch_spec is not None:
+        if args.model != torch_spec:
+            raise UsageError("give a MODEL or --torch MODULE:FACTORY, not both")
+        if getattr(args, "var", None) or getattr(args, "option", None):
+            raise UsageError("--torch takes no -V declarations or -O options: the factory builds the module")
+        import os
+
+        mod, sep, fn = torch_spec.partition(":")
+        if not sep or not mod or not all(p.isidentifier() for p in mod.split(".")) or not fn.isidentifier():
+            raise UsageError(f"--torch {torch_spec!r} should look like MODULE:FACTORY (e.g. mylayers:make_mlp, "
+                             "with mylayers.py in the working folder and make_mlp() returning (module, example_args))")
+        cwd = os.getcwd()
+        if cwd not in sys.path:
+            sys.path.insert(0, cwd)
+        try:
+            module = importlib.import_module(mod)
+        except ImportError as e:
+            raise UsageError(f"--torch {torch_spec!r}: cannot import {mod!r} ({e}); put {mod.replace('.', '/')}.py "
+                             f"in the working folder ({cwd}) or install it") from None
+        except Exception as e:  # noqa: BLE001 - the user's module failed while importing: one line
+            first = str(e).splitlines()[0] if str(e) else ""
+            raise UsageError(f"--torch {torch_spec!r}: importing {mod} raised {type(e).__name__}: {first}") from None
+        factory = getattr(module, fn, None)
+        if not callable(factory):
+            raise UsageError(f"--torch {torch_spec!r}: {mod} has no function {fn!r}" if factory is None else
+                             f"--torch {torch_spec!r}: {mod}.{fn} is not callable")
+        try:
+            made = factory()
+        except Exception as e:  # noqa: BLE001 - the user's factory failed: one line
+            first = str(e).splitlines()[0] if str(e) else ""
+            raise UsageError(f"--torch {torch_spec!r}: {fn}() raised {type(e).__name__}: {first}") from None
+        if not (isinstance(made, tuple) and len(made) == 2 and callable(made[0])):
+            raise UsageError(f"--torch {torch_spec!r}: {fn}() should return (module_or_function, example_args), got "
+                             f"{type(made).__name__}")
+        obj, example = made
+        example = tuple(example) if isinstance(example, (tuple, list)) else (example,)
+        return derive.from_torch(obj, *example)
     spec = args.model
+    if spec is None:
+        raise UsageError("give a MODEL (a zoo entry, see `dlmath list`, or an expression) or --torch MODULE:FACTORY")
     decls = getattr(args, "var", None) or []
     if decls or not spec.isidentifier():
         if getattr(args, "option", None):
@@ -82,9 +131,30 @@ def _model(args: argparse.Namespace) -> derive.Model:
 
 
 def _add_model_args(s: argparse.ArgumentParser, required: bool = True) -> None:
-    """The MODEL argument and the flags that qualify it (the same for every command that takes a model)."""
-    s.add_argument("model", nargs=None if required else "?", metavar="MODEL",
+    """The MODEL argument and the flags that qualify it (the same for every command that takes a model).
+    ``--torch MODULE:FACTORY`` stands in for MODEL (so MODEL is optional on the command line; :func:`_model`
+    says when neither is given)."""
+
+    class _Model(argparse.Action):
+        def __call__(self, parser: argparse.ArgumentParser, ns: argparse.Namespace, values: Any,
+                     option_string: str | None = None) -> None:
+            if values is None and getattr(ns, "torch", None) is not None:
+                return  # MODEL absent: --torch names the model
+            setattr(ns, self.dest, values)
+
+    class _Torch(argparse.Action):
+        def __call__(self, parser: argparse.ArgumentParser, ns: argparse.Namespace, values: Any,
+                     option_string: str | None = None) -> None:
+            setattr(ns, self.dest, values)
+            if getattr(ns, "model", None) is None:
+                ns.model = values
+
+    del required  # MODEL or --torch: checked by _model, which every command calls
+    s.add_argument("model", nargs="?", metavar="MODEL", action=_Model,
                    help="a zoo entry (see `dlmath list`), or an expression such as \"x'*A*x\" with -V declarations")
+    s.add_argument("--torch", metavar="MODULE:FACTORY", action=_Torch, default=None,
+                   help="your PyTorch code instead of MODEL: FACTORY() in MODULE (found in the working folder) returns "
+                   "(module_or_function, example_args), captured by derive.from_torch")
     s.add_argument("-O", "--option", action="append", metavar="KEY=VALUE",
                    help="zoo entry option, e.g. -O slope=0.1 (repeatable)")
     s.add_argument("-V", "--var", action="append", metavar="NAME=TYPE",
@@ -204,6 +274,9 @@ def cmd_backprop(args: argparse.Namespace) -> int:
 def cmd_hessian(args: argparse.Namespace) -> int:
     m = _model(args)
     wrt = args.wrt or (list(m.hessian_wrt[:1]) or list(m.params)[:1])
+    if len(wrt) > 2:  # a block has two parameters: a third --wrt is refused, not ignored
+        raise UsageError(f"--wrt names one parameter (a diagonal block) or two (a cross block), got {len(wrt)}: "
+                         f"{', '.join(wrt)}")
     eqs = derive.hessian(m, wrt[0], wrt[1] if len(wrt) > 1 else None)
     _print_eqs(eqs, args.format, args.batch, model=m)
     _print_constants(m, args.format)
@@ -240,6 +313,8 @@ def _output_path(path: str) -> str:
     if os.path.isdir(path) or path.endswith(os.sep):
         raise UsageError(f"-o {path!r} is a folder; give a file name (e.g. -o {os.path.join(path, 'kernel.py')})")
     folder = os.path.dirname(path) or "."
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise UsageError(f"-o {path!r}: {folder!r} is a file, not a folder; give a path in a folder")
     if not os.path.isdir(folder):
         raise UsageError(f"-o {path!r}: the folder {folder!r} does not exist; create it first")
     return path
@@ -339,6 +414,10 @@ def _single(args: argparse.Namespace) -> derive.Model:
     return _model(args)
 
 
+#: the most examples ``dlmath verify --examples`` runs per entry (more would run for days, not find more)
+MAX_EXAMPLES = 100_000
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
     import time
 
@@ -352,18 +431,29 @@ def cmd_verify(args: argparse.Namespace) -> int:
         raise UsageError(f"--seed must be a non-negative integer, got {args.seed}")
     if args.examples < 1:
         raise UsageError(f"--examples must be at least 1, got {args.examples}")
+    if args.examples > MAX_EXAMPLES:
+        raise UsageError(f"--examples must be at most {MAX_EXAMPLES}, got {args.examples}")
     names = derive.models.names() if args.all else [args.model]
     if args.all and args.var:
         raise UsageError("--all checks the zoo entries: -V declares an expression's variables; drop it")
     impl = _load_impl(args.impl) if args.impl else None
     if args.all:
         # -O applies to every entry that has the option (checked against each one's spec when built)
-        unused = set(_options(args.option or [])) - {k for n in names for k in derive.models.options(n)}
+        given = _options(args.option or [])
+        unused = set(given) - {k for n in names for k in derive.models.options(n)}
         if unused:
             raise UsageError(f"no zoo entry has the option {', '.join(sorted(unused))}")
+        for n in names:  # a value an entry refuses is bad input now, not an error row per entry later
+            specs = derive.models.spec(n)
+            for k, v in given.items():
+                if k in specs:
+                    specs[k].check(n, k, v)  # OptionError / OptionTypeError: exit 2 with its one line
     values = tuple(v.strip() for v in args.values.split(",")) if args.values else None
     kw: dict[str, Any] = {"names": _names(args.name, "--name") or None,
                           "layouts": _names(args.layout, "--layout") or None}
+    if (args.name or args.layout) and not args.impl:
+        raise UsageError(f"{'--name' if args.name else '--layout'} describes your implementation: give it with "
+                         f"--impl MODULE:FUNCTION (or drop the flag)")
     rows: list[dict[str, Any]] = []
     start = time.perf_counter()
     failed = 0
@@ -452,7 +542,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from dlmath import __version__
 
-    p = argparse.ArgumentParser(prog="dlmath", description="The mathematics of deep learning: derive, print, "
+    p: argparse.ArgumentParser = _Parser(prog="dlmath", description="The mathematics of deep learning: derive, print, "
                                 "generate and verify (after Liquet, Moka & Nazarathy).")
     p.add_argument("--version", action="version", version=f"dlmath {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -532,26 +622,28 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    """Run the command line; return the exit status: 0, 1 (a verification mismatch), 2 (bad input: one
+    line on stderr), 3 (an internal error: one line; ``DLMATH_DEBUG=1`` shows the traceback) or 130
+    (interrupted by Ctrl-C: one line, no traceback)."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in argv if not a.startswith("-")), "")
+    try:
+        return _run(argv)
+    except KeyboardInterrupt:  # Ctrl-C: one line and the shell's code for SIGINT, no traceback
+        print(f"dlmath{' ' + command if command.isidentifier() else ''}: interrupted", file=sys.stderr)
+        return 130
+
+
+def _run(argv: list[str]) -> int:
+    import os
+
     if argv[:1] == ["bench"] and not ({"-h", "--help"} & set(argv[1:2])):
         from numeric import bench  # its own options (--quick, --only ...) go to it unparsed
 
-        try:
-            return int(bench.main(argv[1:]))
-        except KeyboardInterrupt:
-            print("dlmath bench: interrupted", file=sys.stderr)
-            return 130
-    try:
-        args = parser.parse_args(argv)
-    except KeyboardInterrupt:
-        print("dlmath: interrupted", file=sys.stderr)
-        return 130
+        return int(bench.main(argv[1:]))
+    args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except KeyboardInterrupt:  # Ctrl-C: one line and the shell's code for SIGINT, no traceback
-        print(f"dlmath {args.command}: interrupted", file=sys.stderr)
-        return 130
     except BrokenPipeError:  # the reader (e.g. `head`) closed the pipe: not an error of ours
         return 0
     except (UsageError, derive.ModelError, derive.ShapeError, derive.UnsupportedError, numeric.InputError,
@@ -559,6 +651,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         text = " ".join(str(e).split("\n")[:1]) or type(e).__name__
         print(f"dlmath {args.command}: error: {text}", file=sys.stderr)
         return 2
+    except Exception as e:  # a bug of ours: one line, not a traceback from inside SymPy or torch
+        if os.environ.get("DLMATH_DEBUG"):
+            raise
+        first = (str(e).splitlines() or [""])[0]
+        print(f"dlmath {args.command}: internal error: {type(e).__name__}: {first} (a bug in dlmath; please "
+              f"report it with the command; DLMATH_DEBUG=1 shows the traceback)", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

@@ -204,9 +204,14 @@ class _Evaluator:
         like = self.like
         if isinstance(n, Var):
             try:
-                return self.env[n.name]
+                v = self.env[n.name]
             except KeyError:
                 raise UnsupportedReference(f"the eager reference has no value for {n.name}") from None
+            # integer inputs (labels, steps) as values in the working dtype: torch's true division of an integer
+            # tensor would give the default float32; indices are read with .long() where they index
+            if isinstance(v, Tensor) and not (v.is_floating_point() or v.is_complex()):
+                return v.to(like.dtype)
+            return v
         if isinstance(n, Const):
             v = _scalar(n.value, self.env, like)
             return (v if isinstance(v, Tensor) else torch.tensor(float(v), dtype=like.dtype, device=like.device)
@@ -280,9 +285,9 @@ class _Evaluator:
             return args[0].narrow(n.axis, self.size(n.start), self.size(n.stop) - self.size(n.start))
         if isinstance(n, Pad):
             x = args[0]
-            before = self.size(n.start)  # type: ignore[assignment]
-            after = self.size(n.size) - before - x.shape[n.axis]  # type: ignore[assignment,operator]
-            return torch.nn.functional.pad(x, (0, 0) * (x.ndim - n.axis - 1) + (before, after))  # type: ignore[operator]
+            lead = self.size(n.start)  # zeros before x along the axis, and after it
+            trail = self.size(n.size) - lead - int(x.shape[n.axis])
+            return torch.nn.functional.pad(x, (0, 0) * (x.ndim - n.axis - 1) + (lead, trail))
         raise UnsupportedReference(f"the eager reference has no torch form of the primitive {type(n).__name__}")
 
     def einsum(self, e: Einsum, args: list[Tensor]) -> Tensor:

@@ -143,6 +143,6 @@ def diffusion(*, W1: torch.Tensor, b1: torch.Tensor, W2: torch.Tensor, b2: torch
     abar = torch.cat([torch.ones(1, dtype=X0.dtype, device=X0.device), torch.cumprod(1 - betas, 0)])
     a = abar[t.long()][:, None]
     x_t = a.sqrt() * X0 + (1 - a).sqrt() * E
-    inp = torch.cat([x_t, (t / T_steps)[:, None]], dim=1)
+    inp = torch.cat([x_t, (t.to(X0.dtype) / T_steps)[:, None]], dim=1)
     ehat = F.linear(F.relu(F.linear(inp, W1, b1)), W2, b2)
     return ((E - ehat) ** 2).sum(dim=1).mean()

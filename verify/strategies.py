@@ -10,7 +10,9 @@ selects the values (:data:`MODES`):
     the same times 1e-3 (values near 0: cancellation, tiny denominators);
 ``large``
     inputs times 300 (inputs of a few hundred, so logits of order 1e3, where only stable forms such as
-    ``logaddexp`` and the shifted softmax stay finite; parameters stay O(1));
+    ``logaddexp`` and the shifted softmax stay finite; parameters stay O(1)), and the largest entry of each
+    input set to +-1000, beyond the range of ``exp`` (e^709.8 overflows), so that an elementwise
+    ``log(1 + exp(z))`` overflows in every example, not only when a draw happens to exceed 709;
 ``kinks``
     exact zeros (30% of the entries) and ties (the rest rounded to one decimal), where activations are
     non-smooth (ReLU at 0, max pooling between equal entries).
@@ -128,6 +130,9 @@ def _draw(rng: np.random.Generator, domain: str, shape: tuple[int, ...], mode: s
         v = v * 1e-3
     elif mode == "large" and not param:
         v = v * 300.0  # inputs of a few hundred: logits of order 1e3
+        if v.size:  # and one entry beyond exp's range (|x| = 1000 > 709.8): a naive log(1 + exp(x)) overflows
+            k = int(np.argmax(np.abs(v)))
+            v.flat[k] = 1000.0 if v.flat[k] >= 0 else -1000.0
     elif mode == "kinks":
         v = np.where(rng.uniform(size=shape) < 0.3, 0.0, np.round(v, 1))
     return v

@@ -16,7 +16,8 @@ Names (the one mapping, documented in ``docs/torch_code.rst``):
 * inputs take the forward's argument names (``x``; ``args_0, args_1`` for ``*args``);
 * dynamic dimensions are ``n`` (the first), then ``N_1``, ``N_2``, ...;
 * one equation per captured layer step: the output of each leaf module (``z_1 = W_1 x + b_1``), and values
-  used more than once; everything else fuses into the expressions.
+  used more than once; a norm's mean and standard deviation (``mu_1``, ``sigma_1``), attention's queries,
+  keys, values and output (``Q``, ``K``, ``V``, ``U``); everything else fuses into the expressions.
 
 A scalar output is the loss ``C``. Any other output makes a layer model: an upstream gradient ``G`` (one
 ``G_k`` per output for several) and ``C = sum(G * out)``, whose gradient is the vector-Jacobian product.
@@ -34,7 +35,7 @@ from typing import Any
 import sympy as sp
 
 from ..program import Builder, Model, ModelError
-from ..tensor import Node, Var, as_expr, einsum
+from ..tensor import Node, ShapeError, Var, as_expr, einsum
 from .torch_ops import OPS, Unsupported
 
 __all__ = ["from_torch", "TorchReference", "param_identifier"]
@@ -170,7 +171,9 @@ class TorchReference:
         out = self.forward(**tensors)
         if self.outputs is None:
             return out
-        outs = out if isinstance(out, (tuple, list)) else (out,)
+        from torch.utils._pytree import tree_leaves
+
+        outs = tree_leaves(out)  # nested outputs (an LSTM's out, (h, c)) in the order torch.export flattens them
         return sum((tensors[g] * o).sum() for g, o in zip(self.outputs, outs))
 
     def diagnose(self, arrays: dict[str, Any], kernel: dict[str, Any]) -> str | None:
@@ -224,10 +227,10 @@ class TorchReference:
         values = (f"your backward gives {rv:.12g}, the derivative of your forward {kv:.12g}, finite differences "
                   f"{fd:.12g}")
         if kernel_ok and not ref_ok:
-            who = (f"your backward (autograd.Function {', '.join(self.custom)})" if self.custom
-                   else "torch autograd on your code")
+            who = "your backward" if self.custom else "torch autograd on your code"
+            fns = f" (autograd.Function {', '.join(self.custom)})" if self.custom else ""
             return (f"{who} for `{k}` disagrees with the derivative of your forward (and with finite "
-                    f"differences) at {where}: {values}; the backward is wrong")
+                    f"differences) at {where}{fns}: {values}; the backward is wrong")
         if ref_ok and not kernel_ok:
             return (f"dlmath's derivative of your forward for `{k}` disagrees with your backward and with finite "
                     f"differences at {where}: {values}; this is a dlmath bug, please report it")
@@ -267,7 +270,8 @@ def from_torch(module_or_function: Any, *example_args: Any, name: str | None = N
     elif callable(module_or_function):
         module = _wrap(module_or_function)
         forward = module_or_function
-        label = name or getattr(module_or_function, "__name__", "function")  # type: ignore[assignment]
+        fn_name = getattr(module_or_function, "__name__", None)
+        label = name or (fn_name if isinstance(fn_name, str) else "function")
         label = label if label.isidentifier() else "function"
     else:
         raise TypeError(f"from_torch takes a torch.nn.Module or a function, not {type(module_or_function).__name__}")
@@ -284,19 +288,69 @@ def from_torch(module_or_function: Any, *example_args: Any, name: str | None = N
     dynamic: Any = (tuple(specs),) if not isinstance(module_or_function, torch.nn.Module) else tuple(specs)
     ep = _export(module, args, dynamic, label, strict=False)
     custom = _custom_functions(module, args)
+
+    def convert(program: Any) -> Model:
+        replace: dict[Any, Any] = {}
+        for _ in range(16):
+            try:
+                return _Converter(program, module, label, names, tensor_pos, args, custom, replace).model()
+            except _Restart as r:
+                replace[r.symbol] = r.value
+        raise ModelError(f"{label}: the sizes of the inputs could not be related (a dlmath bug, please report it)")
+
     try:
         # whole layers first (linear, layer_norm, attention: one operation each, as the book writes them)
-        return _Converter(ep, module, label, names, tensor_pos, args, custom).model()
+        return convert(ep)
     except NotInTable:
         pass
     try:  # then the core ATen operations they decompose into
         ep = _decompose(ep, label)
-        return _Converter(ep, module, label, names, tensor_pos, args, custom).model()
+        return convert(ep)
     except NotInTable as e:
         # torch.export's non-strict trace records only the forward's own line: the strict (Dynamo) trace
         # has the user's whole stack, so the refusal names the line that called the operation
         line = _strict_line(module, args, dynamic, e.node)
         raise ModelError(e.message(line)) from None
+
+
+#: operations whose tensor operands broadcast against each other (their trailing sizes must agree)
+_BROADCASTING = {"add", "sub", "rsub", "mul", "div", "where", "pow", "maximum", "minimum", "eq", "ne", "gt", "ge",
+                 "lt", "le", "logical_and", "logical_or", "mse_loss", "binary_cross_entropy_with_logits",
+                 "l1_loss", "smooth_l1_loss", "huber_loss", "expand", "broadcast_tensors", "clamp", "atan2"}
+
+
+def _size_pairs(base: str, args: Sequence[Any]) -> list[tuple[Any, Any]]:
+    """The sizes an operation needs equal: a view's element counts, a product's inner sizes, and the aligned
+    trailing sizes of broadcast operands."""
+    tensors = [a for a in args if isinstance(a, Node)]
+    if base in ("view", "reshape", "_unsafe_view") and tensors and len(args) > 1 \
+            and isinstance(args[1], (list, tuple)) and all(as_expr(d) != -1 for d in args[1]):
+        return [(sp.Mul(*tensors[0].shape), sp.Mul(*(as_expr(d) for d in args[1])))]
+    if base in ("linear",) and len(tensors) >= 2:
+        return [(tensors[0].shape[-1], tensors[1].shape[-1])]
+    if base in ("mm", "bmm", "matmul", "addmm") and len(tensors) >= 2:
+        x, y = tensors[-2:]
+        return [(x.shape[-1], y.shape[-2] if y.ndim > 1 else y.shape[-1])]
+    if base in ("cross_entropy_loss", "nll_loss", "nll_loss_forward") and len(tensors) >= 2 and tensors[0].ndim > 1:
+        return [(tensors[0].shape[0], tensors[1].shape[0])]
+    if base == "cat" and args and isinstance(args[0], (list, tuple)):
+        tensors = [a for a in args[0] if isinstance(a, Node)]
+    elif base not in _BROADCASTING:
+        return []
+    pairs = []
+    for t in tensors[1:]:
+        for a, b in zip(reversed(tensors[0].shape), reversed(t.shape)):
+            if as_expr(a) != 1 and as_expr(b) != 1:
+                pairs.append((a, b))
+    return pairs
+
+
+class _Restart(Exception):
+    """Two sizes torch.export kept apart are one: convert again with ``symbol`` replaced by ``value``."""
+
+    def __init__(self, symbol: Any, value: Any):
+        super().__init__(f"{symbol} = {value}")
+        self.symbol, self.value = symbol, value
 
 
 class NotInTable(ModelError):
@@ -382,7 +436,8 @@ def _custom_functions(module: Any, args: Sequence[Any]) -> list[str]:
             nm = type(fn).__name__.removesuffix("Backward")
             if nm not in seen:
                 seen.append(nm)
-        stack.extend(f for f, _ in fn.next_functions)  # type: ignore[misc]
+        nexts: Sequence[tuple[Any, int]] = fn.next_functions
+        stack.extend(f for f, _ in nexts)
     return seen
 
 
@@ -390,8 +445,11 @@ class _Converter:
     """Walks the exported graph, mapping each ATen node through the table and writing the equations."""
 
     def __init__(self, ep: Any, module: Any, label: str, names: list[str], tensor_pos: list[int],
-                 args: Sequence[Any], custom: list[str]):
+                 args: Sequence[Any], custom: list[str], replace: dict[Any, Any] | None = None):
         self.ep, self.module, self.label, self.names = ep, module, label, names
+        self.replace: dict[Any, Any] = dict(replace or {})
+        self.current: Any = None
+        self.hints: dict[Any, int] = {}
         self.tensor_pos, self.args, self.custom = tensor_pos, args, custom
         ident = re.sub(r"\W", "_", label)
         self.b = Builder(ident if ident.isidentifier() else "torch_model", f"captured from PyTorch: {label}",
@@ -421,12 +479,75 @@ class _Converter:
         if isinstance(s, int):
             return sp.Integer(s)
         if isinstance(s, torch.SymInt):
-            expr = s.node.expr
+            expr = self._torch_expr(s.node.expr)
             for sym in sorted(expr.free_symbols, key=str):
                 if sym not in self.symbols:
                     self._new_dim(sym, None)
             return expr.xreplace(self.symbols)
         raise Unsupported(f"a size of type {type(s).__name__}")
+
+    def _torch_expr(self, expr: Any) -> Any:
+        """A size in torch's symbols, with the sizes found equal substituted and torch's integer functions
+        (``FloorDiv``, ``CleanDiv``, ...) as SymPy's own (``floor``)."""
+        from torch.utils._sympy import functions as tf
+
+        for _ in range(len(self.replace) + 1):
+            nxt = expr.xreplace(self.replace)
+            if nxt == expr:
+                break
+            expr = nxt
+        plain: dict[Any, Callable[..., Any]] = {
+            tf.FloorDiv: lambda a, b: sp.floor(a / b), tf.CleanDiv: lambda a, b: a / b,
+            tf.CeilDiv: lambda a, b: sp.ceiling(a / b), tf.IntTrueDiv: lambda a, b: a / b,
+            tf.PythonMod: lambda a, b: sp.Mod(a, b), tf.Mod: lambda a, b: sp.Mod(a, b),
+            tf.FloorToInt: sp.floor, tf.CeilToInt: sp.ceiling, tf.Max: sp.Max, tf.Min: sp.Min,
+        }
+        for fn, rep in plain.items():
+            if expr.has(fn):
+                expr = expr.replace(fn, rep)
+        return expr
+
+    def _unify(self, pairs: Sequence[tuple[Any, Any]]) -> None:
+        """Sizes that torch.export took as independent although the code only runs when they are equal (the
+        key's batch and the query's in attention; a -1 in a view that pins a size): the first equation of
+        ``pairs`` (dlmath's size against the size torch's code needs) solved for one dimension, where the
+        solution is another dimension or a number and holds at the example sizes, restarts the conversion with
+        that dimension substituted (:class:`_Restart`); otherwise nothing happens."""
+        inv = {d: t for t, d in self.symbols.items()}
+        hints = {d: self.hints.get(t) for t, d in self.symbols.items()}
+        at_hints = {k: sp.Integer(v) for k, v in hints.items() if v is not None}
+        newest = list(inv)
+        for a, b in pairs:
+            diff = sp.expand(as_expr(a) - as_expr(b))
+            if diff == 0 or not diff.free_symbols & set(inv):
+                continue
+            if diff.xreplace(at_hints) != 0:
+                continue  # sizes that differ at the example too: a real mismatch, reported as it is
+            syms = sorted(diff.free_symbols & set(inv), key=lambda x: -newest.index(x))
+            # products of sizes (a flattened batch against another flattened batch): factor by factor, in the
+            # order the sizes were met, where the examples agree
+            fa, fb = (sorted(sp.Mul.make_args(as_expr(e)), key=lambda x: newest.index(x) if x in inv else -1)
+                      for e in (a, b))
+            if len(fa) == len(fb) > 1:
+                for u, w in zip(fa, fb):
+                    if u != w and u in inv and w in inv and hints.get(u) is not None and hints.get(u) == hints.get(w):
+                        old_, new_ = (u, w) if newest.index(u) > newest.index(w) else (w, u)
+                        raise _Restart(inv[old_], inv[new_])
+            if not diff.has(sp.floor, sp.ceiling, sp.Mod):
+                for d in syms:
+                    try:
+                        sols = sp.solve(diff, d)
+                    except (NotImplementedError, ValueError, TypeError):
+                        continue
+                    for sol in sols:
+                        ok_form = (sol.is_Symbol and sol in inv) or (sol.is_Integer and sol > 0)
+                        if ok_form and hints.get(d) is not None and sol.xreplace(at_hints) == hints[d]:
+                            raise _Restart(inv[d], sol.xreplace(inv))
+            # no size follows from the others (a flatten feeding a Linear pins H W only jointly): the
+            # newest size in the equation is the example's, as torch's code needs
+            d = next((x for x in syms if hints.get(x) is not None), None)
+            if d is not None:
+                raise _Restart(inv[d], sp.Integer(hints[d]))
 
     def _new_dim(self, sym: Any, example: int | None) -> sp.Symbol:
         first = not self.symbols
@@ -461,18 +582,31 @@ class _Converter:
         placeholders = [n for n in self.ep.graph.nodes if n.op == "placeholder"]
         # user inputs first: their dynamic dimensions get the first names (n for the first axis of the first)
         order = sorted(placeholders, key=lambda n: specs[n.name].kind != InputKind.USER_INPUT)
+        n_user = sum(specs[n.name].kind == InputKind.USER_INPUT for n in placeholders)
+        # each argument a placeholder (numbers too), or the tensors only
+        positions = list(range(len(self.args))) if n_user == len(self.args) else list(self.tensor_pos)
         for node in order:
             spec = specs[node.name]
             val = node.meta.get("val")
             if spec.kind == InputKind.USER_INPUT:
-                if not isinstance(val, torch.Tensor):
-                    raise ModelError(f"{self.label}: input {node.name} is not a tensor ({type(val).__name__}); "
-                                     f"pass tensors as example arguments")
-                nm = self._fresh(self.names[self.tensor_pos[user_i]])
+                pos = positions[user_i]
                 user_i += 1
+                if not isinstance(val, torch.Tensor):
+                    fixed = self.args[pos] if pos < len(self.args) else None
+                    if isinstance(fixed, (int, float, bool)) and not isinstance(fixed, torch.Tensor):
+                        self.env[node.name] = fixed  # a number argument: fixed at its example value
+                        continue
+                    raise ModelError(f"{self.label}: input {node.name} is not a tensor ({type(val).__name__}); "
+                                     f"pass tensors (or numbers, held fixed) as example arguments")
+                nm = self._fresh(self.names[pos])
                 for s in val.shape:
-                    if isinstance(s, torch.SymInt) and s.node.expr.is_Symbol and s.node.expr not in self.symbols:
-                        self._new_dim(s.node.expr, int(s.node.hint) if s.node.hint is not None else None)
+                    if isinstance(s, torch.SymInt) and s.node.expr.is_Symbol and s.node.hint is not None:
+                        self.hints[s.node.expr] = int(s.node.hint)
+                for s in val.shape:
+                    if isinstance(s, torch.SymInt):
+                        e = self._torch_expr(s.node.expr)
+                        if e.is_Symbol and e not in self.symbols:
+                            self._new_dim(e, self.hints.get(e))
                 shape = tuple(self._dim(s) for s in val.shape)
                 if val.dtype.is_floating_point:
                     v = self.b.input(nm, shape, _name_tex(nm))
@@ -518,10 +652,29 @@ class _Converter:
         from . import torch_ops
 
         token = torch_ops.CONSTANT.set(self._const)
+        token_step = torch_ops.STEP.set(self._step)
         try:
             return self._convert(inputs, params, buffers, labels)
         finally:
             torch_ops.CONSTANT.reset(token)
+            torch_ops.STEP.reset(token_step)
+
+    def _step(self, name: str, value: Node, tex: str) -> Node:
+        """An intermediate of the current layer step as its own equation (``mu_1 = ...``), subscripted by the
+        module's number or name."""
+        if self.current is None or not isinstance(value, Node) or isinstance(value, Var):
+            return value
+        scope = self._scope(self.current)
+        leaf = scope[-1] if scope else ""
+        sub = _subscript(leaf) if leaf else ""
+        full = f"{tex}_{{{sub}}}" if sub else tex
+        if any(t == full for t in self.tex.values()):
+            self.hidden += 1
+            full = f"{tex}_{{{sub + ',' if sub else ''}{self.hidden}}}"
+        ident = self._fresh(f"{name}_{re.sub(r'[^0-9A-Za-z]', '', leaf)}" if leaf else name)
+        var = self.b.eq(ident, value, full)
+        self.tex[id(var)] = full
+        return var
 
     def _const(self, name: str, value: float) -> sp.Expr:
         key = (name, value)
@@ -540,6 +693,7 @@ class _Converter:
         user_outs = [a for a, s in zip(out_node.args[0], sig.output_specs) if s.kind == OutputKind.USER_OUTPUT]
         out_names = {a.name for a in user_outs if hasattr(a, "name")}
         for n in nodes:
+            self.current = n
             self.env[n.name] = self._call(n)
             self._check_shape(n)
             if n.name not in out_names and self._is_step(n):
@@ -613,12 +767,12 @@ class _Converter:
             return None  # bookkeeping on an integer buffer (num_batches_tracked += 1): no part of the math
         if target is operator.getitem:
             return args[0][args[1]]
-        py = {operator.mul: lambda a, b: a * b, operator.add: lambda a, b: a + b, operator.sub: lambda a, b: a - b,
+        py: dict[Any, Callable[..., Any]] = {operator.mul: lambda a, b: a * b, operator.add: lambda a, b: a + b, operator.sub: lambda a, b: a - b,
               operator.truediv: lambda a, b: as_expr(a) / b, operator.floordiv: lambda a, b: sp.floor(as_expr(a) / b),
               operator.pow: lambda a, b: as_expr(a) ** b, operator.neg: lambda a: -a,
               torch.sym_float: lambda a: a, torch.sym_int: lambda a: a, torch.sym_sqrt: lambda a: sp.sqrt(a)}
         if target in py:
-            return py[target](*args)  # type: ignore[operator]
+            return py[target](*args)
         full, base = _op_name(target)
         if base in ("sym_size",):
             return args[0].shape[args[1] % args[0].ndim]
@@ -639,6 +793,9 @@ class _Converter:
             raise NotInTable(self.label, full, n)
         try:
             return rule(*args, **kwargs)
+        except ShapeError as e:
+            self._unify(_size_pairs(base, args))
+            raise ModelError(f"{self.label}: aten.{full} (at {_user_line(n)}) is not supported here: {e}") from None
         except (Unsupported, ValueError, TypeError, AttributeError, IndexError) as e:
             raise ModelError(f"{self.label}: aten.{full} (at {_user_line(n)}) is not supported here: {e}") from None
 
@@ -660,6 +817,8 @@ class _Converter:
         if isinstance(val, torch.Tensor) and isinstance(got, Node):
             want = tuple(self._dim(s) for s in val.shape)
             if len(want) != got.ndim or any(sp.simplify(a - b) != 0 for a, b in zip(want, got.shape)):
+                if len(want) == got.ndim:
+                    self._unify(list(zip(got.shape, want)))
                 full, _ = _op_name(n.target)
                 raise ModelError(f"{self.label}: dlmath's form of aten.{full} (at {_user_line(n)}) has shape "
                                  f"{tuple(got.shape)} where torch has {want}; this is a dlmath bug, please report it")
@@ -675,6 +834,8 @@ class _Converter:
         v = self.env[n.name]
         if not isinstance(v, Node) or isinstance(v, (Var, Const)) or v.shape == () and not n.users:
             return False
+        if self._attention_role(n):
+            return True
         cheap = isinstance(v, (Einsum, Reshape)) and all(isinstance(c, (Var, Const)) for c in v.children()) \
             and (not isinstance(v, Einsum) or len(v.operands) == 1)
         if cheap:
@@ -689,6 +850,32 @@ class _Converter:
             if su and su[-1] and su[-1] not in scope:  # the input of a module (an activation between layers)
                 return True
         return len(users) > 1
+
+    def _attention_role(self, n: Any) -> str:
+        """The book's letter of an attention step: the queries, keys and values handed to scaled dot-product
+        attention (``Q``, ``K``, ``V``, one block per head), its output ``U``, and the attention weights ``A``
+        (a softmax inside a ``MultiheadAttention``); "" for any other node."""
+        if n.op != "call_function":
+            return ""
+        _, base = _op_name(n.target)
+        if base == "scaled_dot_product_attention":
+            return "U"
+        if base in ("softmax", "_softmax") and any(self.types.get(p) == "MultiheadAttention" for p in self._scope(n)):
+            return "A"
+        for u in self._users(n):
+            if u.op == "call_function" and _op_name(u.target)[1] == "scaled_dot_product_attention":
+                for role, a in zip("QKV", u.args[:3]):
+                    if a is n or (hasattr(a, "op") and n in self._sources(a)):
+                        return role
+        return ""
+
+    def _sources(self, a: Any) -> list[Any]:
+        """``a`` and the nodes it passes on unchanged (identities, getitem)."""
+        out = [a]
+        while hasattr(a, "op") and a.op == "call_function" and (self._passes(a) or self._is_identity(a)):
+            a = a.args[0]
+            out.append(a)
+        return out
 
     def _users(self, n: Any) -> list[Any]:
         """The users of ``n``, looking through those that pass its value on unchanged (getitem, identities)."""
@@ -727,7 +914,15 @@ class _Converter:
         scope = self._scope(n)
         leaf = scope[-1] if scope else ""
         kind = self.types.get(leaf, "")
-        if leaf:
+        role = self._attention_role(n)
+        if role:
+            many = sum(t == "MultiheadAttention" for t in self.types.values()) > 1
+            tex = f"{role}_{{{_subscript(leaf)}}}" if many and leaf else role
+            if any(t == tex for t in self.tex.values()):
+                self.hidden += 1
+                tex = f"{role}_{{{self.hidden}}}"
+            ident = self._fresh(role)
+        elif leaf:
             ident = self._fresh(param_identifier(leaf))
             sub = _subscript(leaf)
             if kind in _LINEAR:

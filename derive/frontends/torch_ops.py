@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from fractions import Fraction
 from typing import Any
 
+import numpy as np
 import sympy as sp
 
 from .. import functions as F
@@ -56,6 +57,16 @@ OPS: dict[str, Rule] = {}
 #: how a rule names a hyperparameter (a norm's epsilon): the front end sets it to ``Builder.const`` while it
 #: converts, so the equations print ``epsilon`` and list its value once; unset, the number itself is used
 CONSTANT: contextvars.ContextVar[Callable[[str, float], sp.Expr] | None] = contextvars.ContextVar("CONSTANT", default=None)
+
+
+#: how a rule names an intermediate of a layer step (a norm's mean and standard deviation): the front end
+#: sets it to write an equation (``mu_1 = ...``) and return its variable; unset, the value itself is used
+STEP: contextvars.ContextVar[Callable[[str, Node, str], Node] | None] = contextvars.ContextVar("STEP", default=None)
+
+
+def step(name: str, value: Node, tex: str) -> Node:
+    make = STEP.get()
+    return make(name, value, tex) if make is not None else value
 
 
 def constant(name: str, value: Any) -> sp.Expr:
@@ -118,20 +129,19 @@ def broadcast(x: Node, shape: Sequence[Any]) -> Node:
         k = len(shape) - x.ndim
         pos = [i + k for i, d in enumerate(x.shape) if d != 1]
         if all(_same(x.shape[p - k], shape[p]) for p in pos):
-            dims = {i: d for i, d in enumerate(shape)}
-            return einsum([tuple(pos)], tuple(range(len(shape))), [x.x], dims=dims)
+            return einsum([tuple(pos)], tuple(range(len(shape))), [x.x], dims=dict(enumerate(shape)))
     k = len(shape) - x.ndim
     if k < 0:
         raise ShapeError(f"cannot broadcast shape {tuple(x.shape)} to {shape}")
     ins: list[Any] = []
-    dims: dict[Any, Any] = {i: d for i, d in enumerate(shape)}  # type: ignore[no-redef]
+    dims: dict[Any, Any] = dict(enumerate(shape))
     for j, d in enumerate(x.shape):
         i = j + k
         if _same(d, shape[i]):
             ins.append(i)
         elif d == 1:
             ins.append(("one", j))
-            dims[("one", j)] = sp.S.One  # type: ignore[index]
+            dims[("one", j)] = sp.S.One
         else:
             raise ShapeError(f"cannot broadcast shape {tuple(x.shape)} to {shape}")
     return einsum([tuple(ins)], tuple(range(len(shape))), [x], dims=dims)
@@ -165,10 +175,11 @@ def elementwise(fn: sp.Expr, *xs: Any) -> Node:
     from ..tensor import Reshape
 
     full = [n for n in nodes if n.shape != ()]
-    if full and all(isinstance(n, Reshape) and _unit(n) and n.x.shape == full[0].x.shape for n in full):  # type: ignore[attr-defined]
+    units = [n for n in full if isinstance(n, Reshape) and _unit(n)]
+    if full and len(units) == len(full) and all(n.x.shape == units[0].x.shape for n in units):
         # keepdim reductions (shape (..., 1)) stay reductions: map first, add the unit axes after
         inner = [n.x if isinstance(n, Reshape) and n.shape != () else n for n in nodes]
-        return reshape(map_(body, inner, full[0].x.shape), shape)  # type: ignore[attr-defined]
+        return reshape(map_(body, inner, units[0].x.shape), shape)
     return map_(body, nodes, shape)
 
 
@@ -496,6 +507,96 @@ def _amax(x: Node, dim: Any = None, keepdim: bool = False) -> Node:
                        _sum(ties, list(axes), keepdim))
 
 
+@rule("linalg_vector_norm", "norm.ScalarOpt_dim", "norm.Scalar")
+def _vector_norm(x: Node, ord: Any = 2, dim: Any = None, keepdim: bool = False, dtype: Any = None) -> Node:
+    """``||x||_p`` over ``dim``; the 2-norm of the whole tensor is the :class:`Norm` primitive (gradient 0 at
+    x = 0, as torch); over some axes it is ``sqrt(sum x^2)``."""
+    from ..tensor import norm
+
+    p = _number(2 if ord is None else ord)
+    axes = _axes(x, dim)
+    if p == 2:
+        if len(axes) == x.ndim and x.ndim:
+            return _keep(norm(x), x, axes, keepdim)
+        return elementwise(sp.sqrt(a0), _sum(elementwise(a0**2, x), list(axes), keepdim))
+    if p == 1:
+        return _sum(elementwise(sp.Abs(a0), x), list(axes), keepdim)
+    if p == sp.oo:
+        return _amax(elementwise(sp.Abs(a0), x), list(axes), keepdim)
+    if p.is_positive:
+        return elementwise(F.power(a0, 1 / p), _sum(elementwise(F.power(sp.Abs(a0), p), x), list(axes), keepdim))
+    raise Unsupported(f"the norm of order {ord}")
+
+
+@rule("max.dim")
+def _max_dim(x: Node, dim: int, keepdim: bool = False) -> tuple[Node, None]:
+    """``torch.max(x, dim)``: the values (the gradient to the index it returns, the first maximum) and no
+    indices."""
+    ax = _ax(x, dim)
+    return (_keep(max_(x, ax), x, (ax,), keepdim), None)
+
+
+@rule("min.dim")
+def _min_dim(x: Node, dim: int, keepdim: bool = False) -> tuple[Node, None]:
+    ax = _ax(x, dim)
+    return (_keep(elementwise(-a0, max_(elementwise(-a0, x), ax)), x, (ax,), keepdim), None)
+
+
+@rule("max", "max.default")
+def _max_all(x: Node) -> Node:
+    return _amax(x)
+
+
+@rule("amin", "min", "min.default")
+def _amin(x: Node, dim: Any = None, keepdim: bool = False) -> Node:
+    return elementwise(-a0, _amax(elementwise(-a0, x), dim, keepdim))
+
+
+@rule("hardtanh")
+def _hardtanh(x: Node, lo: Any = -1.0, hi: Any = 1.0) -> Node:
+    return elementwise(F.clamp(a0, _rational(lo), _rational(hi)), x)
+
+
+@rule("group_norm")
+def _group_norm_op(x: Node, groups: int, w: Node | None = None, b: Node | None = None, eps: float = 1e-5,
+                   cudnn_enabled: bool = True) -> Node:
+    return _group_norm(x, w, b, x.shape[0], x.shape[1], None, groups, eps)[0]
+
+
+@rule("native_group_norm")
+def _group_norm(x: Node, w: Node | None, b: Node | None, N: Any, C: Any, HxW: Any, groups: int,
+                eps: float) -> tuple[Any, ...]:
+    C = as_expr(x.shape[1])
+    if not C.is_Integer or int(C) % groups:
+        raise Unsupported(f"group norm of {C} channels in {groups} groups")
+    rest = x.shape[2:]
+    g = reshape(x, (x.shape[0], sp.Integer(groups), sp.Integer(int(C) // groups)) + tuple(rest))
+    axes = list(range(2, g.ndim))
+    mu = _mean(g, axes, keepdim=True)
+    gc = elementwise(a0 - a1, g, mu)
+    var = _mean(elementwise(a0**2, gc), axes, keepdim=True)
+    rstd = elementwise(1 / sp.sqrt(a0 + constant("epsilon", eps)), var)
+    out = reshape(elementwise(a0 * a1, gc, rstd), x.shape)
+    stat = (C,) + (sp.S.One,) * len(rest)
+    if w is not None:
+        out = elementwise(a0 * a1, out, reshape(w, stat))
+    if b is not None:
+        out = elementwise(a0 + a1, out, reshape(b, stat))
+    return (out, mu, rstd)
+
+
+@rule("rms_norm")
+def _rms_norm(x: Node, shape: Sequence[Any], w: Node | None = None, eps: float | None = None) -> Node:
+    """RMSNorm: ``x / sqrt(mean(x^2) + eps) * w`` over the trailing ``shape`` (eps: the float64 machine
+    epsilon when not given, as torch in float64)."""
+    axes = list(range(x.ndim - len(shape), x.ndim))
+    e = float(np.finfo(np.float64).eps) if eps is None else eps
+    r = _keep(step("r", elementwise(sp.sqrt(a0 + constant("epsilon", e)), _mean(elementwise(a0**2, x), axes)),
+                   r"r"), x, tuple(axes), True)
+    out = elementwise(a0 / a1, x, r)
+    return out if w is None else elementwise(a0 * a1, out, w)
+
+
 @rule("_softmax")
 def _softmax(x: Node, dim: int, half_to_float: bool = False) -> Node:
     return softmax(x, _ax(x, dim))
@@ -509,11 +610,14 @@ def _log_softmax(x: Node, dim: int, half_to_float: bool = False) -> Node:
 @rule("native_layer_norm")
 def _layer_norm(x: Node, shape: Sequence[Any], w: Node | None, b: Node | None, eps: float) -> tuple[Any, ...]:
     axes = list(range(x.ndim - len(shape), x.ndim))
-    mu = _mean(x, axes, keepdim=True)
+    # the book's steps: the mean and the standard deviation of each row, then the normalised row
+    mu = _keep(step("mu", _mean(x, axes), r"\mu"), x, tuple(axes), True)
     xc = elementwise(a0 - a1, x, mu)
-    var = _mean(elementwise(a0**2, xc), axes, keepdim=True)
-    rstd = elementwise(1 / sp.sqrt(a0 + constant("epsilon", eps)), var)
-    out = elementwise(a0 * a1, xc, rstd)
+    var = _mean(elementwise(a0**2, xc), axes)
+    sigma = _keep(step("sigma", elementwise(sp.sqrt(a0 + constant("epsilon", eps)), var), r"\sigma"), x,
+                  tuple(axes), True)
+    rstd = elementwise(1 / a0, sigma)
+    out = elementwise(a0 / a1, xc, sigma)
     if w is not None:
         out = elementwise(a0 * a1, out, w)
     if b is not None:
@@ -654,6 +758,22 @@ def _split(x: Node, sizes: Any, dim: int = 0) -> tuple[Node, ...]:
     return tuple(out)
 
 
+@rule("chunk")
+def _chunk(x: Node, chunks: int, dim: int = 0) -> tuple[Node, ...]:
+    ax = _ax(x, dim)
+    total = x.shape[ax]
+    if not total.is_number:
+        raise Unsupported("chunk of a dynamic axis")
+    size = -(-int(total) // chunks)
+    return _split(x, size, dim)
+
+
+@rule("broadcast_tensors")
+def _broadcast_tensors(xs: Sequence[Node]) -> tuple[Node, ...]:
+    shape = broadcast_shape(*(x.shape for x in xs))
+    return tuple(broadcast(x, shape) for x in xs)
+
+
 @rule("unbind.int")
 def _unbind(x: Node, dim: int = 0) -> tuple[Node, ...]:
     ax = _ax(x, dim)
@@ -778,8 +898,7 @@ def _unflatten(x: Node, dim: int, sizes: Sequence[Any]) -> Node:
     if any(d == -1 for d in inner):
         known = sp.Mul(*(d for d in inner if d != -1))
         inner = [sp.simplify(x.shape[ax] / known) if d == -1 else d for d in inner]
-    inner = tuple(inner)  # type: ignore[assignment]
-    return reshape(x, x.shape[:ax] + inner + x.shape[ax + 1:])  # type: ignore[operator]
+    return reshape(x, (*x.shape[:ax], *inner, *x.shape[ax + 1:]))
 
 
 @rule("flatten.using_ints")
@@ -845,6 +964,15 @@ def _bce_logits(x: Node, y: Node, weight: Any = None, pos_weight: Any = None, re
     return _reduce(elementwise(F.softplus(a0) - a1 * a0, x, y), reduction)
 
 
+def _labels_var(y: Any) -> Var | None:
+    """The integer-label input behind ``y`` (itself, or reshapes of it)."""
+    from ..tensor import Reshape
+
+    while isinstance(y, Reshape):
+        y = y.x
+    return y if isinstance(y, Var) and y.domain == "labels" else None
+
+
 @rule("cross_entropy_loss")
 def _cross_entropy(x: Node, y: Node, weight: Any = None, reduction: int = 1, ignore_index: int = -100,
                    label_smoothing: float = 0.0) -> Node:
@@ -854,6 +982,13 @@ def _cross_entropy(x: Node, y: Node, weight: Any = None, reduction: int = 1, ign
         raise Unsupported(f"cross_entropy with ignore_index={ignore_index} (a class that labels may hold)")
     ax = 1 if x.ndim > 1 else 0
     logp = log_softmax(x, ax)
+    labels_of = _labels_var(y)
+    if labels_of is not None and ax == x.ndim - 1 and not isinstance(y, Var):
+        # labels reshaped (``y.view(-1)`` beside ``logits.view(-1, K)``): the one-hot of the labels, reshaped
+        oh = reshape(OneHot(labels_of, x.shape[ax], labels_of.ndim), tuple(y.shape) + (x.shape[ax],))
+        labels = tuple(range(x.ndim))
+        nll = einsum([labels, labels], labels[:ax] + labels[ax + 1:], [logp, oh], coef=-1)
+        return _reduce(nll, reduction)
     if isinstance(y, Var) and y.domain == "labels":
         oh = OneHot(y, x.shape[ax], ax)
         labels = tuple(range(x.ndim))
@@ -866,3 +1001,146 @@ def _cross_entropy(x: Node, y: Node, weight: Any = None, reduction: int = 1, ign
             return einsum([tuple(range(per.ndim))], (), [per], coef=1 / sp.Mul(*per.shape))
         return _reduce(per, reduction)
     raise Unsupported("cross_entropy targets that are neither integer labels nor probabilities")
+
+
+# ---------------------------------------------------------------------------------------------------
+# convolution and pooling: contractions with the image's windows (derive.primitives.windows), as the
+# zoo's conv2d and pooling entries; 1-D layers are 2-D ones over an image of height 1
+# ---------------------------------------------------------------------------------------------------
+
+
+def _pair(v: Any, nd: int, name: str) -> tuple[Any, ...]:
+    vals = list(v) if isinstance(v, (list, tuple)) else [v] * nd
+    if len(vals) == 1:
+        vals = vals * nd
+    if len(vals) != nd or not all(isinstance(a, int) and not isinstance(a, bool) for a in vals):
+        raise Unsupported(f"{name}={v!r} (integers, one per spatial axis)")
+    return tuple(vals)
+
+
+def _same_both(vals: tuple[int, ...], name: str) -> int:
+    if len(set(vals)) != 1:
+        raise Unsupported(f"a different {name} per spatial axis ({vals}); use one {name} for both")
+    return vals[0]
+
+
+def _spatial(x: Node, nd: int, what: str) -> None:
+    if nd not in (1, 2):
+        raise Unsupported(f"{nd}-D {what} (dlmath covers 1-D and 2-D)")
+    if x.ndim < nd + 1:
+        raise Unsupported(f"{what} of an input of shape {tuple(x.shape)}")
+
+
+def _as_2d(x: Node) -> Node:
+    """(..., C, L) as the image (..., C, 1, L)."""
+    return reshape(x, x.shape[:-1] + (sp.S.One, x.shape[-1]))
+
+
+def _padded(x: Node, pads: tuple[int, ...]) -> Node:
+    """Zero padding of the last len(pads) axes, ``pads[i]`` on both sides of each."""
+    from ..tensor import pad
+
+    k = len(pads)
+    for i, p in enumerate(pads):
+        if p:
+            ax = x.ndim - k + i
+            x = pad(x, ax, p, x.shape[ax] + 2 * p)
+    return x
+
+
+@rule("convolution")
+def _convolution(x: Node, w: Node, b: Node | None = None, stride: Any = 1, padding: Any = 0, dilation: Any = 1,
+                 transposed: bool = False, output_padding: Any = 0, groups: int = 1) -> Node:
+    if transposed:
+        raise Unsupported("transposed convolution")
+    return _conv(x, w, b, stride, padding, dilation, groups)
+
+
+@rule("conv2d", "conv1d", "conv2d.padding", "conv1d.padding")
+def _conv(x: Node, w: Node, b: Node | None = None, stride: Any = 1, padding: Any = 0, dilation: Any = 1,
+          groups: int = 1) -> Node:
+    from ..tensor import Unfold
+
+    nd = w.ndim - 2
+    _spatial(x, nd, "convolution")
+    if groups != 1:
+        raise Unsupported(f"grouped convolution (groups={groups})")
+    ks = [as_expr(k) for k in w.shape[2:]]
+    if not all(k.is_Integer for k in ks):
+        raise Unsupported("a convolution kernel of dynamic size")
+    S, D = _pair(stride, nd, "stride"), _pair(dilation, nd, "dilation")
+    if isinstance(padding, str):
+        if padding == "valid":
+            P: tuple[int, ...] = (0,) * nd
+        elif padding == "same" and all(s == 1 for s in S):
+            tot = [d * (int(k) - 1) for d, k in zip(D, ks)]
+            if any(t % 2 for t in tot):
+                raise Unsupported("padding='same' with an even kernel (torch pads one side more)")
+            P = tuple(t // 2 for t in tot)
+        else:
+            raise Unsupported(f"padding={padding!r}")
+    else:
+        P = _pair(padding, nd, "padding")
+    if nd == 1:
+        x, w = _as_2d(x), _as_2d(w)
+        S, D, P = (1, *S), (1, *D), (0, *P)
+    s = S[1] if nd == 1 else _same_both(S, "stride")
+    d = D[1] if nd == 1 else _same_both(D, "dilation")
+    if len(set(P)) == 1:
+        U = Unfold(x, (int(w.shape[2]), int(w.shape[3])), s, P[0], d)
+    else:  # a different padding per axis: the zeros explicitly, then the windows
+        U = Unfold(_padded(x, P), (int(w.shape[2]), int(w.shape[3])), s, 0, d)
+    lead = tuple(f"n{i}" for i in range(U.ndim - 5))
+    z = einsum([("o", "c", "i", "j"), lead + ("c", "i", "j", "p", "q")], lead + ("o", "p", "q"), [w, U])
+    if b is not None:
+        z = elementwise(a0 + a1, z, reshape(b, (b.shape[0], sp.S.One, sp.S.One)))
+    return reshape(z, z.shape[:-2] + z.shape[-1:]) if nd == 1 else z
+
+
+def _pool(kind: str, x: Node, kernel: Any, stride: Any, padding: Any, dilation: Any = 1,
+          ceil_mode: bool = False) -> Node:
+    import math as _math
+
+    from ..tensor import Max, Unfold
+
+    nd = len(kernel) if isinstance(kernel, (list, tuple)) else 2
+    _spatial(x, nd, f"{kind} pooling")
+    K = _pair(kernel, nd, "kernel_size")
+    S = K if stride in (None, [], ()) else _pair(stride, nd, "stride")
+    P, D = _pair(padding, nd, "padding"), _pair(dilation, nd, "dilation")
+    if ceil_mode:
+        raise Unsupported(f"{kind} pooling with ceil_mode=True")
+    if nd == 1:
+        x = _as_2d(x)
+        K, S, P, D = (1, *K), (1, *S), (0, *P), (1, *D)
+    s = S[1] if nd == 1 else _same_both(S, "stride")
+    d = D[1] if nd == 1 else _same_both(D, "dilation")
+    p = P[1] if nd == 1 else _same_both(P, "padding")
+    if nd == 1 and p:
+        raise Unsupported(f"1-D {kind} pooling with padding")
+    # max pooling pads with -infinity (a padded entry never wins), average pooling with zeros (counted)
+    U = Unfold(x, (K[0], K[1]), s, p, d, flat=True, fill=-_math.inf if kind == "max" else 0.0)
+    out = Max(U, U.ndim - 3) if kind == "max" else _mean(U, [U.ndim - 3])
+    return reshape(out, out.shape[:-2] + out.shape[-1:]) if nd == 1 else out
+
+
+@rule("max_pool2d", "max_pool1d")
+def _max_pool(x: Node, kernel: Any, stride: Any = None, padding: Any = 0, dilation: Any = 1,
+              ceil_mode: bool = False) -> Node:
+    return _pool("max", x, kernel, stride, padding, dilation, ceil_mode)
+
+
+@rule("max_pool2d_with_indices")
+def _max_pool_indices(x: Node, kernel: Any, stride: Any = None, padding: Any = 0, dilation: Any = 1,
+                      ceil_mode: bool = False) -> tuple[Node, None]:
+    return (_pool("max", x, kernel, stride, padding, dilation, ceil_mode), None)
+
+
+@rule("avg_pool2d", "avg_pool1d")
+def _avg_pool(x: Node, kernel: Any, stride: Any = None, padding: Any = 0, ceil_mode: bool = False,
+              count_include_pad: bool = True, divisor_override: Any = None) -> Node:
+    if padding not in (0, [0], [0, 0], (0, 0)) and not count_include_pad:
+        raise Unsupported("average pooling with count_include_pad=False and padding")
+    if divisor_override is not None:
+        raise Unsupported("average pooling with divisor_override")
+    return _pool("average", x, kernel, stride, padding, 1, ceil_mode)

@@ -16,6 +16,7 @@ from ..program import Builder, Model, ModelError
 from ..tensor import ARG, Node, Var, map_
 from . import register
 from .ch7 import _feed_forward, _layer_norm, _mha
+from .specs import MAX_LAYERS, Bool, Choice, Int, Real
 
 _T = r"^{\langle t\rangle}"
 
@@ -61,7 +62,8 @@ def _dims(b: Builder, time: tuple[str, ...] = ("T",)) -> dict[str, sp.Symbol]:
     return d
 
 
-@register("stacked_rnn", "§7.2 (7.15)", "stacked (multi-layer) recurrent network with a softmax head")
+@register("stacked_rnn", "§7.2 (7.15)", "stacked (multi-layer) recurrent network with a softmax head",
+          options={"layers": Int(lo=1, hi=MAX_LAYERS), "activation": Choice("tanh", "relu")})
 def stacked_rnn(layers: int = 2, activation: str = "tanh") -> Model:
     r"""Stacked RNN (7.15): h^{<t>[1]} = S(W_hh^{[1]} h^{<t-1>[1]} + W_hx^{[1]} x^{<t>} + b_h^{[1]}), and for
     l = 2..L h^{<t>[l]} = S(W_hh^{[l]} h^{<t-1>[l]} + W_hx^{[l]} h^{<t>[l-1]} + b_h^{[l]}); a softmax head on
@@ -90,7 +92,8 @@ def stacked_rnn(layers: int = 2, activation: str = "tanh") -> Model:
     return b.scans_model(kinks=activation == "relu")
 
 
-@register("birnn", "§7.2 (7.14)", "bidirectional recurrent network with a softmax head")
+@register("birnn", "§7.2 (7.14)", "bidirectional recurrent network with a softmax head",
+          options={"activation": Choice("tanh", "relu")})
 def birnn(activation: str = "tanh") -> Model:
     r"""Bidirectional RNN (7.14): a forward state h->^{<t>} = S(W->_hh h->^{<t-1>} + W->_hx x^{<t>} + b->_h), a
     backward state h<-^{<t>} = S(W<-_hh h<-^{<t+1>} + W<-_hx x^{<t>} + b<-_h) run from t = T down to 1, and a
@@ -118,7 +121,8 @@ def birnn(activation: str = "tanh") -> Model:
     return b.scans_model(kinks=activation == "relu")
 
 
-@register("seq2seq", "§7.4", "RNN encoder-decoder with teacher forcing (optionally with attention)")
+@register("seq2seq", "§7.4", "RNN encoder-decoder with teacher forcing (optionally with attention)",
+          options={"attention": Bool(), "activation": Choice("tanh", "relu")})
 def seq2seq(attention: bool = False, activation: str = "tanh") -> Model:
     r"""RNN encoder-decoder (§7.4). Encoder h^{<t>} = S(W_hh h^{<t-1>} + W_hx x^{<t>} + b_h), t = 1..T_in;
     decoder from s^{<0>} = h^{<T_in>} with teacher forcing (it reads the previous target, y^{<0>} = 0):
@@ -145,6 +149,8 @@ def seq2seq(attention: bool = False, activation: str = "tanh") -> Model:
     W_sy = b.param("W_sy", (m, d["q"]), "W_{sy}")
     pre: Node = W_ss @ sprev + W_sy @ yprev
     if attention:
+        # H = [h^{<1>}, ..., h^{<T_in>}] has the encoder's steps as its columns (the book's layout): e = H^T s / sqrt(m)
+        b.notation["columns"] = (d["T_in"],)
         H = b.stack("H", h, "H")
         tau, j = "tau", "j"
         dims = {tau: d["T_in"], j: m}
@@ -184,7 +190,8 @@ def _cross_mha(b: Builder, Xq: Node, Xkv: Node, H: sp.Symbol, m: sp.Symbol, p: s
     return b.eq(f"mha{tag}", einsum([(h, t, j), (c, h, j)], (t, c), [U, Wo], dims=dims), out_tex)
 
 
-@register("decoder_block", "§7.5", "post-LN transformer decoder block (causal self-attention, cross-attention)")
+@register("decoder_block", "§7.5", "post-LN transformer decoder block (causal self-attention, cross-attention)",
+          options={"heads": Int(lo=1, hi=64), "eps": Real(lo=0)})
 def decoder_block(heads: int = 2, eps: float = 1e-5) -> Model:
     r"""The post-LN transformer decoder block (§7.5): u1 = LN(x + MHA_causal(x)), u2 = LN(u1 + MHA(u1, E, E))
     (cross-attention over the encoder output E), out = LN(u2 + W2 ReLU(W1 u2 + b1) + b2); a layer entry with

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import sympy as sp
 
-from ..functions import step
+from ..functions import between, step
 from ..nn import activation as act
 from ..nn import (
     clamp,
@@ -34,6 +34,7 @@ from ..nn import (
 from ..program import Builder, Model, ModelError
 from ..tensor import ARG, IndexGrid, Node, Var, gather, map_
 from . import register
+from .specs import Bool, Choice, Int, Real
 
 _GCN_ACTIVATIONS = ("relu", "tanh", "sigmoid", "leaky_relu", "softplus", "identity")
 
@@ -43,13 +44,16 @@ def _choose(entry: str, option: str, value: object, choices: tuple[str, ...]) ->
         raise ModelError(f"{entry}: {option} {value!r} is unknown; choose one of: {', '.join(map(repr, choices))}")
 
 
-def _positive(entry: str, option: str, value: object, lo: float = 0.0, hi: float | None = None) -> float:
+def _number(entry: str, option: str, value: object, lo: float, hi: float | None = None,
+            open_lo: bool = True) -> float:
+    """``value`` as a float in (lo, hi] (``[lo, hi]`` with ``open_lo=False``; finite, unbounded for ``hi=None``)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ModelError(f"{entry}: {option} must be a number, got {value!r}")
     v = float(value)
-    if not (v > lo if hi is None else lo < v <= hi) or v != v:
-        raise ModelError(f"{entry}: {option} must be " + (f"> {lo:g}" if hi is None else f"in ({lo:g}, {hi:g}]")
-                         + f", got {value!r}")
+    above = v > lo if open_lo else v >= lo
+    if not (above and (hi is None or v <= hi)) or v == float("inf"):  # NaN fails both comparisons
+        where = ("(" if open_lo else "[") + f"{lo:g}, " + ("inf)" if hi is None else f"{hi:g}]")
+        raise ModelError(f"{entry}: {option} must be in {where}, got {value!r}")
     return v
 
 
@@ -105,7 +109,8 @@ def vae() -> Model:
     eps = b.input("E", (k,), r"\epsilon", batched=True)
     h = b.eq("h", tanh(W_e @ x + b_e), "h_e")
     mu = b.eq("mu", W_mu @ h + b_mu, r"\mu")
-    lv = b.eq("lv", W_lv @ h + b_lv, r"\log\sigma^{2}", adjoint=("lv_bar", r"\zeta_{\ell}"))
+    # the log-variance, ell = log sigma^2 (as kl_gaussian writes it), with its weights W_ell, b_ell
+    lv = b.eq("lv", W_lv @ h + b_lv, r"\ell", adjoint=("lv_bar", r"\zeta_{\ell}"), note=r"\ell = \log\sigma^{2}")
     sigma = b.eq("sigma", exp(lv / 2), r"\sigma")
     z = b.eq("z", mu + sigma * eps, "z", adjoint=("zeta_z", r"\zeta_{z}"))  # the reparameterisation
     hd = b.eq("h_dec", tanh(W_h @ z + b_h), "h_d")
@@ -120,7 +125,9 @@ def vae() -> Model:
 # -- §8.2: the diffusion (DDPM) loss --------------------------------------------------------------------------
 
 
-@register("diffusion", "§8.2", "DDPM epsilon-prediction loss (linear noise schedule)")
+@register("diffusion", "§8.2", "DDPM epsilon-prediction loss (linear noise schedule)",
+          options={"T_steps": Int(lo=2), "beta_1": Real(lo=0, hi=1, open_lo=True, open_hi=True),
+                   "beta_T": Real(lo=0, hi=1, open_lo=True, open_hi=True)})
 def diffusion(T_steps: int = 100, beta_1: float = 1e-4, beta_T: float = 0.02) -> Model:
     r"""DDPM loss: x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps, ehat = W_2 ReLU(W_1 [x_t; t/T] + b_1) + b_2,
     C = ||eps - ehat||^2, batch mean; beta_s linear from beta_1 to beta_T over s = 1, ..., T and
@@ -146,20 +153,22 @@ def diffusion(T_steps: int = 100, beta_1: float = 1e-4, beta_T: float = 0.02) ->
     e = b.input("E", (p,), r"\epsilon", batched=True)
     t = b.input("t", (), "t", batched=True, domain="labels")
     # the schedule, a table over the steps: beta_s for s = 1..T, and log abar_j = sum_s 1{s <= j} log(1 - beta_s)
-    # for j = 0..T (a contraction with the indicator of s <= j; integers, so s <= j iff j - s + 1/2 > 0)
+    # for j = 0..T, a product with the lower-triangular table L_{js} = 1{1 <= s <= j}
     s = IndexGrid((T_steps,), 0, "s", start=1)
-    beta = b.eq("beta", be1 + (s - 1) * (beT - be1) / (T - 1), r"\beta")
+    beta = b.eq("beta", be1 + (s - 1) * (beT - be1) / (T - 1), r"\beta_{s}")
     grid = (T_steps + 1, T_steps)
-    upto = map_(step(ARG[0] - ARG[1] + sp.Rational(1, 2)), [IndexGrid(grid, 0, "j"), IndexGrid(grid, 1, "s", start=1)])
-    labar = b.eq("log_abar", einsum([("j", "s"), ("s",)], ("j",), [upto, log(1 - beta)]), r"\log\bar{\alpha}",
+    upto = b.eq("L", map_(between(ARG[1], 1, ARG[0]), [IndexGrid(grid, 0, "j"), IndexGrid(grid, 1, "s", start=1)]),
+                "L")
+    labar = b.eq("log_abar", upto @ log(1 - beta), r"\log\bar{\alpha}",
                  note=r"\log\bar{\alpha}_{j} = \sum_{s \leq j} \log(1 - \beta_{s})")
-    la_t = b.eq("log_abar_t", gather(labar, t), r"\log\bar{\alpha}_{t}")
-    xt = b.eq("x_t", exp(la_t / 2) * x0 + sqrt(1 - exp(la_t)) * e, "x_{t}")
-    # [x_t; t/T]: x_t in the first p entries (the padded identity), t/T in the last
+    abar_t = b.eq("abar_t", exp(gather(labar, t)), r"\bar{\alpha}_{t}")
+    xt = b.eq("x_t", sqrt(abar_t) * x0 + sqrt(1 - abar_t) * e, "x_{t}")
+    # [x_t; t/T] = P x_t + (t/T) e_{p+1}: P the identity with a zero row below, e_{p+1} the last unit vector
     cells = (p + 1, p)
-    pad = map_(step(ARG[0] - ARG[1] + sp.Rational(1, 2)) * step(ARG[1] - ARG[0] + sp.Rational(1, 2)),
-               [IndexGrid(cells, 0, "i"), IndexGrid(cells, 1, "j")])
-    last = map_(step(ARG[0] - p + sp.Rational(1, 2)), [IndexGrid((p + 1,), 0, "i")])
+    pad = b.eq("P", map_(step(ARG[0] - ARG[1] + sp.Rational(1, 2)) * step(ARG[1] - ARG[0] + sp.Rational(1, 2)),
+                         [IndexGrid(cells, 0, "i"), IndexGrid(cells, 1, "j")]), "P",
+               note=r"P = [I_{p}; 0^\top]")
+    last = b.eq("e_last", map_(step(ARG[0] - p + sp.Rational(1, 2)), [IndexGrid((p + 1,), 0, "i")]), "e_{p+1}")
     u = b.eq("u", pad @ xt + last * (t / T), r"\tilde{x}_{t}", note=r"\tilde{x}_{t} = [x_{t}; t/T]")
     z1 = b.eq("z1", W1 @ u + b1, "z^{[1]}", adjoint=("delta1", r"\delta^{[1]}"))
     a1 = b.eq("a1", act("relu", z1), "a^{[1]}")
@@ -197,7 +206,9 @@ def _gan_players(b: Builder, player: str, h: sp.Symbol, h2: sp.Symbol, p: sp.Sym
     return W1, b1, w2, b2, V1, c1, V2, c2
 
 
-@register("gan", "§8.3", "GAN: the discriminator's binary cross entropy, or the generator's loss")
+@register("gan", "§8.3", "GAN: the discriminator's binary cross entropy, or the generator's loss",
+          options={"player": Choice("discriminator", "generator"),
+                   "generator_loss": Choice("minimax", "non_saturating")})
 def gan(player: str = "discriminator", generator_loss: str = "minimax") -> Model:
     r"""GAN with logit D(x) = w_2^T tanh(W_1 x + b_1) + b_2 and generator G(z) = V_2 tanh(V_1 z + c_1) + c_2.
 
@@ -235,14 +246,14 @@ def gan(player: str = "discriminator", generator_loss: str = "minimax") -> Model
     return b.model(hard=())
 
 
-@register("wgan_gp", "§8.3", "WGAN-GP critic loss (gradient penalty, derived inside the program)")
+@register("wgan_gp", "§8.3", "WGAN-GP critic loss (gradient penalty, derived inside the program)",
+          options={"lam": Real(lo=0)})
 def wgan_gp(lam: float = 10.0) -> Model:
     r"""WGAN-GP critic loss D(G(z)) - D(x) + lambda (||grad_xhat D(xhat)||_2 - 1)^2, xhat = eps x + (1 - eps) G(z),
     batch mean, with D(x) = w_2^T tanh(W_1 x + b_1) + b_2 and G(z) = V_2 tanh(V_1 z + c_1) + c_2; gradients in the
     critic's parameters. The inner gradient is derived by the engine (Builder.gradient), its gradient by
     differentiating the program again."""
-    lam_v = _positive("wgan_gp", "lam", lam, -1.0)
-    del lam_v
+    _number("wgan_gp", "lam", lam, 0.0, open_lo=False)
     b = Builder("wgan_gp", "WGAN-GP critic loss (gradient penalty, derived inside the program)", "§8.3",
                 {"lam": lam})
     b.samples("n", 3, 1, 5)
@@ -269,12 +280,13 @@ def wgan_gp(lam: float = 10.0) -> Model:
 # -- §8.4: reinforcement learning -----------------------------------------------------------------------------
 
 
-@register("q_learning", "§8.4", "tabular Q-learning update")
+@register("q_learning", "§8.4", "tabular Q-learning update",
+          options={"alpha": Real(lo=0, hi=1, open_lo=True), "gamma": Real(lo=0, hi=1)})
 def q_learning(alpha: float = 0.1, gamma: float = 0.9) -> Model:
     r"""Q(s, a) <- Q(s, a) + alpha (r + gamma (1 - done) max_a' Q(s', a') - Q(s, a)), with the state s, the action a
     and the next state s' one-hot: Q <- Q + alpha delta s a^T."""
-    _positive("q_learning", "alpha", alpha, 0.0, 1.0)
-    _positive("q_learning", "gamma", gamma, -1e-300, 1.0)
+    _number("q_learning", "alpha", alpha, 0.0, 1.0)
+    _number("q_learning", "gamma", gamma, 0.0, 1.0, open_lo=False)
     b = Builder("q_learning", "tabular Q-learning update", "§8.4", {"alpha": alpha, "gamma": gamma})
     S = b.dim("S", 4, 1, 5)
     A = b.dim("A", 3, 1, 4)
@@ -283,7 +295,7 @@ def q_learning(alpha: float = 0.1, gamma: float = 0.9) -> Model:
     a = b.input("a", (A,), "a", domain="one_hot")
     r = b.input("r", (), "r")
     s1 = b.input("s_next", (S,), "s'", domain="one_hot")
-    done = b.input("done", (), r"d", domain="mask")
+    done = b.input("done", (), r"\mathrm{done}", domain="mask")
     al, ga = b.const("alpha", alpha), b.const("gamma", gamma)
     q_sa = b.eq("q_sa", einsum([("i",), ("i", "j"), ("j",)], (), [s, Q, a]), "Q(s, a)")
     q_next = b.eq("q_next", max_(einsum([("i",), ("i", "j")], ("j",), [s1, Q])), r"\max_{a'} Q(s', a')")
@@ -292,12 +304,13 @@ def q_learning(alpha: float = 0.1, gamma: float = 0.9) -> Model:
     return b.update_model({"Q": nxt})
 
 
-@register("dqn", "§8.4", "DQN semi-gradient TD loss with a target network")
+@register("dqn", "§8.4", "DQN semi-gradient TD loss with a target network",
+          options={"gamma": Real(lo=0, hi=1), "huber": Bool()})
 def dqn(gamma: float = 0.99, huber: bool = False) -> Model:
     r"""DQN: q(s) = W_2 ReLU(W_1 s + b_1) + b_2, target y = sg[r + gamma (1 - done) max q^-(s')] from the target
     network (no gradient flows into it), C = (a^T q(s) - y)^2, or the Huber loss of that difference
     (``huber=True``, delta = 1: its derivative is clamp(u, -1, 1)); batch mean."""
-    _positive("dqn", "gamma", gamma, -1e-300, 1.0)
+    _number("dqn", "gamma", gamma, 0.0, 1.0, open_lo=False)
     if not isinstance(huber, bool):
         raise ModelError(f"dqn: huber must be True or False, got {huber!r}")
     b = Builder("dqn", "DQN semi-gradient TD loss with a target network" + (" (Huber)" if huber else ""), "§8.4",
@@ -318,13 +331,13 @@ def dqn(gamma: float = 0.99, huber: bool = False) -> Model:
     a = b.input("A", (K,), "a", batched=True, domain="one_hot")
     r = b.input("R", (), "r", batched=True)
     s1 = b.input("S_next", (d,), "s'", batched=True)
-    done = b.input("done", (), "d", batched=True, domain="mask")
+    done = b.input("done", (), r"\mathrm{done}", batched=True, domain="mask")
     ga = b.const("gamma", gamma)
     z1 = b.eq("z1", W1 @ s + b1, "z^{[1]}", adjoint=("delta1", r"\delta^{[1]}"))
     a1 = b.eq("a1", act("relu", z1), "a^{[1]}")
-    q = b.eq("q", W2 @ a1 + b2, "q", adjoint=("delta2", r"\delta^{[2]}"))
+    q = b.eq("q", W2 @ a1 + b2, "q(s)", adjoint=("delta2", r"\delta^{[2]}"))
     a1t = b.eq("a1_t", act("relu", W1t @ s1 + b1t), "a_{-}^{[1]}")
-    qt = b.eq("q_t", W2t @ a1t + b2t, "q_{-}")
+    qt = b.eq("q_t", W2t @ a1t + b2t, "q_{-}(s')")
     y = b.eq("y", stop_gradient(r + ga * (1 - done) * max_(qt)), "y")
     u = b.eq("u", dot(a, q) - y, "u")
     if huber:
@@ -338,7 +351,7 @@ def dqn(gamma: float = 0.99, huber: bool = False) -> Model:
 # -- §8.5: graph networks ---------------------------------------------------------------------------------------
 
 
-@register("gcn", "§8.5", "graph convolution layer S(A_hat H W)")
+@register("gcn", "§8.5", "graph convolution layer S(A_hat H W)", options={"activation": Choice(*_GCN_ACTIVATIONS)})
 def gcn(activation: str = "relu") -> Model:
     r"""Graph convolution layer H^{[l+1]} = S(A_hat H^{[l]} W^{[l]}) for a (normalised) adjacency A_hat; a layer
     entry with loss sum(G * H^{[l+1]}), gradients in W and H."""

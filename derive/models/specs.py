@@ -263,7 +263,7 @@ ZOO: dict[str, dict[str, Spec]] = {
     "dropout": {"p_keep": Real(lo=0, hi=1, open_lo=True)},
     "residual_block": {"activation": Choice(*_ACTS)},
     "batch_norm": {"eps": _EPS},
-    "conv2d": {"kernel": Ints(length=2, lo=1), "stride": Int(lo=1), "padding": Int(lo=0), "dilation": Int(lo=1)},
+    "conv2d": {"kernel": Maybe(Ints(length=2, lo=1)), "stride": Int(lo=1), "padding": Int(lo=0), "dilation": Int(lo=1)},
     "max_pool2d": {"kernel": Int(lo=1), "stride": Maybe(Int(lo=1)), "padding": Int(lo=0)},
     "avg_pool2d": {"kernel": Int(lo=1), "stride": Maybe(Int(lo=1)), "padding": Int(lo=0)},
     "cnn": {"channels": Int(lo=1, hi=64), "classes": Int(lo=2, hi=1000)},

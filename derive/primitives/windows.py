@@ -19,11 +19,12 @@ def conv_out(size: Dim, k: Dim, stride: int, padding: int, dilation: int) -> Dim
 
 
 class Unfold(Node):
-    r"""The windows of an image: ``x`` of shape (C, H, W) to patches (C, k_h k_w, H', W') with
+    r"""The windows of an image: ``x`` of shape (..., C, H, W) to patches (..., C, k_h, k_w, H', W') with
     ``U(x)[c, i k_w + j, p, q] = x_pad[c, p S + i D, q S + j D]`` (zero padding P, stride S, dilation D).
 
     A convolution is a contraction of the kernel with these patches; its adjoint :class:`Fold` scatters
-    patches back onto the image (the "full convolution" of the backward pass).
+    patches back onto the image (the "full convolution" of the backward pass). Leading axes (a batch, as
+    captured PyTorch code holds it) are carried along; the zoo's per-sample models use (C, H, W).
     """
 
     kind = "unfold"
@@ -39,18 +40,18 @@ class Unfold(Node):
 
     def __new__(cls, x: Node, kernel: tuple[Dim, Dim], stride: int = 1, padding: int = 0, dilation: int = 1,
                 flat: bool = False, fill: float = 0.0) -> Unfold:
-        if x.ndim != 3:
-            raise ShapeError(f"unfold takes a (C, H, W) image, got shape {fmt_shape(x.shape)}")
+        if x.ndim < 3:
+            raise ShapeError(f"unfold takes a (..., C, H, W) image, got shape {fmt_shape(x.shape)}")
         # the kernel size: integers, or dimension symbols (a kernel size read off the weight's shape)
         kh, kw = (int(k) if isinstance(k, int) or as_expr(k).is_Integer else as_expr(k) for k in kernel)
-        C, H, W = x.shape
+        *lead, C, H, W = x.shape
         oh, ow = conv_out(H, kh, stride, padding, dilation), conv_out(W, kw, stride, padding, dilation)
         win = (as_expr(kh) * as_expr(kw),) if flat else (as_expr(kh), as_expr(kw))
 
         def init(n: Any) -> None:
             n.x, n.kernel, n.stride, n.padding, n.dilation, n.flat = x, (kh, kw), stride, padding, dilation, flat
             n.fill = float(fill)
-            n.shape = (C, *win, oh, ow)
+            n.shape = (*lead, C, *win, oh, ow)
 
         return _intern(cls, (("node", id(x)), (kh, kw), stride, padding, dilation, flat, float(fill)), init)
 
@@ -83,7 +84,8 @@ class Unfold(Node):
 
 
 class Fold(Node):
-    r"""The adjoint of :class:`Unfold`: patches (C, k_h k_w, H', W') summed back onto a (C, H, W) image."""
+    r"""The adjoint of :class:`Unfold`: patches (..., C, k_h, k_w, H', W') (or flat, (..., C, k_h k_w, H', W'))
+    summed back onto a (..., C, H, W) image."""
 
     kind = "fold"
     x: Node
@@ -110,7 +112,12 @@ class Fold(Node):
         return Fold(children[0], self.image, self.kernel, self.stride, self.padding, self.dilation)
 
     def vjp(self, g: Node, out: Node) -> list[Node | None]:
-        return [Unfold(g, self.kernel, self.stride, self.padding, self.dilation, flat=self.x.ndim == 4)]
+        return [Unfold(g, self.kernel, self.stride, self.padding, self.dilation, flat=self.flat)]
+
+    @property
+    def flat(self) -> bool:
+        """Whether the patches hold each window as one axis of k_h k_w entries."""
+        return self.x.ndim == len(self.image) + 1
 
     def jvp(self, tangents: Sequence[Node | None], tshape: Shape, out: Node) -> Node | None:
         (t,) = tangents
@@ -126,7 +133,7 @@ class Fold(Node):
 
     def lower(self, args: Sequence[str], backend: str, ctx: Any) -> str:
         kh, kw = (ctx.dim(k) for k in self.kernel)
-        H, W = (ctx.dim(d) for d in self.image[1:])
+        H, W = (ctx.dim(d) for d in self.image[-2:])
         return (f"ops.fold({args[0]}, ({H}, {W}), ({kh}, {kw}), {self.stride}, {self.padding}, {self.dilation}, "
-                f"{self.x.ndim == 4})")
+                f"{self.flat})")
 

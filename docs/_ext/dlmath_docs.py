@@ -65,7 +65,10 @@ def _escape(text: str) -> str:
 
 
 def _align(eq: str) -> str:
-    """``lhs = rhs`` -> ``lhs &= rhs`` at the first top-level ``=`` (for multi-line math blocks)."""
+    """``lhs = rhs`` -> ``lhs &= rhs`` at the first top-level ``=`` (for multi-line math blocks); an equation that
+    is aligned already (an ``aligned`` block with its definitions below) is left as it is."""
+    if "&" in eq:
+        return eq
     depth = 0
     for i, ch in enumerate(eq):
         if ch in "{(":
