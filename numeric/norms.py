@@ -31,7 +31,7 @@ import sympy as sp
 
 from derive.program import Equation
 from derive.tensor import ARG as _ARG
-from derive.tensor import Const, Einsum, Map, Node, Var
+from derive.tensor import Const, Einsum, Map, Node, Var, as_expr
 
 __all__ = ["Norm", "find_norms", "match_backward"]
 
@@ -86,7 +86,7 @@ class _Sym:
         if n in ctx:
             return ctx[n]
         if isinstance(n, Const) and not n.shape:
-            return sp.sympify(n.value)
+            return as_expr(n.value)
         if isinstance(n, Var):
             return None
         if isinstance(n, Map):
@@ -129,7 +129,7 @@ class _Sym:
             (fulls if lay == "full" else groups).append(v)
         if len(set(e.out)) != len(e.out):
             return None
-        coef = sp.sympify(e.coef)
+        coef = as_expr(e.coef)
         if res == "full":
             if summed:
                 return None
@@ -158,7 +158,7 @@ def _equal(a: sp.Expr | None, b: sp.Expr) -> bool:
 def _size(shape: Sequence[Any], axes: Sequence[int]) -> sp.Expr:
     out = sp.S.One
     for i in axes:
-        out *= sp.sympify(shape[i])
+        out *= as_expr(shape[i])
     return out
 
 
