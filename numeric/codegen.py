@@ -10,6 +10,7 @@ sigmoids and softmaxes are rewritten into their stable forms (softplus, log-soft
 
 from __future__ import annotations
 
+import collections
 import re
 import string
 from collections.abc import Callable, Sequence
@@ -1190,6 +1191,10 @@ class _Emitter:
         self.map_parents: dict[int, int] = {}
         self.inner: dict[int, str] = {}  # a shared broadcasting contraction: the temporary of its small part
         self.made: dict[int, Any] = {}  # the planned operand of a map (its freshness, the axes it spans)
+        self.node_symbols: dict[int, sp.Symbol] = {}
+        self.shared: collections.Counter[sp.Expr] = collections.Counter()
+        self.shared_memo: dict[Any, Any] = {}
+        self._count_shared(roots)
         for r in roots:
             for n in walk([r], stop=lambda x: isinstance(x, Var)):
                 if isinstance(n, Map):
@@ -1207,7 +1212,8 @@ class _Emitter:
             return n.name
         if id(n) in self.temps:
             return self.temps[id(n)]
-        code = self._torch_code(n, top) if self.backend == "torch" else None
+        code = self._torch_code(n, top) if self.backend == "torch" else self._numpy_map(n) if isinstance(n, Map) \
+            else None
         if code is None:
             conv = _torch_conv(n, lambda c: self.code(c, False), self.low, None)
             code = conv if conv is not None else n.lower([self.code(c, False) for c in n.children()],
@@ -1321,6 +1327,67 @@ class _Emitter:
             return Operand(_paren(code), axes, number=not a.shape)
         return Operand(_paren(code), axes, fresh, True, False, gemm)
 
+    def _numpy_map(self, m: Map) -> str | None:
+        """A map whose expression shares subexpressions with itself or other maps (over the same arrays):
+        those computed once, into temporaries; the rest printed as written. None: nothing shared."""
+        keys = self._arg_keys(m)
+        if not any(self.shared[x] > 1 for x in sp.preorder_traversal(m.fn.xreplace(keys)) if not x.is_Atom):
+            return None
+        names: dict[sp.Symbol, str] = {}
+        mb = self.low.batched(m)
+        for i, a in enumerate(m.args):
+            code = self.code(a, False)
+            if mb and self.low.batched(a) and a.ndim < m.ndim:
+                code = f"{_paren(code)}[:, {', '.join(['None'] * (m.ndim - a.ndim))}]"
+            names[ARG[i]] = _paren(code)
+        temps: dict[sp.Symbol, str] = {}
+        memo = self._memo(m)
+
+        def hoisted(e: sp.Expr) -> sp.Expr:
+            if e.is_Atom:
+                return e
+            e2 = e.func(*[hoisted(a) for a in e.args]) if e.args else e
+            k = e.xreplace(keys)
+            if self.shared[k] > 1 and e.free_symbols & set(keys):
+                if k not in memo:
+                    memo[k] = self._hoist(scalar_code(e2, {**names, **temps}, self.backend))
+                s = sp.Symbol(f"_shared{len(temps)}_{memo[k]}", real=True)
+                temps[s] = memo[k]
+                return s
+            return e2
+
+        return scalar_code(hoisted(m.fn), {**names, **temps}, self.backend)
+
+    def _memo(self, m: Map) -> dict[sp.Expr, Any]:
+        """The shared subexpressions computed so far for maps of ``m``'s shape (a per-sample scalar broadcast
+        in a vector map, ``x[:, None]``, has another shape than in a scalar map)."""
+        memo: dict[sp.Expr, Any] = self.shared_memo.setdefault((tuple(m.shape), self.low.batched(m)), {})
+        return memo
+
+    def _arg_keys(self, m: Map) -> dict[sp.Symbol, sp.Symbol]:
+        """A map's argument symbols as symbols of the arrays they stand for (one per node)."""
+        return {ARG[i]: self._node_symbol(a) for i, a in enumerate(m.args)}
+
+    def _node_symbol(self, a: Node) -> sp.Symbol:
+        if id(a) not in self.node_symbols:
+            self.node_symbols[id(a)] = sp.Symbol(f"_node{len(self.node_symbols)}", real=True)
+        return self.node_symbols[id(a)]
+
+    def _count_shared(self, roots: Sequence[Node]) -> None:
+        """Subexpressions of the maps' expressions, over the arrays, counted across all maps (torch)."""
+        from derive.functions import ActivationBase
+
+        from .torch_maps import shared_subexpressions
+
+        seen: set[int] = set()
+        for r in roots:
+            for n in walk([r], stop=lambda x: isinstance(x, Var)):
+                if isinstance(n, Map) and id(n) not in seen:
+                    seen.add(id(n))
+                    fn = n.fn.replace(lambda e: isinstance(e, ActivationBase), lambda e: e.concrete())
+                    keys = self._arg_keys(n)
+                    self.shared.update(shared_subexpressions(fn.xreplace(keys), frozenset(keys.values())))
+
     def _planned_map(self, m: Map) -> Any:
         from derive.functions import ActivationBase
 
@@ -1336,7 +1403,8 @@ class _Emitter:
                 ops[ARG[i]] = op
         return plan_map(fn, ops, lambda e, names: scalar_code(e, {**names, **{s: o.code for s, o in ops.items()}},
                                                                "torch"),
-                        lambda e: scalar_code(e, {}, "torch"))
+                        lambda e: scalar_code(e, {}, "torch"), self._hoist, self.shared,
+                        lambda e: e.xreplace(self._arg_keys(m)), self._memo(m))
 
     def reduced(self, n: Node) -> str:
         """The batch mean (or sum) of a per-sample gradient, folded into its last contraction."""

@@ -86,7 +86,7 @@ class _Sym:
         if n in ctx:
             return ctx[n]
         if isinstance(n, Const) and not n.shape:
-            return as_expr(n.value, "a constant")
+            return as_expr(n.value)
         if isinstance(n, Var):
             return None
         if isinstance(n, Map):
@@ -129,7 +129,7 @@ class _Sym:
             (fulls if lay == "full" else groups).append(v)
         if len(set(e.out)) != len(e.out):
             return None
-        coef = as_expr(e.coef, "a coefficient")
+        coef = as_expr(e.coef)
         if res == "full":
             if summed:
                 return None

@@ -21,6 +21,7 @@ Nothing here changes what is computed, only the order of the same operations' ro
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -62,11 +63,17 @@ def _paren(code: str) -> str:
 
 class _Planner:
     def __init__(self, ops: dict[sp.Symbol, Operand], printer: Callable[[sp.Expr, dict[sp.Symbol, str]], str],
-                 constant: Callable[[sp.Expr], str]):
+                 constant: Callable[[sp.Expr], str], hoist: Callable[[str], str] | None = None,
+                 shared: Counter[sp.Expr] | None = None, key: Callable[[sp.Expr], sp.Expr] | None = None,
+                 memo: dict[sp.Expr, Operand] | None = None):
         self.ops = ops
         self.printer = printer
         self.constant = constant
         self.args = frozenset(ops)
+        self.hoist = hoist
+        self.shared = shared if shared is not None else Counter()
+        self.key = key if key is not None else (lambda e: e)
+        self.memo: dict[sp.Expr, Operand] = memo if memo is not None else {}
 
     # -- helpers -----------------------------------------------------------------------------------------
     def axes(self, e: sp.Expr) -> frozenset[int]:
@@ -87,6 +94,17 @@ class _Planner:
             return self.ops[e]
         if self.is_const(e):
             return self.num(e)
+        k = self.key(e) if self.hoist is not None else e
+        if self.hoist is not None and self.shared[k] > 1:
+            # a subexpression used more than once (here or in another map over the same arrays): computed
+            # once, into a temporary (then read, never updated)
+            if k not in self.memo:
+                op = self._emit(e)
+                self.memo[k] = Operand(self.hoist(op.code), op.axes, False, op.floating)
+            return self.memo[k]
+        return self._emit(e)
+
+    def _emit(self, e: sp.Expr) -> Operand:
         if e.is_Add:
             return self.add(e)
         if e.is_Mul:
@@ -435,11 +453,25 @@ class _Planner:
         return self.fallback(e)
 
 
+def shared_subexpressions(fn: sp.Expr, args: frozenset[sp.Symbol]) -> Counter[sp.Expr]:
+    """How often each subexpression of ``fn`` that involves ``args`` occurs (a negation is not one: it folds into a subtraction)."""
+    return Counter(x for x in sp.preorder_traversal(fn)
+                   if not x.is_Atom and x.free_symbols & args and not (x.is_Mul and x.args[0] == -1
+                                                                       and len(x.args) == 2))
+
+
 def plan_map(fn: sp.Expr, ops: dict[sp.Symbol, Operand], printer: Callable[[sp.Expr, dict[sp.Symbol, str]], str],
-             constant: Callable[[sp.Expr], str]) -> Operand:
+             constant: Callable[[sp.Expr], str], hoist: Callable[[str], str] | None = None,
+             shared: Counter[sp.Expr] | None = None, key: Callable[[sp.Expr], sp.Expr] | None = None,
+             memo: dict[sp.Expr, Operand] | None = None) -> Operand:
     """The planned code of ``fn`` over the operands ``ops`` (keyed by their ``ARG`` symbols).
 
     ``printer(expr, names)`` prints what the planner does not plan (a function it has no in-place form
     for, a selection, a comparison) with the scalar printer, ``names`` mapping symbols to code;
-    ``constant(expr)`` prints a constant (numbers, sizes, hyperparameters)."""
-    return _Planner(ops, printer, constant).emit(fn)
+    ``constant(expr)`` prints a constant (numbers, sizes, hyperparameters). With ``hoist`` (code -> the name
+    of a temporary holding it), subexpressions that ``shared`` counts more than once (by ``key``: the
+    subexpression written over the arrays rather than this map's arguments) are computed once, and ``memo``
+    (shared by the maps of one kernel) holds them."""
+    if shared is None:
+        shared = shared_subexpressions(fn, frozenset(ops))
+    return _Planner(ops, printer, constant, hoist, shared, key, memo).emit(fn)
