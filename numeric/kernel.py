@@ -496,12 +496,12 @@ def _check_moderate(model: str, name: str, a: Any) -> None:
         return
     info = np.finfo(np.float32 if "float32" in str(a.dtype) else np.float64)
     limit = math.sqrt(float(info.max) / size)
-    # max|a| in one read (NumPy: its extremes, no |a| temporary; torch: the infinity norm, which keeps a NaN)
+    # max|a| from its extremes in one read, no |a| temporary (torch: aminmax; its infinity norm is 20x slower)
     if isinstance(a, np.ndarray):
         lo, hi = float(a.min()), float(a.max())
-        big = math.nan if lo != lo or hi != hi else max(-lo, hi)
     else:
-        big = float(a.norm(p=math.inf))
+        lo, hi = (float(v) for v in a.aminmax())
+    big = math.nan if lo != lo or hi != hi else max(-lo, hi)
     if big <= limit:
         return
     if not math.isfinite(big):
