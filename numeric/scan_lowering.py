@@ -82,31 +82,18 @@ class Names:
         return name
 
 
-def _state_product(e: Node, states: set[Var]) -> tuple[Var, Var] | None:
-    """(W, h) for ``W h`` (``W`` a parameter (k, j), ``h`` a carried state (j,)), else None."""
+def _weight_times(e: Node, vectors: set[Var]) -> tuple[Var, Var] | None:
+    """(W, v) for ``W v``: ``W`` a parameter (k, j), ``v`` one of ``vectors`` (j,) (a carried state, or a
+    sequence input at step t); else None."""
     if not isinstance(e, Einsum) or len(e.operands) != 2 or e.coef != 1:
         return None
     for kw in (0, 1):
-        W, h = e.operands[kw], e.operands[1 - kw]
-        lw, lh = e.ins[kw], e.ins[1 - kw]
-        if (isinstance(W, Var) and W.role == "param" and not W.batched and W.ndim == 2 and isinstance(h, Var)
-                and h in states and h.ndim == 1 and len(lw) == 2 and lw[0] != lw[1] and lh == (lw[1],)
+        W, v = e.operands[kw], e.operands[1 - kw]
+        lw, lv = e.ins[kw], e.ins[1 - kw]
+        if (isinstance(W, Var) and W.role == "param" and not W.batched and W.ndim == 2 and isinstance(v, Var)
+                and v in vectors and v.ndim == 1 and len(lw) == 2 and lw[0] != lw[1] and lv == (lw[1],)
                 and e.out == (lw[0],)):
-            return W, h
-    return None
-
-
-def _projection(e: Node, seqs: set[Var]) -> tuple[Var, Var] | None:
-    """(W, x) for ``W x`` with ``x`` a sequence input at step t."""
-    if not isinstance(e, Einsum) or len(e.operands) != 2 or e.coef != 1:
-        return None
-    for kw in (0, 1):
-        W, x = e.operands[kw], e.operands[1 - kw]
-        lw, lx = e.ins[kw], e.ins[1 - kw]
-        if (isinstance(W, Var) and W.role == "param" and not W.batched and W.ndim == 2 and isinstance(x, Var)
-                and x in seqs and x.ndim == 1 and len(lw) == 2 and lw[0] != lw[1] and lx == (lw[1],)
-                and e.out == (lw[0],)):
-            return W, x
+            return W, v
     return None
 
 
@@ -130,8 +117,8 @@ def stack_gates(forward: Sequence[Equation], states: set[Var], seqs: set[Var], b
                 if not isinstance(add, sp.Add):
                     continue
                 terms = _term_args(add)
-                hit = next(((i, _state_product(n.args[i], states)) for i in terms
-                            if _state_product(n.args[i], states) is not None), None)
+                hit = next(((i, _weight_times(n.args[i], states)) for i in terms
+                            if _weight_times(n.args[i], states) is not None), None)
                 if hit is None:
                     continue
                 i, wh = hit
@@ -145,7 +132,7 @@ def stack_gates(forward: Sequence[Equation], states: set[Var], seqs: set[Var], b
                     if j == i:
                         continue
                     a = n.args[j]
-                    pr = _projection(a, seqs)
+                    pr = _weight_times(a, seqs)
                     if pr is not None and mem.proj is None and pr[0].shape[0] == W.shape[0]:
                         mem.proj = pr[0]
                         mem.extras.append(j)

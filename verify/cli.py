@@ -80,23 +80,9 @@ def _model(args: argparse.Namespace) -> derive.Model:
             raise UsageError("give a MODEL or --torch MODULE:FACTORY, not both")
         if getattr(args, "var", None) or getattr(args, "option", None):
             raise UsageError("--torch takes no -V declarations or -O options: the factory builds the module")
-        import os
-
-        mod, sep, fn = torch_spec.partition(":")
-        if not sep or not mod or not all(p.isidentifier() for p in mod.split(".")) or not fn.isidentifier():
-            raise UsageError(f"--torch {torch_spec!r} should look like MODULE:FACTORY (e.g. mylayers:make_mlp, "
-                             "with mylayers.py in the working folder and make_mlp() returning (module, example_args))")
-        cwd = os.getcwd()
-        if cwd not in sys.path:
-            sys.path.insert(0, cwd)
-        try:
-            module = importlib.import_module(mod)
-        except ImportError as e:
-            raise UsageError(f"--torch {torch_spec!r}: cannot import {mod!r} ({e}); put {mod.replace('.', '/')}.py "
-                             f"in the working folder ({cwd}) or install it") from None
-        except Exception as e:  # noqa: BLE001 - the user's module failed while importing: one line
-            first = str(e).splitlines()[0] if str(e) else ""
-            raise UsageError(f"--torch {torch_spec!r}: importing {mod} raised {type(e).__name__}: {first}") from None
+        module, mod, fn = _import_from_cwd("--torch", torch_spec, "MODULE:FACTORY (e.g. mylayers:make_mlp, with "
+                                           "mylayers.py in the working folder and make_mlp() returning (module, "
+                                           "example_args))")
         factory = getattr(module, fn, None)
         if not callable(factory):
             raise UsageError(f"--torch {torch_spec!r}: {mod} has no function {fn!r}" if factory is None else
@@ -336,27 +322,35 @@ def cmd_codegen(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_impl(spec: str) -> Callable[..., Any]:
-    """``module:function`` (or ``module:Class`` for an ``nn.Module`` class or a ``torch.autograd.Function``),
-    the module found in the working folder first (``mymodule.py`` next to where dlmath runs), then on the
-    path."""
+def _import_from_cwd(flag: str, spec: str, form: str) -> tuple[Any, str, str]:
+    """``(module, module name, attribute name)`` for ``spec`` = ``module:name`` given to ``flag``, the module
+    found in the working folder first (``mymodule.py`` next to where dlmath runs), then on the path; every
+    failure is a one-line :class:`UsageError` (``form`` says what the spec should look like)."""
     import os
 
     mod, sep, fn = spec.partition(":")
     if not sep or not mod or not all(p.isidentifier() for p in mod.split(".")) or not fn.isidentifier():
-        raise UsageError(f"--impl {spec!r} should look like module:function (e.g. mylayers:relu_layer, with "
-                         "mylayers.py in the working folder)")
+        raise UsageError(f"{flag} {spec!r} should look like {form}")
     cwd = os.getcwd()
     if cwd not in sys.path:
         sys.path.insert(0, cwd)
     try:
         module = importlib.import_module(mod)
     except ImportError as e:
-        raise UsageError(f"--impl {spec!r}: cannot import {mod!r} ({e}); put {mod.replace('.', '/')}.py in the "
+        raise UsageError(f"{flag} {spec!r}: cannot import {mod!r} ({e}); put {mod.replace('.', '/')}.py in the "
                          f"working folder ({cwd}) or install it") from None
     except Exception as e:  # noqa: BLE001 - the user's module failed while importing: say so in one line
         first = str(e).splitlines()[0] if str(e) else ""
-        raise UsageError(f"--impl {spec!r}: importing {mod} raised {type(e).__name__}: {first}") from None
+        raise UsageError(f"{flag} {spec!r}: importing {mod} raised {type(e).__name__}: {first}") from None
+    return module, mod, fn
+
+
+def _load_impl(spec: str) -> Callable[..., Any]:
+    """``module:function`` (or ``module:Class`` for an ``nn.Module`` class or a ``torch.autograd.Function``),
+    the module found in the working folder first (``mymodule.py`` next to where dlmath runs), then on the
+    path."""
+    module, mod, fn = _import_from_cwd("--impl", spec, "module:function (e.g. mylayers:relu_layer, with "
+                                       "mylayers.py in the working folder)")
     try:
         obj = getattr(module, fn)
     except AttributeError:
