@@ -840,6 +840,7 @@ def generate_scan(m: Model, backend: str) -> str:
     flat: dict[str, str] = {}
     post_fwd: list[str] = []
     keep_fwd: list[str] = []
+    stacked_lines: dict[str, int] = {}  # a loop value -> the line of post_fwd that stacks its steps
     for v in [*states, *(eq.lhs.name for eq in core), *seq_vars.values()]:
         if v in seq_vars.values():
             flat[v] = fresh(f"{v}_all")
@@ -850,6 +851,7 @@ def generate_scan(m: Model, backend: str) -> str:
             body.append(f"    {hist} = [None] * {T}")
             keep_fwd.append(f"        {hist}[t] = {v}")
             post_fwd.append(f"    {flat[v]} = {cat}({hist})")
+            stacked_lines[v] = len(post_fwd) - 1
     for eq in tail + pre:
         flat[eq.lhs.name] = fresh(f"{eq.lhs.name}_all")
     mapping: dict[Node, Node] = {}
@@ -938,8 +940,79 @@ def generate_scan(m: Model, backend: str) -> str:
            "The step equations the recurrence needs run in a loop over the T time steps, the others for all",
            "steps at once; backpropagation through time runs the loop backwards, carrying the adjoint of the",
            "state; the parameter gradients sum over all steps after it. Sequences are time-major: (T, n, ...)."]
+    if backend == "torch":
+        native = _native_lstm(m, sp_, core, stacking, low, fresh, post_fwd, stacked_lines, flat, hoist, rest,
+                              param_grads, tail + pre, T, rename, atexs, ret)
+        if native:
+            body = native + body
+            doc += ["", "A recurrence checked to be an LSTM runs as PyTorch's fused LSTM kernel, forward and backward,",
+                    "where PyTorch has one (a CPU with oneDNN, float32; see numeric.native_rnn)."]
     return _module(m, backend, doc, names, body, f'{{"loss": loss, "grad": {{{ret}}}}}',
                    list(m.equations) + sp_.adjoint)
+
+
+def _native_lstm(m: Model, sp_: Any, core: Sequence[Equation], stacking: Any, low: Lowering, fresh: Any,
+                 post_fwd: Sequence[str], stacked_lines: dict[str, int], flat: dict[str, str],
+                 hoist: dict[int, tuple[Node, str]], adjoint: Sequence[Equation], param_grads: Sequence[Equation],
+                 outside: Sequence[Equation], T: str, rename: dict[str, str], atexs: dict[str, str],
+                 ret: str) -> list[str]:
+    """Lines that run a recurrence found to be an LSTM (:func:`numeric.native_rnn.find_lstm`) as PyTorch's
+    fused kernel and return, where ``ops.fused_lstm`` says PyTorch has one; [] if it is not an LSTM or the
+    rest of the program reads more of it than the states ``h``."""
+    from .native_rnn import TORCH_ORDER, external_adjoint, find_lstm
+
+    assert m.scan is not None
+    lstm = find_lstm(core, stacking, m.scan.carries, m.inputs, low)
+    if lstm is None or lstm.h.name not in stacked_lines or not any(ln.startswith("    loss = ") for ln in post_fwd):
+        return []
+    # the rest of the program reads only h (so the adjoint of c and of the gates comes from the loop alone)
+    loop_vals = {*(eq.lhs.name for eq in core), lstm.h_prev, lstm.c_prev}
+    gate_params = {v.name for mem in lstm.gates.values() for v in (mem.weight, mem.proj, mem.bias) if v is not None}
+    roots = [e.rhs for e in outside] + [nd for nd, _ in hoist.values()]
+    read = {v.name for v in walk(roots) if isinstance(v, Var)}
+    if (read & loop_vals) - {lstm.h.name} or read & gate_params or set(stacked_lines) != {lstm.h.name}:
+        return []
+    carry = sp_.carry_in[lstm.h_prev]
+    ext = next((x for x in (external_adjoint(eq, carry) for eq in adjoint) if x is not None), None)
+    if ext is None or id(ext) not in hoist:
+        return []
+    grad_of = {p: sp_.params[p].lhs.name for p in gate_params if p in sp_.params}
+    if set(grad_of) != gate_params:
+        return []
+    others = [e for e in param_grads if e.lhs.name not in grad_of.values()]
+    em = _Emitter([e.rhs for e in others], "torch", low, "b")
+    before, keep, after = _deferred_grads(others, em, low, "torch", T, dict(flat), rename, fresh, atexs,
+                                          known_nodes={id(nd): name for nd, name in hoist.values()})
+    if before or keep:
+        return []
+    x = lstm.seq.name
+    gates = [lstm.gates[k] for k in TORCH_ORDER]
+    wx, wh, b, hs, back = (fresh(s) for s in ("W_lstm_x", "W_lstm_h", "b_lstm", "h_lstm", "lstm_backward"))
+    out = [f"    if ops.fused_lstm({x}):",
+           "        # the recurrence is an LSTM (checked by numeric.native_rnn): PyTorch's fused kernel, forward",
+           "        # and backward, with the gates stacked in its order (i, f, g, o)",
+           f"        {wx} = torch.cat([{', '.join(g.proj.name for g in gates if g.proj is not None)}], 0)",
+           f"        {wh} = torch.cat([{', '.join(g.weight.name for g in gates)}], 0)"]
+    if lstm.bias:
+        out.append(f"        {b} = torch.cat([{', '.join(g.bias.name for g in gates if g.bias is not None)}])")
+    out.append(f"        {hs}, {back} = ops.lstm({x}, {wx}, {wh}, {b if lstm.bias else 'None'})")
+    for i, ln in enumerate(post_fwd):
+        if i == stacked_lines[lstm.h.name]:
+            out.append(f"        {flat[lstm.h.name]} = {hs}.reshape(-1, {hs}.shape[-1])")
+        else:
+            out.append("    " + ln)
+    zeta = hoist[id(ext)][1]
+    grads = [fresh(s) for s in ("g_lstm_x", "g_lstm_h", "g_lstm_b")][:3 if lstm.bias else 2]
+    out.append(f"        # the adjoint of h from the rest of the program, {_safe(zeta)}, through the fused backward")
+    out.append(f"        {', '.join(grads)} = {back}({zeta}.reshape({T}, -1, {zeta}.shape[-1]))")
+    sizes = "[" + ", ".join(dim_code(g.weight.shape[0]) for g in gates) + "]"
+    for k, attr in enumerate(("proj", "weight", "bias")[:len(grads)]):
+        names = [grad_of[getattr(g, attr).name] for g in gates]
+        total = f"({grads[k]} / {low.sample})" if em.reduction == "mean" else grads[k]
+        out.append(f"        {', '.join(names)} = {total}.split({sizes})")
+    out.extend("    " + ln for ln in after)
+    out.append(f'        return {{"loss": loss, "grad": {{{ret}}}}}')
+    return out
 
 
 def _deferred_grads(grads: Sequence[Equation], bwd: _Emitter, low: Lowering, backend: str, T: str,

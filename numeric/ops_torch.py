@@ -199,3 +199,53 @@ def softmax_and_log(x: Tensor, axis: int = -1) -> tuple[Tensor, Tensor]:
     """S_softmax(x) and log S_softmax(x): the fused log-softmax, then one exponential."""
     ls = torch.log_softmax(x, dim=axis)
     return ls.exp(), ls
+
+
+#: whether generated kernels may run a recurrence found to be an LSTM as PyTorch's fused kernel
+#: (:mod:`numeric.native_rnn`); :func:`native_kernels` switches it off, e.g. to compare with the loop
+_NATIVE = {"lstm": True}
+
+
+class native_kernels:
+    """``with native_kernels(False): ...`` runs the generated loops instead of PyTorch's fused kernels."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self.saved: dict[str, bool] = {}
+
+    def __enter__(self) -> native_kernels:
+        self.saved = dict(_NATIVE)
+        _NATIVE.update(dict.fromkeys(_NATIVE, self.enabled))
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        _NATIVE.update(self.saved)
+
+
+def fused_lstm(x: Tensor) -> bool:
+    """Whether PyTorch runs an LSTM layer over ``x`` as one fused kernel forward and one backward: oneDNN's,
+    on a CPU, for float32. Elsewhere (float64, CUDA, oneDNN off, inference mode, inside torch.compile) the
+    generated loop runs."""
+    if not _NATIVE["lstm"] or x.device.type != "cpu" or x.dtype != torch.float32 or x.numel() == 0:
+        return False
+    if torch.is_inference_mode_enabled() or torch.compiler.is_compiling():
+        return False
+    return bool(torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled)
+
+
+def lstm(x: Tensor, w_x: Tensor, w_h: Tensor, b: Tensor | None) -> tuple[Tensor, Any]:
+    """``torch.lstm`` over the time-major sequence ``x`` (T, n, p) from zero states, with the stacked weights
+    ``w_x`` (4m, p), ``w_h`` (4m, m) and bias ``b`` (4m,) in PyTorch's gate order (i, f, g, o). Returns the
+    states ``h`` (T, n, m) and ``backward(zeta)``: the gradients of ``w_x``, ``w_h`` (and ``b``) given the
+    adjoint ``zeta`` (T, n, m) of the states, by the fused kernel's own backward."""
+    n, m = x.shape[1], w_h.shape[1]
+    with torch.enable_grad():
+        leaves = [w.detach().requires_grad_(True) for w in ((w_x, w_h) if b is None else (w_x, w_h, b))]
+        params = [leaves[0], leaves[1]] if b is None else [*leaves, torch.zeros_like(b)]
+        zeros = x.new_zeros((1, n, m))
+        h = torch.lstm(x.detach(), (zeros, zeros), params, b is not None, 1, 0.0, True, False, False)[0]
+
+    def backward(zeta: Tensor) -> tuple[Tensor, ...]:
+        return torch.autograd.grad(h, leaves, zeta)
+
+    return h.detach(), backward

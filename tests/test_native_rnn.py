@@ -1,0 +1,148 @@
+"""The fused-LSTM lowering (numeric.native_rnn): found only where the step is an LSTM, and equal to the loop.
+
+The float64 checks of the zoo run the generated loop (PyTorch fuses the LSTM only for float32 on a CPU), so
+here the fused path is checked in float32 against the loop it replaces, against nn.LSTM's autograd and
+against the float64 loop, on hypothesis-drawn sizes.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+import derive
+import numeric
+from derive.models.ch7 import _gate, _head, _seq_builder, _seq_inputs
+from derive.nn import sigmoid, tanh
+from derive.program import Model
+from numeric import ops_torch
+
+fused = pytest.mark.skipif(not (torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled),
+                           reason="this PyTorch has no oneDNN: the fused LSTM path cannot run")
+
+
+def _variant(kind: str) -> Model:
+    """An LSTM written with its gates renamed, or a step that looks like one but is not."""
+    b, d = _seq_builder(f"lstm_{kind}", "an LSTM variant", "test", {})
+    io = _seq_inputs(b, d, ("h", "c"))
+    h0, c0, x = io["h"], io["c"], io["X"]
+    gf = _gate(b, "f", h0, x, d)
+    gi = _gate(b, "i", h0, x, d)
+    go = _gate(b, "o", h0, x, d)
+    ct = _gate(b, "c", h0, x, d, fn="tanh", tex=r"\tilde{c}")
+    if kind == "swapped":  # "g_i" forgets and "g_f" lets in: still an LSTM, the roles read from the equations
+        c = b.eq("c", gi * c0 + gf * ct, "c")
+    elif kind == "coupled":  # c = f c_prev + (1 - f) c~: not an LSTM's cell (and g_i only scales the output)
+        c = b.eq("c", gf * c0 + (1 - gf) * ct, "c")
+    else:
+        c = b.eq("c", gf * c0 + gi * ct, "c")
+    if kind == "sigmoid_out":
+        h = b.eq("h", go * sigmoid(c), "h")
+    elif kind == "coupled":
+        h = b.eq("h", go * gi * tanh(c), "h")
+    else:
+        h = b.eq("h", go * tanh(c), "h")
+    _head(b, c if kind == "head_on_c" else h, d["q"], d["m"])
+    return b.scan_model(d["T"], {"h_prev": h, "c_prev": c}, ("X", io["Y"].name), 1 / d["T"])
+
+
+@pytest.mark.parametrize("name", ["lstm", "swapped"])
+def test_an_lstm_gets_the_fused_kernel(name: str) -> None:
+    m = derive.models.get("lstm") if name == "lstm" else _variant(name)
+    assert "ops.fused_lstm(X)" in numeric.source(m, "torch")
+    assert "fused_lstm" not in numeric.source(m, "numpy")
+
+
+@pytest.mark.parametrize("name", ["coupled", "sigmoid_out", "head_on_c", "gru", "rnn"])
+def test_other_recurrences_keep_the_loop(name: str) -> None:
+    m = derive.models.get(name) if name in ("gru", "rnn") else _variant(name)
+    src = numeric.source(m, "torch")
+    assert "fused_lstm" not in src and "for t in range(" in src
+
+
+def _arrays(m: Model, sizes: dict[str, int], seed: int) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for name, shape in m.shapes(**sizes).items():
+        if name in m.carries:
+            continue
+        x = torch.randn(shape, generator=g, dtype=torch.float64)
+        if m.tensor(name).domain == "simplex":
+            x = torch.softmax(x, -1)
+        elif len(shape) == 2 and m.tensor(name).role == "param":
+            x = x / shape[1] ** 0.5
+        out[name] = x
+    return out
+
+
+def _nn_lstm(t: dict[str, torch.Tensor], order: tuple[str, str, str, str]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The loss and gradients by nn.LSTM and autograd, with ``order`` naming the gates PyTorch calls i, f, g, o."""
+    leaves = {k: v.clone().requires_grad_(True) for k, v in t.items() if k not in ("X", "Y")}
+    i, f, g, o = order
+    X = t["X"]
+    m = leaves["W_fh"].shape[0]
+    lstm = torch.nn.LSTM(X.shape[-1], m, dtype=X.dtype)
+    state = {"weight_ih_l0": torch.cat([leaves[f"W_{k}x"] for k in order]),
+             "weight_hh_l0": torch.cat([leaves[f"W_{k}h"] for k in order]),
+             "bias_ih_l0": torch.cat([leaves[f"b_{k}"] for k in order]),
+             "bias_hh_l0": torch.zeros(4 * m, dtype=X.dtype)}
+    H, _ = torch.func.functional_call(lstm, state, (X,))
+    q = leaves["W_yh"].shape[0]
+    logits = torch.nn.functional.linear(H, leaves["W_yh"], leaves["b_y"]).reshape(-1, q)
+    loss = torch.nn.functional.cross_entropy(logits, t["Y"].reshape(-1, q))
+    names = sorted(leaves)
+    return loss.detach(), dict(zip(names, torch.autograd.grad(loss, [leaves[k] for k in names])))
+
+
+@fused
+@given(T=st.integers(1, 6), n=st.integers(1, 4), p=st.integers(1, 5), m=st.integers(1, 5), q=st.integers(2, 4),
+       seed=st.integers(0, 2**16), swapped=st.booleans())
+def test_fused_lstm_equals_the_loop_and_nn_lstm(T: int, n: int, p: int, m: int, q: int, seed: int,
+                                                swapped: bool) -> None:
+    model = _variant("swapped") if swapped else derive.models.get("lstm")
+    t64 = _arrays(model, {"T": T, "n": n, "p": p, "m": m, "q": q}, seed)
+    t32 = {k: v.float() for k, v in t64.items()}
+    k = numeric.compile(model, "torch")
+    assert ops_torch.fused_lstm(t32["X"])
+    fused_out = k(**t32)
+    with ops_torch.native_kernels(False):
+        assert not ops_torch.fused_lstm(t32["X"])
+        loop = k(**t32)
+    exact = k(**t64)  # float64: the loop
+    ref_loss, ref = _nn_lstm(t32, ("f", "i", "c", "o") if swapped else ("i", "f", "c", "o"))
+    assert fused_out["loss"] == pytest.approx(exact["loss"], rel=1e-5, abs=1e-6)
+    assert loop["loss"] == pytest.approx(exact["loss"], rel=1e-5, abs=1e-6)
+    assert float(ref_loss) == pytest.approx(exact["loss"], rel=1e-5, abs=1e-6)
+    for name, g in exact["grad"].items():
+        scale = float(g.abs().max()) + 1e-3
+        for who, got in (("fused", fused_out["grad"][name]), ("loop", loop["grad"][name]), ("nn.LSTM", ref[name])):
+            assert got.dtype == torch.float32 and got.shape == g.shape, (who, name)
+            err = float((got.double() - g).abs().max())
+            assert err <= 2e-5 * scale, f"{who} {name}: off by {err:.2e} (largest |g| {scale:.2e})"
+
+
+@fused
+def test_fused_path_is_not_taken_where_pytorch_has_no_fused_kernel() -> None:
+    x32 = torch.zeros(2, 1, 3)
+    assert ops_torch.fused_lstm(x32)
+    assert not ops_torch.fused_lstm(x32.double())
+    with torch.inference_mode():
+        assert not ops_torch.fused_lstm(torch.zeros(2, 1, 3))
+    with ops_torch.native_kernels(False):
+        assert not ops_torch.fused_lstm(x32)
+    assert ops_torch.fused_lstm(x32)
+
+
+@fused
+def test_fused_lstm_leaves_its_inputs_alone() -> None:
+    """Inputs that require grad (a training loop's parameters) are read, not differentiated or kept in a graph."""
+    model = derive.models.get("lstm")
+    t = {k: v.float() for k, v in _arrays(model, {"T": 3, "n": 2, "p": 2, "m": 3, "q": 2}, 0).items()}
+    req = {k: (v.clone().requires_grad_(True) if k.startswith(("W", "b")) else v) for k, v in t.items()}
+    out = numeric.compile(model, "torch")(**req)
+    assert all(p.grad is None for p in req.values())
+    plain = numeric.compile(model, "torch")(**t)
+    for name, g in plain["grad"].items():
+        assert torch.equal(out["grad"][name].detach(), g)
