@@ -13,7 +13,9 @@ passes and two temporaries. Here the expression is planned instead:
   expression is used nowhere else, so writing into it is safe;
 * the derivatives PyTorch has fused kernels for are recognised by their algebraic form, exactly:
   ``u * y * (1 - y)`` is ``sigmoid_backward(u, y)`` and ``u * (1 - y^2)`` is ``tanh_backward(u, y)``
-  (the same products, one pass).
+  (the same products, one pass);
+* a whole map equal to GELU (the erf form) is ``torch.nn.functional.gelu``, and the product of an adjoint with
+  its derivative ``aten.gelu_backward`` (SymPy proves the equality; another form of the same function counts).
 
 Nothing here changes what is computed, only the order of the same operations' roundings.
 """
@@ -472,6 +474,53 @@ def plan_map(fn: sp.Expr, ops: dict[sp.Symbol, Operand], printer: Callable[[sp.E
     of a temporary holding it), subexpressions that ``shared`` counts more than once (by ``key``: the
     subexpression written over the arrays rather than this map's arguments) are computed once, and ``memo``
     (shared by the maps of one kernel) holds them."""
+    native = _native_activation(fn, ops)
+    if native is not None:
+        return native
     if shared is None:
         shared = shared_subexpressions(fn, frozenset(ops))
     return _Planner(ops, printer, constant, hoist, shared, key, memo).emit(fn)
+
+
+def _gelu(x: sp.Expr) -> sp.Expr:
+    return x * (1 + sp.erf(x / sp.sqrt(2))) / 2
+
+
+def _silu(x: sp.Expr) -> sp.Expr:
+    from derive.functions import sigmoid
+
+    return x * sigmoid(x)
+
+
+#: activations PyTorch has fused forward and backward kernels for: (a function the map must contain, the
+#: activation, its forward call, its backward call ``(u, x)`` for ``u * f'(x)``)
+_NATIVE_ACTIVATIONS: list[tuple[type, Callable[[sp.Expr], sp.Expr], str, str]] = [
+    (sp.erf, _gelu, "torch.nn.functional.gelu({x})", "torch.ops.aten.gelu_backward({u}, {x})"),
+]
+
+
+def _native_activation(fn: sp.Expr, ops: dict[sp.Symbol, Operand]) -> Operand | None:
+    """A map that is exactly an activation PyTorch has a fused kernel for, ``f(x)``, or the product ``u f'(x)``
+    of an upstream adjoint with its derivative, as that kernel's call (one pass instead of several); the
+    equality is SymPy's (the expanded difference is 0), never a guess from the form."""
+    syms = [s for s in sorted(fn.free_symbols & set(ops), key=str) if not ops[s].number and ops[s].floating]
+    if len(syms) not in (1, 2) or len(syms) != len(fn.free_symbols & set(ops)):
+        return None
+    for marker, f, fwd, bwd in _NATIVE_ACTIVATIONS:
+        if not fn.has(marker):
+            continue
+        for x in syms:
+            ox = ops[x]
+            if len(syms) == 1:
+                if _same(fn, f(x)):
+                    return Operand(fwd.format(x=ox.code), ox.axes, True)
+                continue
+            u = next(s for s in syms if s != x)
+            if ops[u].axes == ox.axes and _same(fn, u * sp.diff(f(x), x)):
+                return Operand(bwd.format(u=ops[u].code, x=ox.code), ox.axes, True)
+    return None
+
+
+def _same(a: sp.Expr, b: sp.Expr) -> bool:
+    d = sp.expand(a - b)
+    return d == 0 or sp.simplify(d) == 0

@@ -1,4 +1,5 @@
-"""The fused-LSTM lowering (numeric.native_rnn): found only where the step is an LSTM, and equal to the loop.
+"""PyTorch's native kernels in the torch backend, used only where SymPy proves the math equal: the fused LSTM
+(numeric.native_rnn), found only where the step is an LSTM and equal to the loop, and fused activations.
 
 The float64 checks of the zoo run the generated loop (PyTorch fuses the LSTM only for float32 on a CPU), so
 here the fused path is checked in float32 against the loop it replaces, against nn.LSTM's autograd and
@@ -8,6 +9,7 @@ against the float64 loop, on hypothesis-drawn sizes.
 from __future__ import annotations
 
 import pytest
+import sympy as sp
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
@@ -17,6 +19,7 @@ import numeric
 from derive.models.ch7 import _gate, _head, _seq_builder, _seq_inputs
 from derive.nn import sigmoid, tanh
 from derive.program import Model
+from derive.tensor import ARG, map_
 from numeric import ops_torch
 
 fused = pytest.mark.skipif(not (torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled),
@@ -146,3 +149,44 @@ def test_fused_lstm_leaves_its_inputs_alone() -> None:
     plain = numeric.compile(model, "torch")(**t)
     for name, g in plain["grad"].items():
         assert torch.equal(out["grad"][name].detach(), g)
+
+
+def _activation_model(fn: sp.Expr) -> Model:
+    b = derive.Builder("act")
+    b.samples("n", 3)
+    d = b.dim("d", 4)
+    W = b.param("W", (d, d))
+    x = b.input("X", (d,), "x", batched=True)
+    g = b.input("G", (d,), "g", batched=True)
+    a = b.eq("a", map_(fn, [W @ x]), "a")
+    b.eq("C", derive.nn.sum_(g * a), "C")
+    return b.model()
+
+
+u = ARG[0]
+
+
+_GELU_FORMS = [  # (the map, the same function in torch, whether it is GELU)
+    (u * (1 + sp.erf(u / sp.sqrt(2))) / 2, lambda z: z * (1 + torch.erf(z / 2**0.5)) / 2, True),  # the zoo's form
+    (u / 2 + u * sp.erf(sp.sqrt(2) * u / 2) / 2, lambda z: z / 2 + z * torch.erf(z / 2**0.5) / 2, True),
+    (u * (1 + sp.erf(u / 2)) / 2, lambda z: z * (1 + torch.erf(z / 2)) / 2, False),  # another scale: not GELU
+    (u * sp.erf(u), lambda z: z * torch.erf(z), False),
+]
+
+
+@pytest.mark.parametrize("case", range(len(_GELU_FORMS)))
+def test_gelu_runs_as_the_native_kernel_only_where_it_is_gelu(case: int) -> None:
+    fn, ref_fn, native = _GELU_FORMS[case]
+    m = _activation_model(fn)
+    src = numeric.source(m, "torch")
+    assert ("torch.nn.functional.gelu(" in src and "aten.gelu_backward(" in src) == native, src
+    g = torch.Generator().manual_seed(case)
+    arrays = {k: torch.randn(s, generator=g, dtype=torch.float64) for k, s in m.shapes(n=5, d=4).items()}
+    arrays["X"][0] = torch.tensor([0.0, -40.0, 40.0, 1e-3])
+    arrays["W"][0] = torch.tensor([1.0, 0.0, 0.0, 0.0])  # z = 0 exactly, and far tails in the next rows
+    got = numeric.compile(m, "torch")(**arrays)
+    W = arrays["W"].clone().requires_grad_(True)
+    loss = (arrays["G"] * ref_fn(arrays["X"] @ W.T)).sum(1).mean()
+    (gW,) = torch.autograd.grad(loss, [W])
+    assert got["loss"] == pytest.approx(float(loss), rel=1e-13, abs=1e-15)
+    torch.testing.assert_close(got["grad"]["W"], gW, rtol=1e-12, atol=1e-14)
