@@ -1265,6 +1265,7 @@ class _Emitter:
         self.inner: dict[int, str] = {}  # a shared broadcasting contraction: the temporary of its small part
         self.made: dict[int, Any] = {}  # the planned operand of a map (its freshness, the axes it spans)
         self.node_symbols: dict[int, sp.Symbol] = {}
+        self._defs: dict[Var, Node] | None = None  # the model's equations, for _arg_definitions
         self.shared: collections.Counter[sp.Expr] = collections.Counter()
         self.shared_memo: dict[Any, Any] = {}
         self._count_shared(roots)
@@ -1477,7 +1478,31 @@ class _Emitter:
         return plan_map(fn, ops, lambda e, names: scalar_code(e, {**names, **{s: o.code for s, o in ops.items()}},
                                                                "torch"),
                         lambda e: scalar_code(e, {}, "torch"), self._hoist, self.shared,
-                        lambda e: e.xreplace(self._arg_keys(m)), self._memo(m))
+                        lambda e: e.xreplace(self._arg_keys(m)), self._memo(m), self._arg_definitions(m, fn))
+
+    def _arg_definitions(self, m: Map, fn: sp.Expr) -> dict[sp.Symbol, sp.Expr]:
+        """The arguments of ``m`` that are results of other maps over ``m``'s own arguments (a forward value an
+        adjoint reuses), as expressions of those arguments' symbols."""
+        from derive.functions import ActivationBase
+
+        if self._defs is None:
+            self._defs = {eq.lhs: eq.rhs for eq in self.low.model.equations}
+        out: dict[sp.Symbol, sp.Expr] = {}
+        for i, a in enumerate(m.args):
+            d = self._defs.get(a) if isinstance(a, Var) and ARG[i] in fn.free_symbols else None
+            if not isinstance(d, Map):
+                continue
+            sub: dict[sp.Expr, sp.Expr] = {}
+            for j, b in enumerate(d.args):
+                if ARG[j] not in d.fn.free_symbols:
+                    continue
+                k = next((k for k, c in enumerate(m.args) if c is b or (isinstance(c, Var) and c == b)), None)
+                if k is None:
+                    break
+                sub[ARG[j]] = ARG[k]
+            else:
+                out[ARG[i]] = d.fn.replace(lambda e: isinstance(e, ActivationBase), lambda e: e.concrete()).xreplace(sub)
+        return out
 
     def reduced(self, n: Node) -> str:
         """The batch mean (or sum) of a per-sample gradient, folded into its last contraction."""

@@ -14,8 +14,10 @@ passes and two temporaries. Here the expression is planned instead:
 * the derivatives PyTorch has fused kernels for are recognised by their algebraic form, exactly:
   ``u * y * (1 - y)`` is ``sigmoid_backward(u, y)`` and ``u * (1 - y^2)`` is ``tanh_backward(u, y)``
   (the same products, one pass);
-* a whole map equal to GELU (the erf form) is ``torch.nn.functional.gelu``, and the product of an adjoint with
-  its derivative ``aten.gelu_backward`` (SymPy proves the equality; another form of the same function counts).
+* a whole map equal to GELU (the erf form), SiLU or ELU is ``torch.nn.functional.gelu`` (``silu``, ``elu``),
+  and the product of an adjoint with its derivative ``aten.gelu_backward`` (...): SymPy proves the equality
+  (for ELU on each side of 0, which also fixes the derivative at 0 to PyTorch's alpha), with a forward value
+  an adjoint reuses read as its definition; another form of the same function counts.
 
 Nothing here changes what is computed, only the order of the same operations' roundings.
 """
@@ -465,7 +467,7 @@ def shared_subexpressions(fn: sp.Expr, args: frozenset[sp.Symbol]) -> Counter[sp
 def plan_map(fn: sp.Expr, ops: dict[sp.Symbol, Operand], printer: Callable[[sp.Expr, dict[sp.Symbol, str]], str],
              constant: Callable[[sp.Expr], str], hoist: Callable[[str], str] | None = None,
              shared: Counter[sp.Expr] | None = None, key: Callable[[sp.Expr], sp.Expr] | None = None,
-             memo: dict[sp.Expr, Operand] | None = None) -> Operand:
+             memo: dict[sp.Expr, Operand] | None = None, defs: dict[sp.Symbol, sp.Expr] | None = None) -> Operand:
     """The planned code of ``fn`` over the operands ``ops`` (keyed by their ``ARG`` symbols).
 
     ``printer(expr, names)`` prints what the planner does not plan (a function it has no in-place form
@@ -474,7 +476,7 @@ def plan_map(fn: sp.Expr, ops: dict[sp.Symbol, Operand], printer: Callable[[sp.E
     of a temporary holding it), subexpressions that ``shared`` counts more than once (by ``key``: the
     subexpression written over the arrays rather than this map's arguments) are computed once, and ``memo``
     (shared by the maps of one kernel) holds them."""
-    native = _native_activation(fn, ops)
+    native = _native_activation(fn, ops, constant, defs)
     if native is not None:
         return native
     if shared is None:
@@ -494,33 +496,70 @@ def _silu(x: sp.Expr) -> sp.Expr:
 
 #: activations PyTorch has fused forward and backward kernels for: (a function the map must contain, the
 #: activation, its forward call, its backward call ``(u, x)`` for ``u * f'(x)``)
-_NATIVE_ACTIVATIONS: list[tuple[type, Callable[[sp.Expr], sp.Expr], str, str]] = [
-    (sp.erf, _gelu, "torch.nn.functional.gelu({x})", "torch.ops.aten.gelu_backward({u}, {x})"),
+_NATIVE_ACTIVATIONS: list[tuple[str, Callable[[sp.Expr], sp.Expr], str, str]] = [
+    ("erf", _gelu, "torch.nn.functional.gelu({x})", "torch.ops.aten.gelu_backward({u}, {x})"),
+    ("sigmoid", _silu, "torch.nn.functional.silu({x})", "torch.ops.aten.silu_backward({u}, {x})"),
 ]
 
 
-def _native_activation(fn: sp.Expr, ops: dict[sp.Symbol, Operand]) -> Operand | None:
+def _native_activation(fn: sp.Expr, ops: dict[sp.Symbol, Operand], constant: Callable[[sp.Expr], str],
+                       defs: dict[sp.Symbol, sp.Expr] | None = None) -> Operand | None:
     """A map that is exactly an activation PyTorch has a fused kernel for, ``f(x)``, or the product ``u f'(x)``
-    of an upstream adjoint with its derivative, as that kernel's call (one pass instead of several); the
-    equality is SymPy's (the expanded difference is 0), never a guess from the form."""
-    syms = [s for s in sorted(fn.free_symbols & set(ops), key=str) if not ops[s].number and ops[s].floating]
-    if len(syms) not in (1, 2) or len(syms) != len(fn.free_symbols & set(ops)):
+    of an upstream adjoint with its derivative, as that kernel's call (one pass instead of several). ``defs``
+    gives arguments that are other maps' results (a reused forward value) as expressions of this map's
+    arguments. The equality is SymPy's (the expanded difference is 0; for ELU, on either side of 0), never a
+    guess from the form."""
+    if defs:
+        fn = fn.xreplace(defs)
+    args = fn.free_symbols & set(ops)
+    syms = [s for s in sorted(args, key=str) if not ops[s].number and ops[s].floating]
+    if len(syms) not in (1, 2) or len(syms) != len(args):
         return None
-    for marker, f, fwd, bwd in _NATIVE_ACTIVATIONS:
-        if not fn.has(marker):
+    names = {type(f).__name__ for f in fn.atoms(sp.Function)}
+    for x in syms:
+        ox = ops[x]
+        u = next((s for s in syms if s != x), None)
+        if u is not None and ops[u].axes != ox.axes:
             continue
-        for x in syms:
-            ox = ops[x]
-            if len(syms) == 1:
-                if _same(fn, f(x)):
-                    return Operand(fwd.format(x=ox.code), ox.axes, True)
+        for marker, f, fwd, bwd in _NATIVE_ACTIVATIONS:
+            if marker not in names:
                 continue
-            u = next(s for s in syms if s != x)
-            if ops[u].axes == ox.axes and _same(fn, u * sp.diff(f(x), x)):
+            if u is None and _same(fn, f(x)):
+                return Operand(fwd.format(x=ox.code), ox.axes, True)
+            if u is not None and _same(fn, u * sp.diff(f(x), x)):
                 return Operand(bwd.format(u=ops[u].code, x=ox.code), ox.axes, True)
+        if "step" in names and "exp" in names:
+            alpha = _elu_alpha(fn, x, u)
+            if alpha is not None:
+                a = constant(alpha)
+                if u is None:
+                    return Operand(f"torch.nn.functional.elu({ox.code}, {a})", ox.axes, True)
+                return Operand(f"torch.ops.aten.elu_backward({ops[u].code}, {a}, 1, 1, False, {ox.code})",
+                               ox.axes, True)
     return None
 
 
+def _elu_alpha(fn: sp.Expr, x: sp.Symbol, u: sp.Symbol | None) -> sp.Expr | None:
+    """alpha if ``fn`` is ELU(x) = x (x > 0), alpha (e^x - 1) (x <= 0) (or, with ``u``, u times its derivative
+    with PyTorch's alpha at 0), its indicators ``step(x)`` and selections ``where(step(x), ...)`` resolved on each
+    side of 0; else None."""
+    from derive.functions import step
+
+    if fn.atoms(step) != {step(x)}:
+        return None
+    up = 1 if u is None else u
+    pos = fn.xreplace({step(x): sp.S.One})  # x > 0 (where(1, a, b) evaluates to a)
+    neg = fn.xreplace({step(x): sp.S.Zero})  # x <= 0
+    if pos.has(step) or neg.has(step) or not _same(pos, up * (x if u is None else 1)):
+        return None
+    try:
+        rest = sp.cancel(neg / (up * (sp.exp(x) - 1 if u is None else sp.exp(x))))
+    except (sp.PolynomialError, TypeError, ValueError):
+        return None
+    if rest.free_symbols & {x, u} or rest == 0 or rest.has(sp.exp):
+        return None
+    return rest
+
+
 def _same(a: sp.Expr, b: sp.Expr) -> bool:
-    d = sp.expand(a - b)
-    return d == 0 or sp.simplify(d) == 0
+    return bool(sp.expand(a - b) == 0)

@@ -8,6 +8,8 @@ against the float64 loop, on hypothesis-drawn sizes.
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import sympy as sp
 import torch
@@ -18,6 +20,8 @@ import derive
 import numeric
 from derive.models.ch7 import _gate, _head, _seq_builder, _seq_inputs
 from derive.nn import sigmoid, tanh
+from derive.functions import sigmoid as sigmoid_fn
+from derive.functions import step, where
 from derive.program import Model
 from derive.tensor import ARG, map_
 from numeric import ops_torch
@@ -166,20 +170,31 @@ def _activation_model(fn: sp.Expr) -> Model:
 u = ARG[0]
 
 
-_GELU_FORMS = [  # (the map, the same function in torch, whether it is GELU)
-    (u * (1 + sp.erf(u / sp.sqrt(2))) / 2, lambda z: z * (1 + torch.erf(z / 2**0.5)) / 2, True),  # the zoo's form
-    (u / 2 + u * sp.erf(sp.sqrt(2) * u / 2) / 2, lambda z: z / 2 + z * torch.erf(z / 2**0.5) / 2, True),
-    (u * (1 + sp.erf(u / 2)) / 2, lambda z: z * (1 + torch.erf(z / 2)) / 2, False),  # another scale: not GELU
-    (u * sp.erf(u), lambda z: z * torch.erf(z), False),
+def _elu_ref(alpha: float) -> Any:
+    return lambda z: torch.where(z > 0, z, alpha * torch.expm1(z))
+
+
+_FORMS = [  # (the map, the same function in torch, the native kernel it runs as, or None)
+    (u * (1 + sp.erf(u / sp.sqrt(2))) / 2, lambda z: z * (1 + torch.erf(z / 2**0.5)) / 2, "gelu"),  # the zoo's
+    (u / 2 + u * sp.erf(sp.sqrt(2) * u / 2) / 2, lambda z: z / 2 + z * torch.erf(z / 2**0.5) / 2, "gelu"),
+    (u * (1 + sp.erf(u / 2)) / 2, lambda z: z * (1 + torch.erf(z / 2)) / 2, None),  # another scale: not GELU
+    (u * sp.erf(u), lambda z: z * torch.erf(z), None),
+    (u * sigmoid_fn(u), lambda z: z * torch.sigmoid(z), "silu"),
+    (u * sigmoid_fn(2 * u), lambda z: z * torch.sigmoid(2 * z), None),
+    (u * step(u) + (sp.exp(u * (1 - step(u))) - 1) * (1 - step(u)) * 2, _elu_ref(2.0), "elu"),  # the zoo's form
+    (where(step(u), u, (sp.exp(u) - 1) / 2), _elu_ref(0.5), "elu"),  # from_torch's form
+    (where(step(u), u, sp.exp(2 * u) - 1), lambda z: torch.where(z > 0, z, torch.expm1(2 * z)), None),
+    (where(step(u), 2 * u, sp.exp(u) - 1), lambda z: torch.where(z > 0, 2 * z, torch.expm1(z)), None),
 ]
 
 
-@pytest.mark.parametrize("case", range(len(_GELU_FORMS)))
-def test_gelu_runs_as_the_native_kernel_only_where_it_is_gelu(case: int) -> None:
-    fn, ref_fn, native = _GELU_FORMS[case]
+@pytest.mark.parametrize("case", range(len(_FORMS)))
+def test_activations_run_as_native_kernels_only_where_sympy_proves_them_equal(case: int) -> None:
+    fn, ref_fn, native = _FORMS[case]
     m = _activation_model(fn)
     src = numeric.source(m, "torch")
-    assert ("torch.nn.functional.gelu(" in src and "aten.gelu_backward(" in src) == native, src
+    for name in ("gelu", "silu", "elu"):
+        assert (f"torch.nn.functional.{name}(" in src and f"aten.{name}_backward(" in src) == (native == name), src
     g = torch.Generator().manual_seed(case)
     arrays = {k: torch.randn(s, generator=g, dtype=torch.float64) for k, s in m.shapes(n=5, d=4).items()}
     arrays["X"][0] = torch.tensor([0.0, -40.0, 40.0, 1e-3])
