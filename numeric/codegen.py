@@ -497,6 +497,9 @@ class Lowering:
             if mm is not None:
                 return mm
             if ins[0] == ins[1] and set(out) <= set(ins[0]):  # a Hadamard product, then sums
+                if self.backend == "numpy" and out and set(out) < set(ins[0]):
+                    # summed as it multiplies: one pass, no product array (a full sum stays pairwise)
+                    return f"np.einsum('{ins[0]},{ins[1]}->{out}', {ops[0]}, {ops[1]})"
                 return self._single(ins[0], out, f"{_paren(ops[0])} * {_paren(ops[1])}")
             for i, j in ((0, 1), (1, 0)):  # a sum of one operand, scaled by the other: sum first
                 if set(ins[j]) < set(ins[i]) and set(ins[j]) <= set(out) and set(out) <= set(ins[i]):
