@@ -1608,7 +1608,7 @@ def generate(prog: Program, backend: str) -> str:
                 pairs[id(eq)] = f"log_{eq.lhs.name}"
                 em.temps[id(ls)] = f"log_{eq.lhs.name}"
     grad_leaf = {_grad_of(m, k): k for k in m.grad_names}  # gradient name -> its leaf, looked up once
-    native = _native_norms(forward, adjoint, m, low, em) if backend == "torch" else _NativeNorms()
+    native = _native_norms(forward, adjoint, m, low, em)
     for eq in forward + adjoint:
         lines.append(f"# {tex[id(eq)]}")
         if id(eq) in native.lines:
@@ -1691,10 +1691,14 @@ class _NativeNorms:
 def _native_norms(forward: Sequence[Equation], adjoint: Sequence[Equation], m: Model, low: Lowering,
                   em: _Emitter) -> _NativeNorms:
     """Layer and batch normalisations (found and checked by :mod:`numeric.norms`) as PyTorch's native
-    forward and backward kernels."""
+    forward and backward kernels (numpy: the functions of :mod:`numeric.ops_numpy` with their signatures,
+    a few passes each)."""
     from .norms import find_norms, match_backward
 
     out = _NativeNorms()
+    torch_ = low.backend == "torch"
+    lib, aten = ("torch.", "torch.ops.aten.") if torch_ else ("ops.", "ops.")
+    recip = "torch.reciprocal({})" if torch_ else "(1 / {})"
     # the native backward's gradients are sums; a mean would need one more pass
     backward_ok = m.sample is None or m.reduction == "sum"
     for k, nm in enumerate(find_norms(forward, low)):
@@ -1704,26 +1708,27 @@ def _native_norms(forward: Sequence[Equation], adjoint: Sequence[Equation], m: M
         z = f"z{k}"
         out.nodes[z] = nm.z
         mean, rstd = em._name(), em._name()
-        eps = scalar_code(nm.eps, {}, "torch")
+        eps = scalar_code(nm.eps, {}, low.backend)
         g = nm.gamma.name if nm.gamma is not None else "None"
         b = nm.beta.name if nm.beta is not None else "None"
         y = nm.out.name if nm.out is not None else nm.zbar.name
         if nm.kind == "layer":
             shape = "(" + ", ".join(dim_code(nm.zbar.shape[i]) for i in nm.axes) + ",)"
-            call = f"torch.native_layer_norm({{{z}}}, {shape}, {g}, {b}, {eps})"
+            call = f"{lib}native_layer_norm({{{z}}}, {shape}, {g}, {b}, {eps})"
             mu_code = f"{mean}.reshape({low.shape_code(nm.mu)})"
-            sigma_code = f"torch.reciprocal({rstd}).reshape({low.shape_code(nm.sigma)})"
+            sigma_code = f"{recip.format(rstd)}.reshape({low.shape_code(nm.sigma)})"
         else:
-            call = f"torch.native_batch_norm({{{z}}}, {g}, {b}, None, None, True, 0.0, {eps})"
-            mu_code, sigma_code = mean, f"torch.reciprocal({rstd})"
+            call = f"{lib}native_batch_norm({{{z}}}, {g}, {b}, None, None, True, 0.0, {eps})"
+            mu_code, sigma_code = mean, recip.format(rstd)
         what = "layer" if nm.kind == "layer" else "batch"
-        note = (f"# this and the next {3 if nm.out is None else 4} equations as PyTorch's native {what} "
-                f"norm, with its mean and 1/sigma (checked equal by numeric.norms)")
+        who = "PyTorch's native" if torch_ else "numeric.ops_numpy's"
+        note = (f"# this and the next {3 if nm.out is None else 4} equations as {who} {what} norm, with its mean "
+                "and 1/sigma (checked equal by numeric.norms)")
         out.lines[id(fwd[nm.mu])] = [("", note), (f"{y}, {mean}, {rstd}", call), (nm.mu.name, mu_code)]
         out.lines[id(fwd[nm.zc])] = [(nm.zc.name, f"{{{z}}} - {mean}")]
         out.lines[id(fwd[nm.sigma])] = [(nm.sigma.name, sigma_code)]
-        out.lines[id(fwd[nm.zbar])] = [(nm.zbar.name, f"({{{z}}} - {mean}).mul_({rstd})")] if nm.out is not None \
-            else []
+        scaled = f"({{{z}}} - {mean}).mul_({rstd})" if torch_ else f"({{{z}}} - {mean}) * {rstd}"
+        out.lines[id(fwd[nm.zbar])] = [(nm.zbar.name, scaled)] if nm.out is not None else []
         if nm.out is not None:
             out.lines[id(fwd[nm.out])] = []
         bw = match_backward(nm, adjoint, low, m.reduction if m.sample is not None else "sum") \
@@ -1740,10 +1745,10 @@ def _native_norms(forward: Sequence[Equation], adjoint: Sequence[Equation], m: M
         wb = b if bw.weighted else "None"
         if nm.kind == "layer":
             shape = "(" + ", ".join(dim_code(nm.zbar.shape[i]) for i in nm.axes) + ",)"
-            call = (f"torch.ops.aten.native_layer_norm_backward({{{up}}}, {{{z}}}, {shape}, {mean}, {rstd}, {wg}, "
+            call = (f"{aten}native_layer_norm_backward({{{up}}}, {{{z}}}, {shape}, {mean}, {rstd}, {wg}, "
                     f"{wb}, {mask})")
         else:
-            call = (f"torch.ops.aten.native_batch_norm_backward({{{up}}}, {{{z}}}, {wg}, None, None, {mean}, {rstd}, "
+            call = (f"{aten}native_batch_norm_backward({{{up}}}, {{{z}}}, {wg}, None, None, {mean}, {rstd}, "
                     f"True, {eps}, {mask})")
         for e in bw.targets.values():
             out.lines[id(e)] = []

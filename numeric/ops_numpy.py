@@ -326,3 +326,97 @@ def _copies(labels: str, batch: list[str], groups: list[list[str]], size: dict[s
     if all(len(g) < 2 or "".join(g) in labels for g in groups):
         return 0
     return math.prod(size[c] for c in labels)
+
+
+# -- normalisation layers, with the signatures of PyTorch's native kernels ------------------------------------
+# (the numpy backend calls these where numeric.norms proves a program's equations are the normalisation)
+
+def _rows(x: Array, k: int) -> Array:
+    """``x`` as (batch..., N): its last ``k`` axes flattened (a view for contiguous arrays)."""
+    return x.reshape(x.shape[: x.ndim - k] + (-1,))
+
+
+def native_layer_norm(z: Array, shape: tuple[int, ...], weight: Array | None, bias: Array | None,
+                      eps: float) -> tuple[Array, Array, Array]:
+    """(y, mean, 1/sigma) over the last ``len(shape)`` axes, as ``torch.native_layer_norm``: the variance
+    from one pass over the centred values, the normalisation and the affine step in place."""
+    k = len(shape)
+    axes = tuple(range(z.ndim - k, z.ndim))
+    mean = z.mean(axis=axes, keepdims=True)
+    y = z - mean
+    flat = _rows(y, k)
+    var = np.einsum("...i,...i->...", flat, flat) / flat.shape[-1]
+    rstd = (1 / np.sqrt(var + eps)).reshape(mean.shape)
+    y *= rstd
+    if weight is not None:
+        y *= weight
+    if bias is not None:
+        y += bias
+    return y, mean, rstd
+
+
+def native_layer_norm_backward(up: Array, z: Array, shape: tuple[int, ...], mean: Array, rstd: Array,
+                               weight: Array | None, bias: Array | None, mask: list[bool]
+                               ) -> tuple[Array | None, Array | None, Array | None]:
+    """(the adjoint of z, of the weight, of the bias) given the adjoint ``up`` of the output, as
+    ``aten.native_layer_norm_backward``: ``rstd (u - mean(u) - zbar mean(u zbar))`` with ``u = weight up``."""
+    k = len(shape)
+    axes = tuple(range(z.ndim - k, z.ndim))
+    batch = tuple(range(z.ndim - k))
+    zbar = z - mean
+    zbar *= rstd
+    dw = np.einsum("ij,ij->j", _lead(up, k), _lead(zbar, k)).reshape(shape) if mask[1] and weight is not None \
+        else None
+    db = up.sum(axis=batch) if mask[2] and bias is not None else None
+    dz = None
+    if mask[0]:
+        u = up * weight if weight is not None else up.copy()
+        n = math.prod(shape)
+        a = u.sum(axis=axes, keepdims=True) / n
+        b = (np.einsum("...i,...i->...", _rows(u, k), _rows(zbar, k)) / n).reshape(a.shape)
+        u -= a
+        zbar *= b
+        u -= zbar
+        u *= rstd
+        dz = u
+    return dz, dw, db
+
+
+def _lead(x: Array, k: int) -> Array:
+    """``x`` as (batch, N): its leading axes flattened, and its last ``k``."""
+    return x.reshape(-1, math.prod(x.shape[x.ndim - k:]))
+
+
+def native_batch_norm(z: Array, weight: Array | None, bias: Array | None, running_mean: None, running_var: None,
+                      training: bool, momentum: float, eps: float) -> tuple[Array, Array, Array]:
+    """(y, mean, 1/sigma) of a matrix over its batch axis (0), as ``torch.native_batch_norm`` in training."""
+    mean = z.mean(axis=0)
+    y = z - mean
+    var = np.einsum("ij,ij->j", y, y) / y.shape[0]
+    rstd = 1 / np.sqrt(var + eps)
+    y *= rstd
+    if weight is not None:
+        y *= weight
+    if bias is not None:
+        y += bias
+    return y, mean, rstd
+
+
+def native_batch_norm_backward(up: Array, z: Array, weight: Array | None, running_mean: None, running_var: None,
+                               mean: Array, rstd: Array, training: bool, eps: float, mask: list[bool]
+                               ) -> tuple[Array | None, Array | None, Array | None]:
+    """(the adjoint of z, of the weight, of the bias), as ``aten.native_batch_norm_backward`` in training."""
+    zbar = z - mean
+    zbar *= rstd
+    n = z.shape[0]
+    g_zbar = np.einsum("ij,ij->j", up, zbar)
+    g_up = up.sum(axis=0)
+    dz = None
+    if mask[0]:
+        w = weight if weight is not None else 1
+        # rstd w (up - mean(up) - zbar mean(up zbar)), the weight applied to the small sums
+        zbar *= g_zbar / n
+        dz = up - g_up / n
+        dz -= zbar
+        dz *= rstd * w
+    return dz, (g_zbar if mask[1] else None), (g_up if mask[2] else None)
