@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import pytest
 import sympy as sp
 import torch
@@ -18,13 +19,13 @@ from hypothesis import strategies as st
 
 import derive
 import numeric
-from derive.models.ch7 import _gate, _head, _seq_builder, _seq_inputs
-from derive.nn import sigmoid, tanh
 from derive.functions import sigmoid as sigmoid_fn
 from derive.functions import step, where
+from derive.models.ch7 import _gate, _head, _seq_builder, _seq_inputs
+from derive.nn import sigmoid, tanh
 from derive.program import Model
 from derive.tensor import ARG, map_
-from numeric import ops_torch
+from numeric import ops_numpy, ops_torch
 
 fused = pytest.mark.skipif(not (torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled),
                            reason="this PyTorch has no oneDNN: the fused LSTM path cannot run")
@@ -205,3 +206,44 @@ def test_activations_run_as_native_kernels_only_where_sympy_proves_them_equal(ca
     (gW,) = torch.autograd.grad(loss, [W])
     assert got["loss"] == pytest.approx(float(loss), rel=1e-13, abs=1e-15)
     torch.testing.assert_close(got["grad"]["W"], gW, rtol=1e-12, atol=1e-14)
+
+
+def _npy(t: torch.Tensor | None) -> np.ndarray | None:
+    return None if t is None else t.numpy()
+
+
+@given(n=st.integers(1, 5), p=st.integers(1, 6), extra=st.integers(0, 2), affine=st.booleans(),
+       seed=st.integers(0, 2**16))
+def test_numpy_norm_kernels_equal_pytorchs_native_ones(n: int, p: int, extra: int, affine: bool, seed: int) -> None:
+    """ops_numpy's layer and batch norm, forward and backward, against torch.native_* on the same values."""
+    g = torch.Generator().manual_seed(seed)
+    shape = (n, *([2] * extra), p)
+    z, up = (torch.randn(shape, generator=g, dtype=torch.float64) for _ in range(2))
+    k = 1 + (extra > 0)  # the normalised axes: the last one or two
+    norm = shape[len(shape) - k:]
+    w, b = (torch.randn(norm, generator=g, dtype=torch.float64) if affine else None for _ in range(2))
+    y, mean, rstd = torch.native_layer_norm(z, norm, w, b, 1e-5)
+    got = ops_numpy.native_layer_norm(z.numpy(), norm, _npy(w), _npy(b), 1e-5)
+    for a, e in zip(got, (y, mean, rstd)):
+        np.testing.assert_allclose(a, e.numpy(), rtol=1e-12, atol=1e-12)
+    mask = [True, affine, affine]
+    ref = torch.ops.aten.native_layer_norm_backward(up, z, norm, mean, rstd, w, b, mask)
+    got = ops_numpy.native_layer_norm_backward(up.numpy(), z.numpy(), norm, mean.numpy(), rstd.numpy(), _npy(w),
+                                               _npy(b), mask)
+    for a, e in zip(got, ref):
+        assert (a is None) == (e is None)
+        if e is not None:
+            np.testing.assert_allclose(a, e.numpy(), rtol=1e-10, atol=1e-12)
+    z2, up2 = z.reshape(n, -1), up.reshape(n, -1)
+    w2, b2 = (torch.randn(z2.shape[1], generator=g, dtype=torch.float64) if affine else None for _ in range(2))
+    y, mean, rstd = torch.native_batch_norm(z2, w2, b2, None, None, True, 0.0, 1e-5)
+    got = ops_numpy.native_batch_norm(z2.numpy(), _npy(w2), _npy(b2), None, None, True, 0.0, 1e-5)
+    for a, e in zip(got, (y, mean, rstd)):
+        np.testing.assert_allclose(a, e.numpy(), rtol=1e-12, atol=1e-12)
+    ref = torch.ops.aten.native_batch_norm_backward(up2, z2, w2, None, None, mean, rstd, True, 1e-5, mask)
+    got = ops_numpy.native_batch_norm_backward(up2.numpy(), z2.numpy(), _npy(w2), None, None, mean.numpy(),
+                                               rstd.numpy(), True, 1e-5, mask)
+    for a, e in zip(got, ref):
+        assert (a is None) == (e is None)
+        if e is not None:
+            np.testing.assert_allclose(a, e.numpy(), rtol=1e-10, atol=1e-12)
