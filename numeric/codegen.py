@@ -1272,6 +1272,8 @@ class _Emitter:
         self.shared: collections.Counter[sp.Expr] = collections.Counter()
         self.shared_memo: dict[Any, Any] = {}
         self._count_shared(roots)
+        self.scaled: dict[int, tuple[Node, sp.Expr]] = {}  # a contraction -> the same one unscaled, the factor
+        self._share_scaled(roots)
         for r in roots:
             for n in walk([r], stop=lambda x: isinstance(x, Var)):
                 if isinstance(n, Map):
@@ -1284,11 +1286,39 @@ class _Emitter:
         for r in roots:
             self.taken.update(n.name for n in walk([r], stop=lambda x: isinstance(x, Var)) if isinstance(n, Var))
 
+    def _share_scaled(self, roots: Sequence[Node]) -> None:
+        """Contractions of the same operands that differ only by a constant factor (``10 K q`` in a value, ``K q``
+        in its adjoint): the unscaled one is computed once and the others scale it (a pass over the result
+        instead of another product)."""
+        groups: dict[Any, dict[int, Einsum]] = {}
+        for r in roots:
+            for n in walk([r], stop=lambda x: isinstance(x, Var)):
+                if isinstance(n, Einsum) and n.operands:
+                    key = (n.ins, n.out, tuple(id(o) for o in n.operands), n.dims)
+                    groups.setdefault(key, {})[id(n)] = n
+        for nodes in groups.values():
+            base = next((n for n in nodes.values() if n.coef == 1), None)
+            if base is None or len(nodes) < 2:
+                continue
+            for n in nodes.values():
+                if n is not base and as_expr(n.coef).is_constant():
+                    self.scaled[id(n)] = (base, as_expr(n.coef))
+                    self.parents[id(base)] = self.parents.get(id(base), 0) + 1
+
     def code(self, n: Node, top: bool = True) -> str:
         if isinstance(n, Var):
             return n.name
         if id(n) in self.temps:
             return self.temps[id(n)]
+        if id(n) in self.scaled:
+            base, coef = self.scaled[id(n)]
+            code = _scaled(self.code(base, False), coef)
+            if not top and self.parents.get(id(n), 0) > 1:
+                t = self._name()
+                self.pending.append((t, code))
+                self.temps[id(n)] = t
+                return t
+            return code
         code = self._torch_code(n, top) if self.backend == "torch" else self._numpy_map(n) if isinstance(n, Map) \
             else None
         if code is None:
