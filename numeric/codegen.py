@@ -1312,13 +1312,13 @@ class _Emitter:
             return self.temps[id(n)]
         if id(n) in self.scaled:
             base, coef = self.scaled[id(n)]
-            code = _scaled(self.code(base, False), coef)
+            scaled = _scaled(self.code(base, False), coef)
             if not top and self.parents.get(id(n), 0) > 1:
                 t = self._name()
-                self.pending.append((t, code))
+                self.pending.append((t, scaled))
                 self.temps[id(n)] = t
                 return t
-            return code
+            return scaled
         code = self._torch_code(n, top) if self.backend == "torch" else self._numpy_map(n) if isinstance(n, Map) \
             else None
         if code is None:
