@@ -370,12 +370,11 @@ def _bench_layers(settings: Settings, quick: bool) -> int:
                     contenders["closed"] = functools.partial(_call, case.closed, plain)
                 compile_s: dict[str, float] = {}
                 if not quick:
-                    if case.name != "lstm" or getattr(numeric, "FUSE_STEPS", False):
-                        k_fused = numeric.compile(m, "torch", check=False, fuse=True)
-                        t0 = time.perf_counter()
-                        k_fused.raw(**plain)
-                        compile_s["fused"] = time.perf_counter() - t0
-                        contenders["fused"] = functools.partial(_call, k_fused.raw, plain)
+                    k_fused = numeric.compile(m, "torch", check=False, fuse=True)  # a recurrence: its steps
+                    t0 = time.perf_counter()
+                    k_fused.raw(**plain)
+                    compile_s["fused"] = time.perf_counter() - t0
+                    contenders["fused"] = functools.partial(_call, k_fused.raw, plain)
                     if case.compile_eager:
                         torch._dynamo.reset()
                         cf = torch.compile(case.eager, dynamic=False)

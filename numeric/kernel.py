@@ -71,10 +71,15 @@ class Kernel:
             # torch.compile fuses the elementwise passes of the generated module into a few loops (the
             # generated code is plain PyTorch, so it traces whole); compiled on the first call, once for all
             # shapes (dynamic=True: sizes stay symbols) and kept with the kernel, which compile() caches per
-            # model. A recurrence is not compiled: tracing would unroll its loop over the T steps (minutes of
-            # compilation for T = 64); its loops run as generated (see numeric.scan_lowering).
+            # model. A recurrence is never traced whole (that would unroll its loops over the T steps:
+            # minutes of compilation for T = 64): its steps are compiled, the loops stay in Python
+            # (numeric.fuse_steps).
             if m.scan is None and not m.scans:
                 self.raw = torch.compile(self.raw, dynamic=True)
+            else:
+                from .fuse_steps import compile_steps
+
+                self.raw = run_generated(compile_steps(self.source), f"<dlmath:{m.name}:{backend}:steps>")
         self.names = [k for k in [*m.params, *m.inputs] if k not in m.carries]
         self._shape_plan = self._plan()
         self._domains = _domain_plan(m)
@@ -307,7 +312,8 @@ def compile(m: Model, backend: str = "numpy", device: str | None = None, hessian
         check: check names, shapes, dtypes and finiteness of the arrays on every call.
         fuse: torch backend only: compile the generated module with ``torch.compile`` (seconds on the first
             call, once for all shapes: ``dynamic=True``), which fuses its elementwise passes; a recurrence
-            runs its loops uncompiled (tracing would unroll them); normalization layers then beat eager
+            is never traced whole (that would unroll its loops): each step is compiled and the loops stay in
+            Python (:mod:`numeric.fuse_steps`); normalization layers then beat eager
             autograd (see ``dlmath bench --only layers``). Its compiled code is cached in a private per-user
             folder, ``~/.cache/dlmath/torch_compile`` (mode 0700; ``$XDG_CACHE_HOME`` is honoured, and
             ``TORCHINDUCTOR_CACHE_DIR``/``TRITON_CACHE_DIR`` win when set), not torch's default in the

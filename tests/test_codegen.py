@@ -433,6 +433,30 @@ def test_fused_torch_kernel_matches() -> None:
         numeric.compile(m, "numpy", fuse=True)
 
 
+def test_fused_recurrence_compiles_its_steps_and_keeps_the_loops() -> None:
+    """fuse=True on a recurrence: the tensor statements of each loop body become compiled step functions, the
+    loops over t stay in Python (nothing unrolled), and the numbers are the unfused kernel's (float64)."""
+    from numeric.fuse_steps import compile_steps
+
+    model = derive.models.get("gru")
+    src = compile_steps(numeric.source(model, "torch"))
+    assert src.count("torch.compile(_step") == 2 and src.count("for t in range(") == 2
+    assert "_step1(" in src.split("def kernel")[1] and "tape.append(" in src.split("def kernel")[1]
+    sizes = {"T": 3, "n": 2, "p": 3, "m": 4, "q": 2}
+    g = torch.Generator().manual_seed(0)
+    arrays = {k: torch.randn(s, generator=g, dtype=torch.float64) for k, s in model.shapes(**sizes).items()}
+    arrays["Y"] = torch.softmax(arrays["Y"], -1)  # probability rows (domain simplex)
+    m = model
+    plain = numeric.compile(m, "torch")(**arrays)
+    fused = numeric.compile(m, "torch", fuse=True)(**arrays)
+    longer = {k: (torch.cat([v, v]) if k in ("X", "Y") else v) for k, v in arrays.items()}
+    again = numeric.compile(m, "torch", fuse=True)(**longer)  # another T: the same compiled steps
+    assert fused["loss"] == pytest.approx(plain["loss"], rel=1e-12)
+    assert again["loss"] == pytest.approx(numeric.compile(m, "torch")(**longer)["loss"], rel=1e-12)
+    for k in m.grad_names:
+        np.testing.assert_allclose(fused["grad"][k].numpy(), plain["grad"][k].numpy(), rtol=1e-12, atol=1e-14)
+
+
 # ---------------------------------------------------------------------------------------------------
 # Normalisations as PyTorch's native kernels, only where the equations are the ones they compute
 # ---------------------------------------------------------------------------------------------------
