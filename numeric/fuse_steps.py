@@ -63,12 +63,10 @@ def compile_steps(source: str, min_statements: int = 2) -> str:
 
 def _list_names(fn: ast.FunctionDef) -> set[str]:
     """Names bound to Python lists in ``fn`` (the tape, the per-step stores)."""
-    out = set()
+    out: set[str] = set()
     for node in ast.walk(fn):
-        if isinstance(node, ast.Assign) and isinstance(node.value, (ast.List, ast.BinOp)):
-            v = node.value
-            if isinstance(v, ast.BinOp):
-                v = v.left
+        if isinstance(node, ast.Assign):
+            v: ast.expr = node.value.left if isinstance(node.value, ast.BinOp) else node.value  # [None] * T
             if isinstance(v, ast.List):
                 out.update(t.id for t in node.targets if isinstance(t, ast.Name))
     return out
