@@ -347,12 +347,17 @@ def native_layer_norm(z: Array, shape: tuple[int, ...], weight: Array | None, bi
     flat = _rows(y, k)
     var = np.einsum("...i,...i->...", flat, flat) / flat.shape[-1]
     rstd = (1 / np.sqrt(var + eps)).reshape(mean.shape)
-    y *= rstd
+    return _affine(y, rstd, weight, bias), mean, rstd
+
+
+def _affine(zc: Array, rstd: Array, weight: Array | None, bias: Array | None) -> Array:
+    """``weight * zc * rstd + bias`` in place in the centred values ``zc`` (a buffer of the caller's)."""
+    zc *= rstd
     if weight is not None:
-        y *= weight
+        zc *= weight
     if bias is not None:
-        y += bias
-    return y, mean, rstd
+        zc += bias
+    return zc
 
 
 def native_layer_norm_backward(up: Array, z: Array, shape: tuple[int, ...], mean: Array, rstd: Array,
@@ -394,12 +399,7 @@ def native_batch_norm(z: Array, weight: Array | None, bias: Array | None, runnin
     y = z - mean
     var = np.einsum("ij,ij->j", y, y) / y.shape[0]
     rstd = 1 / np.sqrt(var + eps)
-    y *= rstd
-    if weight is not None:
-        y *= weight
-    if bias is not None:
-        y += bias
-    return y, mean, rstd
+    return _affine(y, rstd, weight, bias), mean, rstd
 
 
 def native_batch_norm_backward(up: Array, z: Array, weight: Array | None, running_mean: None, running_var: None,
