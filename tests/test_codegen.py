@@ -239,7 +239,9 @@ _SCALAR_CSE = pytest.mark.xfail(strict=True, raises=AssertionError, reason="engi
 # shared subexpressions of maps (rosenbrock's theta_2 - theta_1^2, elu's 1{z > 0}, silu's sigma(z), the cells'
 # gates) are computed once now, and a product summed as it is made (sigmoid's G * a in C) is no product array;
 # these remain:
-_CSE_GAPS = {"lstm": _SCALAR_CSE, "gru": _SCALAR_CSE,  # tanh(c), 1 - g_u: in the step and again in BPTT
+# tanh(c), 1 - g_u: in the NumPy step and again in BPTT (the torch loops tape them; the torch LSTM's fused
+# branch repeats the output layer's lines of the loop branch, an alternative, not a recomputation)
+_CSE_GAPS = {"lstm": _SCALAR_CSE, "gru": _SCALAR_CSE,
              # -u in softplus(-u) (the loss) and sigma(-u) (its adjoint)
              "gan": _SCALAR_CSE,
              # erf of the same scaled argument in the value and in the derivative (the scale differs in form)
