@@ -306,12 +306,14 @@ def _finite_difference(m: Model, f: Callable[..., dict[str, Any]], arrays: dict[
     # rounding: ~eps |L| per evaluation, or the loss's own rounding noise where that is larger: a loss that is a
     # small difference of O(1) terms (e^d - 1 - d at d ~ 1e-3) rounds at the terms' scale, not at |L|'s. It is
     # measured as the deviation from linearity over a step 1e-4 h (where curvature contributes ~1e-8 of the
-    # truncation term, and the step reshuffles the rounding of every term); the extrapolated difference
-    # carries about three times one evaluation's error over h
+    # truncation term, and the step reshuffles the rounding of every term), as the largest deviation over
+    # eight such steps: rounding errors are spread out, and two samples can both land near 0 (a VAE's
+    # e^l - 1 - l at l ~ 1e-4 measured 10x below its noise that way); the extrapolated difference carries
+    # about three times one evaluation's error over h
     l0 = f(**arrays)["loss"]
     tiny = 1e-4 * h
-    jiggle = max(abs(f(**{**arrays, **{k: arrays[k] + sg * tiny * d[k] for k in d}})["loss"] - l0 - sg * tiny * an)
-                 for sg in (1.0, -1.0))
+    jiggle = max(abs(f(**{**arrays, **{k: arrays[k] + st * d[k] for k in d}})["loss"] - l0 - st * an)
+                 for st in (sg * j * tiny for j in (1, 2, 3, 4) for sg in (1.0, -1.0)))
     tol = (rel * (abs(an) + abs(fd)) + abs(fd1 - fd2) + 1e-10 * (abs(lp) + abs(lm)) / scale
            + 2e3 * 2.2e-16 * (abs(lp) + abs(lm)) / h + 3 * jiggle / h)
     if abs(fd - an) > tol and kinks:
