@@ -696,11 +696,19 @@ def _check_moderate(model: str, name: str, a: Any, bound: Any = None, sizes: Any
                      f"rescale {name} (e.g. divide it by {big:.0e})")
 
 
-def _simplex_plan(a: Any, bound: Any = None, sizes: Any = None) -> tuple[float, Any] | None:
-    """For :func:`_check_simplex`: the tolerance on the row sums and :func:`_rows_plan`; ``None`` when empty."""
+def _simplex_plan(a: Any, bound: Any = None, sizes: Any = None) -> tuple[float, Any, Any] | None:
+    """For :func:`_check_simplex`: the tolerance on the row sums, :func:`_rows_plan`, and for a torch array
+    summed by a product, the two torch functions of its fast path and whether it is float32 (so that the
+    matmul precision matters); ``None`` when empty."""
     if _size(a) == 0:
         return None
-    return 8 * max(a.shape[-1], 1) * _eps_max(a)[0], _rows_plan(a)
+    ones = _rows_plan(a)
+    fast = None
+    if ones is not None and not isinstance(a, np.ndarray):
+        import torch
+
+        fast = (torch.matmul, torch.aminmax, a.dtype == torch.float32)
+    return 8 * max(a.shape[-1], 1) * _eps_max(a)[0], ones, fast
 
 
 def _check_simplex(model: str, name: str, a: Any, bound: Any = None, sizes: Any = None, plan: Any = None) -> None:
@@ -711,8 +719,12 @@ def _check_simplex(model: str, name: str, a: Any, bound: Any = None, sizes: Any 
         plan = _simplex_plan(a)
         if plan is None:
             return
-    tol, ones = plan
-    lo, hi = _extremes(_row_sums(a, ones))
+    tol, ones, fast = plan
+    if fast is not None and (not fast[2] or _highest_precision()):  # torch on the CPU: _row_sums, inlined
+        lo_t, hi_t = fast[1](fast[0](a, ones))
+        lo, hi = float(lo_t), float(hi_t)
+    else:
+        lo, hi = _extremes(_row_sums(a, ones))
     if 1 - tol <= lo and hi <= 1 + tol:
         return
     # a row is off: find it (from the plain row sums, which the message quotes)
