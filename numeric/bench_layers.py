@@ -398,11 +398,18 @@ def _bench_layers(settings: Settings, quick: bool) -> int:
                 checks = {"torch": order, "numpy": order_np}
                 if case.closed is not None:
                     checks["closed"] = list(case.closed(**plain))
+                # the loss sums N = (largest input's size) terms of unit scale (the arrays are drawn so): in
+                # float32 any order of that sum rounds by ~eps sqrt(N) (silu's 10^6 terms, cancelling to ~1:
+                # eager's own float32 loss is off by up to 2e-4 over 20 draws), the gradients are elementwise
+                n_terms = max(v.numel() for v in plain.values())
+                loss_tol = tol + (8 * 2**-23 * math.sqrt(n_terms) if dtype == torch.float32 else 0.0)
                 for who, vals in checks.items():
-                    err = _grads_close(vals, expect, tol)
-                    if not err <= tol:
+                    e_loss = _grads_close(vals[:1], expect[:1], tol)
+                    e_grad = _grads_close(vals[1:], expect[1:], tol)
+                    if not (e_loss <= loss_tol and e_grad <= tol):
                         errors += 1
-                        problems.append(f"{case.name} {str(dtype)[6:]}: {who} differs from eager by {err:.1e}")
+                        problems.append(f"{case.name} {str(dtype)[6:]}: {who} differs from eager: loss by {e_loss:.1e} "
+                                        f"(allowed {loss_tol:.1e}), gradients by {e_grad:.1e} (allowed {tol:.0e})")
                 if dtype == torch.float32:
                     unit = max(_span(v) for v in plain.values())
                     rd, wr = count_traffic(contenders["checked"])

@@ -1704,8 +1704,9 @@ def generate(prog: Program, backend: str) -> str:
 
     body: list[str] = []
     keep = set(names) | {"loss"} | set(grads.values()) | {eq.lhs.name for eq in hessians.values()}
-    if native.lines:  # values the native kernels made unnecessary (z_c, the adjoint of zbar) are not computed
-        lines = _live(lines, keep)
+    # values nothing reads are not computed: those native kernels made unnecessary (z_c, the adjoint of zbar),
+    # an operand a fused call reads in another form (the unfolded windows of a convolution run as conv2d)
+    lines = _live(lines, keep)
     for ln, dead in zip(lines, _last_uses(lines, keep)):
         if isinstance(ln, str):
             body.append("    " + comment(ln))
