@@ -1705,8 +1705,9 @@ def generate(prog: Program, backend: str) -> str:
     body: list[str] = []
     keep = set(names) | {"loss"} | set(grads.values()) | {eq.lhs.name for eq in hessians.values()}
     # values nothing reads are not computed: those native kernels made unnecessary (z_c, the adjoint of zbar),
-    # an operand a fused call reads in another form (the unfolded windows of a convolution run as conv2d)
-    lines = _live(lines, keep)
+    # an operand a fused call reads in another form (the unfolded windows of a convolution run as conv2d);
+    # otherwise every equation keeps its line under its LaTeX
+    lines = _live(lines, keep if native.lines else keep | {eq.lhs.name for eq in forward + adjoint})
     for ln, dead in zip(lines, _last_uses(lines, keep)):
         if isinstance(ln, str):
             body.append("    " + comment(ln))
