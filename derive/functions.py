@@ -448,6 +448,11 @@ class ActivationBase(sp.Function):
         return "(" + str(printer._print(self.concrete())) + ")"
 
 
+def concrete_activations(e: sp.Expr) -> sp.Expr:
+    """``e`` with the book's named activations (``S_tanh``, ``\\dot S``...) replaced by their formulas."""
+    return e.replace(lambda x: isinstance(x, ActivationBase), lambda x: x.concrete())
+
+
 _NAMED: dict[tuple[str, Any, int], type] = {}
 
 

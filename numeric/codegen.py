@@ -1490,7 +1490,7 @@ class _Emitter:
 
     def _count_shared(self, roots: Sequence[Node]) -> None:
         """Subexpressions of the maps' expressions, over the arrays, counted across all maps (torch)."""
-        from derive.functions import ActivationBase
+        from derive.functions import concrete_activations
 
         from .torch_maps import shared_subexpressions
 
@@ -1499,16 +1499,16 @@ class _Emitter:
             for n in walk([r], stop=lambda x: isinstance(x, Var)):
                 if isinstance(n, Map) and id(n) not in seen:
                     seen.add(id(n))
-                    fn = n.fn.replace(lambda e: isinstance(e, ActivationBase), lambda e: e.concrete())
+                    fn = concrete_activations(n.fn)
                     keys = self._arg_keys(n)
                     self.shared.update(shared_subexpressions(fn.xreplace(keys), frozenset(keys.values())))
 
     def _planned_map(self, m: Map) -> Any:
-        from derive.functions import ActivationBase
+        from derive.functions import concrete_activations
 
         from .torch_maps import plan_map
 
-        fn = m.fn.replace(lambda e: isinstance(e, ActivationBase), lambda e: e.concrete())
+        fn = concrete_activations(m.fn)
         ops = {}
         for i, a in enumerate(m.args):
             if ARG[i] in fn.free_symbols:
@@ -1524,7 +1524,7 @@ class _Emitter:
     def _arg_definitions(self, m: Map, fn: sp.Expr) -> dict[sp.Symbol, sp.Expr]:
         """The arguments of ``m`` that are results of other maps over ``m``'s own arguments (a forward value an
         adjoint reuses), as expressions of those arguments' symbols."""
-        from derive.functions import ActivationBase
+        from derive.functions import concrete_activations
 
         if self._defs is None:
             self._defs = {eq.lhs: eq.rhs for eq in self.low.model.equations}
@@ -1542,7 +1542,7 @@ class _Emitter:
                     break
                 sub[ARG[j]] = ARG[k]
             else:
-                out[ARG[i]] = d.fn.replace(lambda e: isinstance(e, ActivationBase), lambda e: e.concrete()).xreplace(sub)
+                out[ARG[i]] = concrete_activations(d.fn).xreplace(sub)
         return out
 
     def reduced(self, n: Node) -> str:

@@ -28,7 +28,8 @@ from typing import Any
 
 import sympy as sp
 
-from derive.functions import ActivationBase, sigmoid
+from derive.functions import concrete_activations as _concrete
+from derive.functions import sigmoid
 from derive.program import Equation
 from derive.tensor import ARG, Map, Node, Var
 
@@ -49,11 +50,6 @@ class LSTMMatch:
     h: Var  # h^{<t>}
     gates: dict[str, _Member]  # "i", "f", "g", "o" -> the gate's stacked product
     bias: bool
-
-
-def _concrete(e: sp.Expr) -> sp.Expr:
-    """``e`` with the book's named activations (``S_tanh``...) replaced by their formulas."""
-    return e.replace(lambda x: isinstance(x, ActivationBase), lambda x: x.concrete())
 
 
 def find_lstm(core: Sequence[Equation], stacking: Stacking, carries: Sequence[tuple[str, str]],

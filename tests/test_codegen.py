@@ -435,6 +435,25 @@ def test_fused_torch_kernel_matches() -> None:
         numeric.compile(m, "numpy", fuse=True)
 
 
+def test_fused_program_of_several_scans_matches_the_unfused_kernel() -> None:
+    """fuse=True on a program of two scans (a bidirectional RNN, one reverse): the same numbers (float64)."""
+    from numeric.fuse_steps import compile_steps
+
+    model = derive.models.get("birnn")
+    assert compile_steps(numeric.source(model, "torch")).count("torch.compile(_step") >= 4
+    g = torch.Generator().manual_seed(1)
+    sizes = {str(d): 3 for d in model.dims.values()}
+    arrays = {k: torch.randn(s, generator=g, dtype=torch.float64) for k, s in model.shapes(**sizes).items()}
+    for k in arrays:
+        if model.tensor(k).domain == "simplex":
+            arrays[k] = torch.softmax(arrays[k], -1)
+    plain = numeric.compile(model, "torch")(**arrays)
+    fused = numeric.compile(model, "torch", fuse=True)(**arrays)
+    assert fused["loss"] == pytest.approx(plain["loss"], rel=1e-12)
+    for k in model.grad_names:
+        np.testing.assert_allclose(fused["grad"][k].numpy(), plain["grad"][k].numpy(), rtol=1e-12, atol=1e-14)
+
+
 def test_fused_recurrence_compiles_its_steps_and_keeps_the_loops() -> None:
     """fuse=True on a recurrence: the tensor statements of each loop body become compiled step functions, the
     loops over t stay in Python (nothing unrolled), and the numbers are the unfused kernel's (float64)."""

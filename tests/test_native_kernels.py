@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 import derive
 import numeric
+import verify
 from derive.functions import sigmoid as sigmoid_fn
 from derive.functions import step, where
 from derive.models.ch7 import _gate, _head, _seq_builder, _seq_inputs
@@ -247,3 +248,29 @@ def test_numpy_norm_kernels_equal_pytorchs_native_ones(n: int, p: int, extra: in
         assert (a is None) == (e is None)
         if e is not None:
             np.testing.assert_allclose(a, e.numpy(), rtol=1e-10, atol=1e-12)
+
+
+@fused
+def test_fused_lstm_passes_verify_check_in_float32() -> None:
+    """The fused path through the same verify.check as every kernel: the compiled torch kernel, called in
+    float32 (where the fused LSTM runs), as the implementation, against the zoo's reference."""
+    model = derive.models.get("lstm")
+    k = numeric.compile(model, "torch")
+    taken = []
+
+    def in_float32(**arrays: torch.Tensor) -> dict[str, Any]:
+        a32 = {name: v.float() for name, v in arrays.items()}
+        taken.append(ops_torch.fused_lstm(a32["X"]))
+        return k(**a32)
+
+    report = verify.check(model, implementation=in_float32, backend="torch", examples=6)
+    assert report.examples == 6 and taken and all(taken), report
+    assert any("implementation" in what for what in report.checks), report.checks
+
+
+@pytest.mark.parametrize("case", [i for i, f in enumerate(_FORMS) if f[2] is not None])
+def test_native_activation_kernels_pass_verify_check(case: int) -> None:
+    """The models whose maps run as PyTorch's activation kernels, through verify.check (float64, the program's
+    eager evaluation as the reference, finite differences, kinks for ELU)."""
+    report = verify.check(_activation_model(_FORMS[case][0]), backend="torch", examples=8)
+    assert report.examples == 8 and report.checks, report
