@@ -865,8 +865,20 @@ def generate_scan(m: Model, backend: str) -> str:
             mapping[leaf] = Var(flat[leaf.name], leaf.shape, leaf.role, batched=True, domain=leaf.domain)
     post = _Emitter([substitute(r, mapping) for r in roots], backend, low_all, "a")
     post.taken |= fresh.taken
-    for eq in tail + pre:
-        code = post.code(substitute(eq.rhs, mapping))
+    post_rhs = [substitute(eq.rhs, mapping) for eq in tail + pre]
+    partners = _log_softmax_partners(post_rhs)
+    for i, eq in enumerate(tail + pre):
+        if i in partners:  # the softmax and its log-softmax from one exponential (as in _kernel)
+            sm = post_rhs[i]
+            assert isinstance(sm, Softmax)
+            log_name = fresh(f"log_{eq.lhs.name}_all")
+            post.temps[id(partners[i])] = log_name
+            code = post.code(sm.x)
+            post_fwd.extend(f"    {t} = {c}" for t, c in post.take())
+            post_fwd.append("    # " + comment(texs[eq.lhs.name] if eq in tail else atexs[eq.lhs.name]) + " (all steps)")
+            post_fwd.append(f"    {flat[eq.lhs.name]}, {log_name} = ops.softmax_and_log({code}, {sm._code_axis()})")
+            continue
+        code = post.code(post_rhs[i])
         post_fwd.extend(f"    {t} = {c}" for t, c in post.take())
         tex = texs[eq.lhs.name] if eq in tail else atexs[eq.lhs.name]
         post_fwd.append("    # " + comment(tex) + " (all steps)")
@@ -1584,6 +1596,18 @@ def _hoisted_projections(forward: Sequence[Equation], m: Model, low: Lowering, b
     return out
 
 
+def _log_softmax_partners(rhss: Sequence[Node]) -> dict[int, Node]:
+    """For each of ``rhss`` that is a softmax whose log-softmax (same logits, same axis) another reads,
+    its index -> that log-softmax node: the two are computed together, from one exponential."""
+    out: dict[int, Node] = {}
+    for i, r in enumerate(rhss):
+        if isinstance(r, Softmax):
+            ls = LogSoftmax(r.x, r.axis)
+            if any(n is ls for n in walk(list(rhss), stop=lambda x: isinstance(x, Var))):
+                out[i] = ls
+    return out
+
+
 def _rename(code: str, names: dict[str, str]) -> str:
     for a, b in names.items():
         code = re.sub(rf"\b{re.escape(a)}\b", b, code)
@@ -1638,13 +1662,9 @@ def generate(prog: Program, backend: str) -> str:
 
     # a softmax and the log-softmax of the same logits (the stable loss) share one exponential
     pairs: dict[int, str] = {}
-    for eq in forward:
-        if isinstance(eq.rhs, Softmax):
-            ls = LogSoftmax(eq.rhs.x, eq.rhs.axis)
-            used = any(n is ls for e in forward for n in walk([e.rhs], stop=lambda x: isinstance(x, Var)))
-            if used:
-                pairs[id(eq)] = f"log_{eq.lhs.name}"
-                em.temps[id(ls)] = f"log_{eq.lhs.name}"
+    for i, ls in _log_softmax_partners([e.rhs for e in forward]).items():
+        pairs[id(forward[i])] = f"log_{forward[i].lhs.name}"
+        em.temps[id(ls)] = f"log_{forward[i].lhs.name}"
     grad_leaf = {_grad_of(m, k): k for k in m.grad_names}  # gradient name -> its leaf, looked up once
     native = _native_norms(forward, adjoint, m, low, em)
     for eq in forward + adjoint:

@@ -113,7 +113,8 @@ class Kernel:
             if self.check:
                 self._check_finite(args, out)
             return dict(out)
-        out["loss"] = float(out["loss"])
+        loss = out["loss"]
+        out["loss"] = float(loss.detach() if hasattr(loss, "detach") else loss)
         if self.check:
             self._check_finite(args, out)
         if self.model.newton and self.hessian:

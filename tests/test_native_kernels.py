@@ -205,7 +205,7 @@ def test_activations_run_as_native_kernels_only_where_sympy_proves_them_equal(ca
     W = arrays["W"].clone().requires_grad_(True)
     loss = (arrays["G"] * ref_fn(arrays["X"] @ W.T)).sum(1).mean()
     (gW,) = torch.autograd.grad(loss, [W])
-    assert got["loss"] == pytest.approx(float(loss), rel=1e-13, abs=1e-15)
+    assert got["loss"] == pytest.approx(loss.item(), rel=1e-13, abs=1e-15)
     torch.testing.assert_close(got["grad"]["W"], gW, rtol=1e-12, atol=1e-14)
 
 

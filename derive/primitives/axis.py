@@ -89,8 +89,6 @@ class Softmax(AxisOp):
         return rf"S_{{\mathrm{{softmax}}}}\left({args[0]}\right)"
 
     def lower(self, args: Sequence[str], backend: str, ctx: Any) -> str:
-        if backend == "torch":
-            return f"torch.softmax({args[0]}, dim={self._code_axis()})"
         return f"ops.softmax({args[0]}, axis={self._code_axis()})"
 
 
@@ -120,8 +118,6 @@ class LogSoftmax(AxisOp):
         return rf"\log S_{{\mathrm{{softmax}}}}\left({args[0]}\right)"
 
     def lower(self, args: Sequence[str], backend: str, ctx: Any) -> str:
-        if backend == "torch":
-            return f"torch.log_softmax({args[0]}, dim={self._code_axis()})"
         return f"ops.log_softmax({args[0]}, axis={self._code_axis()})"
 
 
