@@ -8,6 +8,7 @@ against the float64 loop, on hypothesis-drawn sizes.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -248,6 +249,49 @@ def test_numpy_norm_kernels_equal_pytorchs_native_ones(n: int, p: int, extra: in
         assert (a is None) == (e is None)
         if e is not None:
             np.testing.assert_allclose(a, e.numpy(), rtol=1e-10, atol=1e-12)
+
+
+@given(rows=st.integers(1, 6), width=st.integers(1, 20), axis=st.sampled_from([-1, 0]),
+       dtype=st.sampled_from([torch.float32, torch.float64]), specials=st.booleans(), seed=st.integers(0, 2**16))
+def test_softmax_helpers_equal_torchs_on_every_row_width(rows: int, width: int, axis: int, dtype: torch.dtype,
+                                                         specials: bool, seed: int) -> None:
+    """ops_torch's softmax, log-softmax and the pair, whose narrow rows (5 to 15 entries) take whole-tensor
+    passes instead of ATen's per-row loop: equal to torch's to rounding, NaN and infinity where torch has them."""
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.randn((rows, width) if axis == -1 else (width, rows), generator=g, dtype=torch.float64) * 30).to(dtype)
+    if specials:
+        flat = x.view(-1)
+        picks = torch.randint(0, flat.numel(), (3,), generator=g)
+        for i, v in zip(picks.tolist(), (math.inf, -math.inf, math.nan)):
+            flat[i] = v
+    before = x.nan_to_num()
+    eps = torch.finfo(dtype).eps
+    ref_s, ref_l = torch.softmax(x, axis), torch.log_softmax(x, axis)
+    pair = ops_torch.softmax_and_log(x, axis)
+    for got, ref in ((ops_torch.softmax(x, axis), ref_s), (ops_torch.log_softmax(x, axis), ref_l),
+                     (pair[0], ref_s), (pair[1], ref_l)):
+        assert torch.equal(got.isnan(), ref.isnan()) and torch.equal(got.isinf(), ref.isinf())
+        ok = ~ref.isnan() & ~ref.isinf()
+        torch.testing.assert_close(got[ok], ref[ok], rtol=64 * eps, atol=64 * eps)
+    assert torch.equal(x.nan_to_num(), before)  # the input is left alone (no in-place pass on it)
+
+
+def test_numpy_sigmoid_is_within_two_ulp_of_the_exact_value() -> None:
+    """ops_numpy.sigmoid (1/(1 + e^{-x}) in place) against float64 expit rounded, over the whole range, with
+    0 where the exact value is below the smallest normal number and NaN for NaN."""
+    from scipy.special import expit
+
+    for dtype in (np.float32, np.float64):
+        x = np.concatenate([np.linspace(-800, 800, 40001), [np.inf, -np.inf, 0.0, -0.0]]).astype(dtype)
+        got = ops_numpy.sigmoid(x)
+        assert got.dtype == dtype
+        exact = expit(x.astype(np.longdouble) if dtype == np.float64 else x.astype(np.float64))
+        normal = exact >= np.finfo(dtype).tiny
+        ulp = np.abs(got[normal] - exact[normal]) / (exact[normal] * np.finfo(dtype).eps)
+        assert float(ulp.max()) <= 2.0
+        assert np.all(got[~normal] <= np.finfo(dtype).tiny)
+        assert np.isnan(ops_numpy.sigmoid(np.array([np.nan], dtype=dtype))).all()
+    assert ops_numpy.sigmoid(0.0) == 0.5 and ops_numpy.sigmoid(np.array(2)) == pytest.approx(expit(2.0), rel=1e-15)
 
 
 @fused
