@@ -14,7 +14,7 @@ import sympy as sp
 from derive.program import Model
 from derive.tensor import as_expr
 
-from .codegen import BACKENDS, build_program, generate, generate_values
+from .codegen import BACKENDS, WITNESS_ARG, build_program, generate, generate_values
 
 __all__ = ["Kernel", "compile", "source", "InputError", "clear_cache", "trace", "run_generated", "normalise_device"]
 
@@ -63,6 +63,8 @@ class Kernel:
         self.check = check
         self.source = source(m, backend, hessian)
         self.raw = run_generated(self.source, f"<dlmath:{m.name}:{backend}>")
+        # the inputs whose 'moderate' check the kernel makes on its result (codegen._witnesses), unfused only
+        self._witnessed: frozenset[str] = frozenset(() if fuse else getattr(self.raw, "witnessed", ()))
         if fuse:
             import torch
 
@@ -107,8 +109,20 @@ class Kernel:
         if positional:
             raise TypeError(f"{self.model.name}: a kernel takes its arrays by name, e.g. f("
                             f"{', '.join(f'{k}=...' for k in self.names[:3])}); got {len(positional)} positional")
-        args = self._prepare(arrays) if self.check else self._convert(arrays)
-        out = self.raw(**args)
+        if self.check and self._witnessed:
+            # inputs of domain 'moderate' that only native norms read: the norms' own 1/sigma are the check
+            args = self._prepare(arrays, deferred=True)
+            witness: dict[str, Any] = {}
+            if self.backend == "numpy":  # an input out of its domain is named below, not warned about
+                with np.errstate(all="ignore"):
+                    out = self.raw(**args, **{WITNESS_ARG: witness})
+                    self._check_witness(args, witness)
+            else:
+                out = self.raw(**args, **{WITNESS_ARG: witness})
+                self._check_witness(args, witness)
+        else:
+            args = self._prepare(arrays) if self.check else self._convert(arrays)
+            out = self.raw(**args)
         if self.model.is_update:
             if self.check:
                 self._check_finite(args, out)
@@ -172,9 +186,10 @@ class Kernel:
         key += [arrays[n].device for n in self._on_device]
         return tuple(key)
 
-    def _prepare(self, arrays: dict[str, Any]) -> dict[str, Any]:
+    def _prepare(self, arrays: dict[str, Any], deferred: bool = False) -> dict[str, Any]:
         """``arrays`` converted, cast to their shared float dtype and checked: names, shapes and dtypes (once per
-        signature, :meth:`_signature`) and every declared domain, in full on every call."""
+        signature, :meth:`_signature`) and every declared domain, in full on every call (``deferred``: but those
+        of the inputs the kernel's result witnesses, which :meth:`_check_witness` checks after the call)."""
         key = self._signature(arrays)
         hit = self._passed.get(key) if key is not None else None
         if hit is None:
@@ -195,8 +210,38 @@ class Kernel:
         if plans:
             name = self.model.name
             for (k, check, _, bound), plan in zip(self._checks, plans):
+                if deferred and k in self._witnessed:
+                    continue
                 check(name, k, conv[k], bound, sizes, plan)
         return conv
+
+    def _check_witness(self, args: dict[str, Any], witness: dict[str, Any]) -> None:
+        """The 'moderate' check of each input that only native norms read (codegen._witnesses), from each norm's
+        mean and ``r = 1/sigma`` over groups of ``c`` entries: every entry is within ``sqrt(c var) <= sqrt(c) / r``
+        of its group's mean, so ``max|z| <= max(|mean| + sqrt(c) / r)``. That bound is computed from the results
+        (a few values per group), and when it is under half the limit of :func:`_check_moderate` (the half
+        covers the rounding of the computed variance, for ``c eps <= 1/100``), the input is within the limit
+        and passes. Otherwise (a value near the limit, a variance that overflowed, so ``r = 0``, a NaN) the
+        input's own check decides, exactly as without the witness, and names the problem."""
+        name = self.model.name
+        for k in self._witnessed:
+            a = args[k]
+            plan = _moderate_plan(a)
+            if plan is None:
+                continue
+            ok = True
+            for mean, rstd in witness[k]:
+                c = _size(a) // max(_size(rstd), 1)
+                eps = _eps_max(a)[0]
+                if c * eps > 0.01:
+                    ok = False
+                    break
+                lo, hi = _extremes(abs(mean) + math.sqrt(c) / rstd)
+                if not (hi <= 0.5 * plan[0]):  # (False for a NaN)
+                    ok = False
+                    break
+            if not ok:
+                _check_moderate(name, k, a, None, None, plan)
 
     def _check_arrays(self, arrays: dict[str, Any]) -> tuple[dict[str, Any], tuple[str, ...], str, dict[str, int]]:
         """Names, conversion, dtypes and shapes: the converted arrays, the names cast to the shared float dtype,

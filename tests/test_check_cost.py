@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import derive
 import numeric
@@ -204,6 +206,85 @@ def test_moderate_many_small_squares(backend: str) -> None:
     Z[63, 31] = 1.01 * limit
     with pytest.raises(InputError, match="rescale Z"):
         _call("batch_norm", backend, a, Z=Z)
+
+
+@settings(deadline=None)
+@given(name=st.sampled_from(["layer_norm", "batch_norm"]), backend=st.sampled_from(BACKENDS),
+       dtype=st.sampled_from([np.float32, np.float64]), factor=st.floats(0.05, 3.0), sign=st.sampled_from([-1, 1]),
+       count=st.integers(1, 3), seed=st.integers(0, 2**16))
+def test_moderate_check_from_the_norms_results_decides_as_the_direct_check(
+        name: str, backend: str, dtype: Any, factor: float, sign: int, count: int, seed: int) -> None:
+    """Layer and batch norm kernels check their 'moderate' input from the native norm's mean and 1/sigma (no pass
+    over the input): a call is refused exactly when the direct check refuses the input, values around the
+    limit included, and with the same message."""
+    sizes = {"n": 4, "p": 3} if name == "layer_norm" else {"n": 4, "N": 3}
+    k = numeric.compile(_model(name), backend)
+    assert k._witnessed == {"Z"}
+    a = _arrays(name, backend, dtype, **sizes)
+    rng = np.random.default_rng(seed)
+    Z = rng.normal(size=(4, 3))
+    limit = math.sqrt(float(np.finfo(dtype).max) / Z.size)
+    for i in rng.choice(Z.size, count, replace=False):
+        Z.flat[i] = sign * factor * limit
+    Z = Z.astype(dtype)
+    try:
+        with np.errstate(all="ignore"):
+            numeric.kernel._check_moderate(name, "Z", _backend({"Z": Z}, backend)["Z"])
+        direct = None
+    except InputError as e:
+        direct = str(e)
+    if direct is None:
+        with np.errstate(all="ignore"):
+            k(**{**a, **_backend({"Z": Z}, backend)})
+    else:
+        with pytest.raises(InputError) as got:
+            k(**{**a, **_backend({"Z": Z}, backend)})
+        assert str(got.value) == direct
+
+
+def _ln_reading_z_twice() -> derive.Model:
+    """A layer norm of Z whose loss also reads Z itself: Z is not only the norm's, so its check stays a pass."""
+    from derive import nn
+    from derive.nn import mean, sqrt
+
+    b = derive.Builder("ln_and_z", "layer norm and its input", "test")
+    b.samples("n", 4, 2, 6)
+    p = b.dim("p", 4, 2, 6)
+    ep = b.const("epsilon", 1e-5)
+    gamma = b.param("gamma", (p,), r"\gamma")
+    z = b.input("Z", (p,), "z", batched=True, domain="moderate")
+    G = b.input("G", (p,), "G", batched=True)
+    mu = b.eq("mu", mean(z, -1), r"\mu")
+    zc = b.eq("zc", z - mu, "z_c")
+    sd = b.eq("sigma", sqrt(mean(zc**2, -1) + ep), r"\sigma")
+    zbar = b.eq("zbar", zc / sd, r"\hat z")
+    out = b.eq("ln", gamma * zbar, r"\tilde z")
+    b.eq("C", nn.dot(G, out) + nn.dot(G, z), "C")
+    return b.model(reduction="sum")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_moderate_input_read_outside_the_norm_keeps_its_pass(backend: str, monkeypatch: Any) -> None:
+    calls: list[str] = []
+    real = numeric.kernel._check_moderate
+
+    def spy(*args: Any, **kw: Any) -> None:
+        calls.append(args[1])
+        real(*args, **kw)
+
+    monkeypatch.setattr(numeric.kernel, "_check_moderate", spy)
+    monkeypatch.setitem(numeric.kernel._DOMAIN_CHECKS, "moderate", spy)  # (read when a kernel is made)
+    m = _ln_reading_z_twice()
+    k = numeric.compile(m, backend)
+    assert "native_layer_norm" in k.source and k._witnessed == frozenset()
+    rng = np.random.default_rng(0)
+    a = _backend({n: rng.normal(size=s) for n, s in m.shapes(n=3, p=4).items()}, backend)
+    k(**a)
+    assert calls == ["Z"]
+    calls.clear()
+    ln = numeric.compile(_model("layer_norm"), backend)  # the zoo's: read by its norm only, checked from it
+    ln(**_arrays("layer_norm", backend, n=4, p=3))
+    assert calls == []
 
 
 DQN = "dqn"
