@@ -218,8 +218,8 @@ class Kernel:
     def _check_witness(self, args: dict[str, Any], witness: dict[str, Any]) -> None:
         """The 'moderate' check of each input that only native norms read (codegen._witnesses), from each norm's
         mean and ``r = 1/sigma`` over groups of ``c`` entries: every entry is within ``sqrt(c var) <= sqrt(c) / r``
-        of its group's mean, so ``max|z| <= max(|mean| + sqrt(c) / r)``. That bound is computed from the results
-        (a few values per group), and when it is under half the limit of :func:`_check_moderate` (the half
+        of its group's mean, so ``max|z| <= max|mean| + sqrt(c) / min r``. That bound is computed from the results
+        (the extremes of two values per group), and when it is under half the limit of :func:`_check_moderate` (the half
         covers the rounding of the computed variance, for ``c eps <= 1/100``), the input is within the limit
         and passes. Otherwise (a value near the limit, a variance that overflowed, so ``r = 0``, a NaN) the
         input's own check decides, exactly as without the witness, and names the problem."""
@@ -236,8 +236,10 @@ class Kernel:
                 if c * eps > 0.01:
                     ok = False
                     break
-                lo, hi = _extremes(abs(mean) + math.sqrt(c) / rstd)
-                if not (hi <= 0.5 * plan[0]):  # (False for a NaN)
+                m_lo, m_hi = _extremes(mean)
+                r_lo = _extremes(rstd)[0]
+                # max(|mean| + sqrt(c) / r) <= max|mean| + sqrt(c) / min r: two reads of a few values, no temporary
+                if not (r_lo > 0 and max(-m_lo, m_hi) + math.sqrt(c) / r_lo <= 0.5 * plan[0]):  # (False for NaN)
                     ok = False
                     break
             if not ok:
