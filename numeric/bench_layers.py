@@ -321,6 +321,84 @@ def _call(f: Callable[..., Any], a: dict[str, Any]) -> Any:
     return f(**a)
 
 
+def _mismatches(name: str, dtype: torch.dtype, checks: dict[str, list[Any]], expect: list[Any],
+                plain: Tensors) -> list[str]:
+    """Each contender of ``checks`` (loss, then gradients) that differs from eager's ``expect``, as a line."""
+    tol = 1e-4 if dtype == torch.float32 else 1e-8
+    # the loss sums N = (largest input's size) terms of unit scale (the arrays are drawn so): in float32 any
+    # order of that sum rounds by ~eps sqrt(N) (silu's 10^6 terms, cancelling to ~1: eager's own float32 loss
+    # is off by up to 2e-4 over 20 draws), the gradients are elementwise
+    n_terms = max(v.numel() for v in plain.values())
+    loss_tol = tol + (8 * 2**-23 * math.sqrt(n_terms) if dtype == torch.float32 else 0.0)
+    out = []
+    for who, vals in checks.items():
+        e_loss = _grads_close(vals[:1], expect[:1], tol)
+        e_grad = _grads_close(vals[1:], expect[1:], tol)
+        if not (e_loss <= loss_tol and e_grad <= tol):
+            out.append(f"{name} {str(dtype)[6:]}: {who} differs from eager: loss by {e_loss:.1e} "
+                       f"(allowed {loss_tol:.1e}), gradients by {e_grad:.1e} (allowed {tol:.0e})")
+    return out
+
+
+def _eager_grads(f: Callable[[Tensors], torch.Tensor], req: Tensors, leaves: list[str]) -> Any:
+    loss = f(req)
+    return loss, torch.autograd.grad(loss, [req[k] for k in leaves])
+
+
+def device_rows(settings: Settings, device: str, quick: bool) -> tuple[list[list[str]], list[str]]:
+    """The rows of the layers table on ``device`` (the CUDA table where a GPU is present): the generated torch
+    kernel with its checks and raw, torch.compile of the eager formulation (not ``quick``), all as ratios to
+    eager autograd on the same device, each call followed by a synchronisation; and the mismatches."""
+    only = getattr(settings, "cases", None)
+    sync: Callable[[], None] = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+
+    def synced(f: Callable[[], Any]) -> Callable[[], Any]:
+        def call() -> Any:
+            out = f()
+            sync()
+            return out
+
+        return call
+
+    rows: list[list[str]] = []
+    problems: list[str] = []
+    for case in (c for c in CASES if not only or c.name in only):
+        cells: dict[str, list[str]] = {}
+        try:
+            m = derive.models.get(case.name, **case.options)
+            k_raw = numeric.compile(m, "torch", device=device, check=False)
+            k_checked = numeric.compile(m, "torch", device=device)
+            leaves = list(m.grad_names)
+            for dtype in (torch.float32, torch.float64):
+                plain = {k: v.to(device) for k, v in _arrays(m, k_raw.names, case.small if quick else case.full,
+                                                             dtype).items()}
+                req = {k: (v.clone().requires_grad_(True) if k in leaves else v) for k, v in plain.items()}
+                eager = functools.partial(_eager_grads, case.eager, req, leaves)
+                contenders = {"raw": synced(functools.partial(_call, k_raw.raw, plain)),
+                              "checked": synced(functools.partial(_call, k_checked, plain)), "eager": synced(eager)}
+                if not quick and case.compile_eager:
+                    torch._dynamo.reset()
+                    compiled = functools.partial(_eager_grads, torch.compile(case.eager, dynamic=False), req, leaves)
+                    compiled()
+                    contenders["compiled"] = synced(compiled)
+                ref_loss, ref_grads = eager()
+                got = k_raw.raw(**plain)
+                problems += _mismatches(case.name, dtype, {"torch": [got["loss"], *[got["grad"][k] for k in leaves]]},
+                                        [ref_loss.detach(), *ref_grads], plain)
+                r = race(contenders, settings)
+                for key in ("checked", "raw", "compiled"):
+                    cells.setdefault(key, []).append(f"{r.ratio(key, 'eager'):.2f}" if key in r.seconds else "-")
+                cells.setdefault("checked/raw", []).append(f"{r.ratio('checked', 'raw'):.2f}")
+                cells.setdefault("eager ms", []).append(f"{r.seconds['eager'] * 1e3:.3f}")
+        except Exception as exc:  # one broken row must not hide the others
+            problems.append(f"{case.name} ({device}): {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+            rows.append([case.label, "error", "", "", "", ""])
+            continue
+        rows.append([case.label] + [" / ".join(cells[k]) for k in ("checked", "raw", "compiled", "checked/raw",
+                                                                    "eager ms")])
+    return rows, problems
+
+
 def bench_layers(settings: Settings) -> int:
     """Print the layers table; returns the number of errors and mismatches."""
     quick = settings.rounds < 5
@@ -357,10 +435,7 @@ def _bench_layers(settings: Settings, quick: bool) -> int:
                 arrs = {k: v.numpy() for k, v in plain.items()}
                 req = {k: (v.clone().requires_grad_(True) if k in leaves else v) for k, v in t.items()}
 
-                def eager(req: Tensors = req, f: Any = case.eager, leaves: list[str] = leaves) -> Any:
-                    loss = f(req)
-                    return loss, torch.autograd.grad(loss, [req[k] for k in leaves])
-
+                eager = functools.partial(_eager_grads, case.eager, req, leaves)
                 contenders: dict[str, Callable[[], Any]] = {
                     "raw": functools.partial(_call, k_raw.raw, plain),
                     "checked": functools.partial(_call, k_checked, plain),
@@ -378,12 +453,8 @@ def _bench_layers(settings: Settings, quick: bool) -> int:
                     contenders["fused"] = functools.partial(_call, k_fused.raw, plain)
                     if case.compile_eager:
                         torch._dynamo.reset()
-                        cf = torch.compile(case.eager, dynamic=False)
-
-                        def compiled(req: Tensors = req, f: Any = cf, leaves: list[str] = leaves) -> Any:
-                            loss = f(req)
-                            return loss, torch.autograd.grad(loss, [req[k] for k in leaves])
-
+                        compiled = functools.partial(_eager_grads, torch.compile(case.eager, dynamic=False), req,
+                                                     leaves)
                         t0 = time.perf_counter()
                         compiled()
                         compile_s["compiled"] = time.perf_counter() - t0
@@ -391,7 +462,6 @@ def _bench_layers(settings: Settings, quick: bool) -> int:
                 # the kernels must agree before their times mean anything
                 ref_loss, ref_grads = eager()
                 got = k_raw.raw(**plain)
-                tol = 1e-4 if dtype == torch.float32 else 1e-8
                 order = [got["loss"], *[got["grad"][k] for k in leaves]]
                 expect = [ref_loss.detach(), *ref_grads]
                 gnp = k_np.raw(**arrs)
@@ -399,18 +469,9 @@ def _bench_layers(settings: Settings, quick: bool) -> int:
                 checks = {"torch": order, "numpy": order_np}
                 if case.closed is not None:
                     checks["closed"] = list(case.closed(**plain))
-                # the loss sums N = (largest input's size) terms of unit scale (the arrays are drawn so): in
-                # float32 any order of that sum rounds by ~eps sqrt(N) (silu's 10^6 terms, cancelling to ~1:
-                # eager's own float32 loss is off by up to 2e-4 over 20 draws), the gradients are elementwise
-                n_terms = max(v.numel() for v in plain.values())
-                loss_tol = tol + (8 * 2**-23 * math.sqrt(n_terms) if dtype == torch.float32 else 0.0)
-                for who, vals in checks.items():
-                    e_loss = _grads_close(vals[:1], expect[:1], tol)
-                    e_grad = _grads_close(vals[1:], expect[1:], tol)
-                    if not (e_loss <= loss_tol and e_grad <= tol):
-                        errors += 1
-                        problems.append(f"{case.name} {str(dtype)[6:]}: {who} differs from eager: loss by {e_loss:.1e} "
-                                        f"(allowed {loss_tol:.1e}), gradients by {e_grad:.1e} (allowed {tol:.0e})")
+                found = _mismatches(case.name, dtype, checks, expect, plain)
+                errors += len(found)
+                problems += found
                 if dtype == torch.float32:
                     unit = max(_span(v) for v in plain.values())
                     rd, wr = count_traffic(contenders["checked"])
@@ -465,4 +526,16 @@ def _bench_layers(settings: Settings, quick: bool) -> int:
     for p in problems:
         print(f"MISMATCH/error: {p}")
     print()
+    if torch.cuda.is_available():
+        name = torch.cuda.get_device_name()
+        cuda_rows, cuda_problems = device_rows(settings, "cuda", quick)
+        print(f"== layers on CUDA ({name}): forward+backward, ratio to torch eager autograd on the GPU "
+              f"(float32 / float64), median of {settings.rounds} interleaved rounds, each call synchronised ==")
+        print(format_table(["layer", "torch", "raw", "t.compile", "checked/raw", "eager ms"], cuda_rows))
+        print("the LSTM runs the generated loop on CUDA (the fused path is oneDNN's, CPU float32 only), against "
+              "nn.LSTM's cuDNN kernel")
+        for p in cuda_problems:
+            print(f"MISMATCH/error: {p}")
+        print()
+        errors += len(cuda_problems)
     return errors

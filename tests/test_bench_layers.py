@@ -1,0 +1,43 @@
+"""The layers benchmark's device table (``numeric.bench_layers.device_rows``): the CUDA table where a GPU is
+present, run here on the CPU through the same code (only the synchronisation differs)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+
+from numeric import bench_layers
+from numeric.bench import Settings
+
+
+def _settings(*cases: str) -> Settings:
+    return Settings(n=8, p=4, K=3, rounds=3, warmup=1, min_sample_s=0.0, derive_rounds=1, derive_models=None,
+                    settle_s=0.0, cases=cases)
+
+
+def _ratios(cell: str) -> list[float]:
+    return [float(v) for v in cell.split(" / ")]
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="no GPU here: the CUDA table runs where one is present"))])
+def test_device_rows_time_agreeing_kernels(device: str) -> None:
+    rows, problems = bench_layers.device_rows(_settings("softmax_regression", "layer_norm", "lstm"), device, True)
+    assert problems == []
+    assert [r[0] for r in rows] == ["softmax_regression", "layer_norm", "lstm (vs nn.LSTM)"]
+    for row in rows:
+        torch_, raw, compiled, checked_raw, eager_ms = row[1:]
+        assert all(v > 0 for v in _ratios(torch_) + _ratios(raw) + _ratios(checked_raw) + _ratios(eager_ms))
+        assert compiled == "- / -"  # quick: no torch.compile
+
+
+def test_device_rows_report_a_kernel_that_disagrees_with_eager(monkeypatch: Any) -> None:
+    """A row whose eager formulation computes other math is a mismatch, not a timing."""
+    case = next(c for c in bench_layers.CASES if c.name == "softmax_regression")
+    wrong = bench_layers.Case(case.name, case.label, case.options, case.full, case.small,
+                              lambda t: 2 * case.eager(t))
+    monkeypatch.setattr(bench_layers, "CASES", [wrong])
+    _, problems = bench_layers.device_rows(_settings("softmax_regression"), "cpu", True)
+    assert len(problems) == 2 and all("torch differs from eager" in p for p in problems)
