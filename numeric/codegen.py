@@ -817,8 +817,8 @@ def generate_scan(m: Model, backend: str) -> str:
     # computed for all t at once before the loop (one matrix product instead of T small ones).
     fwd_eqs = stacking.forward
     fwd = _Emitter([e.rhs for e in fwd_eqs], backend, low, "f")
-    if backend == "torch":  # a subexpression the backward loop reads too (tanh(c)): computed once, taped
-        fwd._count_shared([e.rhs for e in in_loop])
+    # a subexpression the backward loop reads too (tanh(c)): computed once, taped
+    fwd._count_shared([e.rhs for e in in_loop])
     for i, (node, code) in enumerate(_hoisted_projections(fwd_eqs, m, low, backend)):
         body.append(f"    xw{i + 1} = {code}")
         fwd.temps[id(node)] = f"xw{i + 1}[t]"
@@ -831,6 +831,9 @@ def generate_scan(m: Model, backend: str) -> str:
         loop.append(f"        {eq.lhs.name} = {_rename(code, rename)}")
     if not tail:
         loop.append(f"        loss = loss + {loss}.mean() * {_paren(dim_code(m.scan.weight))}")
+    # the shared subexpressions the forward loop computed (the backward's own join the same memo later)
+    shared_fwd = [c for memo in fwd.shared_memo.values() for op in memo.values()
+                  for c in [op if isinstance(op, str) else op.code] if re.fullmatch(r"[A-Za-z_]\w*", c)]
 
     # -- after the forward loop: the flattened (T n, ...) arrays of the values needed for all steps --------
     back_eqs, back_stacks = stack_adjoints(in_loop, stacking.groups, fresh)
@@ -887,9 +890,9 @@ def generate_scan(m: Model, backend: str) -> str:
             post_fwd.append(f"    loss = {flat[loss]}.mean() * {T} * {_paren(dim_code(m.scan.weight))}")
     steps: dict[str, str] = {}  # flattened array -> its (T, n, ...) view
     bwd = _Emitter([e.rhs for e in back_eqs + param_grads], backend, low, "b")
-    if backend == "torch":  # the step's shared subexpressions, as the forward loop computed them
-        bwd.node_symbols, bwd.shared_memo = fwd.node_symbols, fwd.shared_memo
-        bwd.shared.update(fwd.shared)
+    # the step's shared subexpressions, as the forward loop computed them
+    bwd.node_symbols, bwd.shared_memo = fwd.node_symbols, fwd.shared_memo
+    bwd.shared.update(fwd.shared)
     for nd, name in hoist.values():
         code = post.code(substitute(nd, mapping))
         post_fwd.extend(f"    {t} = {c}" for t, c in post.take())
@@ -921,8 +924,6 @@ def generate_scan(m: Model, backend: str) -> str:
                                           known_nodes=known_nodes)
     # per-step values the backward loop reads: from the tape (the loop's values), or rows of the flattened
     text = "\n".join(ln for ln in bloop + keep if not ln.lstrip().startswith("#"))
-    shared_fwd = [op.code for memo in fwd.shared_memo.values() for op in memo.values()
-                  if re.fullmatch(r"[A-Za-z_]\w*", op.code)]
     tape = [v for v in [*states, *(eq.lhs.name for eq in core), *shared_fwd]
             if re.search(rf"\b{re.escape(v)}\b", text)]
     reads = []

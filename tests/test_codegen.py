@@ -193,18 +193,37 @@ def test_model_strings_never_become_code(where: str) -> None:
 
 
 def _repeated_subexpressions(src: str) -> dict[str, set[int]]:
-    """Array subexpressions (calls, operators, indexing that involve a name) found in two statements."""
+    """Array subexpressions (calls, operators, indexing that involve a name) found in two statements of one
+    path through the kernel (a branch that returns, such as the fused LSTM's, is an alternative to the code
+    after it, not a recomputation)."""
     fn = _kernel_def(src)
-    seen: dict[str, set[int]] = collections.defaultdict(set)
     sizes = {st.targets[0].id for st in fn.body  # dimensions read off shapes: scalar arithmetic on them is free
              if isinstance(st, ast.Assign) and isinstance(st.targets[0], ast.Name) and node_is_shape(st.value)}
-    for i, st in enumerate(fn.body):
-        for node in ast.walk(st):
-            if isinstance(node, (ast.Call, ast.BinOp, ast.Subscript, ast.UnaryOp)):
-                names = {n.id for n in ast.walk(node) if isinstance(n, ast.Name)} - {"np", "torch", "ops", "math"}
-                if names and not names <= sizes and not _is_allocation(node) and not node_is_shape(node) and not _is_view(node):
-                    seen[ast.unparse(node)].add(i)
-    return {k: v for k, v in seen.items() if len(v) > 1}
+    out: dict[str, set[int]] = {}
+    for path in _paths(fn.body):
+        seen: dict[str, set[int]] = collections.defaultdict(set)
+        for i, st in enumerate(path):
+            for node in ast.walk(st):
+                if isinstance(node, (ast.Call, ast.BinOp, ast.Subscript, ast.UnaryOp)):
+                    names = {n.id for n in ast.walk(node) if isinstance(n, ast.Name)} - {"np", "torch", "ops", "math"}
+                    if (names and not names <= sizes and not _is_allocation(node) and not node_is_shape(node)
+                            and not _is_view(node) and not _is_loop_range(node)):
+                        seen[ast.unparse(node)].add(i)
+        out.update({k: v for k, v in seen.items() if len(v) > 1})
+    return out
+
+
+def _paths(body: list[ast.stmt]) -> list[list[ast.stmt]]:
+    """The statement sequences one call can run: at an ``if`` whose body returns, that body or what follows."""
+    for i, st in enumerate(body):
+        if isinstance(st, ast.If) and not st.orelse and st.body and isinstance(st.body[-1], ast.Return):
+            return [body[:i] + st.body] + [body[:i] + rest for rest in _paths(body[i + 1:])]
+    return [body]
+
+
+def _is_loop_range(node: ast.AST) -> bool:
+    """``range(T)``: the steps of a loop (each loop over the time steps has one), not an array computation."""
+    return isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "range"
 
 
 def _is_allocation(node: ast.AST) -> bool:
@@ -213,9 +232,10 @@ def _is_allocation(node: ast.AST) -> bool:
 
 
 def _is_view(node: ast.AST) -> bool:
-    """``x[:, None]``: a broadcasting view of a name, which costs nothing to form again."""
+    """``x[:, None]``, ``x[t]``: a broadcasting view of a name or its entry at a loop's step (an array's row, a
+    tape's record), which costs nothing to form again."""
     return (isinstance(node, ast.Subscript) and isinstance(node.value, ast.Name)
-            and all(isinstance(e, ast.Slice) or (isinstance(e, ast.Constant) and e.value is None)
+            and all(isinstance(e, (ast.Slice, ast.Name)) or (isinstance(e, ast.Constant) and e.value is None)
                     for e in (node.slice.elts if isinstance(node.slice, ast.Tuple) else [node.slice])))
 
 
@@ -237,15 +257,13 @@ _SCALAR_CSE = pytest.mark.xfail(strict=True, raises=AssertionError, reason="engi
 
 
 # shared subexpressions of maps (rosenbrock's theta_2 - theta_1^2, elu's 1{z > 0}, silu's sigma(z), the cells'
-# gates) are computed once now, and a product summed as it is made (sigmoid's G * a in C) is no product array;
-# these remain:
-# tanh(c), 1 - g_u: in the NumPy step and again in BPTT (the torch loops tape them; the torch LSTM's fused
-# branch repeats the output layer's lines of the loop branch, an alternative, not a recomputation)
-_CSE_GAPS = {"lstm": _SCALAR_CSE, "gru": _SCALAR_CSE,
-             # -u in softplus(-u) (the loss) and sigma(-u) (its adjoint)
+# gates) are computed once now, a product summed as it is made (sigmoid's G * a in C) is no product array, and
+# the recurrences' loops (both backends) tape what their backward reads again (tanh(c), 1 - g_u); these remain:
+_CSE_GAPS = {# -u in softplus(-u) (the loss) and sigma(-u) (its adjoint)
              "gan": _SCALAR_CSE,
-             # erf of the same scaled argument in the value and in the derivative (the scale differs in form)
-             "gelu": _SCALAR_CSE, "stacked_rnn": _SCALAR_CSE, "birnn": _SCALAR_CSE, "seq2seq": _SCALAR_CSE}
+             # NumPy: erf of the same scaled argument in the value and in the derivative (the scale differs in
+             # form; the torch kernel runs F.gelu and gelu_backward)
+             "gelu": _SCALAR_CSE}
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=_CSE_GAPS[n]) if n in _CSE_GAPS else n
