@@ -1712,9 +1712,18 @@ def generate(prog: Program, backend: str) -> str:
                 lines.append(_Line("loss", f"{loss}.{op}()"))
             else:
                 lines.append(_Line("loss", loss))
+    # a block that comes out as the same code as an earlier one (logistic's H_w_b and H_b_w, both (p,)): a copy
+    # of that one (the kernel is straight-line code with fresh names, so the same text is the same value; a
+    # copy, so that the two blocks returned are not one array)
+    blocks: dict[str, str] = {}
     for eq in hessians.values():
         lines.append(f"# {tex[id(eq)]}")
-        lines.append(_Line(eq.lhs.name, reduced(eq.rhs) if m.sample is not None else code_of(eq.rhs, True)))
+        code = reduced(eq.rhs) if m.sample is not None else code_of(eq.rhs, True)
+        if code in blocks and eq.lhs.shape and not re.fullmatch(r"[\w.]+", code):  # (an array: it has .copy())
+            code = f"{blocks[code]}.{'clone' if backend == 'torch' else 'copy'}()"
+        else:
+            blocks.setdefault(code, eq.lhs.name)
+        lines.append(_Line(eq.lhs.name, code))
 
     grads = {g: _grad_of(m, g) for g in m.grad_names}
     ret = ["\"loss\": loss", "\"grad\": {" + ", ".join(f'"{k}": {v}' for k, v in grads.items()) + "}"]
