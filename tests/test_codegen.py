@@ -251,9 +251,9 @@ def test_logistic_hessian_computes_yhat_one_minus_yhat_once() -> None:
 
 
 _SCALAR_CSE = pytest.mark.xfail(strict=True, raises=AssertionError, reason="engine gap: numeric/codegen.py shares "
-                                "subexpressions inside and across the elementwise maps of one kernel, but not "
-                                "across the steps of a recurrence's loops, nor a subexpression of a map with a "
-                                "whole node elsewhere")
+                                "subexpressions inside and across the elementwise maps of one kernel and its loops, "
+                                "but not one the stable rewrites make (softplus(-u) from log sigma) nor a factor "
+                                "inside a longer product")
 
 
 # shared subexpressions of maps (rosenbrock's theta_2 - theta_1^2, elu's 1{z > 0}, silu's sigma(z), the cells'
