@@ -110,7 +110,7 @@ class Kernel:
             raise TypeError(f"{self.model.name}: a kernel takes its arrays by name, e.g. f("
                             f"{', '.join(f'{k}=...' for k in self.names[:3])}); got {len(positional)} positional")
         if self.check and self._witnessed:
-            # inputs of domain 'moderate' that only native norms read: the norms' own 1/sigma are the check
+            # inputs of domain 'moderate' that only native norms read: bounded by the norms' mean and 1/sigma
             args = self._prepare(arrays, deferred=True)
             witness: dict[str, Any] = {}
             if self.backend == "numpy":  # an input out of its domain is named below, not warned about
