@@ -598,6 +598,7 @@ SECTIONS: dict[str, Callable[[Settings], int]] = {
     "scaling": _deep("scaling"),
     "sizes": _deep("size_independence"),
     "layers": _layers,
+    "layer_sizes": lambda settings: int(importlib.import_module("numeric.bench_layers").bench_layer_sizes(settings)),
     "parse": lambda settings: int(importlib.import_module("numeric.bench_parse").bench_parse(settings)),
     "torch": lambda settings: int(importlib.import_module("numeric.bench_torch").bench_torch(settings)),
     "plugin": lambda settings: int(importlib.import_module("verify.bench_plugin").bench_plugin(settings)),

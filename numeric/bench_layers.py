@@ -25,7 +25,7 @@ from __future__ import annotations
 import functools
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -345,10 +345,12 @@ def _eager_grads(f: Callable[[Tensors], torch.Tensor], req: Tensors, leaves: lis
     return loss, torch.autograd.grad(loss, [req[k] for k in leaves])
 
 
-def device_rows(settings: Settings, device: str, quick: bool) -> tuple[list[list[str]], list[str]]:
-    """The rows of the layers table on ``device`` (the CUDA table where a GPU is present): the generated torch
-    kernel with its checks and raw, torch.compile of the eager formulation (not ``quick``), all as ratios to
-    eager autograd on the same device, each call followed by a synchronisation; and the mismatches."""
+def device_rows(settings: Settings, device: str, quick: bool,
+                cases: Sequence[Case] | None = None) -> tuple[list[list[str]], list[str]]:
+    """The rows of the layers table (or of ``cases``) on ``device`` (the CUDA table where a GPU is present): the
+    generated torch kernel with its checks and raw, torch.compile of the eager formulation (not ``quick``), all
+    as ratios to eager autograd on the same device, each call followed by a synchronisation; and the
+    mismatches."""
     only = getattr(settings, "cases", None)
     sync: Callable[[], None] = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
 
@@ -362,7 +364,7 @@ def device_rows(settings: Settings, device: str, quick: bool) -> tuple[list[list
 
     rows: list[list[str]] = []
     problems: list[str] = []
-    for case in (c for c in CASES if not only or c.name in only):
+    for case in (c for c in (CASES if cases is None else cases) if not only or c.name in only):
         cells: dict[str, list[str]] = {}
         try:
             m = derive.models.get(case.name, **case.options)
@@ -397,6 +399,51 @@ def device_rows(settings: Settings, device: str, quick: bool) -> tuple[list[list
         rows.append([case.label] + [" / ".join(cells[k]) for k in ("checked", "raw", "compiled", "checked/raw",
                                                                     "eager ms")])
     return rows, problems
+
+
+def _at(name: str, label: str, full: dict[str, int], **options: Any) -> Case:
+    """The row ``name`` of :data:`CASES` at other sizes (and options)."""
+    case = next(c for c in CASES if c.name == name)
+    return Case(name, label, options or case.options, full, case.small, case.eager, None, False)
+
+
+#: the rows a held-out check times (softmax_regression, layer and batch norm, mlp, attention, lstm), at sizes
+#: other than the table's: a kernel tuned to one shape would show here
+OTHER_SIZES: list[Case] = [
+    _at("softmax_regression", "softmax_regression n=1024 p=784 K=10", {"n": 1024, "p": 784, "K": 10}),
+    _at("softmax_regression", "softmax_regression n=8192 p=128 K=100", {"n": 8192, "p": 128, "K": 100}),
+    _at("softmax_regression", "softmax_regression n=1024 p=512 K=1000", {"n": 1024, "p": 512, "K": 1000}),
+    _at("mlp", "mlp 784-512-256-10 n=2048", {"n": 2048}, layers=3, widths=(784, 512, 256, 10)),
+    _at("mlp", "mlp 128x4-10 n=1024", {"n": 1024}, layers=4, widths=(128, 128, 128, 128, 10)),
+    _at("layer_norm", "layer_norm n=2048 p=768", {"n": 2048, "p": 768}),
+    _at("layer_norm", "layer_norm n=8192 p=64", {"n": 8192, "p": 64}),
+    _at("batch_norm", "batch_norm n=256 N=1024", {"n": 256, "N": 1024}),
+    _at("batch_norm", "batch_norm n=8192 N=64", {"n": 8192, "N": 64}),
+    _at("attention", "attention n=8 T=512 d=64", {"n": 8, "T_q": 512, "T_k": 512, "d": 64, "d_v": 64}),
+    _at("attention", "attention n=64 T_q=64 T_k=32 d=32 d_v=16", {"n": 64, "T_q": 64, "T_k": 32, "d": 32, "d_v": 16}),
+    _at("lstm", "lstm T=32 n=64 p=m=128 q=10 (vs nn.LSTM)", {"T": 32, "n": 64, "p": 128, "m": 128, "q": 10}),
+    _at("lstm", "lstm T=128 n=16 p=64 m=512 q=5 (vs nn.LSTM)", {"T": 128, "n": 16, "p": 64, "m": 512, "q": 5}),
+]
+
+
+def bench_layer_sizes(settings: Settings) -> int:
+    """Print the held-out rows at other sizes (:data:`OTHER_SIZES`); returns the number of mismatches."""
+    quick = settings.rounds < 5
+    threads = torch.get_num_threads()
+    torch.set_num_threads(THREADS)
+    try:
+        rows, problems = device_rows(settings, "cpu", quick, OTHER_SIZES)
+    finally:
+        torch.set_num_threads(threads)
+    print(f"== layer_sizes: the layers rows at other sizes, ratio to torch eager autograd (float32 / float64), "
+          f"{THREADS} threads, median of {settings.rounds} interleaved rounds ==")
+    print(format_table(["layer", "torch", "raw", "checked/raw", "eager ms"], [r[:3] + r[4:] for r in rows]))
+    if quick:
+        print("(--quick: every row at its entry's small sizes, not the ones in its label)")
+    for p in problems:
+        print(f"MISMATCH/error: {p}")
+    print()
+    return len(problems)
 
 
 def bench_layers(settings: Settings) -> int:

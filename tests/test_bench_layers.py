@@ -41,3 +41,11 @@ def test_device_rows_report_a_kernel_that_disagrees_with_eager(monkeypatch: Any)
     monkeypatch.setattr(bench_layers, "CASES", [wrong])
     _, problems = bench_layers.device_rows(_settings("softmax_regression"), "cpu", True)
     assert len(problems) == 2 and all("torch differs from eager" in p for p in problems)
+
+
+def test_layer_sizes_section_runs_the_rows_at_other_sizes(capsys: Any) -> None:
+    assert {c.name for c in bench_layers.OTHER_SIZES} == {"softmax_regression", "mlp", "layer_norm", "batch_norm",
+                                                          "attention", "lstm"}
+    assert bench_layers.bench_layer_sizes(_settings("softmax_regression", "mlp")) == 0
+    out = capsys.readouterr().out
+    assert "softmax_regression n=1024 p=784 K=10" in out and "mlp 128x4-10 n=1024" in out and "lstm" not in out
