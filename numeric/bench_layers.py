@@ -25,6 +25,7 @@ from __future__ import annotations
 import functools
 import math
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -364,6 +365,7 @@ def device_rows(settings: Settings, device: str, quick: bool,
 
     rows: list[list[str]] = []
     problems: list[str] = []
+    notes: list[str] = []
     for case in (c for c in (CASES if cases is None else cases) if not only or c.name in only):
         cells: dict[str, list[str]] = {}
         try:
@@ -381,8 +383,11 @@ def device_rows(settings: Settings, device: str, quick: bool,
                 if not quick and case.compile_eager:
                     torch._dynamo.reset()
                     compiled = functools.partial(_eager_grads, torch.compile(case.eager, dynamic=False), req, leaves)
-                    compiled()
-                    contenders["compiled"] = synced(compiled)
+                    try:
+                        compiled()
+                        contenders["compiled"] = synced(compiled)
+                    except Exception as exc:  # no compiler for this device (no triton): the column shows "-"
+                        notes.append(f"{case.name} ({device}): torch.compile failed: {type(exc).__name__}")
                 ref_loss, ref_grads = eager()
                 got = k_raw.raw(**plain)
                 problems += _mismatches(case.name, dtype, {"torch": [got["loss"], *[got["grad"][k] for k in leaves]]},
@@ -398,6 +403,8 @@ def device_rows(settings: Settings, device: str, quick: bool,
             continue
         rows.append([case.label] + [" / ".join(cells[k]) for k in ("checked", "raw", "compiled", "checked/raw",
                                                                     "eager ms")])
+    for note in dict.fromkeys(notes):
+        print(f"note: {note}")
     return rows, problems
 
 
@@ -575,9 +582,19 @@ def _bench_layers(settings: Settings, quick: bool) -> int:
     print()
     if torch.cuda.is_available():
         name = torch.cuda.get_device_name()
-        cuda_rows, cuda_problems = device_rows(settings, "cuda", quick)
+        # true float32 on both sides: TF32 (cuDNN's default for convolutions and RNNs) would put eager's
+        # rounding at 1e-3, beyond the agreement check
+        flags = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+        try:
+            with warnings.catch_warnings():  # nn.LSTM's functional call: weights not one contiguous chunk
+                warnings.filterwarnings("ignore", message="RNN module weights are not part")
+                cuda_rows, cuda_problems = device_rows(settings, "cuda", quick)
+        finally:
+            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = flags
         print(f"== layers on CUDA ({name}): forward+backward, ratio to torch eager autograd on the GPU "
-              f"(float32 / float64), median of {settings.rounds} interleaved rounds, each call synchronised ==")
+              f"(float32 / float64, TF32 off), median of {settings.rounds} interleaved rounds, each call "
+              "synchronised ==")
         print(format_table(["layer", "torch", "raw", "t.compile", "checked/raw", "eager ms"], cuda_rows))
         print("the LSTM runs the generated loop on CUDA (the fused path is oneDNN's, CPU float32 only), against "
               "nn.LSTM's cuDNN kernel")
