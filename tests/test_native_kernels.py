@@ -276,6 +276,38 @@ def test_softmax_helpers_equal_torchs_on_every_row_width(rows: int, width: int, 
     assert torch.equal(x.nan_to_num(), before)  # the input is left alone (no in-place pass on it)
 
 
+@given(lead=st.lists(st.integers(1, 5), min_size=1, max_size=2), width=st.integers(1, 20),
+       last=st.booleans(), dtype=st.sampled_from([np.float32, np.float64]), specials=st.booleans(),
+       scale=st.sampled_from([1.0, 30.0, 1e3]), seed=st.integers(0, 2**16))
+def test_numpy_softmax_helpers_equal_torchs_on_every_row_width(lead: list[int], width: int, last: bool, dtype: Any,
+                                                               specials: bool, scale: float, seed: int) -> None:
+    """ops_numpy's softmax, log-softmax and the pair (narrow rows: a pass per column for the max, a product with
+    ones for the sum) against torch's, NaN and infinity included, along the last axis or the first; logits up to
+    thousands, where only the true maximum keeps the exponentials finite."""
+    rng = np.random.default_rng(seed)
+    shape = (*lead, width) if last else (width, *lead)
+    axis = -1 if last else 0
+    x = (rng.normal(size=shape) * scale).astype(dtype)
+    if specials:
+        for i, v in zip(rng.choice(x.size, min(3, x.size), replace=False), (np.inf, -np.inf, np.nan)):
+            x.flat[i] = v
+    before = x.copy()
+    t = torch.from_numpy(x)
+    ref_s, ref_l = torch.softmax(t, axis).numpy(), torch.log_softmax(t, axis).numpy()
+    scale_l = np.maximum(1.0, np.abs(np.nan_to_num(ref_l, posinf=0.0, neginf=0.0)))  # log-softmax up to ~1e3
+    with np.errstate(all="ignore"):
+        pair = ops_numpy.softmax_and_log(x, axis)
+        got = [ops_numpy.softmax(x, axis), ops_numpy.log_softmax(x, axis), *pair]
+    eps = float(np.finfo(dtype).eps)
+    for g, r, sc in zip(got, (ref_s, ref_l, ref_s, ref_l), (1.0, scale_l, 1.0, scale_l)):
+        assert g.dtype == dtype and g.shape == r.shape
+        np.testing.assert_array_equal(np.isnan(g), np.isnan(r))
+        np.testing.assert_array_equal(np.isinf(g), np.isinf(r))
+        ok = np.isfinite(r)
+        np.testing.assert_array_less(np.abs(g[ok] - r[ok]), (64 * eps * (1 + np.abs(r)) * sc)[ok] + 1e-300)
+    np.testing.assert_array_equal(x, before)
+
+
 def test_numpy_sigmoid_is_within_two_ulp_of_the_exact_value() -> None:
     """ops_numpy.sigmoid (1/(1 + e^{-x}) in place) against float64 expit rounded, over the whole range, with
     0 where the exact value is below the smallest normal number and NaN for NaN."""
