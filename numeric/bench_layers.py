@@ -370,8 +370,9 @@ def device_rows(settings: Settings, device: str, quick: bool,
         cells: dict[str, list[str]] = {}
         try:
             m = derive.models.get(case.name, **case.options)
-            k_raw = numeric.compile(m, "torch", device=device, check=False)
-            k_checked = numeric.compile(m, "torch", device=device)
+            on = None if device == "cpu" else device  # (as the main table: the arrays' own device)
+            k_raw = numeric.compile(m, "torch", device=on, check=False)
+            k_checked = numeric.compile(m, "torch", device=on)
             leaves = list(m.grad_names)
             for dtype in (torch.float32, torch.float64):
                 plain = {k: v.to(device) for k, v in _arrays(m, k_raw.names, case.small if quick else case.full,
