@@ -347,6 +347,39 @@ def test_fused_lstm_passes_verify_check_in_float32() -> None:
     assert any("implementation" in what for what in report.checks), report.checks
 
 
+def _narrow_classifier() -> Model:
+    """Softmax cross entropy with 6 to 14 classes drawn (the zoo's entries draw at most 5): every example takes
+    the narrow-row softmax of both backends."""
+    b = derive.Builder("narrow_softmax", "softmax classifier with ten-odd classes", "test")
+    b.samples("n", 6, 1, 8)
+    p, K = b.dim("p", 3, 1, 4), b.dim("K", 10, 6, 14)
+    W = b.param("W", (K, p))
+    x = b.input("X", (p,), "x", batched=True)
+    y = b.input("Y", (K,), "y", batched=True, domain="simplex")
+    z = b.eq("z", W @ x, "z")
+    b.eq("C", -derive.nn.dot(y, derive.nn.log_softmax(z)), "C")
+    return b.model()
+
+
+def test_narrow_softmax_kernels_pass_verify_check(monkeypatch: Any) -> None:
+    """The narrow-row softmax helpers through verify.check like every kernel (both backends, the program's eager
+    evaluation as the reference, finite differences), on class counts that take them."""
+    narrow: list[bool] = []
+    real = ops_torch._narrow_rows
+
+    def spy(x: torch.Tensor, axis: int) -> bool:
+        narrow.append(real(x, axis))
+        return narrow[-1]
+
+    monkeypatch.setattr(ops_torch, "_narrow_rows", spy)
+    m = _narrow_classifier()
+    report = verify.check(m, backend="torch", examples=8)
+    assert report.examples == 8 and report.checks, report
+    assert narrow and all(narrow)
+    src = numeric.source(m, "torch")
+    assert "ops.softmax_and_log(" in src or "ops.log_softmax(" in src, src
+
+
 @pytest.mark.parametrize("case", [i for i, f in enumerate(_FORMS) if f[2] is not None])
 def test_native_activation_kernels_pass_verify_check(case: int) -> None:
     """The models whose maps run as PyTorch's activation kernels, through verify.check (float64, the program's
