@@ -536,6 +536,35 @@ def _native_activation(fn: sp.Expr, ops: dict[sp.Symbol, Operand], constant: Cal
                     return Operand(f"torch.nn.functional.elu({ox.code}, {a})", ox.axes, True)
                 return Operand(f"torch.ops.aten.elu_backward({ops[u].code}, {a}, 1, 1, False, {ox.code})",
                                ox.axes, True)
+        piecewise = _piecewise_linear(fn, x, u, ops, constant)
+        if piecewise is not None:
+            return piecewise
+    return None
+
+
+def _piecewise_linear(fn: sp.Expr, x: sp.Symbol, u: sp.Symbol | None, ops: dict[sp.Symbol, Operand],
+                      constant: Callable[[sp.Expr], str]) -> Operand | None:
+    """Leaky ReLU ``leaky_relu(x, s)`` as ``F.leaky_relu``, and the adjoints ``u step(x)`` (ReLU's) and
+    ``u leaky_step(x, s)`` as ``aten.threshold_backward`` and ``aten.leaky_relu_backward``: one pass where the
+    printed forms take three (a comparison, a cast or a selection, a product). Matched structurally, with a
+    numeric slope. Both kernels select ``u`` where ``x > 0`` and ``0`` or ``s u`` elsewhere: the same values as
+    the products (a zero of either sign), and, where ``u`` is NaN or infinite at an ``x <= 0``, the 0 that
+    PyTorch's own ReLU backward gives."""
+    from derive.functions import leaky_relu, leaky_step, step
+
+    ox = ops[x]
+    if u is None:
+        for f in fn.atoms(leaky_relu):
+            if fn == f and f.args[0] == x and f.args[1].is_number:
+                return Operand(f"torch.nn.functional.leaky_relu({ox.code}, {constant(f.args[1])})", ox.axes, True)
+        return None
+    ou = ops[u]
+    if fn == u * step(x):
+        return Operand(f"torch.ops.aten.threshold_backward({ou.code}, {ox.code}, 0)", ox.axes, True)
+    for f in fn.atoms(leaky_step):
+        if f.args[0] == x and f.args[1].is_number and fn == u * f:
+            return Operand(f"torch.ops.aten.leaky_relu_backward({ou.code}, {ox.code}, {constant(f.args[1])}, False)",
+                           ox.axes, True)
     return None
 
 

@@ -21,8 +21,8 @@ from hypothesis import strategies as st
 import derive
 import numeric
 import verify
+from derive.functions import leaky_relu, relu, step, where
 from derive.functions import sigmoid as sigmoid_fn
-from derive.functions import step, where
 from derive.models.ch7 import _gate, _head, _seq_builder, _seq_inputs
 from derive.nn import sigmoid, tanh
 from derive.program import Model
@@ -188,7 +188,18 @@ _FORMS = [  # (the map, the same function in torch, the native kernel it runs as
     (where(step(u), u, (sp.exp(u) - 1) / 2), _elu_ref(0.5), "elu"),  # from_torch's form
     (where(step(u), u, sp.exp(2 * u) - 1), lambda z: torch.where(z > 0, z, torch.expm1(2 * z)), None),
     (where(step(u), 2 * u, sp.exp(u) - 1), lambda z: torch.where(z > 0, 2 * z, torch.expm1(z)), None),
+    (relu(u), torch.relu, "relu"),  # (its adjoint u step(z), ReLU's derivative 0 at the kink, as threshold_backward)
+    (leaky_relu(u, sp.Rational(1, 100)), lambda z: torch.nn.functional.leaky_relu(z, 0.01), "leaky_relu"),
+    (leaky_relu(u, sp.Rational(1, 5)), lambda z: torch.nn.functional.leaky_relu(z, 0.2), "leaky_relu"),
+    (u * step(u) * 2, lambda z: 2 * torch.relu(z), None),  # (2 ReLU: a product, printed as such)
 ]
+
+#: the calls that show a native activation kernel in the source: forward, backward
+_NATIVE_CALLS = {"gelu": ("torch.nn.functional.gelu(", "aten.gelu_backward("),
+                 "silu": ("torch.nn.functional.silu(", "aten.silu_backward("),
+                 "elu": ("torch.nn.functional.elu(", "aten.elu_backward("),
+                 "relu": ("torch.relu(", "aten.threshold_backward("),
+                 "leaky_relu": ("torch.nn.functional.leaky_relu(", "aten.leaky_relu_backward(")}
 
 
 @pytest.mark.parametrize("case", range(len(_FORMS)))
@@ -196,8 +207,8 @@ def test_activations_run_as_native_kernels_only_where_sympy_proves_them_equal(ca
     fn, ref_fn, native = _FORMS[case]
     m = _activation_model(fn)
     src = numeric.source(m, "torch")
-    for name in ("gelu", "silu", "elu"):
-        assert (f"torch.nn.functional.{name}(" in src and f"aten.{name}_backward(" in src) == (native == name), src
+    for name, (fwd, bwd) in _NATIVE_CALLS.items():
+        assert (fwd in src and bwd in src) == (native == name), src
     g = torch.Generator().manual_seed(case)
     arrays = {k: torch.randn(s, generator=g, dtype=torch.float64) for k, s in m.shapes(n=5, d=4).items()}
     arrays["X"][0] = torch.tensor([0.0, -40.0, 40.0, 1e-3])
