@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from typing import Any
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -220,6 +221,12 @@ def test_moderate_check_from_the_norms_results_decides_as_the_direct_check(
     sizes = {"n": 4, "p": 3} if name == "layer_norm" else {"n": 4, "N": 3}
     k = numeric.compile(_model(name), backend)
     assert k._witnessed == {"Z"}
+    with mock.patch.object(numeric.kernel, "_WITNESS_MIN", 0):  # (small inputs are checked directly)
+        _witness_decides_as_the_direct_check(name, k, backend, dtype, factor, sign, count, seed, sizes)
+
+
+def _witness_decides_as_the_direct_check(name: str, k: Any, backend: str, dtype: Any, factor: float, sign: int,
+                                         count: int, seed: int, sizes: dict[str, int]) -> None:
     a = _arrays(name, backend, dtype, **sizes)
     rng = np.random.default_rng(seed)
     Z = rng.normal(size=(4, 3))
@@ -284,7 +291,14 @@ def test_moderate_input_read_outside_the_norm_keeps_its_pass(backend: str, monke
     calls.clear()
     ln = numeric.compile(_model("layer_norm"), backend)  # the zoo's: read by its norm only, checked from it
     ln(**_arrays("layer_norm", backend, n=4, p=3))
+    assert calls == ["Z"]  # ... when large enough to make that cheaper: a small one is checked directly
+    calls.clear()
+    monkeypatch.setattr(numeric.kernel, "_WITNESS_MIN", 12)
+    ln(**_arrays("layer_norm", backend, n=4, p=3))
     assert calls == []
+    monkeypatch.setattr(numeric.kernel, "_WITNESS_MIN", 13)
+    ln(**_arrays("layer_norm", backend, n=4, p=3))
+    assert calls == ["Z"]
 
 
 DQN = "dqn"
