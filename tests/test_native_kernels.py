@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import sympy as sp
 import torch
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import derive
@@ -338,6 +338,27 @@ def test_numpy_sigmoid_is_within_two_ulp_of_the_exact_value() -> None:
         assert np.all(got[~normal] <= np.finfo(dtype).tiny)
         assert np.isnan(ops_numpy.sigmoid(np.array([np.nan], dtype=dtype))).all()
     assert ops_numpy.sigmoid(0.0) == 0.5 and ops_numpy.sigmoid(np.array(2)) == pytest.approx(expit(2.0), rel=1e-15)
+
+
+@settings(deadline=None)
+@given(slope=st.one_of(st.sampled_from([0.0, 0.01, 0.2, 1.0, 1.5, -0.3, 1 / 3]), st.floats(-4, 4)),
+       dtype=st.sampled_from([np.float32, np.float64]), seed=st.integers(0, 2**16))
+def test_numpy_leaky_relu_helpers_equal_torchs_exactly(slope: float, dtype: Any, seed: int) -> None:
+    """ops_numpy.leaky_relu and u * leaky_step (selections by maximum and minimum, not np.where) against
+    F.leaky_relu and aten.leaky_relu_backward, bit for bit: signed zeros, infinities, NaN, the largest floats."""
+    rng = np.random.default_rng(seed)
+    fmax = float(np.finfo(dtype).max)
+    special = [0.0, -0.0, np.inf, -np.inf, np.nan, 1e-45, -1e-45, fmax, -fmax, 1.0, -1.0]
+    x = np.concatenate([special, rng.normal(size=200) * 10]).astype(dtype)
+    u = np.concatenate([rng.normal(size=x.size - 3), [np.inf, np.nan, -0.0]]).astype(dtype)
+    with np.errstate(all="ignore"):
+        fwd, back = ops_numpy.leaky_relu(x, slope), u * ops_numpy.leaky_step(x, slope)
+    want_fwd = torch.nn.functional.leaky_relu(torch.from_numpy(x), slope).numpy()
+    want_back = torch.ops.aten.leaky_relu_backward(torch.from_numpy(u), torch.from_numpy(x), slope, False).numpy()
+    for got, want in ((fwd, want_fwd), (back, want_back)):
+        assert got.dtype == dtype
+        assert np.array_equal(got, want, equal_nan=True)
+        assert np.array_equal(np.signbit(got), np.signbit(want)) or slope == 0
 
 
 @fused
