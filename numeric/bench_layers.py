@@ -58,14 +58,22 @@ def _softmax_eager(t: Tensors) -> torch.Tensor:
     return F.cross_entropy(F.linear(t["X"], t["W"], t["b"]), t["Y"])
 
 
-def _mlp_eager(t: Tensors) -> torch.Tensor:
-    h = t["X"]
-    L = sum(1 for k in t if k.startswith("W"))
-    for l in range(1, L + 1):
-        h = F.linear(h, t[f"W{l}"], t[f"b{l}"])
-        if l < L:
-            h = torch.sigmoid(h)
-    return F.cross_entropy(h, t["Y"])
+def _mlp_eager_with(act: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[Tensors], torch.Tensor]:
+    """The mlp (any depth, softmax cross entropy) with the activation ``act`` between its layers."""
+
+    def eager(t: Tensors) -> torch.Tensor:
+        h = t["X"]
+        L = sum(1 for k in t if k.startswith("W"))
+        for l in range(1, L + 1):
+            h = F.linear(h, t[f"W{l}"], t[f"b{l}"])
+            if l < L:
+                h = act(h)
+        return F.cross_entropy(h, t["Y"])
+
+    return eager
+
+
+_mlp_eager = _mlp_eager_with(torch.sigmoid)
 
 
 def _ln_eager(t: Tensors) -> torch.Tensor:
@@ -80,6 +88,10 @@ def _bn_eager(t: Tensors) -> torch.Tensor:
 
 def _attn_eager(t: Tensors) -> torch.Tensor:
     return (t["G"] * F.scaled_dot_product_attention(t["Q"], t["K"], t["V"])).sum()
+
+
+def _causal_attn_eager(t: Tensors) -> torch.Tensor:
+    return (t["G"] * F.scaled_dot_product_attention(t["Q"], t["K"], t["V"], is_causal=True)).sum()
 
 
 def _conv_eager(t: Tensors) -> torch.Tensor:
@@ -409,10 +421,11 @@ def device_rows(settings: Settings, device: str, quick: bool,
     return rows, problems
 
 
-def _at(name: str, label: str, full: dict[str, int], **options: Any) -> Case:
-    """The row ``name`` of :data:`CASES` at other sizes (and options)."""
+def _at(name: str, label: str, full: dict[str, int], eager: Callable[[Tensors], torch.Tensor] | None = None,
+        **options: Any) -> Case:
+    """The row ``name`` of :data:`CASES` at other sizes (and options, with their own ``eager`` formulation)."""
     case = next(c for c in CASES if c.name == name)
-    return Case(name, label, options or case.options, full, case.small, case.eager, None, False)
+    return Case(name, label, options or case.options, full, case.small, eager or case.eager, None, False)
 
 
 #: the rows a held-out check times (softmax_regression, layer and batch norm, mlp, attention, lstm), at sizes
@@ -423,12 +436,21 @@ OTHER_SIZES: list[Case] = [
     _at("softmax_regression", "softmax_regression n=1024 p=512 K=1000", {"n": 1024, "p": 512, "K": 1000}),
     _at("mlp", "mlp 784-512-256-10 n=2048", {"n": 2048}, layers=3, widths=(784, 512, 256, 10)),
     _at("mlp", "mlp 128x4-10 n=1024", {"n": 1024}, layers=4, widths=(128, 128, 128, 128, 10)),
+    # other activations: each its own fused forward and backward kernel (leaky ReLU's printed form read 1.66)
+    _at("mlp", "mlp 256-256-256-10 relu n=4096", {"n": 4096}, _mlp_eager_with(torch.relu), layers=3,
+        widths=(256, 256, 256, 10), activation="relu"),
+    _at("mlp", "mlp 256-256-256-10 leaky_relu n=4096", {"n": 4096}, _mlp_eager_with(F.leaky_relu), layers=3,
+        widths=(256, 256, 256, 10), activation="leaky_relu"),
+    _at("mlp", "mlp 256-256-256-10 tanh n=4096", {"n": 4096}, _mlp_eager_with(torch.tanh), layers=3,
+        widths=(256, 256, 256, 10), activation="tanh"),
     _at("layer_norm", "layer_norm n=2048 p=768", {"n": 2048, "p": 768}),
     _at("layer_norm", "layer_norm n=8192 p=64", {"n": 8192, "p": 64}),
     _at("batch_norm", "batch_norm n=256 N=1024", {"n": 256, "N": 1024}),
     _at("batch_norm", "batch_norm n=8192 N=64", {"n": 8192, "N": 64}),
     _at("attention", "attention n=8 T=512 d=64", {"n": 8, "T_q": 512, "T_k": 512, "d": 64, "d_v": 64}),
     _at("attention", "attention n=64 T_q=64 T_k=32 d=32 d_v=16", {"n": 64, "T_q": 64, "T_k": 32, "d": 32, "d_v": 16}),
+    _at("attention", "attention causal n=32 T=128 d=64", {"n": 32, "T_q": 128, "T_k": 128, "d": 64, "d_v": 64},
+        _causal_attn_eager, causal=True),
     _at("lstm", "lstm T=32 n=64 p=m=128 q=10 (vs nn.LSTM)", {"T": 32, "n": 64, "p": 128, "m": 128, "q": 10}),
     _at("lstm", "lstm T=128 n=16 p=64 m=512 q=5 (vs nn.LSTM)", {"T": 128, "n": 16, "p": 64, "m": 512, "q": 5}),
 ]
