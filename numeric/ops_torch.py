@@ -195,6 +195,33 @@ def matmul(a: Tensor, b: Tensor, alpha: float) -> Tensor:
     return torch.matmul(a, b).mul_(alpha)
 
 
+def conv2d_grads(grad: Tensor, x: Tensor, w: Tensor | None, x_shape: tuple[int, ...] | None,
+                 w_shape: tuple[int, ...], bias: bool = False, *, stride: Any = 1, padding: Any = 1,
+                 dilation: Any = 1) -> tuple[Tensor, ...]:
+    """The adjoints of the input (unless ``x_shape`` is None), of the weight and, with ``bias``, of the bias
+    (``grad`` summed over all but the channel axis) of ``F.conv2d(x, w, stride=, padding=, dilation=)`` given
+    the adjoint ``grad`` of its output, in that order, from one ``aten.convolution_backward`` as autograd makes
+    it: ``torch.nn.grad.conv2d_input`` and ``conv2d_weight`` make one such call each, and the bias gradient is
+    a pass of its own. ``x_shape`` and ``w_shape`` are the shapes of the gradients (the input's and the
+    weight's: checked, else those calls run); ``w`` (needed for the input gradient only) may be None."""
+    from torch.nn import grad as nn_grad
+    from torch.nn.modules.utils import _pair as pair
+
+    want_x = x_shape is not None
+    if x_shape is not None and (w is None or tuple(x.shape) != tuple(x_shape) or tuple(w.shape) != tuple(w_shape)) \
+            or grad.dtype != x.dtype:
+        out = [nn_grad.conv2d_weight(x, w_shape, grad, stride=stride, padding=padding, dilation=dilation)]
+        if x_shape is not None:
+            assert w is not None
+            out.insert(0, nn_grad.conv2d_input(x_shape, w, grad, stride=stride, padding=padding, dilation=dilation))
+        return (*out, grad.sum(dim=(0, 2, 3))) if bias else tuple(out)
+    weight = w if w is not None else grad.new_empty(1).expand(w_shape)  # (as conv2d_weight: only its shape is read)
+    gx, gw, gb = torch.ops.aten.convolution_backward(grad, x, weight, [w_shape[0]] if bias else None, pair(stride),
+                                                     pair(padding), pair(dilation), False, [0, 0], 1,
+                                                     [want_x, True, bias])
+    return tuple(t for t, on in ((gx, want_x), (gw, True), (gb, bias)) if on)
+
+
 def _narrow_rows(x: Tensor, axis: int) -> bool:
     """Whether ATen's CPU (log-)softmax would take its slow path: rows along ``axis`` narrower than its
     vector chunk (5 to 15 entries, e.g. ten classes) run one scalar loop per row, 3-4x slower than five

@@ -17,9 +17,12 @@ passes and two temporaries. Here the expression is planned instead:
 * a whole map equal to GELU (the erf form), SiLU or ELU is ``torch.nn.functional.gelu`` (``silu``, ``elu``),
   and the product of an adjoint with its derivative ``aten.gelu_backward`` (...): SymPy proves the equality
   (for ELU on each side of 0, which also fixes the derivative at 0 to PyTorch's alpha), with a forward value
-  an adjoint reuses read as its definition; another form of the same function counts.
+  an adjoint reuses read as its definition; another form of the same function counts;
+* leaky ReLU is ``F.leaky_relu``, and the adjoints ``u step(x)`` and ``u leaky_step(x, s)`` are
+  ``aten.threshold_backward`` and ``aten.leaky_relu_backward`` (matched by their form, with a numeric slope).
 
-Nothing here changes what is computed, only the order of the same operations' roundings.
+Nothing here changes what is computed, only the order of the same operations' roundings; one exception: where
+``u`` is NaN or infinite at an ``x <= 0``, ReLU's adjoint gives PyTorch's ``0``, not the product's NaN.
 """
 
 from __future__ import annotations
@@ -548,8 +551,8 @@ def _piecewise_linear(fn: sp.Expr, x: sp.Symbol, u: sp.Symbol | None, ops: dict[
     ``u leaky_step(x, s)`` as ``aten.threshold_backward`` and ``aten.leaky_relu_backward``: one pass where the
     printed forms take three (a comparison, a cast or a selection, a product). Matched structurally, with a
     numeric slope. Both kernels select ``u`` where ``x > 0`` and ``0`` or ``s u`` elsewhere: the same values as
-    the products (a zero of either sign), and, where ``u`` is NaN or infinite at an ``x <= 0``, the 0 that
-    PyTorch's own ReLU backward gives."""
+    the products (a zero of either sign), but for ReLU where ``u`` is NaN or infinite at an ``x <= 0``: there
+    the product is NaN and the selection 0, as PyTorch's own ReLU backward gives."""
     from derive.functions import leaky_relu, leaky_step, step
 
     ox = ops[x]

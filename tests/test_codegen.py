@@ -545,6 +545,61 @@ def test_normalisations_run_natively(name: str) -> None:
     assert not re.search(r"^ +(zc\w*|zbar\w*_bar) = ", src, re.M), src
 
 
+@pytest.mark.parametrize("name, merged", [("conv2d", "g_X, g_W, g_b = ops.conv2d_grads("),
+                                          ("cnn", ", None, None, (C_1, C_in, 3, 3), True, ")])
+def test_a_convolutions_gradients_are_one_backward_call(name: str, merged: str) -> None:
+    """The bias is the convolution's own, and the input, weight and bias gradients of one convolution come from
+    one aten.convolution_backward (autograd's call), not two nn.grad calls and a sum; verify.check agrees."""
+    import verify
+
+    m = derive.models.get(name)
+    src = numeric.source(m, "torch")
+    assert merged in src and "torch.nn.grad." not in src and "None], torch.nn.functional.conv2d(" not in src, src
+    assert re.search(r"functional\.conv2d\(X, W1?, b1?, ", src), src
+    report = verify.check(m, backend="torch", examples=4)
+    assert report.examples == 4 and report.checks, report
+
+
+def _conv_grads_reference(G: torch.Tensor, X: torch.Tensor, W: torch.Tensor, **conv: Any) -> list[torch.Tensor]:
+    X, W = X.clone().requires_grad_(True), W.clone().requires_grad_(True)
+    b = torch.zeros(W.shape[0], dtype=W.dtype, requires_grad=True)
+    out = F.conv2d(X, W, b, **conv)
+    return list(torch.autograd.grad(out, [X, W, b], G))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_conv2d_grads_equal_autograds(seed: int) -> None:
+    """ops_torch.conv2d_grads against autograd's gradients of F.conv2d over strides, paddings and dilations,
+    with and without the input and bias gradients, and where the shapes it is given are not the arrays' own
+    (an input of 7x7 and one of 8x8 make the same 4x4 output at stride 2): the separate calls then run."""
+    from numeric.ops_torch import conv2d_grads
+
+    g = torch.Generator().manual_seed(seed)
+    stride, padding, dilation = (1 + seed % 2, (seed // 2) % 2, 1 + (seed // 4))
+    n, c_in, c_out, h, w, k = 2, 3, 4, 7 + seed % 3, 6 + seed % 2, 3
+    X = torch.randn(n, c_in, h, w, generator=g, dtype=torch.float64)
+    W = torch.randn(c_out, c_in, k, k, generator=g, dtype=torch.float64)
+    conv = {"stride": stride, "padding": padding, "dilation": dilation}
+    G = torch.randn(F.conv2d(X, W, **conv).shape, generator=g, dtype=torch.float64)
+    gx, gw, gb = _conv_grads_reference(G, X, W, **conv)
+    for got, want in ((conv2d_grads(G, X, W, tuple(X.shape), tuple(W.shape), True, **conv), (gx, gw, gb)),
+                      (conv2d_grads(G, X, W, tuple(X.shape), tuple(W.shape), **conv), (gx, gw)),
+                      (conv2d_grads(G, X, None, None, tuple(W.shape), True, **conv), (gw, gb)),
+                      (conv2d_grads(G, X, None, None, tuple(W.shape), **conv), (gw,))):
+        assert len(got) == len(want)
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    # the shapes disagree with the arrays: each gradient from its own call, of the shape asked for
+    X7 = torch.randn(n, c_in, 7, 7, generator=g, dtype=torch.float64)
+    G4 = torch.randn(n, c_out, 4, 4, generator=g, dtype=torch.float64)
+    got = conv2d_grads(G4, X7, W, (n, c_in, 8, 8), tuple(W.shape), True, stride=2, padding=1, dilation=1)
+    X8 = torch.zeros(n, c_in, 8, 8, dtype=torch.float64)
+    want_x8 = _conv_grads_reference(G4, X8, W, stride=2, padding=1)[0]
+    want_w7, want_b = _conv_grads_reference(G4, X7, W, stride=2, padding=1)[1:]
+    for a, b in zip(got, (want_x8, want_w7, want_b)):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("kind", ["exact", "unbiased", "no_eps"])
 def test_native_norm_only_for_the_same_equations(kind: str) -> None:
     m = _norm_variant(kind)
