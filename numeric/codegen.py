@@ -688,6 +688,58 @@ _CONV_BIAS = re.compile(r"torch\.add\((\w+)\[:, None, None\], torch\.nn\.functio
                         r"(stride=[^()]*)\)\)")
 
 
+_INNER = re.compile(r"\((\w+) \* (\w+)\)\.sum\((dim=(?:\d+|\([\d, ]+\)))?\)")
+
+
+def _inner_products(lines: list[Any], sample: str | None) -> list[Any]:
+    """Torch lines with a per-sample loss that is an elementwise product summed over each sample's entries
+    (``C = <G, y>``), read only by the batch's sum or mean, as one dot product over all entries
+    (:func:`numeric.ops_torch.inner`): one read of each operand, no product array, no second reduction (the sum
+    of the per-sample sums is the sum of all products), with the same rounding error in float32 (0.3 ms of
+    0.6 ms at 4096 x 256, warm). (NumPy's float32 dot is no faster than its einsum and 25x less exact.)"""
+    out = list(lines)
+    for k, ln in enumerate(out):
+        if not (isinstance(ln, _Line) and ln.target == "loss"):
+            continue
+        mt = re.fullmatch(r"(\w+)(?:\.(sum|mean)\(\))?", ln.code)
+        if mt is None or (mt.group(2) == "mean" and sample is None):
+            continue
+        c = mt.group(1)
+        at = next((i for i in range(k - 1, -1, -1) if isinstance(out[i], _Line) and out[i].target == c), None)
+        if at is None:
+            continue
+        prod = _INNER.fullmatch(out[at].code)
+        if prod is None or (mt.group(2) is None and prod.group(3) is not None):  # (loss = C: C the full sum)
+            continue
+        a, b = prod.group(1), prod.group(2)
+        readers = [i for i, o in enumerate(out) if isinstance(o, _Line) and re.search(rf"\b{c}\b", o.code)]
+        if readers != [k]:
+            continue
+        total = f"ops.inner({a}, {b})"
+        out[k] = _Line("loss", f"{total} / {sample}" if mt.group(2) == "mean" else total, ln.comment)
+        out[at] = None
+    return [ln for ln in out if ln is not None]
+
+
+_SOFTMAX_BACKWARD = re.compile(r"\((\w+) - \(\(\((\w+) \* (\w+)\)\.sum\(dim=(\d+)\)\)\[((?::, )*)None((?:, :)*)\]\)\)"
+                               r"\.mul_\((\w+)\)")
+
+
+def _softmax_backwards(lines: list[Any]) -> list[Any]:
+    """Torch lines with the adjoint of a softmax's input, ``(u - (A * u).sum(dim=k)[..., None, ...]).mul_(A)`` as
+    the planner prints it (the sum broadcast back along ``k``), as one call of ATen's softmax backward
+    (:func:`numeric.ops_torch.softmax_backward`; the same formula for any ``A``)."""
+
+    def fused(mt: re.Match[str]) -> str:
+        u, x, y, dim, before, after, a = mt.groups()
+        if {x, y} != {u, a} or before.count(":") != int(dim) or u == a:
+            return mt.group(0)
+        return f"ops.softmax_backward({u}, {a}, {dim})"
+
+    return [_Line(ln.target, _SOFTMAX_BACKWARD.sub(fused, ln.code), ln.comment)
+            if isinstance(ln, _Line) and ".mul_(" in ln.code else ln for ln in lines]
+
+
 def _paired_conv_grads(lines: list[Any], args: Sequence[str], fresh: Callable[[], str]) -> list[Any]:
     """Torch lines with the convolutions' calls merged as autograd makes them: a bias added to a convolution's
     output is the convolution's own bias (``F.conv2d(x, w, b)``: no pass of its own), and the input and
@@ -1820,7 +1872,8 @@ def generate(prog: Program, backend: str) -> str:
     # otherwise every equation keeps its line under its LaTeX
     lines = _live(lines, keep if native.lines else keep | {eq.lhs.name for eq in forward + adjoint})
     if backend == "torch":
-        lines = _paired_conv_grads(lines, names, em._name)
+        lines = _inner_products(lines, low.sample)
+        lines = _softmax_backwards(_paired_conv_grads(lines, names, em._name))
     for ln, dead in zip(lines, _last_uses(lines, keep)):
         if isinstance(ln, str):
             body.append("    " + comment(ln))

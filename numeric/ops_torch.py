@@ -195,6 +195,25 @@ def matmul(a: Tensor, b: Tensor, alpha: float) -> Tensor:
     return torch.matmul(a, b).mul_(alpha)
 
 
+def inner(a: Tensor, b: Tensor) -> Tensor:
+    """``sum(a * b)`` over all entries: one dot product (one read of each, no product array) where ``a`` and
+    ``b`` are contiguous float arrays of one shape, dtype and device; else, and under torch.compile, the
+    product, summed."""
+    if (a.shape == b.shape and a.dtype == b.dtype and a.device == b.device and a.is_floating_point()
+            and a.is_contiguous() and b.is_contiguous() and not torch.compiler.is_compiling()):
+        return torch.dot(a.view(-1), b.view(-1))
+    return (a * b).sum()  # (and under torch.compile, which fuses the product into the sum and its producer)
+
+
+def softmax_backward(u: Tensor, a: Tensor, dim: int) -> Tensor:
+    """``a (u - sum(a u, dim))``, the adjoint of a softmax's input given the adjoint ``u`` of its output ``a``, as
+    ATen's fused softmax backward (one read of each, one write: the printed form takes four passes and a
+    temporary) where ``u`` and ``a`` have one shape and float dtype; else, and under torch.compile, that form."""
+    if u.shape == a.shape and u.dtype == a.dtype and a.is_floating_point() and not torch.compiler.is_compiling():
+        return torch.ops.aten._softmax_backward_data(u, a, dim, a.dtype)
+    return (u - (a * u).sum(dim=dim, keepdim=True)) * a  # (torch.compile fuses this form itself)
+
+
 def conv2d_grads(grad: Tensor, x: Tensor, w: Tensor | None, x_shape: tuple[int, ...] | None,
                  w_shape: tuple[int, ...], bias: bool = False, *, stride: Any = 1, padding: Any = 1,
                  dilation: Any = 1) -> tuple[Tensor, ...]:

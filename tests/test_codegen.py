@@ -32,7 +32,7 @@ BOOK_NAMES = {
     "shallow_autoencoder": {"z_e", "xtilde", "xhat", "delta_e", "delta_d", "g_W_e", "g_b_e", "g_W_d", "g_b_d"},
     "linear_regression": {"yhat", "C", "g_theta"},
     "autodiff_example": {"a1", "a2", "a3", "a4", "a5", "a6", "a6_bar", "a1_bar", "g_theta"},
-    "softmax": {"a", "C", "g_Z"},
+    "softmax": {"a", "g_Z"},  # (its C = zeta^T a, summed over the batch, is the loss: one dot product, no C)
 }
 FORBIDDEN_NAMES = {"eval", "exec", "compile", "__import__", "getattr", "setattr", "globals", "locals", "open",
                    "vars", "__builtins__"}
@@ -119,6 +119,11 @@ def test_one_assignment_per_equation_under_its_latex(name: str, backend: str) ->
     for eq in [*m.equations, *derive.backprop(m)]:
         at = [i for i, line in enumerate(lines)
               if re.match(rf"    ({eq.lhs.name}|{eq.lhs.name}, \w+) = ", line)]  # a softmax with its log
+        if not at and eq is m.equations[-1] and backend == "torch":
+            # a per-sample loss <G, a> summed over the batch: one dot product, under both equations' LaTeX
+            k = next(i for i, line in enumerate(lines) if line.startswith("    loss = "))
+            assert lines[k].startswith("    loss = ops.inner(") and lines[k - 2] == f"    # {derive.latex(eq)}"
+            continue
         assert len(at) == 1, f"{eq.lhs.name} is assigned {len(at)} times"
         i = at[0] - 1
         # subexpressions hoisted for reuse (and releases of those used up) sit between comment and line
@@ -558,6 +563,58 @@ def test_a_convolutions_gradients_are_one_backward_call(name: str, merged: str) 
     assert re.search(r"functional\.conv2d\(X, W1?, b1?, ", src), src
     report = verify.check(m, backend="torch", examples=4)
     assert report.examples == 4 and report.checks, report
+
+
+@pytest.mark.parametrize("name", ["layer_norm", "batch_norm", "attention", "conv2d", "gelu"])
+def test_a_loss_that_is_an_inner_product_is_one_dot_product(name: str) -> None:
+    """C = <G, y> per sample, summed over the batch (or the whole batch's, for batch norm): the torch loss is
+    one dot product, and C no array of its own; the NumPy kernel keeps its einsum (its float32 dot is less
+    exact)."""
+    m = derive.models.get(name)
+    src = numeric.source(m, "torch")
+    assert re.search(r"^    loss = ops\.inner\(G, \w+\)$", src, re.M) and not re.search(r"^    C = ", src, re.M), src
+    assert "ops.inner(" not in numeric.source(m, "numpy")
+
+
+def test_inner_equals_the_summed_product() -> None:
+    from numeric.ops_torch import inner
+
+    g = torch.Generator().manual_seed(0)
+    for dtype in (torch.float32, torch.float64):
+        a = torch.randn(64, 33, generator=g, dtype=dtype)
+        b = torch.randn(64, 33, generator=g, dtype=dtype)
+        for x, y in ((a, b), (a.mT, b.mT), (a, b[:1]), (a[:, :1], b)):  # contiguous, transposed, broadcast
+            want = (x.double() * y.double()).sum()
+            tol = 1e-5 if dtype == torch.float32 else 1e-13
+            assert inner(x, y).dtype == dtype and abs(float(inner(x, y)) - float(want)) <= tol * float(
+                (x.double() * y.double()).abs().sum())
+    nan = torch.tensor([1.0, float("nan")])
+    assert torch.isnan(inner(nan, torch.ones(2))) and inner(torch.tensor([float("inf")]), torch.ones(1)) == float("inf")
+
+
+@pytest.mark.parametrize("name", ["softmax", "attention", "multihead_attention", "transformer_block"])
+def test_a_softmax_adjoint_is_atens_softmax_backward(name: str) -> None:
+    src = numeric.source(derive.models.get(name), "torch")
+    assert "ops.softmax_backward(" in src and not re.search(r"\.sum\(dim=\d+\)\)\[[:, ]*None\]\)\)\.mul_\(", src), src
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("dim", [0, 1, 2])
+def test_softmax_backward_equals_autograd(dim: int, dtype: torch.dtype) -> None:
+    """ops_torch.softmax_backward against autograd through torch.softmax (wide logits: saturated rows), and its
+    printed form where the adjoint only broadcasts against the softmax (ATen's kernel needs one shape)."""
+    from numeric.ops_torch import softmax_backward
+
+    g = torch.Generator().manual_seed(dim)
+    x = (torch.randn(3, 5, 7, generator=g, dtype=torch.float64) * 30).to(dtype).requires_grad_(True)
+    u = torch.randn(3, 5, 7, generator=g, dtype=torch.float64).to(dtype)
+    a = torch.softmax(x, dim)
+    (want,) = torch.autograd.grad(a, [x], u, retain_graph=True)
+    tol = {"rtol": 1e-5, "atol": 1e-6} if dtype == torch.float32 else {"rtol": 1e-12, "atol": 1e-14}
+    torch.testing.assert_close(softmax_backward(u, a.detach(), dim), want, **tol)
+    small = u[:1]  # (1, 5, 7): broadcast along axis 0
+    (want_b,) = torch.autograd.grad(a, [x], small.expand_as(a))
+    torch.testing.assert_close(softmax_backward(small, a.detach(), dim), want_b, **tol)
 
 
 def _conv_grads_reference(G: torch.Tensor, X: torch.Tensor, W: torch.Tensor, **conv: Any) -> list[torch.Tensor]:
