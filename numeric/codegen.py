@@ -691,7 +691,31 @@ _CONV_BIAS = re.compile(r"torch\.add\((\w+)\[:, None, None\], torch\.nn\.functio
 _INNER = re.compile(r"\((\w+) \* (\w+)\)\.sum\((dim=(?:\d+|\([\d, ]+\)))?\)")
 
 
-def _inner_products(lines: list[Any], sample: str | None) -> list[Any]:
+#: calls whose result is always a new array (never a view of, or the same array as, an argument): a buffer such a
+#: line makes is the kernel's own
+_FRESH_CALLS = ("torch.native_layer_norm(", "torch.native_batch_norm(", "torch.nn.functional.gelu(",
+                "torch.nn.functional.silu(", "torch.nn.functional.elu(", "torch.nn.functional.leaky_relu(",
+                "torch.nn.functional.conv2d(", "torch.relu(", "torch.sigmoid(", "torch.tanh(", "torch.addmm(",
+                "torch.baddbmm(", "torch.add(", "ops.matmul(")
+
+
+def _scratch(lines: list[Any], name: str, at: int, keep: set[str]) -> bool:
+    """Whether ``name`` is a buffer the kernel made (the first target of a line calling one of
+    :data:`_FRESH_CALLS`, or a matrix product ``x @ y``) that no line after ``at`` reads and the kernel does
+    not return: one its loss may write over."""
+    if name in keep:
+        return False
+    made = [i for i, ln in enumerate(lines[:at]) if isinstance(ln, _Line)
+            and ln.target.split(",")[0].strip() == name]
+    if len(made) != 1:
+        return False
+    code = lines[made[0]].code
+    if not (code.startswith(_FRESH_CALLS) or re.fullmatch(r"\w+ @ \w+", code)):
+        return False
+    return not any(isinstance(ln, _Line) and re.search(rf"\b{name}\b", ln.code) for ln in lines[at + 1:])
+
+
+def _inner_products(lines: list[Any], sample: str | None, keep: set[str]) -> list[Any]:
     """Torch lines with a per-sample loss that is an elementwise product summed over each sample's entries
     (``C = <G, y>``), read only by the batch's sum or mean, as one dot product over all entries
     (:func:`numeric.ops_torch.inner`): one read of each operand, no product array, no second reduction (the sum
@@ -717,6 +741,10 @@ def _inner_products(lines: list[Any], sample: str | None) -> list[Any]:
         if readers != [k]:
             continue
         total = f"ops.inner({a}, {b})"
+        if a != b and _scratch(out, b, at, keep):
+            total = f"ops.inner({a}, {b}, True)"
+        elif a != b and _scratch(out, a, at, keep):
+            total = f"ops.inner({b}, {a}, True)"
         out[k] = _Line("loss", f"{total} / {sample}" if mt.group(2) == "mean" else total, ln.comment)
         out[at] = None
     return [ln for ln in out if ln is not None]
@@ -1873,8 +1901,8 @@ def generate(prog: Program, backend: str) -> str:
     # otherwise every equation keeps its line under its LaTeX
     lines = _live(lines, keep if native.lines else keep | {eq.lhs.name for eq in forward + adjoint})
     if backend == "torch":
-        lines = _inner_products(lines, low.sample)
-        lines = _softmax_backwards(_paired_conv_grads(lines, names, em._name))
+        lines = _paired_conv_grads(lines, names, em._name)
+        lines = _softmax_backwards(_inner_products(lines, low.sample, keep))
     for ln, dead in zip(lines, _last_uses(lines, keep)):
         if isinstance(ln, str):
             body.append("    " + comment(ln))

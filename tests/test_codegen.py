@@ -572,8 +572,49 @@ def test_a_loss_that_is_an_inner_product_is_one_dot_product(name: str) -> None:
     exact)."""
     m = derive.models.get(name)
     src = numeric.source(m, "torch")
-    assert re.search(r"^    loss = ops\.inner\(G, \w+\)$", src, re.M) and not re.search(r"^    C = ", src, re.M), src
+    assert re.search(r"^    loss = ops\.inner\(G, \w+(, True)?\)$", src, re.M) and not re.search(r"^    C = ", src, re.M), src
     assert "ops.inner(" not in numeric.source(m, "numpy")
+
+
+def test_a_loss_overwrites_only_buffers_the_kernel_made() -> None:
+    """ops.inner(a, b, True) writes the product over b: only where b is the kernel's own (a native norm's output, a
+    layer's activation) and read no more; an input, or a value read later, is never written over."""
+    for name, scratch in (("layer_norm", "ln"), ("batch_norm", "ztilde"), ("gelu", "a"), ("attention", "U"),
+                          ("conv2d", "z"), ("linear", "z")):
+        assert f"loss = ops.inner(G, {scratch}, True)" in numeric.source(derive.models.get(name), "torch")
+    for name in ("softmax", "dropout"):  # a read again by the backward; a product of an input (maybe the input)
+        src = numeric.source(derive.models.get(name), "torch")
+        assert "ops.inner(" in src and ", True)" not in src.split("loss = ")[1].splitlines()[0], src
+
+
+@pytest.mark.parametrize("name", ["layer_norm", "batch_norm", "gelu", "silu", "elu", "relu", "attention", "conv2d",
+                                  "linear", "residual_block", "gcn", "transformer_block", "decoder_block"])
+def test_kernels_leave_their_arguments_alone(name: str) -> None:
+    m = derive.models.get(name)
+    k = numeric.compile(m, "torch")
+    g = torch.Generator().manual_seed(0)
+    arrays = {a: torch.randn(s, generator=g, dtype=torch.float32) for a, s in m.shapes().items()}
+    before = {a: v.clone() for a, v in arrays.items()}
+    k(**arrays)
+    for a, v in arrays.items():
+        assert torch.equal(v, before[a]), a
+
+
+def test_inner_writes_over_a_scratch_buffer_only_where_it_may() -> None:
+    from numeric.ops_torch import inner
+
+    g = torch.Generator().manual_seed(1)
+    a = torch.randn(64, 33, generator=g)
+    b = torch.randn(64, 33, generator=g)
+    want = (a * b).sum()
+    kept = b.clone()
+    assert torch.equal(inner(a, b), want) and torch.equal(b, kept)  # no scratch: b is left alone
+    view = kept.clone()[:, :]  # a view: never written over
+    assert torch.equal(inner(a, view, True), want) and torch.equal(view, kept)
+    grad = kept.clone().requires_grad_(True)
+    assert torch.equal(inner(a, grad, True).detach(), want) and torch.equal(grad.detach(), kept)
+    assert torch.equal(inner(a, b, True), want)  # bit for bit the product's sum, written over b
+    assert torch.equal(b, a * kept)
 
 
 def test_inner_equals_the_summed_product() -> None:
