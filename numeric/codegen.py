@@ -699,20 +699,19 @@ _FRESH_CALLS = ("torch.native_layer_norm(", "torch.native_batch_norm(", "torch.n
                 "torch.baddbmm(", "torch.add(", "ops.matmul(")
 
 
-def _scratch(lines: list[Any], name: str, at: int, keep: set[str]) -> bool:
+def _scratch(lines: list[Any], name: str, at: int, dead: Sequence[str]) -> bool:
     """Whether ``name`` is a buffer the kernel made (the first target of a line calling one of
-    :data:`_FRESH_CALLS`, or a matrix product ``x @ y``) that no line after ``at`` reads and the kernel does
-    not return: one its loss may write over."""
-    if name in keep:
+    :data:`_FRESH_CALLS`, or a matrix product ``x @ y``) whose last use is line ``at`` (``dead``: that line's
+    entry of :func:`_last_uses`, which never lists an argument or a returned value): one its loss may write
+    over."""
+    if name not in dead:
         return False
     made = [i for i, ln in enumerate(lines[:at]) if isinstance(ln, _Line)
             and ln.target.split(",")[0].strip() == name]
     if len(made) != 1:
         return False
     code = lines[made[0]].code
-    if not (code.startswith(_FRESH_CALLS) or re.fullmatch(r"\w+ @ \w+", code)):
-        return False
-    return not any(isinstance(ln, _Line) and re.search(rf"\b{name}\b", ln.code) for ln in lines[at + 1:])
+    return code.startswith(_FRESH_CALLS) or re.fullmatch(r"\w+ @ \w+", code) is not None
 
 
 def _inner_products(lines: list[Any], sample: str | None, keep: set[str]) -> list[Any]:
@@ -741,9 +740,10 @@ def _inner_products(lines: list[Any], sample: str | None, keep: set[str]) -> lis
         if readers != [k]:
             continue
         total = f"ops.inner({a}, {b})"
-        if a != b and _scratch(out, b, at, keep):
+        dead = _last_uses(out, keep)[at] if a != b else []
+        if _scratch(out, b, at, dead):
             total = f"ops.inner({a}, {b}, True)"
-        elif a != b and _scratch(out, a, at, keep):
+        elif _scratch(out, a, at, dead):
             total = f"ops.inner({b}, {a}, True)"
         out[k] = _Line("loss", f"{total} / {sample}" if mt.group(2) == "mean" else total, ln.comment)
         out[at] = None

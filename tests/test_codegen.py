@@ -600,6 +600,46 @@ def test_kernels_leave_their_arguments_alone(name: str) -> None:
         assert torch.equal(v, before[a]), a
 
 
+def _own_inner_model(on_input: bool) -> derive.Model:
+    """A user's layer whose loss is <G, relu(W x)> (a buffer the kernel makes), or ``on_input``: <G, x>, the
+    input itself (never written over)."""
+    b = derive.Builder("own_inner", "a loss that is an inner product", "test")
+    b.samples("n", 5, 1, 7)
+    d = b.dim("d", 4, 1, 6)
+    W = b.param("W", (d, d))
+    x = b.input("X", (d,), "x", batched=True)
+    g = b.input("G", (d,), "g", batched=True)
+    if on_input:
+        b.eq("C", nn.dot(g, x), "C")
+        return b.model()
+    a = b.eq("a", nn.relu(W @ x), "a")
+    b.eq("C", nn.dot(g, a), "C")
+    return b.model()
+
+
+@pytest.mark.parametrize("on_input", [False, True])
+def test_a_users_inner_product_loss_passes_verify_check_in_float32(on_input: bool) -> None:
+    """The scratch path of ops.inner (float32 only) through verify.check: the compiled kernel, called in float32,
+    as the implementation; its arguments are never written over."""
+    import verify
+
+    m = _own_inner_model(on_input)
+    src = numeric.source(m, "torch")
+    assert ("loss = ops.inner(G, a, True)" if not on_input else "loss = ops.inner(G, X)") in src, src
+    k = numeric.compile(m, "torch")
+    seen: list[bool] = []
+
+    def in_float32(**arrays: torch.Tensor) -> dict[str, Any]:
+        a32 = {name: v.float() for name, v in arrays.items()}
+        before = {name: v.clone() for name, v in a32.items()}
+        out = k(**a32)
+        seen.append(all(torch.equal(a32[n], before[n]) for n in a32))
+        return out
+
+    report = verify.check(m, implementation=in_float32, backend="torch", examples=6)
+    assert report.examples == 6 and seen and all(seen), report
+
+
 def test_inner_writes_over_a_scratch_buffer_only_where_it_may() -> None:
     from numeric.ops_torch import inner
 
