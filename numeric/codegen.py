@@ -1191,7 +1191,8 @@ def _native_lstm(m: Model, sp_: Any, core: Sequence[Equation], stacking: Any, lo
     sizes = "[" + ", ".join(dim_code(g.weight.shape[0]) for g in gates) + "]"
     for k, attr in enumerate(("proj", "weight", "bias")[:len(grads)]):
         names = [grad_of[getattr(g, attr).name] for g in gates]
-        total = f"({grads[k]} / {low.sample})" if em.reduction == "mean" else grads[k]
+        # the fused backward's results are fresh arrays of this kernel's: the mean's 1/n in place (no new array)
+        total = f"{grads[k]}.div_({low.sample})" if em.reduction == "mean" else grads[k]
         out.append(f"        {', '.join(names)} = {total}.split({sizes})")
     out.extend("    " + ln for ln in after)
     out.append(f'        return {{"loss": loss, "grad": {{{ret}}}}}')
