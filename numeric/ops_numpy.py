@@ -52,18 +52,24 @@ def step(x: Array) -> Array:
 # (where 0 * inf is NaN) and, for the derivative, slopes outside [0, 1] keep the selection.
 
 
-def leaky_relu(x: Array, slope: float) -> Array:
+def leaky_relu(x: Array, slope: Any) -> Array:
     """x above 0, slope * x elsewhere: max(x, s x) for s <= 1, min(x, s x) for s >= 1 (s x is on the right
-    side of x for each sign), both exact. (The slope as the array's dtype rounds it: 1e-50 is 0 in float32.)"""
+    side of x for each sign), both exact. (The slope as the array's dtype rounds it: 1e-50 is 0 in float32.)
+    An array of slopes (a learned one, as PReLU's) is the selection."""
+    if np.ndim(slope):
+        return np.where(x > 0, x, slope * x)
     s = np.result_type(x, np.float32).type(slope)
     if s != 0:
         return np.maximum(x, s * x) if s <= 1 else np.minimum(x, s * x)
     return np.where(x > 0, x, s * x)
 
 
-def leaky_step(x: Array, slope: float) -> Array:
-    """1 above 0, slope elsewhere (NaN included): max(1{x > 0}, s) for 0 <= s <= 1, exact."""
+def leaky_step(x: Array, slope: Any) -> Array:
+    """1 above 0, slope elsewhere (NaN included): max(1{x > 0}, s) for 0 <= s <= 1, exact; an array of slopes
+    is the selection."""
     dtype = np.result_type(x, np.float32)
+    if np.ndim(slope):
+        return np.where(x > 0, 1.0, slope).astype(np.result_type(x, slope, np.float32))
     if 0 <= slope <= 1:
         return np.maximum(np.greater(x, 0), dtype.type(slope))
     return np.where(x > 0, 1.0, slope).astype(dtype)
@@ -340,7 +346,8 @@ def _contract_plan(spec: str, sa: tuple[int, ...], sb: tuple[int, ...]) -> Any:
             shx = gx + (math.prod(size[c] for c in rows), math.prod(size[c] for c in k))
             shy = gy + (math.prod(size[c] for c in k), math.prod(size[c] for c in cols))
             cost = (_copies(x, [c for c in batch if c in x], [rows, k], size)
-                    + _copies(y, [c for c in batch if c in y], [k, cols], size))
+                    + _copies(y, [c for c in batch if c in y], [k, cols], size)
+                    + _traffic(gx, gy, shx[-2:], shy[-2:]))
             if summed_l:
                 cost += math.prod(size[c] for c in batch) * shx[-2] * shy[-1]
             oshape = tuple(size[c] for c in full_out[len(summed_l):])
@@ -351,6 +358,15 @@ def _contract_plan(spec: str, sa: tuple[int, ...], sb: tuple[int, ...]) -> Any:
             if best is None or cost < best[0]:
                 best = (cost, plan)
     return best[1] if best is not None else None
+
+
+def _traffic(gx: tuple[int, ...], gy: tuple[int, ...], x: tuple[int, ...], y: tuple[int, ...]) -> int:
+    """Elements ``np.matmul`` reads and writes for a product of (gx..., r, k) and (gy..., k, c) stacks: each
+    of its products over the broadcast batch reads both matrices and writes one. A batch axis of size 1 in one
+    operand makes that operand's matrix read once per product of the other's, so a plan that batches an axis
+    the matrices could hold (a stack of matrix-vector products) costs what it reads, not nothing."""
+    calls = math.prod(max(a, b) for a, b in zip(gx, gy))
+    return calls * (x[0] * x[1] + y[0] * y[1] + x[0] * y[1])
 
 
 def _suffix(letters: list[str], ok: Any) -> list[str]:
