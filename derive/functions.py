@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 import sympy as sp
+from sympy.core.function import ArgumentIndexError
 
 __all__ = [
     "sigmoid",
@@ -155,12 +156,17 @@ class relu(sp.Function):
 
 
 class leaky_step(sp.Function):
-    r"""leaky_step(x, s) = 1 if x > 0 else s: the derivative of leaky ReLU (PyTorch: s at the kink)."""
+    r"""leaky_step(x, s) = 1 if x > 0 else s: the derivative of leaky ReLU (PyTorch: s at the kink). Its own
+    derivative is 0 in x and 1{x <= 0} in the slope (a learned slope's second derivatives)."""
 
     nargs = 2
 
     def fdiff(self, argindex: int = 1) -> sp.Expr:
-        return sp.S.Zero
+        if argindex == 1:
+            return sp.S.Zero
+        if argindex == 2:
+            return where(step(self.args[0]), 0, 1)
+        raise ArgumentIndexError(self, argindex)
 
     def _latex(self, printer: Any, exp: Any = None) -> str:
         return _power(self._latex_body(printer), exp)
@@ -179,14 +185,18 @@ class leaky_step(sp.Function):
 
 
 class leaky_relu(sp.Function):
-    r"""LeakyReLU(x; s) = max(s x, x) for 0 <= s < 1; its derivative is 1 for x > 0 and s otherwise."""
+    r"""LeakyReLU(x; s) = x if x > 0 else s x (max(s x, x) for 0 <= s < 1); its derivative is 1 for x > 0 and
+    s otherwise in x, and 0 for x > 0 and x otherwise in the slope (a learned slope, as PReLU's: a selection,
+    so an infinite x > 0 gives 0, as ``torch.prelu``'s gradient does)."""
 
     nargs = 2
 
     def fdiff(self, argindex: int = 1) -> sp.Expr:
-        if argindex != 1:
-            raise sp.ArgumentIndexError(self, argindex)
-        return leaky_step(*self.args)
+        if argindex == 1:
+            return leaky_step(*self.args)
+        if argindex == 2:
+            return where(step(self.args[0]), 0, self.args[0])
+        raise ArgumentIndexError(self, argindex)
 
     def _latex(self, printer: Any, exp: Any = None) -> str:
         return _power(self._latex_body(printer), exp)
@@ -274,7 +284,7 @@ class ExtremumBase(CallBase):
     def fdiff(self, argindex: int = 1) -> sp.Expr:
         a, b = self.args
         if argindex not in (1, 2):
-            raise sp.ArgumentIndexError(self, argindex)
+            raise ArgumentIndexError(self, argindex)
         gap = a - b if argindex == 1 else b - a
         return half_step(self.direction * gap)
 
@@ -322,7 +332,7 @@ class clamp(CallBase):
         if argindex == 3:
             above, crossed = step(x - hi), step(lo - hi)
             return above + crossed - above * crossed
-        raise sp.ArgumentIndexError(self, argindex)
+        raise ArgumentIndexError(self, argindex)
 
     def _latex(self, printer: Any, exp: Any = None) -> str:
         x, lo, hi = (_arg(printer, a) for a in self.args)
@@ -352,7 +362,7 @@ class where(CallBase):
             return where(c, 1, 0)
         if argindex == 3:
             return where(c, 0, 1)
-        raise sp.ArgumentIndexError(self, argindex)
+        raise ArgumentIndexError(self, argindex)
 
     def _latex(self, printer: Any, exp: Any = None) -> str:
         c, a, b = (_arg(printer, x) for x in self.args)
@@ -380,7 +390,7 @@ class power(CallBase):
         if argindex == 2:
             ylog = power(b, e) * sp.log(b)
             return where(b, ylog, where(step(-e), ylog, 0))
-        raise sp.ArgumentIndexError(self, argindex)
+        raise ArgumentIndexError(self, argindex)
 
     def _latex(self, printer: Any, exp: Any = None) -> str:
         b, e = self.args

@@ -550,25 +550,32 @@ def _piecewise_linear(fn: sp.Expr, x: sp.Symbol, u: sp.Symbol | None, ops: dict[
     """Leaky ReLU ``leaky_relu(x, s)`` as ``F.leaky_relu``, and the adjoints ``u step(x)`` (ReLU's) and
     ``u leaky_step(x, s)`` as ``aten.threshold_backward`` and ``aten.leaky_relu_backward``: one pass where the
     printed forms take three (a comparison, a cast or a selection, a product). Matched structurally, with a
-    numeric slope. Both kernels select ``u`` where ``x > 0`` and ``0`` or ``s u`` elsewhere: the same values as
-    the products (a zero of either sign), but for ReLU where ``u`` is NaN or infinite at an ``x <= 0``: there
-    the product is NaN and the selection 0, as PyTorch's own ReLU backward gives."""
+    constant slope (a number or a hyperparameter, :func:`_constant_slope`). Both kernels select ``u`` where
+    ``x > 0`` and ``0`` or ``s u`` elsewhere: the same values as the products (a zero of either sign), but
+    for ReLU where ``u`` is NaN or infinite at an ``x <= 0``: there the product is NaN and the selection 0, as
+    PyTorch's own ReLU backward gives."""
     from derive.functions import leaky_relu, leaky_step, step
 
     ox = ops[x]
     if u is None:
         for f in fn.atoms(leaky_relu):
-            if fn == f and f.args[0] == x and f.args[1].is_number:
+            if fn == f and f.args[0] == x and _constant_slope(f.args[1], ops):
                 return Operand(f"torch.nn.functional.leaky_relu({ox.code}, {constant(f.args[1])})", ox.axes, True)
         return None
     ou = ops[u]
     if fn == u * step(x):
         return Operand(f"torch.ops.aten.threshold_backward({ou.code}, {ox.code}, 0)", ox.axes, True)
     for f in fn.atoms(leaky_step):
-        if f.args[0] == x and f.args[1].is_number and fn == u * f:
+        if f.args[0] == x and _constant_slope(f.args[1], ops) and fn == u * f:
             return Operand(f"torch.ops.aten.leaky_relu_backward({ou.code}, {ox.code}, {constant(f.args[1])}, False)",
                            ox.axes, True)
     return None
+
+
+def _constant_slope(s: sp.Expr, ops: dict[sp.Symbol, Operand]) -> bool:
+    """Whether a slope is a constant the generated module holds as a Python number: a number, or a
+    hyperparameter (printed by name, a module-level number) that no array operand of the function is."""
+    return bool(s.is_number or (s.free_symbols and not s.free_symbols & set(ops) and s.is_real is not False))
 
 
 def _elu_alpha(fn: sp.Expr, x: sp.Symbol, u: sp.Symbol | None) -> sp.Expr | None:

@@ -158,8 +158,10 @@ def test_fused_lstm_leaves_its_inputs_alone() -> None:
         assert torch.equal(out["grad"][name].detach(), g)
 
 
-def _activation_model(fn: sp.Expr) -> Model:
+def _activation_model(fn: sp.Expr, consts: dict[str, float] | None = None) -> Model:
     b = derive.Builder("act")
+    for name, value in (consts or {}).items():
+        b.const(name, value)
     b.samples("n", 3)
     d = b.dim("d", 4)
     W = b.param("W", (d, d))
@@ -359,6 +361,62 @@ def test_numpy_leaky_relu_helpers_equal_torchs_exactly(slope: float, dtype: Any,
         assert got.dtype == dtype
         assert np.array_equal(got, want, equal_nan=True)
         assert np.array_equal(np.signbit(got), np.signbit(want)) or slope == 0
+
+
+@settings(deadline=None)
+@given(slope=st.one_of(st.sampled_from([0.0, 0.01, 0.2, 1.0, 1.5, -0.3, 1 / 3]), st.floats(-4, 4)),
+       dtype=st.sampled_from([torch.float32, torch.float64]), seed=st.integers(0, 2**16))
+def test_torch_leaky_relu_helpers_equal_the_selections_exactly(slope: float, dtype: torch.dtype, seed: int) -> None:
+    """ops_torch.leaky_relu and leaky_step, one native pass for a number slope, against the selections they
+    replace (torch.where), bit for bit: signed zeros, infinities, NaN, the largest floats; a tensor of slopes
+    keeps the selection."""
+    g = torch.Generator().manual_seed(seed)
+    fmax = torch.finfo(dtype).max
+    special = torch.tensor([0.0, -0.0, math.inf, -math.inf, math.nan, 1e-45, -1e-45, fmax, -fmax, 1.0, -1.0],
+                           dtype=dtype)
+    x = torch.cat([special, torch.randn(200, generator=g, dtype=dtype) * 10])
+    one = torch.ones((), dtype=dtype)
+    for s in (slope, torch.full((), slope, dtype=dtype)):
+        got_fwd, got_step = ops_torch.leaky_relu(x, s), ops_torch.leaky_step(x, s)
+        want_fwd, want_step = torch.where(x > 0, x, s * x), torch.where(x > 0, one, one * s)
+        for got, want in ((got_fwd, want_fwd), (got_step, want_step)):
+            assert got.dtype == dtype and got.shape == x.shape
+            assert torch.equal(torch.isnan(got), torch.isnan(want))
+            ok = ~torch.isnan(want)
+            assert torch.equal(got[ok], want[ok])
+            assert torch.equal(torch.signbit(got[ok]), torch.signbit(want[ok]))
+
+
+def test_a_hyperparameter_slope_runs_as_the_native_leaky_relu() -> None:
+    """A slope given as a constant (the zoo's leaky_relu layer, a Builder model's b.const) is a module-level
+    number, so F.leaky_relu and aten.leaky_relu_backward take it as the numeric slope does; the model passes
+    verify.check. A slope that is a parameter (PReLU's) stays a selection, and is differentiated too."""
+    fwd, bwd = _NATIVE_CALLS["leaky_relu"]
+    zoo = numeric.source(derive.models.get("leaky_relu"), "torch")
+    assert fwd in zoo and bwd in zoo, zoo
+    s = sp.Symbol("s", real=True)
+    m = _activation_model(leaky_relu(u, s), {"s": 0.2})
+    src = numeric.source(m, "torch")
+    assert fwd in src and bwd in src, src
+    report = verify.check(m, backend="torch", examples=8)
+    assert report.examples == 8 and report.checks, report
+    from derive.tensor import ARG as args
+
+    b = derive.Builder("prelu")
+    b.samples("n", 3)
+    d = b.dim("d", 4)
+    W = b.param("W", (d, d))
+    a_ = b.param("a", (d,))
+    x = b.input("X", (d,), "x", batched=True)
+    gg = b.input("G", (d,), "g", batched=True)
+    h = b.eq("h", map_(leaky_relu(args[0], args[1]), [W @ x, a_]), "h")
+    b.eq("C", derive.nn.sum_(gg * h), "C")
+    prelu = b.model()
+    src = numeric.source(prelu, "torch")
+    assert fwd not in src, src
+    for backend in ("torch", "numpy"):  # the slope's gradient, where(z > 0, 0, z) g, against autograd
+        report = verify.check(prelu, backend=backend, examples=6)
+        assert report.examples == 6 and report.checks, report
 
 
 @fused

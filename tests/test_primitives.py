@@ -172,6 +172,11 @@ LAYER_CASES: list[Case] = [
          lambda Z: F.leaky_relu(Z, 0.1)),
     Case("leaky_relu_kinks", ("R", "S"), lambda Z: nn.leaky_relu(Z, sp.Rational(1, 10)),
          lambda Z: F.leaky_relu(Z, 0.1), values="kinks"),
+    # a learned slope (PReLU): the slope's gradient where(z > 0, 0, z) (torch.prelu's)
+    Case("prelu_param", ("R", "S"), lambda Z, s: map_(DF.leaky_relu(x_, ARG[1]), [Z, s]),
+         lambda Z, s: torch.where(Z > 0, Z, s * Z), {"s": ("R", "S")}),
+    Case("prelu_param_kinks", ("R", "S"), lambda Z, s: map_(DF.leaky_relu(x_, ARG[1]), [Z, s]),
+         lambda Z, s: torch.where(Z > 0, Z, s * Z), {"s": ("R", "S")}, values="kinks"),
     Case("softplus", ("R", "S"), nn.softplus, F.softplus),
     Case("exp", ("R", "S"), nn.exp, torch.exp),
     Case("log", ("R", "S"), nn.log, torch.log, values="positive"),
@@ -515,6 +520,9 @@ HESSIAN_TABLE = [
           lambda W, X: ((X @ W.T) * torch.exp(X @ W.T).detach()).sum(1)),
     HCase("take_vector", lambda W, x: take(W, 0, 0) * take(W, 0, 1) ** 2 * nn.dot(W, x),
           lambda W, X: W[0] * W[1] ** 2 * (X @ W), ("S",)),
+    # a slope that is also the input's scale: the slope derivative of leaky_step (1{z <= 0}) in the Hessian
+    HCase("prelu_scaled", lambda W, x: sum_(nn.square(map_(DF.leaky_relu(x_, ARG[1]), [W * x, W]))),
+          lambda W, X: torch.where(X * W > 0, X * W, W * (X * W)).pow(2).sum(1), ("S",)),
     HCase("quadratic_form", lambda W, x: einsum([("i",), ("i", "j"), ("j",)], (), [x, nn.square(W), x]),
           lambda W, X: ((X @ (W**2)) * X).sum(1), ("S", "S")),
 ]

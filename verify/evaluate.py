@@ -163,9 +163,15 @@ def _scalar(expr: sp.Expr, env: Mapping[sp.Symbol, Any], like: Tensor) -> Any:
     if fn is None:
         raise UnsupportedReference(f"the eager reference has no torch form of {type(expr).__name__}()")
     if isinstance(expr, _NO_TENSOR_ARGS):
-        # the extra arguments (a slope) are numbers or named constants (hyperparameters) of the model
-        rest = [float(_scalar(a, env, like)) for a in expr.args[1:]]
-        return fn(_t(_scalar(expr.args[0], env, like), like), *rest)
+        # the slope: a number or a named constant (a hyperparameter) of the model, or an array (a learned
+        # slope, as PReLU's), which autograd differentiates through the selection
+        x = _t(_scalar(expr.args[0], env, like), like)
+        s = _scalar(expr.args[1], env, like)
+        if not isinstance(s, Tensor):
+            return fn(x, float(s))
+        if isinstance(expr, DF.leaky_relu):
+            return torch.where(x > 0, x, s * x)
+        return torch.where(x > 0, torch.ones_like(x), s * torch.ones_like(x))
     args = [_scalar(a, env, like) for a in expr.args]
     if not any(isinstance(a, Tensor) for a in args):
         return float(fn(*[torch.as_tensor(float(a), dtype=like.dtype) for a in args]))
