@@ -11,6 +11,8 @@ sigmoids and softmaxes are rewritten into their stable forms (softplus, log-soft
 from __future__ import annotations
 
 import collections
+import functools
+import math
 import re
 import string
 from collections.abc import Callable, Sequence
@@ -682,6 +684,78 @@ def _torch_conv(n: Node, code: Callable[[Node], str], low: Lowering, reduce: str
     return None
 
 
+def _torch_pool(n: Node, code: Callable[[Node], str], low: Lowering) -> str | None:
+    """On the torch backend, pooling over image windows runs as PyTorch's pooling kernels: ``max`` over the
+    windows (padded with -inf) as ``F.max_pool2d``, the adjoint ``U*(spread(g) 1_argmax(U(x)))`` as
+    ``aten.max_pool2d_with_indices_backward`` (both route to the first maximum of a window, NaN as PyTorch
+    does), and the window mean ``c sum U(x)`` (padded with 0, so the divisor is ``k_h k_w``, PyTorch's
+    ``count_include_pad``) as ``F.avg_pool2d``. Only where PyTorch takes the windows: padding at most half
+    the (dilated) kernel, per-sample (C, H, W) images."""
+    from derive.primitives.axis import ArgMaxMask, Max
+    from derive.tensor import Fold, Unfold
+
+    if low.backend != "torch" or low.model.sample is None:
+        return None
+
+    def windows(u: Node, fill: float) -> str | None:
+        if not (isinstance(u, Unfold) and u.flat and u.x.ndim == 3 and low.batched(u.x)):
+            return None
+        if u.padding and u.fill != fill:
+            return None
+        kh, kw = u.kernel
+        if not (isinstance(kh, int) and isinstance(kw, int)):
+            return None
+        if any(2 * u.padding > (k - 1) * u.dilation + 1 for k in (kh, kw)):
+            return None
+        return f"({kh}, {kw}), {u.stride}, {u.padding}, {u.dilation}"
+
+    if isinstance(n, Max) and n.axis % n.x.ndim == 1:
+        args = windows(n.x, -math.inf)
+        if args is not None:
+            return f"torch.nn.functional.max_pool2d({code(n.x.x)}, {args})"  # type: ignore[attr-defined]
+        return None
+    if isinstance(n, Einsum) and len(n.operands) == 1 and n.ins == ((0, 1, 2, 3),) and n.out == (0, 2, 3):
+        u = n.operands[0]
+        args = windows(u, 0.0)
+        if args is None or not isinstance(u, Unfold) or u.dilation != 1:
+            return None
+        size = int(u.kernel[0]) * int(u.kernel[1])
+        pool = f"{u.kernel}, {u.stride}, {u.padding}"
+        if as_expr(n.coef) * size == 1:  # the mean of each window
+            return f"torch.nn.functional.avg_pool2d({code(u.x)}, {pool})"
+        # another multiple of the window sums: the sums (divisor 1), then the factor
+        return _scaled(f"torch.nn.functional.avg_pool2d({code(u.x)}, {pool}, False, True, 1)", n.coef)
+    if not isinstance(n, Fold):
+        return None
+    if isinstance(n.x, Einsum) and len(n.x.operands) == 1 and n.x.ins == ((0, 1, 2),) and n.x.out == (0, 3, 1, 2):
+        # the window sums' adjoint: g spread over each window, summed back onto the image
+        kh, kw = n.kernel
+        if (not n.flat or n.dilation != 1 or len(n.image) != 3 or not isinstance(kh, int)
+                or not isinstance(kw, int) or not low.batched(n.x.operands[0])
+                or any(2 * n.padding > k for k in (kh, kw))):
+            return None
+        shape = ", ".join([str(low.sample), *(dim_code(x) for x in n.image)])
+        mean = as_expr(n.x.coef) * kh * kw == 1  # the mean's adjoint: PyTorch's divisor, no pass of its own
+        call = (f"ops.avg_pool2d_backward({code(n.x.operands[0])}, ({shape}), {n.kernel}, {n.stride}, "
+                f"{n.padding}{', True' if mean else ''})")
+        return call if mean else _scaled(call, n.x.coef)
+    if not (isinstance(n.x, Map) and n.x.fn == ARG[0] * ARG[1] and len(n.x.args) == 2):
+        return None
+    for k in (0, 1):
+        g, mask = n.x.args[k], n.x.args[1 - k]
+        if not (isinstance(mask, ArgMaxMask) and mask.axis % mask.x.ndim == 1 and isinstance(mask.x, Unfold)):
+            continue
+        u = mask.x
+        # g spread over the window axis: (C, oh, ow) -> (C, K, oh, ow)
+        if not (isinstance(g, Einsum) and len(g.operands) == 1 and g.ins == ((0, 1, 2),) and g.out == (0, 3, 1, 2)):
+            continue
+        args = windows(u, -math.inf)
+        if args is None or (n.kernel, n.stride, n.padding, n.dilation) != (u.kernel, u.stride, u.padding, u.dilation):
+            continue
+        return _scaled(f"ops.max_pool2d_backward({code(g.operands[0])}, {code(u.x)}, {args})", g.coef)
+    return None
+
+
 _CONV_INPUT = re.compile(r"torch\.nn\.grad\.conv2d_input\(\(([^()]*)\), (\w+), (\w+), (stride=[^()]*)\)")
 _CONV_WEIGHT = re.compile(r"torch\.nn\.grad\.conv2d_weight\((\w+), \(([^()]*)\), (\w+), (stride=[^()]*)\)")
 _CONV_BIAS = re.compile(r"torch\.add\((\w+)\[:, None, None\], torch\.nn\.functional\.conv2d\((\w+), (\w+), None, "
@@ -695,7 +769,8 @@ _INNER = re.compile(r"\((\w+) \* (\w+)\)\.sum\((dim=(?:\d+|\([\d, ]+\)))?\)")
 #: line makes is the kernel's own
 _FRESH_CALLS = ("torch.native_layer_norm(", "torch.native_batch_norm(", "torch.nn.functional.gelu(",
                 "torch.nn.functional.silu(", "torch.nn.functional.elu(", "torch.nn.functional.leaky_relu(",
-                "torch.nn.functional.conv2d(", "torch.relu(", "torch.sigmoid(", "torch.tanh(", "torch.addmm(",
+                "torch.nn.functional.conv2d(", "torch.nn.functional.max_pool2d(", "torch.nn.functional.avg_pool2d(",
+                "torch.relu(", "torch.sigmoid(", "torch.tanh(", "torch.addmm(",
                 "torch.baddbmm(", "torch.add(", "ops.matmul(")
 
 
@@ -839,6 +914,39 @@ def _paired_conv_grads(lines: list[Any], args: Sequence[str], fresh: Callable[[]
         if ln is not None:
             res.append(ln)
     return res
+
+
+_MAX_POOL = re.compile(r"torch\.nn\.functional\.max_pool2d\((\w+), (\([^()]*\), \d+, \d+, \d+)\)")
+_MAX_POOL_BACKWARD = r"ops\.max_pool2d_backward\(((?:[^()]|\([^()]*\))*?), {x}, {args}\)"
+
+
+def _pooling_indices(lines: list[Any], fresh: Callable[[], str]) -> list[Any]:
+    """Torch lines with a max pooling whose adjoint the kernel also takes: the forward keeps the pooling's
+    indices (``ops.max_pool2d_with_indices``, as autograd's forward does) and the backward reads them instead of
+    pooling the image again. Only a line that is the pooling alone, of a named array, with the same windows."""
+    out = list(lines)
+    for k, ln in enumerate(out):
+        if not (isinstance(ln, _Line) and "," not in ln.target):
+            continue
+        mt = _MAX_POOL.fullmatch(ln.code)
+        if mt is None:
+            continue
+        x, args = mt.groups()
+        back = re.compile(_MAX_POOL_BACKWARD.format(x=re.escape(x), args=re.escape(args)))
+        later = [j for j in range(k + 1, len(out)) if isinstance(out[j], _Line) and back.search(out[j].code)]
+        if not later:
+            continue
+        idx = fresh()
+        out[k] = _Line(f"{ln.target}, {idx}", f"ops.max_pool2d_with_indices({x}, {args})", ln.comment)
+        tail = f", {x}, {args}, {idx})"
+        for j in later:
+            lj = out[j]
+            out[j] = _Line(lj.target, back.sub(functools.partial(_with_indices, tail=tail), lj.code), lj.comment)
+    return out
+
+
+def _with_indices(mt: re.Match[str], tail: str) -> str:
+    return f"ops.max_pool2d_backward({mt.group(1)}{tail}"
 
 
 def _last_uses(lines: Sequence[Any], keep: set[str]) -> list[list[str]]:
@@ -1504,6 +1612,8 @@ class _Emitter:
             else None
         if code is None:
             conv = _torch_conv(n, lambda c: self.code(c, False), self.low, None)
+            if conv is None:
+                conv = _torch_pool(n, lambda c: self.code(c, False), self.low)
             code = conv if conv is not None else n.lower([self.code(c, False) for c in n.children()],
                                                          self.backend, self.low)
         if self.backend == "torch" and self.low.is_spread(n) and self.parents.get(id(n), 0) <= 1 + \
@@ -1902,7 +2012,7 @@ def generate(prog: Program, backend: str) -> str:
     # otherwise every equation keeps its line under its LaTeX
     lines = _live(lines, keep if native.lines else keep | {eq.lhs.name for eq in forward + adjoint})
     if backend == "torch":
-        lines = _paired_conv_grads(lines, names, em._name)
+        lines = _pooling_indices(_paired_conv_grads(lines, names, em._name), em._name)
         lines = _softmax_backwards(_inner_products(lines, low.sample, keep))
     for ln, dead in zip(lines, _last_uses(lines, keep)):
         if isinstance(ln, str):

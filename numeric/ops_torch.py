@@ -123,6 +123,32 @@ def one_hot(idx: Tensor, size: int, axis: int, like: Tensor) -> Tensor:
     return (idx.unsqueeze(ax) == ar).to(like.dtype)
 
 
+def max_pool2d_with_indices(x: Tensor, kernel: tuple[int, int], stride: int, padding: int,
+                            dilation: int) -> tuple[Tensor, Tensor]:
+    """``F.max_pool2d(x, kernel, stride, padding, dilation)`` and the index of each window's maximum."""
+    out, idx = torch.ops.aten.max_pool2d_with_indices(x, kernel, stride, padding, dilation, False)
+    return out, idx
+
+
+def max_pool2d_backward(g: Tensor, x: Tensor, kernel: tuple[int, int], stride: int, padding: int,
+                        dilation: int, indices: Tensor | None = None) -> Tensor:
+    """The adjoint of ``F.max_pool2d(x, kernel, stride, padding, dilation)`` for the output adjoint ``g``:
+    ``g`` onto the first maximum of each window (where PyTorch's pooling puts its index), by
+    ``aten.max_pool2d_with_indices_backward`` from the forward's ``indices`` (or those of pooling ``x`` again)."""
+    if indices is None:
+        indices = max_pool2d_with_indices(x, kernel, stride, padding, dilation)[1]
+    return torch.ops.aten.max_pool2d_with_indices_backward(g, x, kernel, stride, padding, dilation, False, indices)
+
+
+def avg_pool2d_backward(g: Tensor, image: tuple[int, ...], kernel: tuple[int, int], stride: int,
+                        padding: int, mean: bool = False) -> Tensor:
+    """The window sums' adjoint: each window's ``g`` added back onto every entry of the window, an image of
+    shape ``image`` (``aten.avg_pool2d_backward`` with divisor 1; the padding drops out); with ``mean``, the
+    window means' (``g / (k_h k_w)``, PyTorch's divisor with the padding counted)."""
+    like = g.new_empty(()).expand(image)  # only its shape is read
+    return torch.ops.aten.avg_pool2d_backward(g, like, kernel, stride, padding, False, True, None if mean else 1)
+
+
 def argmax_mask(x: Tensor, axis: int) -> Tensor:
     """One-hot of the first maximum along ``axis`` (PyTorch routes max's gradient there)."""
     idx = torch.argmax(x, dim=axis, keepdim=True)
