@@ -98,6 +98,14 @@ def _conv_eager(t: Tensors) -> torch.Tensor:
     return (t["G"] * F.conv2d(t["X"], t["W"], t["b"], padding=1)).sum()
 
 
+def _max_pool_eager(t: Tensors) -> torch.Tensor:
+    return (t["G"] * F.max_pool2d(t["X"], 2)).sum()
+
+
+def _avg_pool_eager(t: Tensors) -> torch.Tensor:
+    return (t["G"] * F.avg_pool2d(t["X"], 2)).sum()
+
+
 def _linear_eager(t: Tensors) -> torch.Tensor:
     return (t["G"] * F.linear(t["A"], t["W"], t["b"])).sum()
 
@@ -218,6 +226,10 @@ CASES: list[Case] = [
     Case("conv2d", "conv2d 3x3 pad 1", {"kernel": (3, 3), "padding": 1},
          {"n": 32, "C_in": 64, "C_out": 64, "H_in": 32, "W_in": 32},
          {"n": 4, "C_in": 4, "C_out": 4, "H_in": 8, "W_in": 8}, _conv_eager),
+    Case("max_pool2d", "max_pool2d 2x2 64x32x32", {}, {"n": 32, "C_in": 64, "H_in": 32, "W_in": 32},
+         {"n": 4, "C_in": 4, "H_in": 8, "W_in": 8}, _max_pool_eager),
+    Case("avg_pool2d", "avg_pool2d 2x2 64x32x32", {}, {"n": 32, "C_in": 64, "H_in": 32, "W_in": 32},
+         {"n": 4, "C_in": 4, "H_in": 8, "W_in": 8}, _avg_pool_eager),
     Case("linear", "linear 256->256", {}, {"n": 4096, "N_in": 256, "N_out": 256}, {"n": 256, "N_in": 16, "N_out": 16},
          _linear_eager),
     Case("gelu", "gelu (erf)", {}, {"n": 4096, "N": 256}, {"n": 256, "N": 16}, _act_eager(F.gelu)),

@@ -750,7 +750,8 @@ def _torch_pool(n: Node, code: Callable[[Node], str], low: Lowering) -> str | No
         if not (isinstance(g, Einsum) and len(g.operands) == 1 and g.ins == ((0, 1, 2),) and g.out == (0, 3, 1, 2)):
             continue
         args = windows(u, -math.inf)
-        if args is None or (n.kernel, n.stride, n.padding, n.dilation) != (u.kernel, u.stride, u.padding, u.dilation):
+        if (args is None or tuple(n.image) != tuple(u.x.shape)
+                or (n.kernel, n.stride, n.padding, n.dilation) != (u.kernel, u.stride, u.padding, u.dilation)):
             continue
         return _scaled(f"ops.max_pool2d_backward({code(g.operands[0])}, {code(u.x)}, {args})", g.coef)
     return None
