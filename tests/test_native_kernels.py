@@ -400,8 +400,6 @@ def test_a_hyperparameter_slope_runs_as_the_native_leaky_relu() -> None:
     assert fwd in src and bwd in src, src
     report = verify.check(m, backend="torch", examples=8)
     assert report.examples == 8 and report.checks, report
-    from derive.tensor import ARG as args
-
     b = derive.Builder("prelu")
     b.samples("n", 3)
     d = b.dim("d", 4)
@@ -409,7 +407,7 @@ def test_a_hyperparameter_slope_runs_as_the_native_leaky_relu() -> None:
     a_ = b.param("a", (d,))
     x = b.input("X", (d,), "x", batched=True)
     gg = b.input("G", (d,), "g", batched=True)
-    h = b.eq("h", map_(leaky_relu(args[0], args[1]), [W @ x, a_]), "h")
+    h = b.eq("h", map_(leaky_relu(ARG[0], ARG[1]), [W @ x, a_]), "h")
     b.eq("C", derive.nn.sum_(gg * h), "C")
     prelu = b.model()
     src = numeric.source(prelu, "torch")
