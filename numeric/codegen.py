@@ -6,6 +6,12 @@ lowered to batch form by adding a leading sample axis to batched tensors: contra
 index, and gradients (and Hessians) average over it, which folds into the last contraction
 (``g_W = delta.T @ X / n``). Subexpressions used more than once are computed once. Logarithms of
 sigmoids and softmaxes are rewritten into their stable forms (softplus, log-softmax).
+
+Torch kernels write an elementwise result over a buffer of their own that nothing reads after it
+(``a1 = z1.sigmoid_()``, ``delta = yhat.sub_(Y)``, a fused ATen backward into its upstream adjoint): a value
+read once in the derived programs, made by a call that returns a new array, never an argument. The printed
+lines are checked against that permission (:func:`_reuse_violations`), and a kernel they contradict is
+printed again without it.
 """
 
 from __future__ import annotations
@@ -328,8 +334,10 @@ class Lowering:
             names[ARG[i]] = _paren(code)
         return scalar_code(m.fn, names, self.backend)
 
-    def einsum_code(self, e: Einsum, args: Sequence[str], reduce: str | None = None) -> str:
-        """Code of a contraction; ``reduce`` (mean/sum) contracts the sample axis too."""
+    def einsum_code(self, e: Einsum, args: Sequence[str], reduce: str | None = None,
+                    writable: int | None = None) -> str:
+        """Code of a contraction; ``reduce`` (mean/sum) contracts the sample axis too. ``writable``: the index of
+        an operand (a buffer nothing else reads) that a Hadamard product may be written over."""
         if reduce is None:
             gathered = self._gather_code(e, args)
             if gathered is not None:
@@ -369,7 +377,7 @@ class Lowering:
             else:
                 code = f"np.broadcast_to({_paren(inner)}[{idx}], {tup})"
         else:
-            code = self._contract(ins, out, ops)
+            code = self._contract(ins, out, ops, writable)
         return _scaled(code, coef)
 
     def spread_parts(self, e: Einsum, args: Sequence[str], coef: Any = None) -> tuple[str, str, str]:
@@ -474,7 +482,9 @@ class Lowering:
             return self.sample
         return dim_code(e.dims[string.ascii_lowercase.index(c)])
 
-    def _contract(self, ins: list[str], out: str, ops: list[str]) -> str:
+    def _contract(self, ins: list[str], out: str, ops: list[str], writable: int | None = None) -> str:
+        if len(ops) != 2:
+            writable = None
         ins, ops = list(ins), list(ops)
         # fold operands whose indices are a subsequence of another's (scalings) by broadcasting
         changed = True
@@ -502,6 +512,8 @@ class Lowering:
                 if self.backend == "numpy" and out and set(out) < set(ins[0]):
                     # summed as it multiplies: one pass, no product array (a full sum stays pairwise)
                     return f"np.einsum('{ins[0]},{ins[1]}->{out}', {ops[0]}, {ops[1]})"
+                if writable is not None and self.backend == "torch":  # (the same shape: written over in place)
+                    return self._single(ins[0], out, f"{ops[writable]}.mul_({ops[1 - writable]})")
                 return self._single(ins[0], out, f"{_paren(ops[0])} * {_paren(ops[1])}")
             for i, j in ((0, 1), (1, 0)):  # a sum of one operand, scaled by the other: sum first
                 if set(ins[j]) < set(ins[i]) and set(ins[j]) <= set(out) and set(out) <= set(ins[i]):
@@ -764,6 +776,8 @@ _CONV_BIAS = re.compile(r"torch\.add\((\w+)\[:, None, None\], torch\.nn\.functio
 
 
 _INNER = re.compile(r"\((\w+) \* (\w+)\)\.sum\((dim=(?:\d+|\([\d, ]+\)))?\)")
+#: the same product written over its first factor (a buffer of the kernel's that only this line reads)
+_INNER_SCRATCH = re.compile(r"(\w+)\.mul_\((\w+)\)\.sum\((dim=(?:\d+|\([\d, ]+\)))?\)")
 
 
 #: calls whose result is always a new array (never a view of, or the same array as, an argument): a buffer such a
@@ -809,6 +823,8 @@ def _inner_products(lines: list[Any], sample: str | None, keep: set[str]) -> lis
         if at is None:
             continue
         prod = _INNER.fullmatch(out[at].code)
+        written = _INNER_SCRATCH.fullmatch(out[at].code)
+        prod = prod if prod is not None else written
         if prod is None or (mt.group(2) is None and prod.group(3) is not None):  # (loss = C: C the full sum)
             continue
         a, b = prod.group(1), prod.group(2)
@@ -817,7 +833,9 @@ def _inner_products(lines: list[Any], sample: str | None, keep: set[str]) -> lis
             continue
         total = f"ops.inner({a}, {b})"
         dead = _last_uses(out, keep)[at] if a != b else []
-        if _scratch(out, b, at, dead):
+        if written is not None:  # a, written over, is a buffer of the kernel's that no later line reads
+            total = f"ops.inner({b}, {a}, True)"
+        elif _scratch(out, b, at, dead):
             total = f"ops.inner({a}, {b}, True)"
         elif _scratch(out, a, at, dead):
             total = f"ops.inner({b}, {a}, True)"
@@ -948,6 +966,23 @@ def _pooling_indices(lines: list[Any], fresh: Callable[[], str]) -> list[Any]:
 
 def _with_indices(mt: re.Match[str], tail: str) -> str:
     return f"ops.max_pool2d_backward({mt.group(1)}{tail}"
+
+
+def _reuse_violations(lines: Sequence[Any], consumed: set[str], keep: set[str]) -> set[str]:
+    """The names of ``consumed`` (buffers a map was allowed to write over, :attr:`_Emitter.reuse`) whose printed
+    ``lines`` contradict that permission: one line must assign the name, and at most one later line read it,
+    once (a name in ``keep``, an argument or a result, is never one to write over). Counted on the final text,
+    after every line pass, so that whatever printed a name twice is caught."""
+    bad: set[str] = set()
+    for name in consumed:
+        mention = re.compile(rf"(?<![\w.]){re.escape(name)}(?!\w)")
+        made = [i for i, ln in enumerate(lines) if isinstance(ln, _Line)
+                and name in (t.strip() for t in ln.target.split(","))]
+        reads = [(i, len(mention.findall(ln.code))) for i, ln in enumerate(lines)
+                 if isinstance(ln, _Line) and mention.search(ln.code)]
+        if name in keep or len(made) != 1 or len(reads) > 1 or any(c != 1 or i <= made[0] for i, c in reads):
+            bad.add(name)
+    return bad
 
 
 def _last_uses(lines: Sequence[Any], keep: set[str]) -> list[list[str]]:
@@ -1543,13 +1578,24 @@ class _Emitter:
                  reduction: str = "mean"):
         self.backend, self.low, self.prefix, self.reduction = backend, low, prefix, reduction
         self.parents: dict[int, int] = {}
+        #: how often each named value (an equation's result) is read, over all ``roots``
+        self.reads: collections.Counter[str] = collections.Counter()
         for r in roots:
             for n in walk([r], stop=lambda x: isinstance(x, Var)):
                 for i, c in enumerate(n.children()):
                     # an argument used several times in a map's expression is computed once too
                     uses = n.fn.count(ARG[i]) if isinstance(n, Map) else 1
                     self.parents[id(c)] = self.parents.get(id(c), 0) + max(uses, 1)
+                    if isinstance(c, Var):
+                        self.reads[c.name] += max(uses, 1)
             self.parents[id(r)] = self.parents.get(id(r), 0) + 1
+            if isinstance(r, Var):
+                self.reads[r.name] += 1
+        #: torch: named buffers the kernel made (fresh arrays, see :meth:`fresh_result`) read once, by a map
+        #: that may write its result over them (``z1.sigmoid_()``, ``yhat.sub_(Y)``): :func:`generate` fills it
+        #: and checks the printed lines afterwards (:func:`_reuse_violations`); ``consumed`` records each offer
+        self.reuse: set[str] = set()
+        self.consumed: set[str] = set()
         self.temps: dict[int, str] = {}
         self.pending: list[tuple[str, str]] = []
         self.count = 0
@@ -1615,6 +1661,8 @@ class _Emitter:
             conv = _torch_conv(n, lambda c: self.code(c, False), self.low, None)
             if conv is None:
                 conv = _torch_pool(n, lambda c: self.code(c, False), self.low)
+            if conv is None and self.backend == "torch" and isinstance(n, Einsum):
+                conv = self._hadamard_in_place(n)
             code = conv if conv is not None else n.lower([self.code(c, False) for c in n.children()],
                                                          self.backend, self.low)
         if self.backend == "torch" and self.low.is_spread(n) and self.parents.get(id(n), 0) <= 1 + \
@@ -1629,6 +1677,39 @@ class _Emitter:
             self.temps[id(n)] = t
             return t
         return code
+
+    def _hadamard_in_place(self, n: Einsum) -> str | None:
+        """A product of two arrays of one shape (then sums, ``(Y * log_yhat).sum(dim=1)``) written over the one
+        that is a buffer nothing else reads (:attr:`reuse`): ``log_yhat.mul_(Y).sum(dim=1)``; else None."""
+        if len(n.operands) != 2 or n.ins[0] != n.ins[1] or n.operands[0] is n.operands[1] or self.low.is_spread(n):
+            return None
+        a, b = n.operands
+        if a.shape != b.shape or self.low.batched(a) != self.low.batched(b):
+            return None
+        for k, x in enumerate((a, b)):
+            name = x.name if isinstance(x, Var) else self.temps.get(id(x))
+            if name is not None and name in self.reuse:
+                codes = [self.code(c, False) for c in n.children()]
+                self.consumed.add(name)
+                return self.low.einsum_code(n, codes, writable=k)
+        return None
+
+    def fresh_result(self, n: Node, code: str) -> bool:
+        """Whether ``code``, the printed value of ``n`` (a whole equation), is an array of ``n``'s full shape
+        that no other name holds: a new buffer, or one a map wrote over (:attr:`reuse`). A bare name (an alias),
+        a view (a transpose, an expanded broadcast) or a call not known to make a new array is not."""
+        if re.fullmatch(r"[A-Za-z_]\w*", code) or id(n) in self.temps:
+            return False
+        if isinstance(n, Map):
+            op = self.made.get(id(n))
+            return bool(op is not None and op.fresh and op.floating and not op.number
+                        and op.axes == self._full_axes(n))
+        if isinstance(n, Einsum):
+            if self.low.is_spread(n) or len(n.operands) < 2:
+                return False
+            return code.startswith(("torch.addmm(", "torch.baddbmm(", "ops.matmul(")) or \
+                re.fullmatch(r"\w+(?:\.mT|\.T)? @ \w+(?:\.mT|\.T)?", code) is not None
+        return False
 
     def _name(self) -> str:
         self.count += 1
@@ -1695,13 +1776,20 @@ class _Emitter:
     def _full_axes(self, n: Node) -> frozenset[int]:
         return frozenset(range(n.ndim)) | (frozenset({-1}) if self.low.batched(n) else frozenset())
 
-    def _operand(self, a: Node, m: Map) -> Any:
+    def _operand(self, a: Node, m: Map, uses: int = 2) -> Any:
+        """The planner's operand for the argument ``a`` of ``m``, read ``uses`` times in its expression."""
         from .torch_maps import Operand
 
         low = self.low
         mb = low.batched(m)
         if isinstance(a, Var) and a.domain in ("labels", "mask"):
             return None  # possibly integer or boolean arrays: printed as written
+        name = a.name if isinstance(a, Var) else self.temps.get(id(a))
+        if (name is not None and name in self.reuse and uses == 1 and a.shape == m.shape
+                and low.batched(a) == mb):
+            # a buffer of this kernel's that nothing else reads: the map may write its result over it
+            self.consumed.add(name)
+            return Operand(name, self._full_axes(m), True)
         if low.is_spread(a) and id(a) not in self.temps:
             assert isinstance(a, Einsum)
             inner, idx, _ = self._spread_inner(a)
@@ -1796,7 +1884,7 @@ class _Emitter:
         ops = {}
         for i, a in enumerate(m.args):
             if ARG[i] in fn.free_symbols:
-                op = self._operand(a, m)
+                op = self._operand(a, m, fn.count(ARG[i]))
                 if op is None:
                     return None
                 ops[ARG[i]] = op
@@ -1919,102 +2007,128 @@ def generate(prog: Program, backend: str) -> str:
     hes_tex = equations_tex(list(prog.hessians.values()))
     tex = dict(zip([id(e) for e in all_eqs], fwd_tex + adj_tex + hes_tex))
 
-    em = _Emitter([e.rhs for e in all_eqs], backend, low, "t", m.reduction)
-    lines: list[_Line | str] = []
+    # torch: a map may write its result over a buffer of the kernel's that it alone reads (Emitter.reuse); where
+    # the printed lines show that buffer read again (a gradient's sum printed term by term), it is printed
+    # again without that name (each round bans at least one more name, so this ends)
+    def lines_for(banned: set[str]) -> tuple[_Emitter, list[Any], set[str], list[str], dict[str, Any]]:
+        em = _Emitter([e.rhs for e in all_eqs], backend, low, "t", m.reduction)
+        lines: list[_Line | str] = []
 
-    def code_of(n: Node, top: bool = False) -> str:
-        code = em.code(n, top)
-        lines.extend(_Line(t, c) for t, c in em.take())
-        return code
+        def code_of(n: Node, top: bool = False) -> str:
+            code = em.code(n, top)
+            lines.extend(_Line(t, c) for t, c in em.take())
+            return code
 
-    def reduced(n: Node) -> str:
-        code = em.reduced(n)
-        lines.extend(_Line(t, c) for t, c in em.take())
-        return code
+        def reduced(n: Node) -> str:
+            code = em.reduced(n)
+            lines.extend(_Line(t, c) for t, c in em.take())
+            return code
 
-    # a softmax and the log-softmax of the same logits (the stable loss) share one exponential
-    pairs: dict[int, str] = {}
-    for i, ls in _log_softmax_partners([e.rhs for e in forward]).items():
-        pairs[id(forward[i])] = f"log_{forward[i].lhs.name}"
-        em.temps[id(ls)] = f"log_{forward[i].lhs.name}"
-    grad_leaf = {_grad_of(m, k): k for k in m.grad_names}  # gradient name -> its leaf, looked up once
-    native = _native_norms(forward, adjoint, m, low, em)
-    for eq in forward + adjoint:
-        lines.append(f"# {tex[id(eq)]}")
-        if id(eq) in native.lines:
-            for target, code in native.lines[id(eq)]:
-                if not target:
-                    lines.append(code)
+        # a softmax and the log-softmax of the same logits (the stable loss) share one exponential
+        pairs: dict[int, str] = {}
+        pair_reads: dict[str, int] = {}
+        for i, ls in _log_softmax_partners([e.rhs for e in forward]).items():
+            pairs[id(forward[i])] = f"log_{forward[i].lhs.name}"
+            em.temps[id(ls)] = f"log_{forward[i].lhs.name}"
+            pair_reads[f"log_{forward[i].lhs.name}"] = em.parents.get(id(ls), 0)
+        # what the kernel returns or reads by name after the equations: never written over
+        protected = {*names, "loss", forward[-1].lhs.name, *(_grad_of(m, g) for g in m.grad_names),
+                     *(eq.lhs.name for eq in hessians.values())} | banned
+
+        def offer(name: str, reads: int, fresh: bool) -> None:
+            if backend == "torch" and fresh and reads == 1 and name not in protected:
+                em.reuse.add(name)
+        grad_leaf = {_grad_of(m, k): k for k in m.grad_names}  # gradient name -> its leaf, looked up once
+        native = _native_norms(forward, adjoint, m, low, em)
+        for eq in forward + adjoint:
+            lines.append(f"# {tex[id(eq)]}")
+            if id(eq) in native.lines:
+                for target, code in native.lines[id(eq)]:
+                    if not target:
+                        lines.append(code)
+                        continue
+                    code = re.sub(r"\{(\w+)\}", lambda g: code_of(native.nodes[g.group(1)]), code)
+                    lines.append(_Line(target, code))
+                if eq is not forward[-1]:
                     continue
-                code = re.sub(r"\{(\w+)\}", lambda g: code_of(native.nodes[g.group(1)]), code)
-                lines.append(_Line(target, code))
-            if eq is not forward[-1]:
+            elif id(eq) in pairs and isinstance(eq.rhs, Softmax):
+                x = code_of(eq.rhs.x)
+                lines.append(_Line(f"{eq.lhs.name}, {pairs[id(eq)]}",
+                                   f"ops.softmax_and_log({x}, {eq.rhs._code_axis()})"))
+                offer(eq.lhs.name, em.reads[eq.lhs.name], True)  # (two new arrays)
+                offer(pairs[id(eq)], pair_reads[pairs[id(eq)]], True)
                 continue
-        elif id(eq) in pairs and isinstance(eq.rhs, Softmax):
-            x = code_of(eq.rhs.x)
-            lines.append(_Line(f"{eq.lhs.name}, {pairs[id(eq)]}",
-                               f"ops.softmax_and_log({x}, {eq.rhs._code_axis()})"))
-            continue
-        if eq.kind == "grad":
-            leaf = m.tensor(grad_leaf[eq.lhs.name])
-            if m.sample is None:
-                code = code_of(eq.rhs, True)
-            elif leaf.batched and backend == "torch" and m.reduction == "mean" and low.batched(eq.rhs):
-                # a per-sample input: its gradient stays per sample, the mean's 1/n joins its expression
-                code = code_of(map_(ARG[0] / m.sample, [eq.rhs], eq.rhs.shape), True)
-            elif leaf.batched:  # a per-sample input: its gradient stays per sample
-                code = code_of(eq.rhs, True)
-                if not low.batched(eq.rhs):  # the same for every sample (or zero): one row per sample
-                    code = f"{_paren(code)} * ops.full({low.shape_code(leaf)}, 1.0, {ref})"
-                if m.reduction == "mean":
-                    code = f"{_paren(code)} / {low.sample}"
+            if eq.kind == "grad":
+                leaf = m.tensor(grad_leaf[eq.lhs.name])
+                if m.sample is None:
+                    code = code_of(eq.rhs, True)
+                elif leaf.batched and backend == "torch" and m.reduction == "mean" and low.batched(eq.rhs):
+                    # a per-sample input: its gradient stays per sample, the mean's 1/n joins its expression
+                    code = code_of(map_(ARG[0] / m.sample, [eq.rhs], eq.rhs.shape), True)
+                elif leaf.batched:  # a per-sample input: its gradient stays per sample
+                    code = code_of(eq.rhs, True)
+                    if not low.batched(eq.rhs):  # the same for every sample (or zero): one row per sample
+                        code = f"{_paren(code)} * ops.full({low.shape_code(leaf)}, 1.0, {ref})"
+                    if m.reduction == "mean":
+                        code = f"{_paren(code)} / {low.sample}"
+                else:
+                    code = reduced(eq.rhs)
+                if _is_number(code):  # identically a number (wgan_gp's g_b2 = 0): still an array of the leaf's shape
+                    code = f"ops.full({low.shape_code(leaf)}, {code}, {ref})"
+                lines.append(_Line(eq.lhs.name, code))
             else:
-                code = reduced(eq.rhs)
-            if _is_number(code):  # identically a number (wgan_gp's g_b2 = 0): still an array of the leaf's shape
-                code = f"ops.full({low.shape_code(leaf)}, {code}, {ref})"
+                code = code_of(eq.rhs, True)
+                lines.append(_Line(eq.lhs.name, code))
+                offer(eq.lhs.name, em.reads[eq.lhs.name], em.fresh_result(eq.rhs, code))
+            if eq is forward[-1]:
+                loss = eq.lhs.name
+                if m.sample is not None and low.batched(eq.lhs):
+                    op = "mean" if m.reduction == "mean" else "sum"
+                    lines.append(f"# \\mathcal{{C}} = {'mean' if op == 'mean' else 'sum'} over the batch")
+                    lines.append(_Line("loss", f"{loss}.{op}()"))
+                else:
+                    lines.append(_Line("loss", loss))
+        # a block that comes out as the same code as an earlier one (logistic's H_w_b and H_b_w, both (p,)): a copy
+        # of that one (the kernel is straight-line code with fresh names, so the same text is the same value; a
+        # copy, so that the two blocks returned are not one array)
+        blocks: dict[str, str] = {}
+        for eq in hessians.values():
+            lines.append(f"# {tex[id(eq)]}")
+            code = reduced(eq.rhs) if m.sample is not None else code_of(eq.rhs, True)
+            if code in blocks and eq.lhs.shape and not re.fullmatch(r"[\w.]+", code):  # (an array: it has .copy())
+                code = f"{blocks[code]}.{'clone' if backend == 'torch' else 'copy'}()"
+            else:
+                blocks.setdefault(code, eq.lhs.name)
             lines.append(_Line(eq.lhs.name, code))
-        else:
-            lines.append(_Line(eq.lhs.name, code_of(eq.rhs, True)))
-        if eq is forward[-1]:
-            loss = eq.lhs.name
-            if m.sample is not None and low.batched(eq.lhs):
-                op = "mean" if m.reduction == "mean" else "sum"
-                lines.append(f"# \\mathcal{{C}} = {'mean' if op == 'mean' else 'sum'} over the batch")
-                lines.append(_Line("loss", f"{loss}.{op}()"))
-            else:
-                lines.append(_Line("loss", loss))
-    # a block that comes out as the same code as an earlier one (logistic's H_w_b and H_b_w, both (p,)): a copy
-    # of that one (the kernel is straight-line code with fresh names, so the same text is the same value; a
-    # copy, so that the two blocks returned are not one array)
-    blocks: dict[str, str] = {}
-    for eq in hessians.values():
-        lines.append(f"# {tex[id(eq)]}")
-        code = reduced(eq.rhs) if m.sample is not None else code_of(eq.rhs, True)
-        if code in blocks and eq.lhs.shape and not re.fullmatch(r"[\w.]+", code):  # (an array: it has .copy())
-            code = f"{blocks[code]}.{'clone' if backend == 'torch' else 'copy'}()"
-        else:
-            blocks.setdefault(code, eq.lhs.name)
-        lines.append(_Line(eq.lhs.name, code))
 
-    grads = {g: _grad_of(m, g) for g in m.grad_names}
-    ret = ["\"loss\": loss", "\"grad\": {" + ", ".join(f'"{k}": {v}' for k, v in grads.items()) + "}"]
-    if hessians:
-        hs = ", ".join((f'"{a}": {eq.lhs.name}' if a == b else f'("{a}", "{b}"): {eq.lhs.name}')
-                       for (a, b), eq in hessians.items())
-        ret.append("\"hessian\": {" + hs + "}")
+        grads = {g: _grad_of(m, g) for g in m.grad_names}
+        ret = ["\"loss\": loss", "\"grad\": {" + ", ".join(f'"{k}": {v}' for k, v in grads.items()) + "}"]
+        if hessians:
+            hs = ", ".join((f'"{a}": {eq.lhs.name}' if a == b else f'("{a}", "{b}"): {eq.lhs.name}')
+                           for (a, b), eq in hessians.items())
+            ret.append("\"hessian\": {" + hs + "}")
 
+        keep = set(names) | {"loss"} | set(grads.values()) | {eq.lhs.name for eq in hessians.values()}
+        witness = _witnesses(native, all_eqs, forward[-1])
+        for witnessed in witness.values():
+            keep |= {v for w in witnessed for v in re.findall(r"\w+", w)}
+        # values nothing reads are not computed: those native kernels made unnecessary (z_c, the adjoint of zbar),
+        # an operand a fused call reads in another form (the unfolded windows of a convolution run as conv2d);
+        # otherwise every equation keeps its line under its LaTeX
+        lines = _live(lines, keep if native.lines else keep | {eq.lhs.name for eq in forward + adjoint})
+        if backend == "torch":
+            lines = _pooling_indices(_paired_conv_grads(lines, names, em._name), em._name)
+            lines = _softmax_backwards(_inner_products(lines, low.sample, keep))
+        return em, lines, keep, ret, witness
+
+    banned: set[str] = set()
+    while True:
+        em, lines, keep, ret, witness = lines_for(banned)
+        bad = _reuse_violations(lines, em.consumed, keep) if backend == "torch" else set()
+        if not bad:
+            break
+        banned |= bad
     body: list[str] = []
-    keep = set(names) | {"loss"} | set(grads.values()) | {eq.lhs.name for eq in hessians.values()}
-    witness = _witnesses(native, all_eqs, forward[-1])
-    for witnessed in witness.values():
-        keep |= {v for w in witnessed for v in re.findall(r"\w+", w)}
-    # values nothing reads are not computed: those native kernels made unnecessary (z_c, the adjoint of zbar),
-    # an operand a fused call reads in another form (the unfolded windows of a convolution run as conv2d);
-    # otherwise every equation keeps its line under its LaTeX
-    lines = _live(lines, keep if native.lines else keep | {eq.lhs.name for eq in forward + adjoint})
-    if backend == "torch":
-        lines = _pooling_indices(_paired_conv_grads(lines, names, em._name), em._name)
-        lines = _softmax_backwards(_inner_products(lines, low.sample, keep))
     for ln, dead in zip(lines, _last_uses(lines, keep)):
         if isinstance(ln, str):
             body.append("    " + comment(ln))

@@ -250,6 +250,20 @@ def inner(a: Tensor, b: Tensor, scratch: bool = False) -> Tensor:
     return (a * b).sum()
 
 
+def written_over(op: Any, u: Tensor, *args: Any) -> Tensor:
+    """``op(u, *args)``, an ATen backward (``aten.sigmoid_backward``, ``aten.threshold_backward``...) of the
+    upstream adjoint ``u``, written over ``u`` by its ``grad_input=`` form: no new array. The generated code
+    passes only a ``u`` that is a buffer of the kernel's that nothing reads after (numeric.codegen checks that
+    on the printed lines). The plain call where a tensor argument differs from ``u`` in shape or dtype (``u``
+    could not hold the result) and under torch.compile."""
+    if torch.compiler.is_compiling():
+        return op(u, *args)
+    for x in args:
+        if isinstance(x, Tensor) and (x.shape != u.shape or x.dtype != u.dtype):
+            return op(u, *args)
+    return op.grad_input(u, *args, grad_input=u)
+
+
 def softmax_backward(u: Tensor, a: Tensor, dim: int) -> Tensor:
     """``a (u - sum(a u, dim))``, the adjoint of a softmax's input given the adjoint ``u`` of its output ``a``, as
     ATen's fused softmax backward (one read of each, one write: the printed form takes four passes and a

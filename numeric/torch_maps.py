@@ -368,7 +368,7 @@ class _Planner:
             uo, yo = self.emit(u), self.emit(y)
             if uo.number or yo.number:
                 continue
-            return Operand(f"torch.ops.aten.{kind}_backward({uo.code}, {yo.code})", uo.axes, True), rest[1:]
+            return _aten_backward(f"{kind}_backward", uo, yo.code, uo.axes), rest[1:]
         return None
 
     def product(self, done: list[Operand], factors: list[sp.Expr], c: sp.Expr, full: frozenset[int]) -> Operand:
@@ -498,10 +498,10 @@ def _silu(x: sp.Expr) -> sp.Expr:
 
 
 #: activations PyTorch has fused forward and backward kernels for: (a function the map must contain, the
-#: activation, its forward call, its backward call ``(u, x)`` for ``u * f'(x)``)
+#: activation, its forward call, the ATen backward ``(u, x)`` for ``u * f'(x)``)
 _NATIVE_ACTIVATIONS: list[tuple[str, Callable[[sp.Expr], sp.Expr], str, str]] = [
-    ("erf", _gelu, "torch.nn.functional.gelu({x})", "torch.ops.aten.gelu_backward({u}, {x})"),
-    ("sigmoid", _silu, "torch.nn.functional.silu({x})", "torch.ops.aten.silu_backward({u}, {x})"),
+    ("erf", _gelu, "torch.nn.functional.gelu({x})", "gelu_backward"),
+    ("sigmoid", _silu, "torch.nn.functional.silu({x})", "silu_backward"),
 ]
 
 
@@ -530,15 +530,14 @@ def _native_activation(fn: sp.Expr, ops: dict[sp.Symbol, Operand], constant: Cal
             if u is None and _same(fn, f(x)):
                 return Operand(fwd.format(x=ox.code), ox.axes, True)
             if u is not None and _same(fn, u * sp.diff(f(x), x)):
-                return Operand(bwd.format(u=ops[u].code, x=ox.code), ox.axes, True)
+                return _aten_backward(bwd, ops[u], ox.code, ox.axes)
         if "step" in names and "exp" in names:
             alpha = _elu_alpha(fn, x, u)
             if alpha is not None:
                 a = constant(alpha)
                 if u is None:
                     return Operand(f"torch.nn.functional.elu({ox.code}, {a})", ox.axes, True)
-                return Operand(f"torch.ops.aten.elu_backward({ops[u].code}, {a}, 1, 1, False, {ox.code})",
-                               ox.axes, True)
+                return _aten_backward("elu_backward", ops[u], f"{a}, 1, 1, False, {ox.code}", ox.axes)
         piecewise = _piecewise_linear(fn, x, u, ops, constant)
         if piecewise is not None:
             return piecewise
@@ -564,12 +563,20 @@ def _piecewise_linear(fn: sp.Expr, x: sp.Symbol, u: sp.Symbol | None, ops: dict[
         return None
     ou = ops[u]
     if fn == u * step(x):
-        return Operand(f"torch.ops.aten.threshold_backward({ou.code}, {ox.code}, 0)", ox.axes, True)
+        return _aten_backward("threshold_backward", ou, f"{ox.code}, 0", ox.axes)
     for f in fn.atoms(leaky_step):
         if f.args[0] == x and _constant_slope(f.args[1], ops) and fn == u * f:
-            return Operand(f"torch.ops.aten.leaky_relu_backward({ou.code}, {ox.code}, {constant(f.args[1])}, False)",
-                           ox.axes, True)
+            return _aten_backward("leaky_relu_backward", ou, f"{ox.code}, {constant(f.args[1])}, False", ox.axes)
     return None
+
+
+def _aten_backward(name: str, u: Operand, rest: str, axes: frozenset[int]) -> Operand:
+    """``aten.<name>(u, rest)``, the fused backward of the upstream adjoint ``u``: written over ``u``
+    (``ops.written_over``) where ``u`` is a buffer made for this expression, or one of the kernel's that nothing
+    else reads, with the result's axes."""
+    if _Planner._writable(u, axes):
+        return Operand(f"ops.written_over(torch.ops.aten.{name}, {u.code}, {rest})", axes, True)
+    return Operand(f"torch.ops.aten.{name}({u.code}, {rest})", axes, True)
 
 
 def _constant_slope(s: sp.Expr, ops: dict[sp.Symbol, Operand]) -> bool:

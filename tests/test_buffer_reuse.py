@@ -1,0 +1,147 @@
+"""Torch kernels write a map's result over a buffer of their own that nothing reads after it (numeric.codegen,
+``_Emitter.reuse``): ``z1.sigmoid_()`` instead of ``torch.sigmoid(z1)``, ``yhat.sub_(Y)``, a fused ATen
+backward into its upstream adjoint (``ops.written_over``). A fresh array costs a page fault per 4 KiB on first
+touch, which on this machine is most of an elementwise pass.
+
+The permission is given by the derivation (a value read once, made by a call that returns a new array) and
+checked on the printed lines (:func:`numeric.codegen._reuse_violations`); the kernels are verified here as an
+implementation would be, which also fails a kernel that changes any of its inputs.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import derive
+import numeric
+import verify
+from numeric import codegen, ops_torch
+from numeric.codegen import _Line, _reuse_violations
+
+LOSSES = [n for n in derive.models.names() if not derive.models.get(n).is_update]
+
+
+@pytest.mark.parametrize("name", LOSSES)
+def test_every_torch_kernel_leaves_its_inputs_alone(name: str) -> None:
+    """The raw torch kernel, checked as a user's implementation: gradients against autograd, and no input
+    changed in place (``verify.check`` compares every input before and after the call)."""
+    m = derive.models.get(name)
+    kernel = numeric.compile(m, "torch", check=False)
+    n = min(settings().max_examples, 5)
+    report = verify.check(m, kernel.raw, backend="torch", examples=n, fd=False)
+    assert report.examples == n
+    assert any(k.startswith("the implementation") for k in report.checks)
+
+
+@pytest.mark.parametrize("name", LOSSES)
+def test_no_kernel_writes_over_an_argument(name: str) -> None:
+    """In every printed torch kernel, what an in-place method or ``ops.written_over`` writes into is a name the
+    kernel assigned, never one of its arguments."""
+    m = derive.models.get(name)
+    src = numeric.source(m, "torch")
+    args = set(m.params) | set(m.inputs)
+    written = set(re.findall(r"(?<![\w.])([A-Za-z_]\w*)\.[a-z]\w*_\(", src))
+    written |= set(re.findall(r"ops\.written_over\([\w.]+, ([A-Za-z_]\w*)[,)]", src))
+    assert not written & args, (name, written & args)
+
+
+def test_the_mlp_writes_over_its_dead_buffers() -> None:
+    src = numeric.source(derive.models.get("mlp", layers=3, widths=(8, 8, 8, 3)), "torch")
+    assert "a1 = z1.sigmoid_()" in src
+    assert "delta3 = yhat.sub_(Y)" in src
+    assert "log_yhat.mul_(Y).sum(dim=1)" in src
+    assert "ops.written_over(torch.ops.aten.sigmoid_backward, zeta2, a2)" in src
+    # a2 is read again (by g_W3 and the backward): never written over
+    assert not re.search(r"(?<![\w.])a2\.[a-z]\w*_\(", src)
+
+
+def _lines(*pairs: tuple[str, str]) -> list[_Line]:
+    return [_Line(t, c) for t, c in pairs]
+
+
+def test_a_buffer_read_once_after_its_line_may_be_written_over() -> None:
+    lines = _lines(("z", "torch.addmm(b, X, W.T)"), ("a", "z.sigmoid_()"), ("g", "a @ W"))
+    assert _reuse_violations(lines, {"z"}, {"g", "W", "X", "b"}) == set()
+    # no reader at all (the line that wrote over it was dropped): nothing to contradict
+    assert _reuse_violations(lines[:1], {"z"}, set()) == set()
+
+
+@pytest.mark.parametrize("lines, why", [
+    (_lines(("z", "torch.addmm(b, X, W.T)"), ("a", "z.sigmoid_()"), ("g", "z * a")), "read again"),
+    (_lines(("z", "torch.addmm(b, X, W.T)"), ("a", "z.mul_(z)")), "twice in one line"),
+    (_lines(("z", "torch.addmm(b, X, W.T)"), ("z", "z.sigmoid_()")), "assigned twice"),
+    (_lines(("a", "z.sigmoid_()"),), "never assigned"),
+    (_lines(("z", "torch.addmm(b, X, W.T)"), ("a", "z.exp_()")), "kept"),
+])
+def test_a_printed_line_that_contradicts_the_reuse_is_caught(lines: list[_Line], why: str) -> None:
+    keep = {"z"} if why == "kept" else set()
+    assert _reuse_violations(lines, {"z"}, keep) == {"z"}, why
+
+
+def test_a_contradicted_name_is_printed_again_without_the_reuse(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where the printed lines contradict a reuse, the kernel is printed again with that name banned: here the
+    check is made to refuse ``z1`` once, and the new source computes ``sigmoid(z1)`` into a new array while
+    the other reuses stay, and the kernel still verifies."""
+    real = codegen._reuse_violations
+    rounds: list[set[str]] = []
+
+    def refuse_z1(lines: list[object], consumed: set[str], keep: set[str]) -> set[str]:
+        bad = real(lines, consumed, keep)  # type: ignore[arg-type]
+        if not rounds and "z1" in consumed:
+            bad = bad | {"z1"}
+        rounds.append(set(consumed))
+        return bad
+
+    monkeypatch.setattr(codegen, "_reuse_violations", refuse_z1)
+    numeric.kernel.clear_cache()
+    try:
+        m = derive.models.get("mlp", layers=2, widths=(6, 5, 3))
+        src = numeric.source(m, "torch")
+        assert len(rounds) == 2 and "z1" in rounds[0] and "z1" not in rounds[1]
+        assert "a1 = torch.sigmoid(z1)" in src
+        assert "yhat.sub_(Y)" in src
+        kernel = numeric.compile(m, "torch", check=False)
+        assert verify.check(m, kernel.raw, backend="torch", examples=3, fd=False).examples == 3
+    finally:
+        numeric.kernel.clear_cache()
+
+
+_BACKWARDS = [(torch.ops.aten.sigmoid_backward, lambda x: (torch.sigmoid(x),)),
+              (torch.ops.aten.tanh_backward, lambda x: (torch.tanh(x),)),
+              (torch.ops.aten.threshold_backward, lambda x: (x, 0)),
+              (torch.ops.aten.leaky_relu_backward, lambda x: (x, 0.1, False)),
+              (torch.ops.aten.gelu_backward, lambda x: (x,)),
+              (torch.ops.aten.silu_backward, lambda x: (x,))]
+
+
+@settings(deadline=None)
+@given(st.integers(0, len(_BACKWARDS) - 1), st.integers(1, 6), st.integers(1, 6),
+       st.sampled_from([torch.float32, torch.float64]), st.integers(0, 2**31 - 1))
+def test_written_over_is_the_backward_itself(which: int, n: int, p: int, dtype: torch.dtype, seed: int) -> None:
+    """``ops.written_over(op, u, ...)`` returns ``u`` holding exactly ``op(u, ...)``, zeros, infinities and NaNs
+    included; where an argument has another shape (``u`` could not hold the result) it is the plain call
+    and ``u`` is left as it was."""
+    op, rest_of = _BACKWARDS[which]
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, p, generator=g, dtype=dtype)
+    x.view(-1)[0] = 0.0
+    u = torch.randn(n, p, generator=g, dtype=dtype)
+    u.view(-1)[-1] = float("nan") if seed % 2 else float("inf")
+    rest = rest_of(x)
+    want = op(u, *rest)
+    got = ops_torch.written_over(op, u, *rest)
+    assert got is u
+    assert torch.equal(torch.nan_to_num(got, 7.0, 8.0, 9.0), torch.nan_to_num(want, 7.0, 8.0, 9.0))
+    assert torch.equal(torch.isnan(got), torch.isnan(want))
+    # u one row, broadcast (the result is not u's to hold; gelu's and silu's oneDNN kernels do not broadcast)
+    if isinstance(rest[0], torch.Tensor) and n > 1 and which < 4:
+        row = torch.randn(1, p, generator=g, dtype=dtype)
+        before = row.clone()
+        out = ops_torch.written_over(op, row, *rest)
+        assert out is not row and out.shape == (n, p)
+        assert torch.equal(row, before)
