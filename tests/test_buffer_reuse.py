@@ -145,3 +145,22 @@ def test_written_over_is_the_backward_itself(which: int, n: int, p: int, dtype: 
         out = ops_torch.written_over(op, row, *rest)
         assert out is not row and out.shape == (n, p)
         assert torch.equal(row, before)
+
+
+def test_the_in_place_kernel_under_torch_compile() -> None:
+    """fuse=True compiles the generated module, in-place lines and ``ops.written_over`` (its plain call under
+    torch.compile) included: the numbers of the unfused kernel."""
+    m = derive.models.get("mlp", layers=2, widths=(6, 5, 3))
+    g = torch.Generator().manual_seed(0)
+    arrays = {"W1": torch.randn(5, 6, generator=g, dtype=torch.float64),
+              "W2": torch.randn(3, 5, generator=g, dtype=torch.float64),
+              "b1": torch.randn(5, generator=g, dtype=torch.float64),
+              "b2": torch.randn(3, generator=g, dtype=torch.float64),
+              "X": torch.randn(7, 6, generator=g, dtype=torch.float64),
+              "Y": torch.softmax(torch.randn(7, 3, generator=g, dtype=torch.float64), 1)}
+    assert "ops.written_over(" in numeric.source(m, "torch") and ".sigmoid_()" in numeric.source(m, "torch")
+    plain = numeric.compile(m, "torch")(**arrays)
+    fused = numeric.compile(m, "torch", fuse=True)(**arrays)
+    assert fused["loss"] == pytest.approx(plain["loss"], rel=1e-12)
+    for k in m.grad_names:
+        torch.testing.assert_close(fused["grad"][k], plain["grad"][k], rtol=1e-12, atol=1e-14)
