@@ -800,8 +800,26 @@ def _scratch(lines: list[Any], name: str, at: int, dead: Sequence[str]) -> bool:
             and ln.target.split(",")[0].strip() == name]
     if len(made) != 1:
         return False
-    code = lines[made[0]].code
-    return code.startswith(_FRESH_CALLS) or re.fullmatch(r"\w+ @ \w+", code) is not None
+    return _makes_new_array(lines[made[0]].code)
+
+
+def _makes_new_array(code: str) -> bool:
+    """Whether ``code`` is one call of :data:`_FRESH_CALLS` (nothing after its closing parenthesis: no ``.T``, no
+    ``.expand(...)``) or a matrix product of two names (transposed views allowed): a new array, never a view of or
+    the same array as an argument."""
+    if re.fullmatch(r"\w+(?:\.mT|\.T)? @ \w+(?:\.mT|\.T)?", code):
+        return True
+    if not code.startswith(_FRESH_CALLS):
+        return False
+    depth = 0
+    for i, ch in enumerate(code):
+        if ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+            if depth == 0:
+                return i == len(code) - 1
+    return False
 
 
 def _inner_products(lines: list[Any], sample: str | None, keep: set[str]) -> list[Any]:
@@ -1704,12 +1722,7 @@ class _Emitter:
             op = self.made.get(id(n))
             return bool(op is not None and op.fresh and op.floating and not op.number
                         and op.axes == self._full_axes(n))
-        if isinstance(n, Einsum):
-            if self.low.is_spread(n) or len(n.operands) < 2:
-                return False
-            return code.startswith(("torch.addmm(", "torch.baddbmm(", "ops.matmul(")) or \
-                re.fullmatch(r"\w+(?:\.mT|\.T)? @ \w+(?:\.mT|\.T)?", code) is not None
-        return False
+        return _makes_new_array(code)
 
     def _name(self) -> str:
         self.count += 1
