@@ -178,3 +178,47 @@ def test_the_in_place_kernel_under_torch_compile() -> None:
     assert fused["loss"] == pytest.approx(plain["loss"], rel=1e-12)
     for k in m.grad_names:
         torch.testing.assert_close(fused["grad"][k], plain["grad"][k], rtol=1e-12, atol=1e-14)
+
+
+def _sandwich(kind: str) -> derive.Model:
+    """A user's two-layer block ``C = <G, W2 f(W1 x)>`` (not a zoo entry): the adjoint of ``f``'s output is a
+    fresh product, ``W2^T G``, so ``f``'s fused backward writes into it."""
+    import sympy as sp
+
+    from derive.functions import leaky_relu, relu, sigmoid, step
+    from derive.nn import dot
+    from derive.tensor import ARG, map_
+
+    x0 = ARG[0]
+    fns = {"gelu": x0 * (1 + sp.erf(x0 / sp.sqrt(2))) / 2, "silu": x0 * sigmoid(x0),
+           "elu": x0 * step(x0) + (sp.exp(x0 * (1 - step(x0))) - 1) * (1 - step(x0)),
+           "leaky_relu": leaky_relu(x0, sp.Rational(1, 10)), "relu": relu(x0), "tanh": sp.tanh(x0),
+           "sigmoid": sigmoid(x0)}
+    b = derive.Builder(f"sandwich_{kind}", "a block with a fused activation backward", "test")
+    b.samples("n", 4, 1, 6)
+    d = b.dim("d", 3, 1, 5)
+    W1, W2 = b.param("W1", (d, d)), b.param("W2", (d, d))
+    x = b.input("X", (d,), "x", batched=True)
+    g = b.input("G", (d,), "g", batched=True)
+    z = b.eq("z", W1 @ x, "z")
+    a = b.eq("a", map_(fns[kind], [z]), "a")
+    b.eq("C", dot(g, W2 @ a), "C")
+    return b.model(reduction="sum", kinks=kind in ("elu", "leaky_relu", "relu"))
+
+
+@pytest.mark.parametrize("kind, backward", [("gelu", "gelu_backward"), ("silu", "silu_backward"),
+                                            ("elu", "elu_backward"), ("leaky_relu", "leaky_relu_backward"),
+                                            ("relu", "threshold_backward"), ("tanh", "tanh_backward"),
+                                            ("sigmoid", "sigmoid_backward")])
+def test_each_fused_backward_written_over_its_adjoint_verifies(kind: str, backward: str) -> None:
+    """Every branch of ``ops.written_over`` in a model of a user's, through derive -> numeric -> verify: the
+    generated kernels against autograd (float64), and the raw torch kernel in float32 as an implementation."""
+    m = _sandwich(kind)
+    assert f"ops.written_over(torch.ops.aten.{backward}, " in numeric.source(m, "torch")
+    assert verify.check(m, backend="torch", examples=4).examples == 4
+    kernel = numeric.compile(m, "torch", check=False)
+
+    def in_float32(**arrays: torch.Tensor) -> dict[str, object]:
+        return kernel.raw(**{k: v.float() for k, v in arrays.items()})
+
+    assert verify.check(m, in_float32, backend="torch", examples=4, fd=False).examples == 4
