@@ -1995,8 +1995,9 @@ def _is_number(code: str) -> bool:
     return True
 
 
-def generate(prog: Program, backend: str) -> str:
-    """The generated module's source text."""
+def generate(prog: Program, backend: str, reuse: bool = True) -> str:
+    """The generated module's source text; ``reuse=False``: torch code that writes over no buffer of its own
+    (``_Emitter.reuse`` stays empty)."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
     m = prog.model
@@ -2049,7 +2050,7 @@ def generate(prog: Program, backend: str) -> str:
                      *(eq.lhs.name for eq in hessians.values())} | banned
 
         def offer(name: str, reads: int, fresh: bool) -> None:
-            if backend == "torch" and fresh and reads == 1 and name not in protected:
+            if reuse and backend == "torch" and fresh and reads == 1 and name not in protected:
                 em.reuse.add(name)
         grad_leaf = {_grad_of(m, k): k for k in m.grad_names}  # gradient name -> its leaf, looked up once
         native = _native_norms(forward, adjoint, m, low, em)

@@ -32,15 +32,16 @@ def clear_cache() -> None:
     _SOURCES.clear()
 
 
-def source(m: Model, backend: str = "numpy", hessian: Sequence[str] = ()) -> str:
-    """The generated module for ``m`` as readable Python text (one line per equation)."""
+def source(m: Model, backend: str = "numpy", hessian: Sequence[str] = (), reuse: bool = True) -> str:
+    """The generated module for ``m`` as readable Python text (one line per equation). ``reuse=False``: torch
+    code that never writes over a buffer of its own (the variant a kernel runs for tensors that require grad)."""
     if not isinstance(m, Model):
         raise TypeError(f"numeric.source takes a model (derive.models.get(...)), not {type(m).__name__}")
-    key = (id(m), backend, tuple(hessian))
+    key = (id(m), backend, tuple(hessian), reuse)
     hit = _SOURCES.get(key)
     if hit is not None and hit[0] is m:
         return hit[1]
-    src = generate(build_program(m, hessian), backend)
+    src = generate(build_program(m, hessian), backend, reuse)
     _SOURCES[key] = (m, src)
     return src
 
@@ -50,7 +51,10 @@ class Kernel:
 
     Arrays are checked (names, shapes against the model's dimensions, dtypes) unless the kernel was
     compiled with ``check=False``; a NaN or infinity in an input is reported by name when it makes the
-    result non-finite (the inputs are scanned only then). ``f.raw`` is the generated function itself.
+    result non-finite (the inputs are scanned only then). ``f.raw`` is the generated function itself; on the
+    torch backend it writes results over buffers of its own that nothing reads after, so for tensors that
+    require grad (autograd back through the kernel) ``f(...)`` runs its variant that does not
+    (``numeric.source(m, "torch", reuse=False)``).
     """
 
     def __init__(self, m: Model, backend: str, device: str | None, hessian: tuple[str, ...], check: bool,
@@ -63,6 +67,9 @@ class Kernel:
         self.check = check
         self.source = source(m, backend, hessian)
         self.raw = run_generated(self.source, f"<dlmath:{m.name}:{backend}>")
+        # torch, for arguments that require grad (autograd through the kernel): the same code without buffers
+        # written over (an in-place write over a value autograd saved fails its backward), made on first use
+        self._autograd_raw: Any = None
         # the inputs whose 'moderate' check the kernel makes on its result (codegen._witnesses), unfused only
         self._witnessed: frozenset[str] = frozenset(() if fuse else getattr(self.raw, "witnessed", ()))
         if fuse:
@@ -119,11 +126,11 @@ class Kernel:
                     out = self.raw(**args, **{WITNESS_ARG: witness})
                     self._check_witness(args, witness, deferred)
             else:
-                out = self.raw(**args, **{WITNESS_ARG: witness})
+                out = self._run(args)(**args, **{WITNESS_ARG: witness})
                 self._check_witness(args, witness, deferred)
         else:
             args = self._prepare(arrays) if self.check else self._convert(arrays)
-            out = self.raw(**args)
+            out = self._run(args)(**args)
         if self.model.is_update:
             if self.check:
                 self._check_finite(args, out)
@@ -135,6 +142,21 @@ class Kernel:
         if self.model.newton and self.hessian:
             out["newton"] = self._newton(args, out)
         return out
+
+    def _run(self, args: dict[str, Any]) -> Any:
+        """The generated function to call: :attr:`raw`, or for torch tensors that require grad (with grad mode
+        on) its variant that writes over none of its own buffers, so that autograd can run back through it."""
+        if self.backend == "numpy" or self.fuse:
+            return self.raw
+        import torch
+
+        if not torch.is_grad_enabled() or not any(getattr(v, "requires_grad", False) for v in args.values()):
+            return self.raw
+        if self._autograd_raw is None:
+            plain = source(self.model, self.backend, self.hessian, reuse=False)
+            self._autograd_raw = self.raw if plain == self.source else \
+                run_generated(plain, f"<dlmath:{self.model.name}:{self.backend}:autograd>")
+        return self._autograd_raw
 
     # -- checks -----------------------------------------------------------------------------------
     def _convert(self, arrays: dict[str, Any]) -> dict[str, Any]:

@@ -256,10 +256,10 @@ def written_over(op: Any, u: Tensor, *args: Any) -> Tensor:
     passes only a ``u`` that is a buffer of the kernel's that nothing reads after (numeric.codegen checks that
     on the printed lines). The plain call where a tensor argument differs from ``u`` in shape or dtype (``u``
     could not hold the result) and under torch.compile."""
-    if torch.compiler.is_compiling():
-        return op(u, *args)
+    if torch.compiler.is_compiling() or (torch.is_grad_enabled() and u.requires_grad):
+        return op(u, *args)  # (autograd records no out= call: a kernel called with tensors that require grad)
     for x in args:
-        if isinstance(x, Tensor) and (x.shape != u.shape or x.dtype != u.dtype):
+        if isinstance(x, Tensor) and (x.shape != u.shape or x.dtype != u.dtype or x.requires_grad):
             return op(u, *args)
     return op.grad_input(u, *args, grad_input=u)
 

@@ -222,3 +222,46 @@ def test_each_fused_backward_written_over_its_adjoint_verifies(kind: str, backwa
         return kernel.raw(**{k: v.float() for k, v in arrays.items()})
 
     assert verify.check(m, in_float32, backend="torch", examples=4, fd=False).examples == 4
+
+
+@pytest.mark.parametrize("name", LOSSES)
+def test_tensors_that_require_grad_run_the_variant_without_reuse(name: str) -> None:
+    """Arguments that require grad (autograd through the kernel) run the code that writes over none of its own
+    buffers (``numeric.source(m, 'torch', reuse=False)``): the same values as the plain call."""
+    m = derive.models.get(name)
+    kernel = numeric.compile(m, "torch")
+    t = {a: torch.tensor(v) for a, v in verify.example(m, seed=1, sizes={d: 3 for d in m.dims}).items()}
+    want = kernel(**t)
+    req = {a: v.clone().requires_grad_(True) if a in m.grad_names and v.is_floating_point() else v
+           for a, v in t.items()}
+    got = kernel(**req)
+    assert got["loss"] == want["loss"]
+    for g in m.grad_names:
+        assert torch.equal(got["grad"][g].detach(), want["grad"][g]), g
+    plain = numeric.source(m, "torch", kernel.hessian, reuse=False)
+    assigned = set(re.findall(r"^    (\w+) = ", plain, re.M))
+    written = set(re.findall(r"(?<![\w.])([A-Za-z_]\w*)\.[a-z]\w*_\(", plain))
+    written |= set(re.findall(r"ops\.written_over\([\w.]+, ([A-Za-z_]\w*)[,)]", plain))
+    assert not written & assigned, written & assigned  # (only temporaries made inside one expression)
+    assert (kernel._autograd_raw is kernel.raw) == (plain == kernel.source)
+
+
+@pytest.mark.parametrize("name", ["mlp", "dqn", "wgan_gp", "logistic_regression", "residual_block"])
+def test_autograd_runs_back_through_a_kernel_that_reuses_buffers(name: str) -> None:
+    """A gradient the kernel returns for arguments that require grad is differentiable again (a Hessian-vector
+    product through the kernel), as it was before buffers were written over: it matches autograd's own."""
+    m = derive.models.get(name)
+    assert numeric.source(m, "torch", reuse=False) != numeric.source(m, "torch")
+    t = {a: torch.tensor(v) for a, v in verify.example(m, seed=2, sizes={d: 3 for d in m.dims}).items()}
+    leaf = m.grad_names[0]
+    x = t[leaf].clone().requires_grad_(True)
+    g = numeric.compile(m, "torch")(**{**t, leaf: x})["grad"][leaf]
+    v = torch.ones_like(x)
+    (hv,) = torch.autograd.grad((g * v).sum(), [x])
+    from verify.references import reference
+
+    ref = reference(name)
+    y = t[leaf].clone().requires_grad_(True)
+    (g_ref,) = torch.autograd.grad(ref(**{**t, leaf: y}, **m.options), [y], create_graph=True)
+    (hv_ref,) = torch.autograd.grad((g_ref * v).sum(), [y])
+    torch.testing.assert_close(hv, hv_ref, rtol=1e-9, atol=1e-12)
