@@ -1341,12 +1341,20 @@ def _native_lstm(m: Model, sp_: Any, core: Sequence[Equation], stacking: Any, lo
     if lstm.bias:
         out.append(f"        {b} = torch.cat([{', '.join(g.bias.name for g in gates if g.bias is not None)}])")
     out.append(f"        {hs}, {back} = ops.lstm({x}, {wx}, {wh}, {b if lstm.bias else 'None'})")
+    zeta = hoist[id(ext)][1]
+    # the mean's 1/n as the alpha of the product that makes zeta, where only the fused backward reads zeta (which
+    # is linear in it): no pass over the weight gradients afterwards
+    product = re.compile(rf"    {re.escape(zeta)} = ([\w.]+) @ ([\w.]+)")
+    mention = re.compile(rf"(?<![\w.]){re.escape(zeta)}(?!\w)")
+    scaled = em.reduction == "mean" and sum(len(mention.findall(ln)) for ln in [*post_fwd, *after]) == 1 and \
+        any(product.fullmatch(ln) for ln in post_fwd)
     for i, ln in enumerate(post_fwd):
         if i == stacked_lines[lstm.h.name]:
             out.append(f"        {flat[lstm.h.name]} = {hs}.reshape(-1, {hs}.shape[-1])")
+        elif scaled and product.fullmatch(ln):
+            out.append(product.sub(rf"        {zeta} = ops.matmul(\1, \2, 1/{low.sample})", ln))
         else:
             out.append("    " + ln)
-    zeta = hoist[id(ext)][1]
     grads = [fresh(s) for s in ("g_lstm_x", "g_lstm_h", "g_lstm_b")][:3 if lstm.bias else 2]
     out.append(f"        # the adjoint of h from the rest of the program, {_safe(zeta)}, through the fused backward")
     out.append(f"        {', '.join(grads)} = {back}({zeta}.reshape({T}, -1, {zeta}.shape[-1]))")
@@ -1354,7 +1362,7 @@ def _native_lstm(m: Model, sp_: Any, core: Sequence[Equation], stacking: Any, lo
     for k, attr in enumerate(("proj", "weight", "bias")[:len(grads)]):
         names = [grad_of[getattr(g, attr).name] for g in gates]
         # the fused backward's results are fresh arrays of this kernel's: the mean's 1/n in place (no new array)
-        total = f"{grads[k]}.div_({low.sample})" if em.reduction == "mean" else grads[k]
+        total = f"{grads[k]}.div_({low.sample})" if em.reduction == "mean" and not scaled else grads[k]
         out.append(f"        {', '.join(names)} = {total}.split({sizes})")
     out.extend("    " + ln for ln in after)
     out.append(f'        return {{"loss": loss, "grad": {{{ret}}}}}')
@@ -1425,6 +1433,9 @@ def _deferred_grads(grads: Sequence[Equation], bwd: _Emitter, low: Lowering, bac
         after.extend(f"    {t} = {c}" for t, c in post.take())
         after.append("    # " + comment(atexs[eq.lhs.name]) + " (summed over t)")
         total = f"{_paren(code)} / {low.sample}" if bwd.reduction == "mean" else code
+        gemm = re.fullmatch(r"([\w.]+) @ ([\w.]+)", code) if backend == "torch" else None
+        if gemm is not None and bwd.reduction == "mean":  # the 1/n as the product's alpha, not a pass of its own
+            total = f"ops.matmul({gemm.group(1)}, {gemm.group(2)}, 1/{low.sample})"
         after.append(f"    {eq.lhs.name} = " + (f"{eq.lhs.name} + {total}" if accumulate else total))
     return before, keep, after
 

@@ -9,6 +9,7 @@ against the float64 loop, on hypothesis-drawn sizes.
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 import numpy as np
@@ -433,6 +434,17 @@ def test_fused_lstm_passes_verify_check_in_float32() -> None:
     report = verify.check(model, implementation=in_float32, backend="torch", examples=6)
     assert report.examples == 6 and taken and all(taken), report
     assert any("implementation" in what for what in report.checks), report.checks
+
+
+def test_the_means_1_over_n_is_a_gemm_alpha_in_recurrent_kernels() -> None:
+    """The mean's 1/n joins the product that makes a recurrence's weight gradient (``ops.matmul(..., 1/n)``), and
+    in the fused LSTM the product that makes the states' adjoint (its backward is linear in it): no pass over
+    the results afterwards. (The gradients themselves: the fused LSTM's verify.check above, and the zoo's.)"""
+    src = numeric.source(derive.models.get("lstm"), "torch")
+    fused_part = src.split("if ops.fused_lstm(X):")[1].split("return")[0]
+    assert "zw = ops.matmul(delta_y_all, W_yh, 1/n)" in fused_part and ".div_(" not in fused_part
+    assert "g_W_yh = ops.matmul(delta_y_all.T, h_all, 1/n)" in src
+    assert not re.search(r"^    g_W\w* = \(\w+(\.T)? @ \w+\) / n$", src, re.M)
 
 
 def _narrow_classifier() -> Model:
