@@ -1599,6 +1599,10 @@ def generate_scans(m: Model, backend: str) -> str:
                    [pr.scan.time for pr in progs if pr.scan is not None])
 
 
+#: the most products of the maps of one kernel among which :meth:`_Emitter._share_factors` looks for common factors
+_FACTOR_SEARCH_MAX = 400
+
+
 class _Emitter:
     """Code of expressions with shared subexpressions hoisted into temporaries (``t1 = ...``), and of
     per-sample gradients reduced over the batch. ``take()`` hands over the temporaries made since."""
@@ -1635,6 +1639,7 @@ class _Emitter:
         self.node_symbols: dict[int, sp.Symbol] = {}
         self._defs: dict[Var, Node] | None = None  # the model's equations, for _arg_definitions
         self.shared: collections.Counter[sp.Expr] = collections.Counter()
+        self.factor_of: dict[sp.Expr, sp.Expr] = {}  # a product -> a shared product among its factors
         self.shared_memo: dict[Any, Any] = {}
         self._count_shared(roots)
         self.scaled: dict[int, tuple[Node, sp.Expr]] = {}  # a contraction -> the same one unscaled, the factor
@@ -1842,7 +1847,8 @@ class _Emitter:
         """A map whose expression shares subexpressions with itself or other maps (over the same arrays):
         those computed once, into temporaries; the rest printed as written. None: nothing shared."""
         keys = self._arg_keys(m)
-        if not any(self.shared[x] > 1 for x in sp.preorder_traversal(m.fn.xreplace(keys)) if not x.is_Atom):
+        if not any(self.shared[x] > 1 or x in self.factor_of for x in sp.preorder_traversal(m.fn.xreplace(keys))
+                   if not x.is_Atom):
             return None
         names: dict[sp.Symbol, str] = {}
         mb = self.low.batched(m)
@@ -1853,19 +1859,35 @@ class _Emitter:
             names[ARG[i]] = _paren(code)
         temps: dict[sp.Symbol, str] = {}
         memo = self._memo(m)
+        local = {v: k for k, v in keys.items()}
+
+        def shared_symbol(k: sp.Expr, e2: sp.Expr) -> sp.Symbol:
+            if k not in memo:
+                memo[k] = self._hoist(scalar_code(e2, {**names, **temps}, self.backend))
+            s = sp.Symbol(f"_shared{len(temps)}_{memo[k]}", real=True)
+            temps[s] = memo[k]
+            return s
 
         def hoisted(e: sp.Expr) -> sp.Expr:
             if e.is_Atom:
                 return e
-            e2 = e.func(*[hoisted(a) for a in e.args]) if e.args else e
             k = e.xreplace(keys)
-            if self.shared[k] > 1 and e.free_symbols & set(keys):
-                if k not in memo:
-                    memo[k] = self._hoist(scalar_code(e2, {**names, **temps}, self.backend))
-                s = sp.Symbol(f"_shared{len(temps)}_{memo[k]}", real=True)
-                temps[s] = memo[k]
-                return s
-            return e2
+            shared = self.shared[k] > 1 and bool(e.free_symbols & set(keys))
+            if shared and k in memo:  # computed before (its factors with it)
+                return shared_symbol(k, e)
+            e2 = None
+            factor = self.factor_of.get(k)
+            if factor is not None:
+                # a shared product inside this longer one: that product once, times the other factors
+                f = factor.xreplace(local)
+                rest = collections.Counter(e.args)
+                rest.subtract(f.args)
+                if min(rest.values()) >= 0:
+                    e2 = sp.Mul(shared_symbol(factor, f.func(*[hoisted(a) for a in f.args])),
+                                *[hoisted(a) for a, c in rest.items() for _ in range(c)])
+            if e2 is None:
+                e2 = e.func(*[hoisted(a) for a in e.args]) if e.args else e
+            return shared_symbol(k, e2) if shared else e2
 
         return scalar_code(hoisted(m.fn), {**names, **temps}, self.backend)
 
@@ -1898,6 +1920,41 @@ class _Emitter:
                     fn = concrete_activations(n.fn)
                     keys = self._arg_keys(n)
                     self.shared.update(shared_subexpressions(fn.xreplace(keys), frozenset(keys.values())))
+        self._share_factors()
+
+    def _share_factors(self) -> None:
+        """A product of the maps (``sqrt(2) z / 2`` in GELU's ``erf``) that is a factor of a longer one (its
+        derivative's ``sqrt(2) z exp(-z^2/2) / (2 sqrt(pi))``): :attr:`factor_of` maps the longer product to the
+        largest such factor, which :meth:`_numpy_map` (and the torch planner) computes once and multiplies by the
+        other factors, and the factor counts as shared (a negation is not a factor: it folds into the product);
+        likewise the common factors of two products (of two arrays or more)."""
+        arrays = set(self.node_symbols.values())
+        products = [x for x in self.shared if x.is_Mul and not (x.args[0] == -1 and len(x.args) == 2)]
+        if len(products) > _FACTOR_SEARCH_MAX:  # (the search is quadratic: a huge program keeps its products whole)
+            return
+        counts = {x: collections.Counter(x.args) for x in products}
+        # torch: a factor of one array and constants would cost a pass of its own, where the planner folds the
+        # constants into the longer product's one pass (NumPy prints them as a chain of passes, left to right)
+        least = 2 if self.backend == "torch" else 1
+        factors = [a for a in products if sum(1 for f in a.args if f.free_symbols & arrays) >= least]
+        best: dict[sp.Expr, list[sp.Expr]] = collections.defaultdict(list)
+        for b in products:
+            best[b] += [a for a in factors if a != b and all(counts[b][f] >= c for f, c in counts[a].items())]
+        # two products with a common product of two arrays or more (x y in x y z and in x y e^{x y z}), neither a
+        # factor of the other: that product, once
+        for i, b1 in enumerate(products):
+            for b2 in products[i + 1:]:
+                common = [f for f in b1.args if f.free_symbols & arrays and counts[b2][f]]
+                if len(common) >= 2:
+                    a = sp.Mul(*common)
+                    if a != b1 and a != b2 and a.is_Mul and set(a.args) == set(common):
+                        best[b1].append(a)
+                        best[b2].append(a)
+        for b, inside in best.items():
+            if inside:
+                a = max(inside, key=lambda x: (len(x.args), sp.default_sort_key(x)))
+                self.factor_of[b] = a
+                self.shared[a] += self.shared[b]
 
     def _planned_map(self, m: Map) -> Any:
         from derive.functions import concrete_activations
@@ -1912,10 +1969,18 @@ class _Emitter:
                 if op is None:
                     return None
                 ops[ARG[i]] = op
+        keys = self._arg_keys(m)
+        local = {v: k for k, v in keys.items()}
+
+        def factor_of(e: sp.Expr) -> sp.Expr | None:
+            f = self.factor_of.get(e.xreplace(keys))
+            return f.xreplace(local) if f is not None else None
+
         return plan_map(fn, ops, lambda e, names: scalar_code(e, {**names, **{s: o.code for s, o in ops.items()}},
                                                                "torch"),
                         lambda e: scalar_code(e, {}, "torch"), self._hoist, self.shared,
-                        lambda e: e.xreplace(self._arg_keys(m)), self._memo(m), self._arg_definitions(m, fn))
+                        lambda e: e.xreplace(keys), self._memo(m), self._arg_definitions(m, fn),
+                        factor_of if self.factor_of else None)
 
     def _arg_definitions(self, m: Map, fn: sp.Expr) -> dict[sp.Symbol, sp.Expr]:
         """The arguments of ``m`` that are results of other maps over ``m``'s own arguments (a forward value an

@@ -82,12 +82,45 @@ class _Planner:
         self.key = key if key is not None else (lambda e: e)
         self.memo: dict[sp.Expr, Operand] = memo if memo is not None else {}
 
+    def with_factors(self, fn: sp.Expr, factor_of: Callable[[sp.Expr], sp.Expr | None]) -> sp.Expr:
+        """``fn`` with each product that has a shared product among its factors (``factor_of``) written as that
+        product's temporary (planned now, once: a symbol of its own among the operands) times the other factors;
+        :attr:`key` still sees the products as written, so that a longer product shared in turn stays shared."""
+        back: dict[sp.Symbol, sp.Expr] = {}
+
+        def sub(e: sp.Expr) -> sp.Expr:
+            if e.is_Atom or (self.shared[self.key(e)] > 1 and self.key(e) in self.memo):
+                return e  # (a shared subexpression computed before, with its factors: read, not planned again)
+            f = factor_of(e) if e.is_Mul else None
+            if f is not None and self.axes(f) == self.axes(e):
+                rest = Counter(e.args)
+                rest.subtract(f.args)
+                if min(rest.values()) >= 0:
+                    s = sp.Symbol(f"_factor{len(back)}_{id(self)}", real=True)
+                    self.ops[s] = self.emit(f)
+                    self.args = frozenset(self.ops)
+                    back[s] = f
+                    return sp.Mul(s, *[sub(a) for a, c in rest.items() for _ in range(c)])
+            args = [sub(a) for a in e.args]
+            return e.func(*args) if any(a is not b for a, b in zip(args, e.args)) else e
+
+        out = sub(fn)
+        if back:
+            key = self.key
+            self.key = lambda e: key(e.xreplace(back))
+        return out
+
     # -- helpers -----------------------------------------------------------------------------------------
     def axes(self, e: sp.Expr) -> frozenset[int]:
         out: frozenset[int] = frozenset()
         for s in e.free_symbols & self.args:
             out |= self.ops[s].axes
         return out
+
+    def _shared(self, e: sp.Expr) -> bool:
+        """Whether ``e`` is a shared subexpression (computed once, into a temporary, by :meth:`emit`): a term
+        then adds that temporary rather than its product afresh (``addcmul``)."""
+        return self.hoist is not None and self.shared[self.key(e)] > 1
 
     def is_const(self, e: sp.Expr) -> bool:
         return not (e.free_symbols & self.args)
@@ -242,7 +275,7 @@ class _Planner:
     def _start_with(self, s: Operand, t: sp.Expr, full: frozenset[int]) -> Operand:
         """``s + t``: the small part ``s`` first, as the base of a fused operation."""
         c, rest = self._coeff(t)
-        two = self._two_factors(rest)
+        two = None if self._shared(rest) else self._two_factors(rest)
         if two is not None and not s.number:
             a, b, div = two
             if div:
@@ -300,7 +333,7 @@ class _Planner:
                 return Operand(f"{_paren(acc.code)}.add_({k})", full, True)
             return Operand(f"{_paren(acc.code)} + {_paren(k)}", full, True, acc.floating)
         inplace = self._writable(acc, full)
-        two = self._two_factors(rest)
+        two = None if self._shared(rest) else self._two_factors(rest)
         if two is not None and inplace:
             a, b, div = two
             if div:
@@ -461,16 +494,26 @@ class _Planner:
 
 
 def shared_subexpressions(fn: sp.Expr, args: frozenset[sp.Symbol]) -> Counter[sp.Expr]:
-    """How often each subexpression of ``fn`` that involves ``args`` occurs (a negation is not one: it folds into a subtraction)."""
-    return Counter(x for x in sp.preorder_traversal(fn)
-                   if not x.is_Atom and x.free_symbols & args and not (x.is_Mul and x.args[0] == -1
-                                                                       and len(x.args) == 2))
+    """How often each subexpression of ``fn`` that involves ``args`` occurs. A negation counts only as a
+    function's argument (``softplus(-u)`` and ``sigmoid(-u)``: ``-u`` is a pass of its own there); elsewhere it
+    folds into a subtraction."""
+    out: Counter[sp.Expr] = Counter()
+    stack: list[tuple[sp.Expr, bool]] = [(fn, False)]
+    while stack:
+        x, in_function = stack.pop()
+        if x.is_Atom:
+            continue
+        if x.free_symbols & args and (in_function or not (x.is_Mul and x.args[0] == -1 and len(x.args) == 2)):
+            out[x] += 1
+        stack.extend((a, isinstance(x, sp.Function)) for a in x.args)
+    return out
 
 
 def plan_map(fn: sp.Expr, ops: dict[sp.Symbol, Operand], printer: Callable[[sp.Expr, dict[sp.Symbol, str]], str],
              constant: Callable[[sp.Expr], str], hoist: Callable[[str], str] | None = None,
              shared: Counter[sp.Expr] | None = None, key: Callable[[sp.Expr], sp.Expr] | None = None,
-             memo: dict[sp.Expr, Operand] | None = None, defs: dict[sp.Symbol, sp.Expr] | None = None) -> Operand:
+             memo: dict[sp.Expr, Operand] | None = None, defs: dict[sp.Symbol, sp.Expr] | None = None,
+             factor_of: Callable[[sp.Expr], sp.Expr | None] | None = None) -> Operand:
     """The planned code of ``fn`` over the operands ``ops`` (keyed by their ``ARG`` symbols).
 
     ``printer(expr, names)`` prints what the planner does not plan (a function it has no in-place form
@@ -478,13 +521,17 @@ def plan_map(fn: sp.Expr, ops: dict[sp.Symbol, Operand], printer: Callable[[sp.E
     ``constant(expr)`` prints a constant (numbers, sizes, hyperparameters). With ``hoist`` (code -> the name
     of a temporary holding it), subexpressions that ``shared`` counts more than once (by ``key``: the
     subexpression written over the arrays rather than this map's arguments) are computed once, and ``memo``
-    (shared by the maps of one kernel) holds them."""
+    (shared by the maps of one kernel) holds them; ``factor_of(product)``, a shared product among a longer
+    product's factors (or None), which is then computed once and multiplied by the other factors."""
     native = _native_activation(fn, ops, constant, defs)
     if native is not None:
         return native
     if shared is None:
         shared = shared_subexpressions(fn, frozenset(ops))
-    return _Planner(ops, printer, constant, hoist, shared, key, memo).emit(fn)
+    planner = _Planner(dict(ops), printer, constant, hoist, shared, key, memo)
+    if factor_of is not None and hoist is not None:
+        fn = planner.with_factors(fn, factor_of)
+    return planner.emit(fn)
 
 
 def _gelu(x: sp.Expr) -> sp.Expr:

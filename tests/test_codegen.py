@@ -255,30 +255,36 @@ def test_logistic_hessian_computes_yhat_one_minus_yhat_once() -> None:
         assert src.count("(1-yhat)") == 1 and re.search(r"yhat\*\(1-yhat\)|\(1-yhat\)\.mul_\(yhat\)", src), src
 
 
-_SCALAR_CSE = pytest.mark.xfail(strict=True, raises=AssertionError, reason="engine gap: numeric/codegen.py shares "
-                                "subexpressions inside and across the elementwise maps of one kernel and its loops, "
-                                "but not one the stable rewrites make (softplus(-u) from log sigma) nor a factor "
-                                "inside a longer product")
-
-
 # shared subexpressions of maps (rosenbrock's theta_2 - theta_1^2, elu's 1{z > 0}, silu's sigma(z), the cells'
-# gates) are computed once now, a product summed as it is made (sigmoid's G * a in C) is no product array, and
-# the recurrences' loops (both backends) tape what their backward reads again (tanh(c), 1 - g_u); these remain:
-_CSE_GAPS = {# -u in softplus(-u) (the loss) and sigma(-u) (its adjoint)
-             "gan": _SCALAR_CSE,
-             # NumPy: erf of the same scaled argument in the value and in the derivative (the scale differs in
-             # form; the torch kernel runs F.gelu and gelu_backward)
-             "gelu": _SCALAR_CSE}
+# gates) are computed once, a product summed as it is made (sigmoid's G * a in C) is no product array, the
+# recurrences' loops (both backends) tape what their backward reads again (tanh(c), 1 - g_u), a negation that is a
+# function's argument is shared (gan's -u in softplus(-u) and sigma(-u)), and so is a product that is a factor of a
+# longer one (NumPy GELU's sqrt(2) z / 2, erf's argument, in its derivative's sqrt(2) z exp(-z^2/2) / (2 sqrt(pi)))
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=_CSE_GAPS[n]) if n in _CSE_GAPS else n
-                                  for n in derive.models.names()])
+@pytest.mark.parametrize("name", derive.models.names())
 def test_no_subexpression_is_computed_twice(name: str) -> None:
     m = derive.models.get(name)
     for backend in BACKENDS:
         assert _repeated_subexpressions(numeric.source(m, backend)) == {}
     assert _repeated_subexpressions(numeric.source(derive.models.get("logistic_regression"), "numpy",
                                                    hessian=["w"])) == {}
+
+
+@pytest.mark.parametrize("text", ["sum(tanh(x .* y) .* z + x .* y .* exp(z))",
+                                  "sum(exp(x .* y .* z) + log(1 + (x .* y) .^ 2))",
+                                  "sum(softplus(-x .* y) + sigmoid(-x .* y) .* z)"])
+def test_a_shared_product_inside_a_longer_product_is_computed_once(text: str) -> None:
+    """A user's expression whose product of arrays is a factor of a longer product (x y in tanh(x y) and in
+    x y e^z, and in their adjoints): computed once, on both backends, and the kernels agree with autograd."""
+    import verify
+
+    m = derive.parse(text, x="vector(n)", y="vector(n)", z="vector(n)", wrt=["x", "y", "z"])
+    for backend in BACKENDS:
+        src = numeric.source(m, backend)
+        assert _repeated_subexpressions(src) == {}, (backend, src)
+        report = verify.check(m, backend=backend, examples=4)
+        assert report.examples == 4 and report.checks, report
 
 
 @pytest.mark.parametrize("name", ["logistic_regression", "rosenbrock", "autodiff_example"])
