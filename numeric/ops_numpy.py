@@ -201,9 +201,12 @@ def logdet(a: Array) -> Array:
 
 
 def diag_embed(v: Array) -> Array:
-    """The diagonal matrices of the vectors along the last axis."""
-    k = v.shape[-1]
-    return v[..., :, None] * np.eye(k, dtype=v.dtype)
+    """The diagonal matrices of the vectors along the last axis, exact zeros off the diagonal whatever ``v``
+    holds, as ``torch.diag_embed``'s (a product with the identity would put ``0 * inf = NaN`` there)."""
+    v = np.asarray(v)
+    out = np.zeros(v.shape + v.shape[-1:], dtype=v.dtype)
+    np.einsum("...ii->...i", out)[...] = v
+    return out
 
 
 def gather(x: Array, idx: Array, axis: int) -> Array:

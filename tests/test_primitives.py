@@ -892,3 +892,19 @@ def test_sum_over_a_broadcast_axis_counts_it() -> None:
     s = einsum([(0, 1)], (1,), [broadcast_to(th, (n, p))])
     assert s.shape == (p,) and isinstance(s, Map) and sp.simplify(s.fn - n * ARG[0]) == 0
     assert np.isclose(float(s.fn.subs({n: 4, ARG[0]: 2.5})), 10.0)
+
+
+@settings(deadline=None)
+@given(st.lists(st.sampled_from([0.0, -1.5, 2.0, float("inf"), -float("inf"), float("nan")]), min_size=1,
+                max_size=5), st.integers(1, 3))
+def test_numpy_diag_embed_has_exact_zeros_off_the_diagonal_as_torch(values: list[float], rows: int) -> None:
+    """diag(v) on NumPy: v on the diagonal and exact zeros elsewhere, even where v holds inf or NaN (a product
+    with the identity gives 0 * inf = NaN there), the same array as torch.diag_embed, batched or not."""
+    from numeric import ops_numpy
+
+    v = np.array([values] * rows)
+    for x in (v[0], v):
+        got = ops_numpy.diag_embed(x)
+        want = torch.diag_embed(torch.tensor(x)).numpy()
+        assert got.shape == want.shape and got.dtype == x.dtype
+        np.testing.assert_array_equal(got, want)
