@@ -477,6 +477,25 @@ def test_fused_torch_kernel_matches() -> None:
         numeric.compile(m, "numpy", fuse=True)
 
 
+def test_fused_kernel_compiles_once_for_every_batch_size() -> None:
+    """fuse=True compiles the sample axis as a symbol: a second and a third batch size reuse the compiled graph
+    (no recompilation), the feature sizes stay static, and every call gives the unfused kernel's numbers."""
+    from torch._dynamo.utils import counters
+
+    m = derive.models.get("softmax_regression")
+    k = numeric.compile(m, "torch", fuse=True)
+    plain = numeric.compile(m, "torch")
+    graphs = []
+    for n in (6, 11, 17):
+        arrays = {k2: torch.tensor(v) for k2, v in _model_arrays(m, n=n, p=5, K=3).items()}
+        got, want = k(**arrays), plain(**arrays)
+        graphs.append(counters["stats"]["unique_graphs"])
+        assert got["loss"] == pytest.approx(want["loss"], rel=1e-12)
+        for g in m.grad_names:
+            np.testing.assert_allclose(got["grad"][g].numpy(), want["grad"][g].numpy(), rtol=1e-12, atol=1e-14)
+    assert graphs[1] == graphs[0] and graphs[2] == graphs[0], graphs
+
+
 def test_fused_program_of_several_scans_matches_the_unfused_kernel() -> None:
     """fuse=True on a program of two scans (a bidirectional RNN, one reverse): the same numbers (float64)."""
     from numeric.fuse_steps import compile_steps
