@@ -444,13 +444,15 @@ def _batched_names(m: Model) -> tuple[str, ...]:
 def _sample_axis_dynamic(compiled: Any, batched: tuple[str, ...]) -> Any:
     """``compiled`` (a ``torch.compile``'d kernel) called with the leading axis of the ``batched`` arrays marked
     dynamic (``torch._dynamo.maybe_mark_dynamic``: compiled as a symbol, so that a new batch size reuses the
-    compiled code, while the other sizes stay static)."""
+    compiled code, while the other sizes stay static). The marks go on views of the arrays, not on the caller's
+    tensors, which the caller may pass to a ``torch.compile`` of its own."""
     import torch
 
     def call(**arrays: Any) -> Any:
         for k in batched:
             a = arrays.get(k)
             if isinstance(a, torch.Tensor) and a.ndim:
+                arrays[k] = a = a.view(a.shape)
                 torch._dynamo.maybe_mark_dynamic(a, 0)
         return compiled(**arrays)
 

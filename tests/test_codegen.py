@@ -490,6 +490,7 @@ def test_fused_kernel_compiles_once_for_every_batch_size() -> None:
         arrays = {k2: torch.tensor(v) for k2, v in _model_arrays(m, n=n, p=5, K=3).items()}
         got, want = k(**arrays), plain(**arrays)
         graphs.append(counters["stats"]["unique_graphs"])
+        assert not any(hasattr(a, "_dynamo_weak_dynamic_indices") for a in arrays.values())  # (the caller's: unmarked)
         assert got["loss"] == pytest.approx(want["loss"], rel=1e-12)
         for g in m.grad_names:
             np.testing.assert_allclose(got["grad"][g].numpy(), want["grad"][g].numpy(), rtol=1e-12, atol=1e-14)
