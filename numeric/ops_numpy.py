@@ -205,7 +205,8 @@ def diag_embed(v: Array) -> Array:
     holds, as ``torch.diag_embed``'s (a product with the identity would put ``0 * inf = NaN`` there)."""
     v = np.asarray(v)
     out = np.zeros(v.shape + v.shape[-1:], dtype=v.dtype)
-    np.einsum("...ii->...i", out)[...] = v
+    i = np.arange(v.shape[-1])
+    out[..., i, i] = v
     return out
 
 
