@@ -190,6 +190,83 @@ def _norm_closed(axis: int) -> Callable[..., Any]:
     return closed
 
 
+# Closed forms in NumPy, written as one would by hand (BLAS products, in-place updates of temporaries whose
+# last use has passed, the stable softplus and sigmoid): what the NumPy kernel is measured against
+
+def _np_sigmoid(z: np.ndarray) -> np.ndarray:
+    """1 / (1 + e^-z) in three passes on one temporary (e^-z overflows to inf below -88 in float32, -709 in
+    float64, and 1 / inf is the right 0)."""
+    with np.errstate(over="ignore"):
+        e = np.exp(-z)
+    e += 1
+    return np.reciprocal(e, out=e)
+
+
+def _np_log_softmax(z: np.ndarray) -> np.ndarray:
+    """log S_softmax(z) along the rows, in place on ``z`` (a temporary)."""
+    z -= z.max(1, keepdims=True)
+    z -= np.log(np.exp(z).sum(1, keepdims=True))
+    return z
+
+
+def _np_logistic_closed(w: np.ndarray, b: np.ndarray, X: np.ndarray, y: np.ndarray) -> Any:
+    n = X.shape[0]
+    z = X @ w + b
+    loss = (np.logaddexp(0, z) - y * z).mean()
+    r = _np_sigmoid(z)
+    r -= y
+    return loss, (r @ X) / n, r.mean()
+
+
+def _np_softmax_closed(W: np.ndarray, b: np.ndarray, X: np.ndarray, Y: np.ndarray) -> Any:
+    n = X.shape[0]
+    ls = _np_log_softmax(X @ W.T + b)
+    loss = -np.vdot(Y, ls) / n
+    delta = np.exp(ls, out=ls)
+    delta -= Y
+    delta /= n
+    return loss, delta.T @ X, delta.sum(0)
+
+
+def _np_mlp_closed(W1: np.ndarray, W2: np.ndarray, W3: np.ndarray, b1: np.ndarray, b2: np.ndarray,
+                   b3: np.ndarray, X: np.ndarray, Y: np.ndarray) -> Any:
+    n = X.shape[0]
+    a1 = _np_sigmoid(X @ W1.T + b1)
+    a2 = _np_sigmoid(a1 @ W2.T + b2)
+    ls = _np_log_softmax(a2 @ W3.T + b3)
+    loss = -np.vdot(Y, ls) / n
+    d3 = np.exp(ls, out=ls)
+    d3 -= Y
+    d3 /= n
+    d2 = d3 @ W3
+    d2 *= a2
+    d2 *= 1 - a2
+    d1 = d2 @ W2
+    d1 *= a1
+    d1 *= 1 - a1
+    return loss, d1.T @ X, d2.T @ a1, d3.T @ a2, d1.sum(0), d2.sum(0), d3.sum(0)
+
+
+def _np_norm_closed(axis: int) -> Callable[..., Any]:
+    def closed(gamma: np.ndarray, beta: np.ndarray, Z: np.ndarray, G: np.ndarray) -> Any:
+        zhat = Z - Z.mean(axis, keepdims=True)
+        rstd = np.mean(zhat * zhat, axis, keepdims=True)
+        rstd += 1e-5
+        rstd = 1 / np.sqrt(rstd, out=rstd)
+        zhat *= rstd
+        Gz = G * zhat
+        g = G * gamma
+        dgamma, dbeta = Gz.sum(0), G.sum(0)
+        loss = float(dgamma @ gamma + dbeta @ beta)  # sum G (gamma zhat + beta), by the parameter's sums
+        gz = g - g.mean(axis, keepdims=True)
+        g *= zhat
+        gz -= zhat * g.mean(axis, keepdims=True)
+        gz *= rstd
+        return loss, dgamma, dbeta, gz
+
+    return closed
+
+
 # --------------------------------------------------------------------------------------------------
 # Cases
 # --------------------------------------------------------------------------------------------------
@@ -208,17 +285,20 @@ class Case:
     closed: Callable[..., Any] | None = None
     compile_eager: bool = True
     notes: tuple[str, ...] = field(default=())
+    np_closed: Callable[..., Any] | None = None  # the same closed form in NumPy, on NumPy arrays
 
 
 CASES: list[Case] = [
     Case("logistic_regression", "logistic_regression", {}, {"n": 4096, "p": 256}, {"n": 256, "p": 16},
-         _logistic_eager, _logistic_closed),
+         _logistic_eager, _logistic_closed, np_closed=_np_logistic_closed),
     Case("softmax_regression", "softmax_regression", {}, {"n": 4096, "p": 256, "K": 10},
-         {"n": 256, "p": 16, "K": 4}, _softmax_eager, _softmax_closed),
+         {"n": 256, "p": 16, "K": 4}, _softmax_eager, _softmax_closed, np_closed=_np_softmax_closed),
     Case("mlp", "mlp 256-256-256-10 sigmoid", {"layers": 3, "widths": (256, 256, 256, 10)}, {"n": 4096},
-         {"n": 256}, _mlp_eager, _mlp_closed),
-    Case("layer_norm", "layer_norm", {}, {"n": 4096, "p": 256}, {"n": 256, "p": 32}, _ln_eager, _norm_closed(1)),
-    Case("batch_norm", "batch_norm", {}, {"n": 4096, "N": 256}, {"n": 256, "N": 32}, _bn_eager, _norm_closed(0)),
+         {"n": 256}, _mlp_eager, _mlp_closed, np_closed=_np_mlp_closed),
+    Case("layer_norm", "layer_norm", {}, {"n": 4096, "p": 256}, {"n": 256, "p": 32}, _ln_eager, _norm_closed(1),
+         np_closed=_np_norm_closed(1)),
+    Case("batch_norm", "batch_norm", {}, {"n": 4096, "N": 256}, {"n": 256, "N": 32}, _bn_eager, _norm_closed(0),
+         np_closed=_np_norm_closed(0)),
     Case("attention", "attention", {}, {"n": 32, "T_q": 128, "T_k": 128, "d": 64, "d_v": 64},
          {"n": 4, "T_q": 16, "T_k": 16, "d": 8, "d_v": 8}, _attn_eager),
     Case("lstm", "lstm (vs nn.LSTM)", {}, {"T": 64, "n": 32, "p": 256, "m": 256, "q": 10},
@@ -533,6 +613,8 @@ def _bench_layers(settings: Settings, quick: bool) -> int:
                 }
                 if case.closed is not None:
                     contenders["closed"] = functools.partial(_call, case.closed, plain)
+                if case.np_closed is not None:
+                    contenders["np closed"] = functools.partial(_call, case.np_closed, arrs)
                 compile_s: dict[str, float] = {}
                 if not quick:
                     k_fused = numeric.compile(m, "torch", check=False, fuse=True)  # a recurrence: its steps
@@ -558,6 +640,8 @@ def _bench_layers(settings: Settings, quick: bool) -> int:
                 checks = {"torch": order, "numpy": order_np}
                 if case.closed is not None:
                     checks["closed"] = list(case.closed(**plain))
+                if case.np_closed is not None:
+                    checks["np closed"] = list(case.np_closed(**arrs))
                 found = _mismatches(case.name, dtype, checks, expect, plain)
                 errors += len(found)
                 problems += found
@@ -575,6 +659,9 @@ def _bench_layers(settings: Settings, quick: bool) -> int:
                     val = f"{r.ratio(key, 'eager'):.2f}" if key in r.seconds else "-"
                     cells.setdefault(key, []).append(val)
                 cells.setdefault("checked/raw", []).append(f"{r.ratio('checked', 'raw'):.2f}")
+                cells.setdefault("numpy/np", []).append(f"{r.ratio('numpy', 'np closed'):.2f}"
+                                                        if "np closed" in r.seconds else "-")
+                cells.setdefault("numpy/torch", []).append(f"{r.ratio('numpy', 'raw'):.2f}")
                 cells.setdefault("eager ms", []).append(f"{r.seconds['eager'] * 1e3:.2f}")
                 for key, s in compile_s.items():
                     cells.setdefault(key + " s", []).append(f"{s:.1f}")
@@ -582,7 +669,7 @@ def _bench_layers(settings: Settings, quick: bool) -> int:
         except Exception as exc:  # one broken row must not hide the others
             errors += 1
             problems.append(f"{case.name}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
-            rows.append([case.label, "error"] + [""] * 11)
+            rows.append([case.label, "error"] + [""] * 14)
             continue
 
         def cell(key: str, cells: dict[str, list[str]] = cells) -> str:
@@ -598,20 +685,22 @@ def _bench_layers(settings: Settings, quick: bool) -> int:
         if "compiled s" in cells:
             tcompiled += f" ({cells['compiled s'][0]} s)"
         rows.append([case.label, cell("checked"), cell("raw"), cell("numpy"), fused, tcompiled, cell("closed"),
-                     cell("checked/raw"), f"{traffic['gen']:.1f}", f"{traffic['eager']:.1f}",
+                     cell("checked/raw"), cell("numpy/torch"), cell("numpy/np"), f"{traffic['gen']:.1f}", f"{traffic['eager']:.1f}",
                      f"{traffic['floor']:.1f}", f"{traffic['floor_ms']:.2f}", cell("eager ms"), cell("iqr")])
     size_note = "quick sizes" if quick else "sizes: " + "; ".join(
         f"{c.name} " + ",".join(f"{k}={v}" for k, v in c.full.items()) for c in cases)
     print(f"== layers: forward+backward, ratio to torch eager autograd (float32 / float64), {THREADS} threads, "
           f"median of {settings.rounds} interleaved rounds ==")
     print(format_table(["layer", "torch", "raw", "numpy", "fuse", "t.compile", "closed", "checked/raw",
-                        "passes", "eager passes", "floor", "floor ms", "eager ms", "IQR"], rows))
+                        "numpy/torch", "numpy/np closed", "passes", "eager passes", "floor", "floor ms", "eager ms", "IQR"], rows))
     print(size_note)
     print("torch: numeric.compile(m, 'torch') with its input checks, unfused; raw: the generated function alone;")
     print("numpy: the NumPy kernel (raw); fuse: fuse=True (first-call compile seconds); t.compile: torch.compile")
     print("of the eager formulation; closed: hand-written torch forward+backward. passes: bytes read + written by")
     print("the ATen ops of one float32 call (counted under a dispatch mode) over the largest input's bytes; floor:")
     print(f"inputs read once + gradients written once; floor ms at {bw / 1e9:.1f} GB/s (measured copy).")
+    print("numpy/torch: the NumPy kernel over the torch one (raw, same threads); numpy/np closed: over the same")
+    print("closed form written by hand in NumPy (BLAS products, in-place temporaries), timed in the same rounds.")
     for p in problems:
         print(f"MISMATCH/error: {p}")
     print()

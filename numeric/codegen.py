@@ -1941,11 +1941,12 @@ class _Emitter:
         for b in products:
             best[b] += [a for a in factors if a != b and all(counts[b][f] >= c for f, c in counts[a].items())]
         # two products with a common product of two arrays or more (x y in x y z and in x y e^{x y z}), neither a
-        # factor of the other: that product, once
+        # factor of the other: that product, once; on NumPy also an array and constants (2 x in 2 x y and 2 x t,
+        # which NumPy would compute twice as the first pass of each chain)
         for i, b1 in enumerate(products):
             for b2 in products[i + 1:]:
-                common = [f for f in b1.args if f.free_symbols & arrays and counts[b2][f]]
-                if len(common) >= 2:
+                common = [f for f in b1.args if counts[b2][f] and (least == 1 or f.free_symbols & arrays)]
+                if len(common) >= 2 and sum(1 for f in common if f.free_symbols & arrays) >= least:
                     a = sp.Mul(*common)
                     if a != b1 and a != b2 and a.is_Mul and set(a.args) == set(common):
                         best[b1].append(a)
@@ -2129,6 +2130,7 @@ def generate(prog: Program, backend: str, reuse: bool = True) -> str:
             if reuse and backend == "torch" and fresh and reads == 1 and name not in protected:
                 em.reuse.add(name)
         grad_leaf = {_grad_of(m, k): k for k in m.grad_names}  # gradient name -> its leaf, looked up once
+        grad_codes: dict[str, str] = {}  # a gradient's code -> the first gradient with that code
         native = _native_norms(forward, adjoint, m, low, em)
         for eq in forward + adjoint:
             lines.append(f"# {tex[id(eq)]}")
@@ -2165,6 +2167,14 @@ def generate(prog: Program, backend: str, reuse: bool = True) -> str:
                     code = reduced(eq.rhs)
                 if _is_number(code):  # identically a number (wgan_gp's g_b2 = 0): still an array of the leaf's shape
                     code = f"ops.full({low.shape_code(leaf)}, {code}, {ref})"
+                # a gradient that comes out as the same code as an earlier one (x and y in sum(tanh(x + y))): a copy
+                # of that one, one pass instead of the expression's passes again, and never the same array twice
+                # (y and z in sum(tanh(-x) (x + y + z)), both a shared temporary); as for the Hessian blocks below;
+                # a constant is filled, not copied
+                if code in grad_codes and eq.lhs.shape and not code.startswith("ops.full("):
+                    code = f"{grad_codes[code]}.{'clone' if backend == 'torch' else 'copy'}()"
+                else:
+                    grad_codes.setdefault(code, eq.lhs.name)
                 lines.append(_Line(eq.lhs.name, code))
             else:
                 code = code_of(eq.rhs, True)

@@ -498,14 +498,16 @@ def shared_subexpressions(fn: sp.Expr, args: frozenset[sp.Symbol]) -> Counter[sp
     function's argument (``softplus(-u)`` and ``sigmoid(-u)``: ``-u`` is a pass of its own there); elsewhere it
     folds into a subtraction."""
     out: Counter[sp.Expr] = Counter()
-    stack: list[tuple[sp.Expr, bool]] = [(fn, False)]
+    # a negation that is the whole expression or a term of its top-level sum: counted too (the gradient -tanh(x)
+    # of y in sum(tanh(-x) (x + y)) is also the first term of x's, and a pass of its own in NumPy)
+    stack: list[tuple[sp.Expr, bool]] = [(fn, True)]
     while stack:
-        x, in_function = stack.pop()
+        x, counted = stack.pop()
         if x.is_Atom:
             continue
-        if x.free_symbols & args and (in_function or not (x.is_Mul and x.args[0] == -1 and len(x.args) == 2)):
+        if x.free_symbols & args and (counted or not (x.is_Mul and x.args[0] == -1 and len(x.args) == 2)):
             out[x] += 1
-        stack.extend((a, isinstance(x, sp.Function)) for a in x.args)
+        stack.extend((a, isinstance(x, sp.Function) or (x is fn and x.is_Add)) for a in x.args)
     return out
 
 
