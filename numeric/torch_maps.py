@@ -495,8 +495,8 @@ class _Planner:
 
 def shared_subexpressions(fn: sp.Expr, args: frozenset[sp.Symbol]) -> Counter[sp.Expr]:
     """How often each subexpression of ``fn`` that involves ``args`` occurs. A negation counts only as a
-    function's argument (``softplus(-u)`` and ``sigmoid(-u)``: ``-u`` is a pass of its own there); elsewhere it
-    folds into a subtraction."""
+    function's argument (``softplus(-u)`` and ``sigmoid(-u)``: ``-u`` is a pass of its own there), as the whole
+    of ``fn`` or as a term of its top-level sum; elsewhere it folds into a subtraction."""
     out: Counter[sp.Expr] = Counter()
     # a negation that is the whole expression or a term of its top-level sum: counted too (the gradient -tanh(x)
     # of y in sum(tanh(-x) (x + y)) is also the first term of x's, and a pass of its own in NumPy)
