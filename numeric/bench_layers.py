@@ -10,7 +10,9 @@ the median over rounds of the per-round ratio to torch eager autograd on an inde
 * **fuse**: ``numeric.compile(m, "torch", fuse=True)`` (its first-call compile time in parentheses);
 * **t.compile**: ``torch.compile`` of the eager formulation (forward compiled; AOTAutograd compiles the
   backward);
-* **closed**: a hand-written closed-form forward+backward in torch, where the layer has a well-known one.
+* **closed**: a hand-written closed-form forward+backward in torch, where the layer has a well-known one;
+* **numpy/torch**: the NumPy kernel over the raw torch kernel; **numpy/np closed**: the NumPy kernel over the
+  same closed form written by hand in NumPy (checked against eager like every contender).
 
 Memory traffic is counted, not estimated: the kernel runs once under a ``TorchDispatchMode`` that records
 every ATen operation with the bytes it reads (the memory spanned by each tensor argument, so a broadcast
@@ -191,7 +193,8 @@ def _norm_closed(axis: int) -> Callable[..., Any]:
 
 
 # Closed forms in NumPy, written as one would by hand (BLAS products, in-place updates of temporaries whose
-# last use has passed, the stable softplus and sigmoid): what the NumPy kernel is measured against
+# last use has passed, np.logaddexp for softplus, a sigmoid that overflows safely): what the NumPy kernel is
+# measured against
 
 def _np_sigmoid(z: np.ndarray) -> np.ndarray:
     """1 / (1 + e^-z) in three passes on one temporary (e^-z overflows to inf below -88 in float32, -709 in
