@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
@@ -49,3 +50,21 @@ def test_layer_sizes_section_runs_the_rows_at_other_sizes(capsys: Any) -> None:
     assert bench_layers.bench_layer_sizes(_settings("softmax_regression", "mlp")) == 0
     out = capsys.readouterr().out
     assert "softmax_regression n=1024 p=784 K=10" in out and "mlp 128x4-10 n=1024" in out and "lstm" not in out
+
+
+def test_numpy_closed_forms_agree_with_the_torch_ones() -> None:
+    """The benchmark's hand-written NumPy closed forms (what ``numpy/np closed`` divides by) compute the loss and
+    the gradients of the torch closed forms, which the benchmark checks against eager autograd."""
+    import derive
+
+    cases = [c for c in bench_layers.CASES if c.np_closed is not None]
+    assert {c.name for c in cases} == {"logistic_regression", "softmax_regression", "mlp", "layer_norm",
+                                       "batch_norm"}
+    for case in cases:
+        m = derive.models.get(case.name, **case.options)
+        t = bench_layers._arrays(m, list(m.shapes(**case.small)), case.small, torch.float64)
+        want = case.closed(**t)
+        got = case.np_closed(**{k: v.numpy() for k, v in t.items()})
+        assert len(got) == len(want) == 1 + len(m.grad_names)
+        for g, w in zip(got, want):
+            np.testing.assert_allclose(np.asarray(g), torch.as_tensor(w).numpy(), rtol=1e-10, atol=1e-12)

@@ -319,15 +319,18 @@ def test_drawn_elementwise_expressions_agree_with_autograd(text: str) -> None:
     import verify
 
     m = _elementwise_model(text)
-    used = sorted(m.grad_names)
     for backend in BACKENDS:
         report = verify.check(m, backend=backend, examples=3, derandomize=True)
         assert report.examples == 3 and report.checks, (text, report)
-        # every gradient its own array (two equal gradients: a copy, not one array returned twice)
-        arrays = {v: np.linspace(-1.0, 1.0, 5) + k for k, v in enumerate(sorted(used))}
-        args = arrays if backend == "numpy" else {k: torch.tensor(v) for k, v in arrays.items()}
-        grads = numeric.compile(m, backend)(**args)["grad"]
-        assert len({id(g) for g in grads.values()}) == len(grads), (text, backend)
+        _assert_distinct_gradients(m, backend)
+
+
+def _assert_distinct_gradients(m: derive.Model, backend: str) -> None:
+    """Every gradient the kernel returns is its own array (two equal gradients: a copy, not one array twice)."""
+    a = _model_arrays(m, 0, n=5)
+    args: dict[str, Any] = a if backend == "numpy" else {k: torch.tensor(v) for k, v in a.items()}
+    grads = numeric.compile(m, backend)(**args)["grad"]
+    assert len({id(g) for g in grads.values()}) == len(grads), (m.name, backend)
 
 
 # found by drawing such expressions (the thorough profile), each a pass computed twice before: two equal
@@ -340,6 +343,7 @@ def test_drawn_expressions_compute_each_subexpression_once(text: str) -> None:
     for backend in BACKENDS:
         src = numeric.source(m, backend)
         assert _repeated_subexpressions(src) == {}, (backend, src)
+        _assert_distinct_gradients(m, backend)
 
 
 @pytest.mark.xfail(strict=True, reason="known gap: the NumPy kernel computes x y twice (the forward's softplus "
