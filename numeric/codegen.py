@@ -1042,6 +1042,10 @@ def _module(m: Model, backend: str, doc: Sequence[str], names: Sequence[str], bo
     (those of ``eqs``, and ``dims``) read off the array shapes (then the lines of ``footer``)."""
     words = set(re.findall(r"\w+", "\n".join(body)))  # one pass (a search per dimension was quadratic in depth)
     header = [f"    {d} = {c}" for d, c in _dim_sources(m, _dims_needed(eqs, m) | set(dims)).items() if d in words]
+    from .aliasing import owned_return
+
+    # never an argument, or a view of one, returned (nor one array as two results): a copy where one may be
+    ret = owned_return([a for a in names if a.isidentifier()], body, ret)
     lib = "numpy as np\nfrom numeric import ops_numpy as ops" if backend == "numpy" else \
         "torch\nfrom numeric import ops_torch as ops"
     return "\n".join([f'"""{doc[0]}', *doc[1:], '"""', "", f"import math\n\nimport {lib}", "", *_constants(m),

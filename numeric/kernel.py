@@ -494,7 +494,10 @@ def compile(m: Model, backend: str = "numpy", device: str | None = None, hessian
             ``TORCHINDUCTOR_CACHE_DIR``/``TRITON_CACHE_DIR`` win when set), not torch's default in the
             shared temporary folder.
 
-    Compiled kernels are cached per model, backend, device and Hessian request.
+    Compiled kernels are cached per model, backend, device and Hessian request. Every array a kernel returns is
+    its own, as autograd's are: never an argument or a view of one (``sum(x .* y)``'s gradient in ``x`` is a copy
+    of ``y``, see :mod:`numeric.aliasing`), never one array as two results, and the arguments are left as they
+    were.
     """
     if not isinstance(m, Model):
         raise TypeError(f"numeric.compile takes a model (derive.models.get(...)), not {type(m).__name__}")

@@ -170,6 +170,12 @@ def embed(x: Array, axis: int, index: int, size: int, like: Array) -> Array:
     return out
 
 
+def own(x: Array) -> Array:
+    """A copy of ``x``: what a kernel returns in place of a value that may share memory with one of its
+    arguments or with another value it returns (numeric.aliasing decides which)."""
+    return np.array(x, copy=True) if isinstance(x, np.ndarray) else x
+
+
 def eye(d: int, like: Array) -> Array:
     return np.eye(d, dtype=like.dtype)
 

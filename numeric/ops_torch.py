@@ -164,6 +164,12 @@ def embed(x: Any, axis: int, index: int, size: int, like: Tensor) -> Tensor:
     return out
 
 
+def own(x: Any) -> Any:
+    """A copy of ``x``: what a kernel returns in place of a value that may share memory with one of its
+    arguments or with another value it returns (numeric.aliasing decides which)."""
+    return x.clone() if isinstance(x, torch.Tensor) else x
+
+
 def eye(d: int, like: Tensor) -> Tensor:
     return torch.eye(d, dtype=like.dtype, device=like.device)
 

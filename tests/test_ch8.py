@@ -376,3 +376,20 @@ def test_a_gradient_that_is_identically_zero_is_an_array(backend: str) -> None:
     assert isinstance(g, np.ndarray if backend == "numpy" else torch.Tensor), type(g)
     assert tuple(g.shape) == () and float(g) == 0.0
     assert str(g.dtype).endswith("float64")
+
+
+def test_q_learning_examples_follow_the_reference_step_by_step() -> None:
+    """``verify.example`` of an update program other than the optimizers (what a mismatch's reproduce line
+    calls): step k + 1's state is the update of step k's arrays, and a step past the example's is refused."""
+    import verify
+
+    m = derive.models.get("q_learning", alpha=0.5, gamma=0.9)
+    f = numeric.compile(m, "numpy")
+    seed = 3  # (four steps: 1 + seed % 4)
+    for k in range(1, 4):
+        now, after = verify.example(m, seed, {}, step=k), verify.example(m, seed, {}, step=k + 1)
+        np.testing.assert_allclose(after["Q"], f(**now)["Q"], rtol=1e-12, atol=1e-12)
+        assert not np.array_equal(after["s"], now["s"])  # (each step draws its own inputs)
+    assert verify.example(m, seed, {}).keys() == verify.example(m, seed, {}, step=1).keys()
+    with pytest.raises(ValueError, match="1..4"):
+        verify.example(m, seed, {}, step=5)

@@ -989,6 +989,8 @@ def example(m: Model | str, seed: int, sizes: dict[str, int], mode: str = "norma
     ex = Example(sizes, seed, mode)
     if not m.is_update:
         return ex.arrays(m)
+    if m.name not in OPTIMIZERS:
+        return _program_example(m, ex, step)
     state, grads = _update_example(m, ex)
     if step is None:
         return {**state, "g": grads[0]}
@@ -999,6 +1001,29 @@ def example(m: Model | str, seed: int, sizes: dict[str, int], mode: str = "norma
     if traj:
         state = {k: (_np(traj[-1][k]) if k in traj[-1] else v) for k, v in state.items()}
     return {**state, "g": grads[step - 1]}
+
+
+def _program_example(m: Model, ex: Example, step: int | None) -> dict[str, np.ndarray]:
+    """An update program other than the optimizers (``q_learning``), as _check_update_program runs it: the state
+    before ``step`` (from 1; the drawn state at step 1), and that step's inputs."""
+    from .references_ch8 import UPDATES
+
+    steps = 1 + ex.seed % 4
+    step = 1 if step is None else step
+    if not 1 <= step <= steps:
+        raise ValueError(f"step must be in 1..{steps} for this example, got {step}")
+    if m.name not in UPDATES:
+        raise ValueError(f"no reference for update program {m.name!r}; known: {', '.join([*OPTIMIZERS, *UPDATES])}")
+    first = ex.arrays(m)
+    state = {k: torch.tensor(first[k]) for k in m.params}
+
+    def inputs(i: int) -> dict[str, np.ndarray]:
+        drawn = Example(ex.sizes, (ex.seed + i) % 2**32, ex.mode).arrays(m)
+        return {k: v for k, v in drawn.items() if k not in m.params}
+
+    for i in range(step - 1):
+        state = UPDATES[m.name](**state, **{k: torch.tensor(v) for k, v in inputs(i).items()}, **m.options)
+    return {**{k: _np(v) for k, v in state.items()}, **inputs(step - 1)}
 
 
 def _update_example(m: Model, ex: Example) -> tuple[dict[str, np.ndarray], list[np.ndarray]]:
