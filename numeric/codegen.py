@@ -1603,6 +1603,18 @@ def generate_scans(m: Model, backend: str) -> str:
                    [pr.scan.time for pr in progs if pr.scan is not None])
 
 
+def _factor_in(factor_of: dict[sp.Expr, sp.Expr], e: sp.Expr, k: sp.Expr, c: sp.Expr,
+               keys: dict[sp.Symbol, sp.Symbol]) -> sp.Expr | None:
+    """The shared product inside the product ``e`` (``k``: ``e`` over the arrays), as it was counted: ``e``
+    itself, or ``c e`` where ``e`` is a term of a sum scaled by ``c`` (:func:`numeric.torch_maps.term_scale`)."""
+    if not e.is_Mul:
+        return None
+    f = factor_of.get(k)
+    if f is None and c != 1:
+        f = factor_of.get((c * e).xreplace(keys))
+    return f
+
+
 #: the most products of the maps of one kernel among which :meth:`_Emitter._share_factors` looks for common factors
 _FACTOR_SEARCH_MAX = 400
 
@@ -1850,6 +1862,8 @@ class _Emitter:
     def _numpy_map(self, m: Map) -> str | None:
         """A map whose expression shares subexpressions with itself or other maps (over the same arrays):
         those computed once, into temporaries; the rest printed as written. None: nothing shared."""
+        from .torch_maps import term_scale
+
         keys = self._arg_keys(m)
         if not any(self.shared[x] > 1 or x in self.factor_of for x in sp.preorder_traversal(m.fn.xreplace(keys))
                    if not x.is_Atom):
@@ -1872,7 +1886,7 @@ class _Emitter:
             temps[s] = memo[k]
             return s
 
-        def hoisted(e: sp.Expr) -> sp.Expr:
+        def hoisted(e: sp.Expr, c: sp.Expr = sp.S.One) -> sp.Expr:
             if e.is_Atom:
                 return e
             k = e.xreplace(keys)
@@ -1880,7 +1894,7 @@ class _Emitter:
             if shared and k in memo:  # computed before (its factors with it)
                 return shared_symbol(k, e)
             e2 = None
-            factor = self.factor_of.get(k)
+            factor = _factor_in(self.factor_of, e, k, c, keys)
             if factor is not None:
                 # a shared product inside this longer one: that product once, times the other factors
                 f = factor.xreplace(local)
@@ -1890,7 +1904,7 @@ class _Emitter:
                     e2 = sp.Mul(shared_symbol(factor, f.func(*[hoisted(a) for a in f.args])),
                                 *[hoisted(a) for a, c in rest.items() for _ in range(c)])
             if e2 is None:
-                e2 = e.func(*[hoisted(a) for a in e.args]) if e.args else e
+                e2 = e.func(*[hoisted(a, term_scale(e, a, c)) for a in e.args]) if e.args else e
             return shared_symbol(k, e2) if shared else e2
 
         return scalar_code(hoisted(m.fn), {**names, **temps}, self.backend)
@@ -1955,9 +1969,12 @@ class _Emitter:
                     if a != b1 and a != b2 and a.is_Mul and set(a.args) == set(common):
                         best[b1].append(a)
                         best[b2].append(a)
+        def size(x: sp.Expr) -> tuple[int, int]:  # the most factors, then the most over arrays (x y before -sigma)
+            return len(x.args), sum(1 for f in x.args if f.free_symbols & arrays)
+
         for b, inside in best.items():
             if inside:
-                a = max(inside, key=lambda x: (len(x.args), sp.default_sort_key(x)))
+                a = max(inside, key=lambda x: (*size(x), sp.default_sort_key(x)))
                 self.factor_of[b] = a
                 self.shared[a] += self.shared[b]
 
@@ -1977,8 +1994,8 @@ class _Emitter:
         keys = self._arg_keys(m)
         local = {v: k for k, v in keys.items()}
 
-        def factor_of(e: sp.Expr) -> sp.Expr | None:
-            f = self.factor_of.get(e.xreplace(keys))
+        def factor_of(e: sp.Expr, c: sp.Expr) -> sp.Expr | None:
+            f = _factor_in(self.factor_of, e, e.xreplace(keys), c, keys)
             return f.xreplace(local) if f is not None else None
 
         return plan_map(fn, ops, lambda e, names: scalar_code(e, {**names, **{s: o.code for s, o in ops.items()}},

@@ -82,16 +82,16 @@ class _Planner:
         self.key = key if key is not None else (lambda e: e)
         self.memo: dict[sp.Expr, Operand] = memo if memo is not None else {}
 
-    def with_factors(self, fn: sp.Expr, factor_of: Callable[[sp.Expr], sp.Expr | None]) -> sp.Expr:
+    def with_factors(self, fn: sp.Expr, factor_of: Callable[[sp.Expr, sp.Expr], sp.Expr | None]) -> sp.Expr:
         """``fn`` with each product that has a shared product among its factors (``factor_of``) written as that
         product's temporary (planned now, once: a symbol of its own among the operands) times the other factors;
         :attr:`key` still sees the products as written, so that a longer product shared in turn stays shared."""
         back: dict[sp.Symbol, sp.Expr] = {}
 
-        def sub(e: sp.Expr) -> sp.Expr:
+        def sub(e: sp.Expr, c: sp.Expr = sp.S.One) -> sp.Expr:
             if e.is_Atom or (self.shared[self.key(e)] > 1 and self.key(e) in self.memo):
                 return e  # (a shared subexpression computed before, with its factors: read, not planned again)
-            f = factor_of(e) if e.is_Mul else None
+            f = factor_of(e, c) if e.is_Mul else None
             if f is not None and self.axes(f) == self.axes(e):
                 rest = Counter(e.args)
                 rest.subtract(f.args)
@@ -101,7 +101,7 @@ class _Planner:
                     self.args = frozenset(self.ops)
                     back[s] = f
                     return sp.Mul(s, *[sub(a) for a, c in rest.items() for _ in range(c)])
-            args = [sub(a) for a in e.args]
+            args = [sub(a, term_scale(e, a, c)) for a in e.args]
             return e.func(*args) if any(a is not b for a, b in zip(args, e.args)) else e
 
         out = sub(fn)
@@ -493,6 +493,18 @@ class _Planner:
         return self.fallback(e)
 
 
+def term_scale(e: sp.Expr, a: sp.Expr, c: sp.Expr) -> sp.Expr:
+    """The coefficient the sharing counted the argument ``a`` of ``e`` with, given ``e``'s own ``c``: the terms
+    of ``k (x y s + t)`` kept unevaluated (``-(x y s + t)``, as factor_terms leaves it) were counted over the
+    maps as xreplace rebuilds them, which distributes ``k`` (``-x y s - t``): a product term of that sum as ``k``
+    times it (times the coefficients of the sums around it); anything else as itself (1)."""
+    if e.is_Add:
+        return c
+    if e.is_Mul and len(e.args) == 2 and e.args[0].is_Number and a is e.args[1] and a.is_Add:
+        return c * e.args[0]
+    return sp.S.One
+
+
 def shared_subexpressions(fn: sp.Expr, args: frozenset[sp.Symbol]) -> Counter[sp.Expr]:
     """How often each subexpression of ``fn`` that involves ``args`` occurs. A negation counts only as a
     function's argument (``softplus(-u)`` and ``sigmoid(-u)``: ``-u`` is a pass of its own there), as the whole
@@ -515,7 +527,7 @@ def plan_map(fn: sp.Expr, ops: dict[sp.Symbol, Operand], printer: Callable[[sp.E
              constant: Callable[[sp.Expr], str], hoist: Callable[[str], str] | None = None,
              shared: Counter[sp.Expr] | None = None, key: Callable[[sp.Expr], sp.Expr] | None = None,
              memo: dict[sp.Expr, Operand] | None = None, defs: dict[sp.Symbol, sp.Expr] | None = None,
-             factor_of: Callable[[sp.Expr], sp.Expr | None] | None = None) -> Operand:
+             factor_of: Callable[[sp.Expr, sp.Expr], sp.Expr | None] | None = None) -> Operand:
     """The planned code of ``fn`` over the operands ``ops`` (keyed by their ``ARG`` symbols).
 
     ``printer(expr, names)`` prints what the planner does not plan (a function it has no in-place form

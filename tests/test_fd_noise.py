@@ -34,3 +34,27 @@ def test_a_slightly_wrong_gradient_is_still_caught(rel: float) -> None:
     wrong = {k: (v * (1 + rel) if k == "b_d" else v) for k, v in grads.items()}
     with pytest.raises(Mismatch, match="finite difference"):
         _finite_difference(m, f, arrays, wrong, _EXAMPLE)
+
+
+def _cancelling() -> tuple[derive.Model, object, dict[str, np.ndarray], dict[str, np.ndarray], Example]:
+    """sum(A x - tanh(A x)) at small values (found by the thorough profile of test_parse): u - tanh(u) at
+    u ~ 1e-5 is u^3/3 ~ 1e-17, and tanh(u), rounded as u + c, keeps its rounding error while u moves by whole
+    ulps, so the probes at 1e-4 h saw no noise where the step h sees 1e-22 (10x the derivative times h)."""
+    m = derive.parse("sum(A*x - tanh(A*x))", x="vector(n)", A="matrix(n,n)")
+    ex = Example({"n": 4}, 904, "small")
+    arrays = ex.arrays(m)
+    f = numeric.compile(m, "numpy")
+    return m, f, arrays, f(**arrays)["grad"], ex
+
+
+def test_a_right_gradient_passes_where_the_rounding_noise_is_still_at_small_steps() -> None:
+    m, f, arrays, grads, ex = _cancelling()
+    assert _finite_difference(m, f, arrays, grads, ex) < 1e-5
+
+
+def test_a_gradient_far_above_that_noise_is_still_caught() -> None:
+    """The derivative (2e-14) is below the noise of the difference (2e-13), so only an error past that noise can
+    show; a gradient 100 times too large does (the exact comparison with torch catches the smaller ones)."""
+    m, f, arrays, grads, ex = _cancelling()
+    with pytest.raises(Mismatch, match="finite difference"):
+        _finite_difference(m, f, arrays, {k: 100 * v for k, v in grads.items()}, ex)

@@ -293,7 +293,7 @@ def _finite_difference(m: Model, f: Callable[..., dict[str, Any]], arrays: dict[
         return (lp - lm) / (2 * step), lp, lm
 
     fd1, lp, lm = central(h)
-    fd2, _, _ = central(h / 2)
+    fd2, lp2, lm2 = central(h / 2)
     # Richardson extrapolation cancels the h^2 truncation term; |fd1 - fd2| estimates what is left of it
     # (it matters where the directional derivative is tiny next to the curvature, e.g. a confident
     # softmax), and rounding contributes ~ eps |L| / h
@@ -314,8 +314,20 @@ def _finite_difference(m: Model, f: Callable[..., dict[str, Any]], arrays: dict[
     tiny = 1e-4 * h
     jiggle = max(abs(f(**{**arrays, **{k: arrays[k] + st * d[k] for k in d}})["loss"] - l0 - st * an)
                  for st in (sg * j * tiny for j in (1, 2, 3, 4) for sg in (1.0, -1.0)))
+    # ... and at the step's own scale: a rounding error that steps of 1e-4 h leave as it is (tanh(u) rounded as
+    # u + c, in u - tanh(u) at u ~ 1e-5, keeps its error while u moves by whole ulps; c moves it only over h)
+    # shows as the scatter of the loss about a quartic through nine points across [-h, h] (a smooth loss
+    # departs from one by ~h^5, far below rounding); the difference's error is at most ~4.5 times that scatter
+    # over h (its weights sum to 3/h, a fit's residual is about 2/3 of the errors)
+    at = {j: f(**{**arrays, **{k: arrays[k] + j * h / 4 * d[k] for k in d}})["loss"] for j in (-3, -1, 1, 3)}
+    steps = np.arange(-4, 5) / 4
+    values = np.array([lm, at[-3], lm2, at[-1], l0, at[1], lp2, at[3], lp], dtype=float)
+    scatter = 0.0
+    if np.all(np.isfinite(values)):
+        fit = np.polynomial.polynomial.Polynomial.fit(steps, values, 4)
+        scatter = float(np.max(np.abs(fit(steps) - values)))
     tol = (rel * (abs(an) + abs(fd)) + abs(fd1 - fd2) + 1e-10 * (abs(lp) + abs(lm)) / scale
-           + 2e3 * 2.2e-16 * (abs(lp) + abs(lm)) / h + 3 * jiggle / h)
+           + 2e3 * 2.2e-16 * (abs(lp) + abs(lm)) / h + 3 * jiggle / h + 6 * scatter / h)
     if abs(fd - an) > tol and kinks:
         # A model with kinks (ReLU, max pooling) may sit on one: ReLU(0) ties in a pooling window are not
         # rare. There the one-sided differences disagree and no finite difference measures a derivative;
