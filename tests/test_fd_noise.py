@@ -58,3 +58,17 @@ def test_a_gradient_far_above_that_noise_is_still_caught() -> None:
     m, f, arrays, grads, ex = _cancelling()
     with pytest.raises(Mismatch, match="finite difference"):
         _finite_difference(m, f, arrays, {k: 100 * v for k, v in grads.items()}, ex)
+
+
+def test_a_right_gradient_passes_where_the_loss_does_not_resolve_the_step() -> None:
+    """sum(A x - sin(A x)) at small values (found by the thorough profile of test_parse): u - sin(u) at u ~ 1e-6
+    is u^3/6 ~ 1e-19, rounded at u's ulp (1e-22), and moves by 1e-23 over the step, so every difference was 0
+    against a tolerance of 1e-17; the step grows until the loss takes distinct values across it."""
+    m = derive.parse("sum(A*x - sin(A*x))", x="vector(n)", A="matrix(n,n)")
+    ex = Example({"n": 4}, 904, "small")
+    arrays = ex.arrays(m)
+    f = numeric.compile(m, "numpy")
+    grads = f(**arrays)["grad"]
+    assert _finite_difference(m, f, arrays, grads, ex) < 1e-5
+    with pytest.raises(Mismatch, match="finite difference"):
+        _finite_difference(m, f, arrays, {k: 2 * v for k, v in grads.items()}, ex)

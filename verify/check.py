@@ -283,22 +283,28 @@ def _finite_difference(m: Model, f: Callable[..., dict[str, Any]], arrays: dict[
             d[k] = (d[k] + np.swapaxes(d[k], -1, -2)) / 2
     mags = [float(np.max(np.abs(arrays[k]))) for k in m.grad_names if arrays[k].size]  # what is moved
     scale = max(1e-6, max(mags, default=1.0))
-    # the step is relative to the data: truncation stays ~1e-12 relative, and a kink is crossed only
-    # with probability ~1e-6
-    h = 1e-6 * scale
+    an = sum(float(np.sum(_np(grads[k]) * d[k])) for k in d)
+    l0 = f(**arrays)["loss"]
 
-    def central(step: float) -> tuple[float, float, float]:
-        lp = f(**{**arrays, **{k: arrays[k] + step * d[k] for k in d}})["loss"]
-        lm = f(**{**arrays, **{k: arrays[k] - step * d[k] for k in d}})["loss"]
-        return (lp - lm) / (2 * step), lp, lm
+    def loss_at(step: float) -> float:
+        return float(f(**{**arrays, **{k: arrays[k] + step * d[k] for k in d}})["loss"])
 
-    fd1, lp, lm = central(h)
-    fd2, lp2, lm2 = central(h / 2)
+    # the step is relative to the data: truncation stays ~1e-12 relative, and a kink is crossed only with
+    # probability ~1e-6. Where the loss does not resolve it (fewer than five distinct values at the nine points
+    # across [-h, h]: u - sin(u) at u ~ 1e-6 is 1e-18, rounded at u's ulp, 1e-22, and moves by 1e-23 over h), no
+    # difference measures anything there: the step grows 100x, twice at most (Richardson's extrapolation keeps
+    # the truncation at h^4 and |fd1 - fd2| bounds what is left)
+    for grow in (1.0, 1e2, 1e4):
+        h = 1e-6 * scale * grow
+        values = np.array([loss_at(j * h / 4) if j else l0 for j in range(-4, 5)], dtype=float)
+        if len(set(values.tolist())) >= 5:
+            break
+    lm, lm2, lp2, lp = values[0], values[2], values[6], values[8]
     # Richardson extrapolation cancels the h^2 truncation term; |fd1 - fd2| estimates what is left of it
     # (it matters where the directional derivative is tiny next to the curvature, e.g. a confident
     # softmax), and rounding contributes ~ eps |L| / h
+    fd1, fd2 = (lp - lm) / (2 * h), (lp2 - lm2) / h
     fd = (4 * fd2 - fd1) / 3
-    an = sum(float(np.sum(_np(grads[k]) * d[k])) for k in d)
     # Models with kinks (ReLU, max pooling) are only piecewise smooth: a near-tie in a pooling window can
     # switch within the step, so their finite differences get 1e-4 relative (the exact comparison with
     # torch, under the same subgradient conventions, stays at 1e-10).
@@ -310,20 +316,16 @@ def _finite_difference(m: Model, f: Callable[..., dict[str, Any]], arrays: dict[
     # eight such steps: rounding errors are spread out, and two samples can both land near 0 (a VAE's
     # e^l - 1 - l at l ~ 1e-4 measured 10x below its noise that way); the extrapolated difference carries
     # about three times one evaluation's error over h
-    l0 = f(**arrays)["loss"]
     tiny = 1e-4 * h
-    jiggle = max(abs(f(**{**arrays, **{k: arrays[k] + st * d[k] for k in d}})["loss"] - l0 - st * an)
-                 for st in (sg * j * tiny for j in (1, 2, 3, 4) for sg in (1.0, -1.0)))
+    jiggle = max(abs(loss_at(st) - l0 - st * an) for st in (sg * j * tiny for j in (1, 2, 3, 4) for sg in (1.0, -1.0)))
     # ... and at the step's own scale: a rounding error that steps of 1e-4 h leave as it is (tanh(u) rounded as
     # u + c, in u - tanh(u) at u ~ 1e-5, keeps its error while u moves by whole ulps; c moves it only over h)
-    # shows as the scatter of the loss about a quartic through nine points across [-h, h] (a smooth loss
-    # departs from one by ~h^5, far below rounding); the difference's error is at most ~4.5 times that scatter
-    # over h (its weights sum to 3/h, a fit's residual is about 2/3 of the errors)
-    at = {j: f(**{**arrays, **{k: arrays[k] + j * h / 4 * d[k] for k in d}})["loss"] for j in (-3, -1, 1, 3)}
-    steps = np.arange(-4, 5) / 4
-    values = np.array([lm, at[-3], lm2, at[-1], l0, at[1], lp2, at[3], lp], dtype=float)
+    # shows as the scatter of the loss about a quartic through the nine points (a smooth loss departs from one
+    # by ~h^5, far below rounding); the difference's error is at most ~4.5 times that scatter over h (its
+    # weights sum to 3/h, a fit's residual is about 2/3 of the errors)
     scatter = 0.0
     if np.all(np.isfinite(values)):
+        steps = np.arange(-4, 5) / 4
         fit = np.polynomial.polynomial.Polynomial.fit(steps, values, 4)
         scatter = float(np.max(np.abs(fit(steps) - values)))
     tol = (rel * (abs(an) + abs(fd)) + abs(fd1 - fd2) + 1e-10 * (abs(lp) + abs(lm)) / scale
