@@ -44,6 +44,11 @@ def _arg(printer: Any, e: sp.Expr) -> str:
     return str(printer._print(e))
 
 
+def _real_number(x: sp.Expr) -> bool:
+    """Whether ``x`` is a real number (an infinity included), which a function of it evaluates to."""
+    return bool(x.is_number and x.is_comparable or x in (sp.oo, -sp.oo))
+
+
 def _power(tex: str, exp: Any) -> str:
     """``f(x)^{k}``: SymPy's printer passes the exponent of a power of a function."""
     return tex if exp is None else rf"\left({tex}\right)^{{{exp}}}"
@@ -62,6 +67,8 @@ class sigmoid(sp.Function):
     def eval(cls, x: sp.Expr) -> sp.Expr | None:
         if x.is_zero:
             return sp.Rational(1, 2)
+        if _real_number(x):  # as SymPy's exp(2) is a number: generated code never calls a torch function on one
+            return 1 / (1 + sp.exp(-x)) if x.is_extended_nonnegative else sp.exp(x) / (1 + sp.exp(x))
         return None
 
     def _eval_rewrite_as_exp(self, x: sp.Expr, **kwargs: Any) -> sp.Expr:
@@ -87,6 +94,12 @@ class softplus(sp.Function):
 
     def fdiff(self, argindex: int = 1) -> sp.Expr:
         return sigmoid(self.args[0])
+
+    @classmethod
+    def eval(cls, x: sp.Expr) -> sp.Expr | None:
+        if _real_number(x):  # log(2) at 0; max(x, 0) + log(1 + e^{-|x|}) stays finite at any x
+            return sp.Max(x, 0) + sp.log(1 + sp.exp(-abs(x)))
+        return None
 
     def _eval_rewrite_as_exp(self, x: sp.Expr, **kwargs: Any) -> sp.Expr:
         return sp.log(1 + sp.exp(x))
@@ -142,6 +155,10 @@ class relu(sp.Function):
     def fdiff(self, argindex: int = 1) -> sp.Expr:
         return step(self.args[0])
 
+    @classmethod
+    def eval(cls, x: sp.Expr) -> sp.Expr | None:
+        return sp.Max(x, 0) if _real_number(x) else None
+
     def _latex(self, printer: Any, exp: Any = None) -> str:
         return _power(self._latex_body(printer), exp)
 
@@ -160,6 +177,12 @@ class leaky_step(sp.Function):
     derivative is 0 in x and 1{x <= 0} in the slope (a learned slope's second derivatives)."""
 
     nargs = 2
+
+    @classmethod
+    def eval(cls, x: sp.Expr, s: sp.Expr) -> sp.Expr | None:
+        if _real_number(x) and s.is_number:
+            return sp.S.One if x > 0 else s
+        return None
 
     def fdiff(self, argindex: int = 1) -> sp.Expr:
         if argindex == 1:
@@ -190,6 +213,12 @@ class leaky_relu(sp.Function):
     so an infinite x > 0 gives 0, as ``torch.prelu``'s gradient does)."""
 
     nargs = 2
+
+    @classmethod
+    def eval(cls, x: sp.Expr, s: sp.Expr) -> sp.Expr | None:
+        if _real_number(x) and s.is_number:
+            return x if x > 0 else s * x
+        return None
 
     def fdiff(self, argindex: int = 1) -> sp.Expr:
         if argindex == 1:
@@ -256,6 +285,12 @@ class between(CallBase):
 
     nargs = 3
     numpy_name = torch_name = "ops.between"
+
+    @classmethod
+    def eval(cls, x: sp.Expr, lo: sp.Expr, hi: sp.Expr) -> sp.Expr | None:
+        if all(_real_number(a) for a in (x, lo, hi)):
+            return sp.S.One if lo <= x <= hi else sp.S.Zero
+        return None
 
     def fdiff(self, argindex: int = 1) -> sp.Expr:
         return sp.S.Zero
@@ -435,6 +470,10 @@ class ActivationBase(sp.Function):
 
     def fdiff(self, argindex: int = 1) -> sp.Expr:
         return named_activation(self.activation_name, self.slope, self.order + 1)(self.args[0])
+
+    @classmethod
+    def eval(cls, x: sp.Expr) -> sp.Expr | None:
+        return cls.impl(x) if cls.impl is not None and x.is_number else None  # type: ignore[no-any-return]
 
     activation_name: str = ""
     slope: Any = None

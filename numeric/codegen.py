@@ -248,15 +248,54 @@ class _TorchScalar(TorchPrinter):
         return str(super()._print(expr, **kwargs))
 
 
+@functools.lru_cache(maxsize=4096)
+def _float_number(e: sp.Expr) -> sp.Expr | None:
+    """The value of the number ``e`` as floating point computes it where its formula does not give that:
+    NaN where it is not real (``log(-1)``, ``sqrt(-2)``: what torch and NumPy return), an infinity where it
+    exceeds the largest double, the double nearest its value where a part of it does (``1/(1 + e^{800})`` would
+    raise OverflowError in ``math.exp``); None where the formula prints as it is (``math.sqrt(2)``)."""
+    if e.is_Rational or e in (sp.oo, -sp.oo, sp.nan) or isinstance(e, sp.NumberSymbol | sp.Float):
+        return None
+    v = sp.N(e, 30)
+    if v.has(sp.nan, sp.zoo) or not v.is_number:
+        return sp.nan
+    re_v, im_v = v.as_real_imag()
+    if im_v != 0 or not re_v.is_comparable:
+        return sp.nan
+    x = float(re_v)
+    if math.isinf(x):
+        return sp.oo if x > 0 else -sp.oo
+    for part in sp.preorder_traversal(e):
+        if isinstance(part, sp.Expr) and part.is_number and not part.is_Rational and part is not e:
+            w = sp.N(part, 30)
+            pr, pi = w.as_real_imag()
+            if pi != 0 or not pr.is_comparable or math.isinf(float(pr)):
+                return sp.Float(x, 17)
+    return None
+
+
+def real_numbers(e: Any) -> Any:
+    """``e`` with each part that is a number written as floating point can compute it (:func:`_float_number`):
+    generated code never holds a complex number, nor a ``math`` call that overflows."""
+    if not isinstance(e, sp.Expr) or e.is_Atom and e is not sp.I and e is not sp.zoo:
+        return e
+    if e.is_number:
+        v = _float_number(e)
+        return e if v is None else v
+    if not any(a.is_number and not a.is_Rational for a in e.atoms(sp.Function, sp.Pow, sp.Mul, sp.Add)):
+        return e
+    return e.func(*(real_numbers(a) for a in e.args))
+
+
 def scalar_code(expr: sp.Expr, names: dict[sp.Symbol, str], backend: str) -> str:
     printer: Any = _NumpyScalar(names) if backend == "numpy" else _TorchScalar(names)
-    return str(printer.doprint(expr))
+    return str(printer.doprint(real_numbers(expr)))
 
 
 def dim_code(expr: Any) -> str:
     """Python code of a dimension expression (dimension symbols are local variables). Output sizes such as
     floor((H + 2P - D(k - 1) - 1) / S) + 1 use integer division: floats would round 0.999... down."""
-    e = as_expr(expr)
+    e = real_numbers(as_expr(expr))
     if e.is_Integer:
         return str(int(e))
     floors = list(e.atoms(sp.floor))
@@ -307,7 +346,7 @@ class Lowering:
 
     # -- primitives that need the context ---------------------------------------------------------
     def const(self, c: Const) -> str:
-        v = scalar_code(c.value, {}, "numpy")
+        v = scalar_code(c.value, {}, self.backend)
         if not c.shape:
             return v
         return f"ops.full({self.shape_code(c)}, {v}, {self.ref})"

@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 import derive
 import numeric
 import verify
+from derive.functions import leaky_relu, relu, sigmoid, softplus
 from derive.parse import ExpressionShapeError, ParseError
 from verify.cli import main
 
@@ -348,3 +349,30 @@ def test_drawn_expressions_verify(loss: str, a: str, b: str) -> None:
     m = derive.parse(text, x="vector(n)", y="vector(n)", A="matrix(n,n)", c="scalar")
     rep = verify.check(m, examples=3, derandomize=True)
     assert rep.examples == 3, text
+
+
+@pytest.mark.parametrize("text", [
+    "sigmoid(softplus(x - x))' * softplus(x - x)",  # found by the thorough profile: ops.softplus(0) in the kernel
+    "vector(1)' * exp(tanh(softplus(x - x)))",
+    "sum(tanh(x - x + 1) .* x)",  # np.tanh(1) in a torch kernel
+    "sum(erf(x - x + 1) .* x) + sum(relu(y - y - 1) .* y)",
+    "sum(sigmoid(y - y - 800) .* x) + sum(softplus(y - y + 800) .* x)",  # exp(800) overflows math.exp
+    "sum(x ./ (1 + exp(y - y + 800)))",
+    "sum(exp(x - x + 800))",
+])
+def test_constant_subexpressions_compile_and_verify(text: str) -> None:
+    """A part of an expression that is a number (x - x = 0 makes softplus(x - x) one) is a number in the
+    kernels, computed as floating point would (no torch call on a Python number, no OverflowError)."""
+    m = derive.parse(text, x="vector(n)", y="vector(n)")
+    with np.errstate(all="ignore"):
+        assert verify.check(m, examples=3, derandomize=True).examples == 3
+
+
+def test_functions_of_numbers_are_their_values() -> None:
+    for c in (-800, -3, 0, sp.Rational(1, 2), 5, 800):
+        t = torch.tensor(float(c), dtype=torch.float64)
+        assert float(sigmoid(c)) == pytest.approx(float(torch.sigmoid(t)), rel=1e-15, abs=0)
+        assert float(softplus(c)) == pytest.approx(float(torch.logaddexp(t, torch.zeros(()))), rel=1e-15)
+        assert float(relu(c)) == float(torch.relu(t))
+        assert float(leaky_relu(c, sp.Rational(1, 10))) == pytest.approx(float(F.leaky_relu(t, 0.1)), rel=1e-15)
+    assert (sigmoid(sp.oo), sigmoid(-sp.oo), softplus(sp.oo), softplus(-sp.oo)) == (1, 0, sp.oo, 0)
