@@ -227,6 +227,9 @@ _CASES: dict[str, tuple[Callable[[], Any], Callable[[], tuple[Any, ...]], Callab
     "squeeze_slice": (lambda: lambda x: (x.unsqueeze(1).squeeze(1)[:, 1:3] * x[:, :2]).sum() + x[1:].sum(),
                       lambda: (_r(3, 4),), lambda: (_r(5, 4),)),
     "where": (lambda: lambda x: torch.where(x > 0, x * x, -x).sum(), lambda: (_r(3, 4),), lambda: (_r(6, 4),)),
+    "constants_like": (lambda: lambda x: (torch.ones_like(x) * x.sigmoid() + torch.zeros_like(x) + x.new_ones(x.shape)
+                                          + torch.full_like(x, 2.5) * x).pow(2).sum(),
+                       lambda: (_r(3, 4),), lambda: (_r(6, 4),)),
     "mm_addmm_matmul": (lambda: lambda a, b, c: torch.mm(a, b).sum() + torch.addmm(c, a, b).tanh().sum()
                         + torch.matmul(a, b).exp().sum(),
                         lambda: (_r(3, 4), _r(4, 2), _r(3, 2)), lambda: (_r(5, 4), _r(4, 2), _r(5, 2))),

@@ -805,9 +805,19 @@ def _full(shape: Sequence[Any], value: Any, **kw: Any) -> Node:
     return Const(_number(value), tuple(as_expr(d) for d in shape))
 
 
-@rule("full_like", "zeros_like", "ones_like")
-def _full_like(x: Node, value: Any = None, **kw: Any) -> Node:
+@rule("full_like")
+def _full_like(x: Node, value: Any, **kw: Any) -> Node:
     return Const(_number(value), x.shape)
+
+
+@rule("zeros_like")
+def _zeros_like(x: Node, **kw: Any) -> Node:
+    return Const(sp.S.Zero, x.shape)
+
+
+@rule("ones_like")
+def _ones_like(x: Node, **kw: Any) -> Node:
+    return Const(sp.S.One, x.shape)
 
 
 @rule("scalar_tensor")
