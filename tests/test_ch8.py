@@ -46,7 +46,9 @@ def _tanh_mlp(x: T, W1: T, b1: T, W2: T, b2: T) -> T:
 def ref_gcn(*, W: T, A_hat: T, H: T, G: T, activation: str) -> T:
     """§8.5: H^{[l+1]} = S(A_hat H^{[l]} W^{[l]}); the layer probed with G: C = sum(G * H^{[l+1]})."""
     S = {"relu": torch.relu, "tanh": torch.tanh, "sigmoid": torch.sigmoid, "identity": lambda z: z,
-         "softplus": lambda z: torch.log1p(torch.exp(-z.abs())) + z.clamp(min=0),
+         # log(1 + e^z), stable, with the derivative sigma(0) = 1/2 at 0 (log1p(e^{-|z|}) + max(z, 0) has 1 there:
+         # autograd takes |z|' = 0 and clamp's gradient passes at its bound)
+         "softplus": lambda z: torch.logaddexp(z, torch.zeros_like(z)),
          "leaky_relu": lambda z: torch.where(z > 0, z, 0.01 * z)}[activation]
     return (G * S(A_hat @ (H @ W))).sum()
 
