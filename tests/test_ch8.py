@@ -189,6 +189,24 @@ def test_gcn(activation: str, data: st.DataObject) -> None:
     _against_reference("gcn", {"activation": activation}, data, ("normal", "small", "kinks"))
 
 
+def test_kink_values_make_zeros_exact_in_every_order_of_summation() -> None:
+    """The kinks mode's values (zeros and multiples of 1/8) multiply and add exactly: gcn's Z = A_hat H W is the
+    same in both associations and in NumPy's and PyTorch's products, so an exact zero of Z (ReLU's kink) is one
+    for the kernels and the reference alike (at one decimal, torch.linalg.multi_dot's A_hat (H W) gave 2e-16
+    where the kernels' (A_hat H) W gave 0, and verify.check called the right ReLU gradient wrong)."""
+    m = derive.models.get("gcn", activation="relu")
+    zeros = 0
+    for seed in range(300):
+        a = make_arrays(m, {"N": 2 + seed % 5, "p": 1 + seed % 7, "q": 1 + seed % 4}, seed, "kinks")
+        A, H, W = (a[k] for k in ("A_hat", "H", "W"))
+        left, right = (A @ H) @ W, A @ (H @ W)
+        np.testing.assert_array_equal(left, right)
+        np.testing.assert_array_equal(left, torch.linalg.multi_dot([torch.tensor(A), torch.tensor(H),
+                                                                    torch.tensor(W)]).numpy())
+        zeros += int(np.sum((left == 0) & (np.abs(A) @ np.abs(H) @ np.abs(W) > 0)))
+    assert zeros > 0  # zeros by cancellation, not only by zero rows: the case that rounding decided
+
+
 @pytest.mark.parametrize("huber", [False, True])
 @drawn
 @given(gamma=st.sampled_from([0.0, 0.5, 0.99]), data=st.data())

@@ -14,8 +14,11 @@ selects the values (:data:`MODES`):
     input set to +-1000, beyond the range of ``exp`` (e^709.8 overflows), so that an elementwise
     ``log(1 + exp(z))`` overflows in every example, not only when a draw happens to exceed 709;
 ``kinks``
-    exact zeros (30% of the entries) and ties (the rest rounded to one decimal), where activations are
-    non-smooth (ReLU at 0, max pooling between equal entries).
+    exact zeros (30% of the entries) and ties (the rest rounded to multiples of 1/8), where activations are
+    non-smooth (ReLU at 0, max pooling between equal entries). Multiples of 1/8 are exact in binary, and so are
+    the sums and products of a few of them: a pre-activation that is 0 in exact arithmetic is exactly 0,
+    whatever order a kernel or a BLAS sums in. At one decimal (``0.1 + 0.2 - 0.3`` is 5.6e-17 in floating
+    point), gcn's ``A (H W)`` and ``(A H) W`` gave 2e-16 and 0 at such a zero, and ReLU's derivative 1 and 0.
 
 Integer ``labels`` are drawn below the size of the axis they index, ``spd`` matrices as ``A A^T / k + I``,
 ``simplex`` rows as Dirichlet draws or one-hot rows, ``one_hot`` rows always one-hot.
@@ -134,5 +137,5 @@ def _draw(rng: np.random.Generator, domain: str, shape: tuple[int, ...], mode: s
             k = int(np.argmax(np.abs(v)))
             v.flat[k] = 1000.0 if v.flat[k] >= 0 else -1000.0
     elif mode == "kinks":
-        v = np.where(rng.uniform(size=shape) < 0.3, 0.0, np.round(v, 1))
+        v = np.where(rng.uniform(size=shape) < 0.3, 0.0, np.round(v * 8) / 8)
     return v
