@@ -893,9 +893,9 @@ def _one_sided(m: Model, ref: Reference, arrays: dict[str, np.ndarray], device: 
         got, want = _np(_got_grad(f)), grads[k]
         scale = max(1.0, float(np.max(np.abs(want))) if want.size else 1.0)
         # a decision at a kink or tie moves a gradient entry by O(1); moving the inputs by 1e-9 moves the
-        # smooth entries by ~1e-9: 1e-6 tells the two apart. The reference's rounding noise adds as it is (an
-        # absolute amount: where ties of nonzero entries flip under its moves of an ulp, it is O(1) itself,
-        # and as a scale times 1e-6 it hid every jump: max pooling's ties to the last at 1/8-multiples failed)
+        # smooth entries by ~1e-9: 1e-6 tells the two apart. The reference's rounding noise adds as it is, an
+        # absolute amount (taken as a scale, 1e4 times it was the threshold: where the noise was O(1), that hid
+        # every jump, and max pooling's ties routed to the last maximum were refused)
         loose = 1e-6 * (np.abs(want) + scale) + noise.get(k, 0.0)
         explained = False
         for c in cands:
