@@ -375,6 +375,38 @@ def test_random_dropout_refused_with_the_fix() -> None:
     assert "\n" not in str(e.value) and "eval" in str(e.value)
 
 
+class _InPlaceReLU(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.lin(x)
+        h.relu_()
+        h.mul_(2.0)  # overwrites relu's output, which autograd saved: torch itself cannot differentiate this
+        return h.sum()
+
+
+def test_code_autograd_cannot_differentiate_is_named_with_the_fix() -> None:
+    """torch.export captures the functional form, so dlmath derives it; verify's reference is autograd on the
+    user's own code, which raises: verify says so in one line, with the fix and the example, not torch's
+    traceback (and the CLI exits 2)."""
+    m = derive.from_torch(_InPlaceReLU().double(), _r(5, 4))
+    with pytest.raises(verify.ReferenceFailed) as e:
+        verify.check(m, examples=2)
+    text = str(e.value)
+    assert "\n" not in text and "in-place" in text and "h = h.relu()" in text and "seed 0" in text
+
+
+def test_a_reference_that_raises_is_named_with_the_example() -> None:
+    def ref(*, Z: torch.Tensor, G: torch.Tensor) -> torch.Tensor:
+        return (G * torch.tanh(Z @ torch.ones(3, 3, dtype=Z.dtype))).sum()  # only for Z with 3 columns
+
+    m = derive.models.get("tanh")
+    with pytest.raises(verify.ReferenceFailed, match=r"the reference raised RuntimeError.*sizes .*seed"):
+        verify.check(m, reference=ref, examples=20, values=("normal",))
+
+
 # ---------------------------------------------------------------------------------------------------
 # nn.TransformerEncoderLayer: captured, derived, verified
 # ---------------------------------------------------------------------------------------------------

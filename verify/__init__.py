@@ -18,18 +18,27 @@ from dlmath import _packages
 _packages.require()  # one line with the fix if another distribution owns derive, numeric or verify
 
 if TYPE_CHECKING:
-    from .check import Mismatch, Report, check, compare, example, reproduce, resolve_reference
+    from .check import (
+        Mismatch,
+        ReferenceFailed,
+        Report,
+        check,
+        compare,
+        example,
+        reproduce,
+        resolve_reference,
+    )
     from .evaluate import eager_reference
     from .references import REFERENCES, reference
 
 #: exported name -> the submodule that defines it
 _EXPORTS = {
-    "check": "check", "Mismatch": "check", "Report": "check", "compare": "check", "example": "check",
+    "check": "check", "Mismatch": "check", "ReferenceFailed": "check", "Report": "check", "compare": "check", "example": "check",
     "reproduce": "check", "resolve_reference": "check", "eager_reference": "evaluate",
     "reference": "references", "REFERENCES": "references",
 }
 
-__all__ = ["check", "Mismatch", "Report", "compare", "example", "reproduce", "resolve_reference", "eager_reference",
+__all__ = ["check", "Mismatch", "ReferenceFailed", "Report", "compare", "example", "reproduce", "resolve_reference", "eager_reference",
            "reference", "REFERENCES"]
 assert set(__all__) == set(_EXPORTS)
 

@@ -42,12 +42,12 @@ from derive.program import Model
 from derive.tensor import LABELS, SPD, has_kinks
 
 from .adapters import Adapter, as_callable, upstream_inputs
-from .evaluate import eager_reference
+from .evaluate import UnsupportedReference, eager_reference
 from .references import OPTIMIZERS, REFERENCES, optimizer_reference, optimizer_trajectory
 from .strategies import MODES, Example, examples
 from .strategies import modes as strategy_modes
 
-__all__ = ["check", "Mismatch", "Report", "compare", "resolve_reference", "reproduce", "example", "Failure",
+__all__ = ["check", "Mismatch", "ReferenceFailed", "Report", "compare", "resolve_reference", "reproduce", "example", "Failure",
            "default_seed", "DTYPE_RTOL", "tolerance"]
 
 Reference = Callable[..., Any]
@@ -55,6 +55,22 @@ Reference = Callable[..., Any]
 RTOL = 1e-10
 #: rounding noise of the last reference evaluation, per quantity (see ``_reference``)
 NOISE: dict[str, float] = {}
+
+
+class ReferenceFailed(ValueError):
+    """The reference could not be run or differentiated by PyTorch on an example: the message names the example
+    and the reference's own error (an in-place operation on a value autograd saved, a shape it did not expect)."""
+
+
+def _reference_failed(m: Model, e: Exception) -> ReferenceFailed:
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    first = first.split(" Hint: ")[0]  # (torch's hint is for its own debugger)
+    hint = ""
+    if "modified by an inplace operation" in first:
+        hint = (" (an in-place operation, such as h.relu_() or h.mul_(2), overwrote a value autograd saved for the "
+                "backward: write h = h.relu(); dlmath derives the same math either way, but torch.autograd, which "
+                "verify compares with, cannot differentiate the in-place form)")
+    return ReferenceFailed(f"{m.name}: the reference raised {type(e).__name__} under torch.autograd: {first}{hint}")
 
 
 class Mismatch(AssertionError):
@@ -221,8 +237,13 @@ def _reference(m: Model, ref: Reference, arrays: dict[str, np.ndarray], device: 
     opts = {k: v for k, v in m.options.items()}
     t = {k: torch.tensor(v, dtype=torch.float64, device=device).to(dtype) for k, v in arrays.items()}
     leaves = {k: t[k].clone().requires_grad_(True) for k in m.grad_names}
-    loss = ref(**{**t, **leaves}, **opts)
-    grads = _autograd(loss, list(leaves.values()))
+    try:
+        loss = ref(**{**t, **leaves}, **opts)
+        grads = _autograd(loss, list(leaves.values()))
+    except (Mismatch, ReferenceFailed, UnsupportedReference):
+        raise
+    except Exception as e:  # the user's code (a captured module, a reference=) failed: named, not torch's traceback
+        raise _reference_failed(m, e) from e
     g = {k: (_np(v) if v is not None else np.zeros(arrays[k].shape)) for k, v in zip(leaves, grads)}
     if not noise:
         return float(loss.detach()), g, {}, {}
@@ -504,7 +525,10 @@ def check(
 
     def one(ex: Example) -> None:
         arrays = ex.arrays(model)
-        loss, grads, hess, newton = _reference(model, ref, arrays, device, hessian=True)
+        try:
+            loss, grads, hess, newton = _reference(model, ref, arrays, device, hessian=True)
+        except ReferenceFailed as e:
+            raise ReferenceFailed(f"{e}; {ex.describe()}") from None
         base_noise = dict(NOISE)
         outs = {"numpy kernel": f_np(**arrays),
                 "torch kernel": f_t(**{k: torch.tensor(v, device=device) for k, v in arrays.items()})}
