@@ -156,6 +156,27 @@ class _SwiGLU(nn.Module):
         return self.w2(F.silu(self.w1(x)) * self.w3(x))
 
 
+class _Frozen(nn.Module):
+    """A frozen encoder (requires_grad=False, as in fine-tuning) under a trained head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.encoder, self.head = nn.Linear(4, 5), nn.Linear(5, 2)
+        self.encoder.requires_grad_(False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.tanh(self.encoder(x)))
+
+
+def test_frozen_parameters_are_held_fixed() -> None:
+    """PyTorch gives no gradient to a parameter with requires_grad=False: the captured model holds it fixed, as
+    it holds a buffer (an input without a gradient), and derives the trained ones."""
+    m = derive.from_torch(_Frozen(), _r(3, 4))
+    assert sorted(m.grad_names) == ["head_bias", "head_weight", "x"]
+    assert {"encoder_weight", "encoder_bias"} <= set(m.inputs)
+    verify.check(m, examples=3)
+
+
 class _Residual(nn.Module):
     """Held-out style: norm, residual, a loss inside the module."""
 
@@ -270,6 +291,7 @@ _CASES: dict[str, tuple[Callable[[], Any], Callable[[], tuple[Any, ...]], Callab
     # torch.export unrolls the loop over time: the sequence length is the example's, the batch stays dynamic
     "lstm_two_outputs_nested": (lambda: nn.LSTM(3, 4, batch_first=True), lambda: (_r(2, 3, 3),), lambda: (_r(4, 3, 3),)),
     "two_outputs": (lambda: _TwoHeads(), lambda: (_r(3, 4),), lambda: (_r(6, 4),)),
+    "frozen_encoder": (_Frozen, lambda: (_r(3, 4),), lambda: (_r(6, 4),)),
     "tiny_language_model": (lambda: _TinyLM(), lambda: (_labels(10, 2, 5), _labels(10, 2, 5)),
                             lambda: (_labels(10, 3, 7), _labels(10, 3, 7))),
     "number_argument": (lambda: lambda x, a: (x * a).sigmoid().sum(), lambda: (_r(3, 4), 0.5), lambda: (_r(5, 4), 0.5)),

@@ -458,6 +458,9 @@ class _Converter:
         self.symbols: dict[Any, sp.Symbol] = {}
         self.taken: set[str] = set()
         self.types = {p: type(m).__name__ for p, m in module.named_modules()}
+        #: which parameters autograd gives gradients for (a frozen one, requires_grad=False, is held fixed)
+        self.trainable = {p: t.requires_grad for p, t in module.named_parameters(remove_duplicate=False)} \
+            if hasattr(module, "named_parameters") else {}
         self.tex: dict[int, str] = {}
         self.hidden = 0
         self.consts: dict[tuple[str, float], sp.Expr] = {}
@@ -624,9 +627,12 @@ class _Converter:
                 self.taken.add("g_" + nm)
                 shape = tuple(self._dim(s) for s in val.shape)
                 tex = _param_tex(fqn, self.types)
-                if spec.kind == InputKind.PARAMETER:
+                if spec.kind == InputKind.PARAMETER and self.trainable.get(fqn, True):
                     self.env[node.name] = self.b.param(nm, shape, tex)
                     params[nm] = fqn
+                elif spec.kind == InputKind.PARAMETER:  # frozen (requires_grad=False): held fixed, as a buffer
+                    self.env[node.name] = self.b.input(nm, shape, tex)
+                    buffers[nm] = fqn
                 else:
                     domain = "positive" if fqn.endswith("running_var") else "real"
                     if not val.dtype.is_floating_point:
