@@ -9,6 +9,7 @@ import pytest
 
 import derive
 import numeric
+import verify
 from verify.check import Mismatch, _finite_difference
 from verify.strategies import Example
 
@@ -72,3 +73,25 @@ def test_a_right_gradient_passes_where_the_loss_does_not_resolve_the_step() -> N
     assert _finite_difference(m, f, arrays, grads, ex) < 1e-5
     with pytest.raises(Mismatch, match="finite difference"):
         _finite_difference(m, f, arrays, {k: 2 * v for k, v in grads.items()}, ex)
+
+
+def test_a_loss_constant_to_rounding_is_not_measured_and_not_failed() -> None:
+    """log(1 + u^2) at u = c A y ~ 1e-9 (small values) is log(1) = 0 in floating point for every step up to 1% of
+    the values, while its gradient is 1e-15: no finite difference measures it, so none is taken (it was a
+    Mismatch, "finite difference 0"); the comparison with torch autograd still judges the gradient."""
+    m = derive.parse("sum(log(1 + (c*(A*y)) .^ 2))", y="vector(n)", A="matrix(n,n)", c="scalar")
+    ex = Example({"n": 4}, 904, "small")
+    arrays = ex.arrays(m)
+    f = numeric.compile(m, "numpy")
+    out = f(**arrays)
+    assert out["loss"] == 0.0 and any(np.any(g != 0) for g in out["grad"].values())
+    assert _finite_difference(m, f, arrays, out["grad"], ex) is None
+    rep = verify.check(m, examples=20, values=("small",))
+    assert rep.examples == 20 and any("constant to rounding" in n for n in rep.notes)
+
+    def wrong(y: np.ndarray, A: np.ndarray, c: np.ndarray) -> dict[str, object]:
+        got = f(y=y, A=A, c=c)
+        return {"loss": got["loss"], "grad": {k: 2 * v for k, v in got["grad"].items()}}
+
+    with pytest.raises(Mismatch):  # (at normal values: at small ones the gradient, 1e-15, is below rtol's floor)
+        verify.check(m, implementation=wrong, examples=20)
