@@ -54,7 +54,17 @@ def _power(tex: str, exp: Any) -> str:
     return tex if exp is None else rf"\left({tex}\right)^{{{exp}}}"
 
 
-class sigmoid(sp.Function):
+class _RealValued:
+    """For a function whose value is real wherever its arguments are (SymPy then differentiates ``abs`` of it
+    by ``sign``, not through ``re`` and ``im``)."""
+
+    args: tuple[sp.Expr, ...]
+
+    def _eval_is_extended_real(self) -> bool | None:
+        return True if all(a.is_extended_real for a in self.args) else None
+
+
+class sigmoid(_RealValued, sp.Function):
     r"""sigma(x) = 1 / (1 + e^{-x}), the logistic function; sigma' = sigma (1 - sigma)."""
 
     nargs = 1
@@ -74,6 +84,11 @@ class sigmoid(sp.Function):
     def _eval_rewrite_as_exp(self, x: sp.Expr, **kwargs: Any) -> sp.Expr:
         return 1 / (1 + sp.exp(-x))
 
+    # real and positive at a real argument: abs(sigmoid(x)) is sigmoid(x), and its derivatives stay real (without
+    # these, SymPy differentiated abs(sigmoid(x)) twice through re, im and an unevaluated Derivative of sign)
+    def _eval_is_positive(self) -> bool | None:
+        return True if self.args[0].is_real else None
+
     def _latex(self, printer: Any, exp: Any = None) -> str:
         return _power(self._latex_body(printer), exp)
 
@@ -87,7 +102,7 @@ class sigmoid(sp.Function):
         return f"torch.sigmoid({_arg(printer, self.args[0])})"
 
 
-class softplus(sp.Function):
+class softplus(_RealValued, sp.Function):
     r"""softplus(x) = log(1 + e^{x}), computed stably; softplus' = sigma."""
 
     nargs = 1
@@ -104,6 +119,9 @@ class softplus(sp.Function):
     def _eval_rewrite_as_exp(self, x: sp.Expr, **kwargs: Any) -> sp.Expr:
         return sp.log(1 + sp.exp(x))
 
+    def _eval_is_positive(self) -> bool | None:
+        return True if self.args[0].is_real else None
+
     def _latex(self, printer: Any, exp: Any = None) -> str:
         return _power(self._latex_body(printer), exp)
 
@@ -119,7 +137,7 @@ class softplus(sp.Function):
         return f"ops.softplus({x})"
 
 
-class step(sp.Function):
+class step(_RealValued, sp.Function):
     r"""step(x) = 1 if x > 0 else 0: the derivative of ReLU with PyTorch's convention step(0) = 0."""
 
     nargs = 1
@@ -147,7 +165,7 @@ class step(sp.Function):
         return f"ops.step({_arg(printer, self.args[0])})"
 
 
-class relu(sp.Function):
+class relu(_RealValued, sp.Function):
     r"""ReLU(x) = max(0, x); ReLU'(x) = 1{x > 0} (PyTorch: 0 at the kink)."""
 
     nargs = 1
@@ -158,6 +176,9 @@ class relu(sp.Function):
     @classmethod
     def eval(cls, x: sp.Expr) -> sp.Expr | None:
         return sp.Max(x, 0) if _real_number(x) else None
+
+    def _eval_is_extended_nonnegative(self) -> bool | None:
+        return True if self.args[0].is_extended_real else None
 
     def _latex(self, printer: Any, exp: Any = None) -> str:
         return _power(self._latex_body(printer), exp)
@@ -172,7 +193,7 @@ class relu(sp.Function):
         return f"torch.relu({_arg(printer, self.args[0])})"
 
 
-class leaky_step(sp.Function):
+class leaky_step(_RealValued, sp.Function):
     r"""leaky_step(x, s) = 1 if x > 0 else s: the derivative of leaky ReLU (PyTorch: s at the kink). Its own
     derivative is 0 in x and 1{x <= 0} in the slope (a learned slope's second derivatives)."""
 
@@ -207,7 +228,7 @@ class leaky_step(sp.Function):
         return f"ops.leaky_step({x}, {s})"
 
 
-class leaky_relu(sp.Function):
+class leaky_relu(_RealValued, sp.Function):
     r"""LeakyReLU(x; s) = x if x > 0 else s x (max(s x, x) for 0 <= s < 1); its derivative is 1 for x > 0 and
     s otherwise in x, and 0 for x > 0 and x otherwise in the slope (a learned slope, as PReLU's: a selection,
     so an infinite x > 0 gives 0, as ``torch.prelu``'s gradient does)."""
@@ -259,7 +280,7 @@ class CallBase(sp.Function):
         return self._call(printer, self.torch_name)
 
 
-class half_step(CallBase):
+class half_step(_RealValued, CallBase):
     r"""H(x) = 1 if x > 0, 1/2 if x = 0, 0 if x < 0: the derivative of ``maximum`` in its first argument
     (PyTorch splits the gradient of ``torch.maximum``/``torch.minimum`` evenly at ties)."""
 
@@ -279,7 +300,7 @@ class half_step(CallBase):
         return _power(rf"H\left({_arg(printer, self.args[0])}\right)", exp)
 
 
-class between(CallBase):
+class between(_RealValued, CallBase):
     r"""1{lo <= x <= hi}: the derivative of ``clamp(x, lo, hi)`` in x (PyTorch passes the gradient at the
     bounds)."""
 
@@ -300,7 +321,7 @@ class between(CallBase):
         return _power(rf"\mathbf{{1}}\{{{lo} \leq {x} \leq {hi}\}}", exp)
 
 
-class ExtremumBase(CallBase):
+class ExtremumBase(_RealValued, CallBase):
     """Elementwise max or min of two arguments; at a tie each argument gets half the gradient."""
 
     nargs = 2
@@ -344,7 +365,7 @@ class minimum(ExtremumBase):
     numpy_name, torch_name = "np.minimum", "ops.minimum"
 
 
-class clamp(CallBase):
+class clamp(_RealValued, CallBase):
     r"""clamp(x, lo, hi) = min(max(x, lo), hi) elementwise, as ``torch.clamp``: the gradient goes to x where
     lo <= x <= hi (bounds included), to lo where x < lo < hi, and to hi where x > hi or lo > hi (then the
     value is hi); where x < lo = hi no argument gets it (PyTorch's rules, checked in the primitive tests)."""
@@ -374,7 +395,7 @@ class clamp(CallBase):
         return _power(rf"\operatorname{{clamp}}\left({x}, {lo}, {hi}\right)", exp)
 
 
-class where(CallBase):
+class where(_RealValued, CallBase):
     r"""where(c, a, b) = a where c != 0, else b: a selection, never ``c a + (1 - c) b`` (an infinity in the
     branch not taken does not become NaN). Its gradient goes to the selected branch only (``torch.where``)."""
 
@@ -435,7 +456,7 @@ class power(CallBase):
         return _power(f"{base}^{{{_arg(printer, e)}}}", exp)
 
 
-class inv0(CallBase):
+class inv0(_RealValued, CallBase):
     r"""1/x for x != 0, and 0 at x = 0: the factor of the Euclidean norm's gradient x / ||x||, which PyTorch
     takes as 0 at x = 0 (``torch.linalg.vector_norm``); it prints as 1/x."""
 
