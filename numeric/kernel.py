@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+import functools
 import linecache
 import math
 from collections.abc import Sequence
@@ -115,6 +116,24 @@ class Kernel:
         return f"<dlmath kernel {self.model.name} [{self.backend}]>"
 
     def __call__(self, *positional: Any, **arrays: Any) -> dict[str, Any]:
+        try:
+            return self._call(*positional, **arrays)
+        except self._linalg_errors as e:  # not NumPy's or torch's traceback from inside the generated code
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise InputError(
+                f"{self.model.name}: the kernel inverts or factors a singular matrix ({first}): the derived "
+                f"formulas of det, logdet, inv and solve use the matrix's inverse, which does not exist there; "
+                f"pass arrays that make it invertible") from None
+
+    @functools.cached_property
+    def _linalg_errors(self) -> tuple[type[Exception], ...]:
+        if self.backend == "numpy":
+            return (np.linalg.LinAlgError,)
+        import torch
+
+        return (np.linalg.LinAlgError, torch.linalg.LinAlgError)
+
+    def _call(self, *positional: Any, **arrays: Any) -> dict[str, Any]:
         if positional:
             raise TypeError(f"{self.model.name}: a kernel takes its arrays by name, e.g. f("
                             f"{', '.join(f'{k}=...' for k in self.names[:3])}); got {len(positional)} positional")

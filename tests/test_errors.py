@@ -438,3 +438,16 @@ def test_cli_errors_do_not_leak_to_stdout(capsys: pytest.CaptureFixture[str]) ->
     cap = capsys.readouterr()
     assert cap.out == "" and cap.err.startswith("dlmath codegen: error: unknown model")
 
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+def test_a_singular_matrix_the_kernel_inverts_is_named(backend: str) -> None:
+    """det(x y^T) is singular for every x and y (found by a fuzz of derive.parse): its derived gradient, det(A)
+    A^{-T}, inverts it. The kernel says so in one line, not with LinAlgError from inside the generated code."""
+    m = derive.parse("det(x*y') + sum(x)", x="vector(n)", y="vector(n)")
+    f = numeric.compile(m, backend)
+    a = {"x": np.ones(3), "y": np.arange(3.0)}
+    with pytest.raises(numeric.InputError) as e:
+        f(**(a if backend == "numpy" else {k: torch.tensor(v) for k, v in a.items()}))
+    assert "singular matrix" in _one_line(str(e.value))
+    assert main(["verify", "det(x*y') + sum(x)", "-V", "x=vector(n)", "-V", "y=vector(n)", "--examples", "2"]) == 2
