@@ -533,7 +533,9 @@ class Lowering:
                 for j, lj in enumerate(ins):
                     if i != j and set(li) < set(lj) and _subseq(li, lj) and len(ops) > 2:
                         idx = ", ".join(":" if c in li else "None" for c in lj)
-                        scaled = f"{_paren(ops[i])}[{idx}] * {_paren(ops[j])}" if li else f"{ops[i]} * {ops[j]}"
+                        # (a scalar's code in parentheses too: `c + t13` times A is not `c + t13 * A`)
+                        scaled = f"{_paren(ops[i])}[{idx}] * {_paren(ops[j])}" if li else \
+                            f"{_paren(ops[i])} * {_paren(ops[j])}"
                         ops[j] = scaled
                         del ins[i], ops[i]
                         changed = True
