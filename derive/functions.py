@@ -46,7 +46,7 @@ def _arg(printer: Any, e: sp.Expr) -> str:
 
 def _real_number(x: sp.Expr) -> bool:
     """Whether ``x`` is a real number (an infinity included), which a function of it evaluates to."""
-    return bool(x.is_number and x.is_comparable or x in (sp.oo, -sp.oo))
+    return bool(x.is_number and x.is_comparable)
 
 
 def _power(tex: str, exp: Any) -> str:
@@ -144,7 +144,7 @@ class step(_RealValued, sp.Function):
 
     @classmethod
     def eval(cls, x: sp.Expr) -> sp.Expr | None:
-        if x.is_number and x.is_comparable:
+        if _real_number(x):
             return sp.S.One if x > 0 else sp.S.Zero
         return None
 
@@ -289,7 +289,7 @@ class half_step(_RealValued, CallBase):
 
     @classmethod
     def eval(cls, x: sp.Expr) -> sp.Expr | None:
-        if x.is_number and x.is_comparable:
+        if _real_number(x):
             return sp.S.One if x > 0 else (sp.S.Zero if x < 0 else sp.S.Half)
         return None
 
@@ -333,7 +333,7 @@ class ExtremumBase(_RealValued, CallBase):
     def eval(cls, a: sp.Expr, b: sp.Expr) -> sp.Expr | None:
         if a == b:
             return a
-        if a.is_number and b.is_number and a.is_comparable and b.is_comparable:
+        if _real_number(a) and _real_number(b):
             return sp.Max(a, b) if cls.direction > 0 else sp.Min(a, b)
         return None
 
@@ -375,7 +375,7 @@ class clamp(_RealValued, CallBase):
 
     @classmethod
     def eval(cls, x: sp.Expr, lo: sp.Expr, hi: sp.Expr) -> sp.Expr | None:
-        if all(a.is_number and a.is_comparable for a in (x, lo, hi)):
+        if all(_real_number(a) for a in (x, lo, hi)):
             return sp.Min(sp.Max(x, lo), hi)
         return None
 
@@ -406,7 +406,7 @@ class where(_RealValued, CallBase):
     def eval(cls, c: sp.Expr, a: sp.Expr, b: sp.Expr) -> sp.Expr | None:
         if a == b:
             return a
-        if c.is_number and c.is_comparable:
+        if _real_number(c):
             return a if c != 0 else b
         return None
 

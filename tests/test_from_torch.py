@@ -429,6 +429,23 @@ def test_a_reference_that_raises_is_named_with_the_example() -> None:
         verify.check(m, reference=ref, examples=20, values=("normal",))
 
 
+def test_a_float64_reference_still_judges_a_float32_implementation() -> None:
+    """verify reruns the reference in float32 to measure float32's own error; a reference that pins float64
+    (here a float64 matrix product) raises there, and that rerun is skipped, as before ReferenceFailed."""
+    def ref(*, Z: torch.Tensor, G: torch.Tensor) -> torch.Tensor:
+        eye = torch.eye(Z.shape[-1], dtype=torch.float64)
+        return (G * torch.tanh(Z @ eye)).sum()
+
+    def impl(Z: np.ndarray, G: np.ndarray) -> dict[str, object]:
+        z, g = Z.astype(np.float32), G.astype(np.float32)
+        t = np.tanh(z)
+        return {"loss": float(np.sum(g * t)), "grad": {"Z": g * (1 - t * t)}}
+
+    m = derive.models.get("tanh")
+    assert verify.check(m, implementation=impl, reference=ref, backend="numpy", examples=3,
+                        values=("normal",)).examples == 3
+
+
 # ---------------------------------------------------------------------------------------------------
 # nn.TransformerEncoderLayer: captured, derived, verified
 # ---------------------------------------------------------------------------------------------------

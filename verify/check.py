@@ -871,8 +871,8 @@ def _dtype_tolerance(m: Model, ref: Reference | None, out: Any, arrays: dict[str
             try:
                 l3, g3, _, _ = _reference(m, ref, arrays, device, hessian=False, noise=False, dtype=torch.float32)
                 moves.append((4.0, l3, g3))
-            except (RuntimeError, TypeError):  # (a reference that pins float64 somewhere: the first term only)
-                pass
+            except (RuntimeError, TypeError, ReferenceFailed):  # (a reference that pins float64 somewhere: the
+                pass                                                # first term only)
         for factor, lx, gx in moves:
             if lx == lx:  # (a NaN, where the precision overflows, says nothing about the rounding)
                 noise["loss"] = max(noise.get("loss", 0.0), factor * abs(lx - loss))
